@@ -1,0 +1,29 @@
+# rt-appliance: every developer and CI command starts here.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: serve test install node-deps clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Node packages used by the tests as real browser-side clients (socket.io-client, yjs).
+node-deps: tests/node/package.json
+	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
+
+serve: $(STAMP)
+	$(PY) appliance.py serve $(ARGS)
+
+test: $(STAMP)
+	@if command -v npm >/dev/null 2>&1 && [ -f tests/node/package-lock.json ]; then $(MAKE) --no-print-directory node-deps; fi
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info tests/node/node_modules

@@ -1,0 +1,114 @@
+"""The interfaces between the services and the state they keep.
+
+Durable state (directory, read markers, last-active times, Yjs documents, finished chat
+messages) goes through `Store`; it is SQLite on one node and Redis in cluster mode, and one
+contract suite (tests/contract) holds both to the same behaviour.
+
+Every method is a coroutine so that no implementation blocks the event loop: the SQLite store
+runs its statements on one dedicated thread, the Redis store uses the asyncio client.
+Timestamps are float seconds since the epoch. Ids are non-empty strings.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked (disk full, read-only, unreachable)."""
+
+
+@dataclass(frozen=True)
+class User:
+    id: str
+    name: str
+    role: str = "user"  # user | admin | pending
+    disabled: bool = False
+    last_active_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Note:
+    id: str
+    owner: str
+    read: frozenset[str] = field(default_factory=frozenset)
+    write: frozenset[str] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True)
+class StoredDocument:
+    """A Yjs document as kept: a compacted snapshot plus the updates appended since."""
+
+    id: str
+    snapshot: bytes | None
+    updates: list[bytes]
+    # sequence number of the last update in `updates` (or covered by `snapshot`)
+    last_seq: int
+    content: str | None
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    chat_id: str
+    message_id: str
+    user_id: str
+    content: str
+    status: str  # done | cancelled | error
+    usage: dict | None
+    updated_at: float
+
+
+class Store(Protocol):
+    # lifecycle -----------------------------------------------------------------------
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def ping(self) -> None:
+        """Raise StoreError when the store cannot serve reads and writes now."""
+
+    # users -----------------------------------------------------------------------------
+    async def put_user(self, user: User) -> None: ...
+    async def get_user(self, user_id: str) -> User | None: ...
+    async def delete_user(self, user_id: str) -> bool: ...
+    async def set_last_active(self, times: dict[str, float]) -> None:
+        """Record many users' last-active times at once (coalesced heartbeats).
+        A time older than the stored one is ignored. Unknown users are ignored."""
+
+    # channels --------------------------------------------------------------------------
+    async def put_channel(self, channel_id: str, members: list[str]) -> None: ...
+    async def update_channel_members(
+        self, channel_id: str, add: list[str], remove: list[str]
+    ) -> bool:
+        """False when the channel does not exist."""
+
+    async def get_channel_members(self, channel_id: str) -> list[str] | None: ...
+    async def delete_channel(self, channel_id: str) -> bool: ...
+    async def channels_of_user(self, user_id: str) -> list[str]: ...
+    async def set_channel_read(self, channel_id: str, user_id: str, at: float) -> None: ...
+    async def get_channel_read(self, channel_id: str, user_id: str) -> float | None: ...
+
+    # chats -----------------------------------------------------------------------------
+    async def set_chat_read(self, chat_id: str, user_id: str, at: float) -> None: ...
+    async def get_chat_read(self, chat_id: str, user_id: str) -> float | None: ...
+    async def put_chat_message(self, message: ChatMessage) -> None: ...
+    async def get_chat_message(self, chat_id: str, message_id: str) -> ChatMessage | None: ...
+
+    # notes -----------------------------------------------------------------------------
+    async def put_note(self, note: Note) -> None: ...
+    async def get_note(self, note_id: str) -> Note | None: ...
+    async def delete_note(self, note_id: str) -> bool: ...
+
+    # documents -------------------------------------------------------------------------
+    async def append_update(self, document_id: str, update: bytes) -> int:
+        """Append one update durably (on disk before returning); returns its sequence
+        number. Sequence numbers of one document strictly increase."""
+
+    async def load_document(self, document_id: str) -> StoredDocument | None: ...
+    async def compact_document(self, document_id: str, upto_seq: int, snapshot: bytes) -> None:
+        """Atomically replace the snapshot and every update with seq <= upto_seq by
+        `snapshot` (which must already contain them). Updates appended meanwhile stay."""
+
+    async def set_document_content(self, document_id: str, content: str) -> None: ...
+    async def delete_document(self, document_id: str) -> bool: ...
+    async def document_stats(self) -> tuple[int, int]:
+        """(number of documents, total stored bytes)."""
