@@ -1,2 +1,143 @@
-def main(argv=None):
-    raise SystemExit("not built yet")
+"""Command line: serve | check-config | print-config | token | version."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import signal
+import sys
+
+from . import __version__, config, logs
+
+EXIT_FAILURE = 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rt-appliance", description=(
+        "Real-time server for AI chat applications (Socket.IO, backend HTTP API, Yjs)."))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p):
+        p.add_argument("--config", metavar="PATH",
+                       help="INI file (default: /etc/rt-appliance/rt-appliance.ini if present)")
+        return p
+
+    serve = with_config(sub.add_parser("serve", help="run the appliance"))
+    serve.add_argument("--host")
+    serve.add_argument("--port")
+    serve.add_argument("--data-dir")
+    with_config(sub.add_parser("check-config", help="validate the configuration and exit"))
+    with_config(sub.add_parser("print-config", help="effective values with their source"))
+    token = with_config(sub.add_parser("token", help="register a user if missing, print a token"))
+    token.add_argument("--user", required=True)
+    token.add_argument("--name")
+    token.add_argument("--role", choices=("user", "admin"), default="user")
+    token.add_argument("--expires", default="1h", help="e.g. 30m, 1h, 7d, 3600, never")
+    sub.add_parser("version", help="print the version")
+    return parser
+
+
+def _overrides(args) -> dict:
+    flags = {("server", "host"): getattr(args, "host", None),
+             ("server", "port"): getattr(args, "port", None),
+             ("state", "data_dir"): getattr(args, "data_dir", None)}
+    return {key: value for key, value in flags.items() if value is not None}
+
+
+def _load(args):
+    return config.load_settings(args.config, os.environ, _overrides(args))
+
+
+def parse_duration(text: str) -> float | None:
+    if text == "never":
+        return None
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd]?)", text.strip())
+    if not match:
+        raise ValueError(f"bad duration {text!r} (use e.g. 30m, 1h, 7d, never)")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "version":
+        print(f"rt-appliance {__version__}")
+        return 0
+    try:
+        settings = _load(args)
+    except config.ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return config.EXIT_CONFIG
+    if args.command == "check-config":
+        print("configuration ok")
+        return 0
+    if args.command == "print-config":
+        print(config.describe(settings))
+        return 0
+    if args.command == "token":
+        return _token(settings, args)
+    return _serve(settings)
+
+
+def _serve(settings) -> int:
+    from .app import Appliance
+    from .backends.factory import BackendError
+
+    logs.setup(settings.log.level)
+    try:
+        import uvloop  # noqa: PLC0415 - optional speed-up, chosen at start not import
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover
+        runner = asyncio.run
+
+    async def run() -> int:
+        try:
+            appliance = Appliance(settings, announce=lambda m: print(m, flush=True))
+            await appliance.start()
+        except (BackendError, OSError) as exc:
+            print(f"cannot start: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        print("stopping", flush=True)
+        await appliance.stop()
+        return 0
+
+    return runner(run())
+
+
+def _token(settings, args) -> int:
+    from .app import resolve_secrets
+    from .auth import TokenVerifier
+    from .backends import User
+    from .backends.factory import BackendError, build_backend
+
+    try:
+        expires = parse_duration(args.expires)
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    settings = resolve_secrets(settings)
+
+    async def run() -> int:
+        try:
+            backend = build_backend(settings)
+            await backend.start()
+        except (BackendError, OSError) as exc:
+            print(f"cannot open the store: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        try:
+            user = await backend.store.get_user(args.user)
+            if user is None:
+                await backend.store.put_user(User(args.user, args.name or args.user, args.role))
+                print(f"registered user {args.user!r} ({args.role})", file=sys.stderr)
+        finally:
+            await backend.stop()
+        verifier = TokenVerifier(settings.auth.secret_key, tuple(settings.auth.algorithms))
+        print(verifier.issue(args.user, expires))
+        return 0
+
+    return asyncio.run(run())

@@ -112,3 +112,27 @@ class Store(Protocol):
     async def delete_document(self, document_id: str) -> bool: ...
     async def document_stats(self) -> tuple[int, int]:
         """(number of documents, total stored bytes)."""
+
+
+class PresenceRegistry(Protocol):
+    """Live sessions per user. Node-local on one node; cluster-wide (node id + TTL) on Redis."""
+
+    async def add(self, sid: str, user_id: str) -> None: ...
+    async def remove(self, sid: str) -> str | None:
+        """Forget a session; returns its user id (None when unknown)."""
+
+    async def sessions_of(self, user_id: str) -> list[str]: ...
+    async def user_of(self, sid: str) -> str | None: ...
+    async def users(self) -> dict[str, int]:
+        """user id → number of live sessions, for every user online."""
+
+
+class UsageRegistry(Protocol):
+    """Which models are in use now: entries that expire `ttl` seconds after their last touch."""
+
+    async def touch(self, model: str, sid: str, now: float) -> bool:
+        """True when the set of models in use changed."""
+
+    async def drop_sid(self, sid: str) -> bool: ...
+    async def expire(self, older_than: float) -> bool: ...
+    async def models(self) -> list[str]: ...

@@ -1,0 +1,81 @@
+"""Ephemeral state of a single node, in process memory.
+
+Dicts with reverse indexes so that every operation is O(1) in the number of sessions;
+nothing here ever scans all sessions on a hot path.
+"""
+from __future__ import annotations
+
+
+class MemoryPresence:
+    def __init__(self) -> None:
+        self._user_of: dict[str, str] = {}
+        self._sessions: dict[str, set[str]] = {}
+
+    async def add(self, sid: str, user_id: str) -> None:
+        self._user_of[sid] = user_id
+        self._sessions.setdefault(user_id, set()).add(sid)
+
+    async def remove(self, sid: str) -> str | None:
+        user_id = self._user_of.pop(sid, None)
+        if user_id is not None:
+            sids = self._sessions.get(user_id)
+            if sids is not None:
+                sids.discard(sid)
+                if not sids:
+                    del self._sessions[user_id]
+        return user_id
+
+    async def sessions_of(self, user_id: str) -> list[str]:
+        return list(self._sessions.get(user_id, ()))
+
+    async def user_of(self, sid: str) -> str | None:
+        return self._user_of.get(sid)
+
+    async def users(self) -> dict[str, int]:
+        return {uid: len(sids) for uid, sids in self._sessions.items()}
+
+
+class MemoryUsage:
+    def __init__(self) -> None:
+        # model → {sid: last touch}
+        self._pool: dict[str, dict[str, float]] = {}
+        self._models_of: dict[str, set[str]] = {}
+
+    async def touch(self, model: str, sid: str, now: float) -> bool:
+        entries = self._pool.get(model)
+        changed = entries is None
+        if entries is None:
+            entries = self._pool[model] = {}
+        entries[sid] = now
+        self._models_of.setdefault(sid, set()).add(model)
+        return changed
+
+    async def drop_sid(self, sid: str) -> bool:
+        changed = False
+        for model in self._models_of.pop(sid, ()):
+            entries = self._pool.get(model)
+            if entries is not None:
+                entries.pop(sid, None)
+                if not entries:
+                    del self._pool[model]
+                    changed = True
+        return changed
+
+    async def expire(self, older_than: float) -> bool:
+        changed = False
+        for model in list(self._pool):
+            entries = self._pool[model]
+            for sid in [s for s, at in entries.items() if at < older_than]:
+                del entries[sid]
+                models = self._models_of.get(sid)
+                if models is not None:
+                    models.discard(model)
+                    if not models:
+                        del self._models_of[sid]
+            if not entries:
+                del self._pool[model]
+                changed = True
+        return changed
+
+    async def models(self) -> list[str]:
+        return sorted(self._pool)

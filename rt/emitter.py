@@ -1,0 +1,65 @@
+"""Fan-out and session control through python-socketio, for the API and the services.
+
+Whatever the backend, `sio.emit`, `enter_room` and `disconnect` reach sessions on every
+node (the Redis manager publishes what is not local), so this module works unchanged in
+cluster mode; the sessions of a user come from the presence registry, which is cluster-wide
+there.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from . import rooms
+from .backends import PresenceRegistry
+
+
+class Emitter:
+    def __init__(self, sio, presence: PresenceRegistry):
+        self.sio = sio
+        self.presence = presence
+
+    async def emit(self, event: str, data: Any, *, users: Iterable[str] = (),
+                   rooms_: Iterable[str] = (), sids: Iterable[str] = (),
+                   everyone: bool = False, skip_sids: Iterable[str] = ()) -> None:
+        """One emit to the union of the targets: a session in several of them gets it once."""
+        skip = list(skip_sids) or None
+        if everyone:
+            await self.sio.emit(event, data, skip_sid=skip)
+            return
+        targets = [rooms.user(u) for u in users] + list(rooms_) + list(sids)
+        if targets:
+            await self.sio.emit(event, data, to=targets, skip_sid=skip)
+
+    async def to_room(self, event: str, data: Any, room: str, skip_sid: str | None = None) -> None:
+        await self.sio.emit(event, data, to=room, skip_sid=skip_sid)
+
+    async def sessions_of(self, user_ids: Iterable[str]) -> list[str]:
+        sids: list[str] = []
+        for user_id in user_ids:
+            sids.extend(await self.presence.sessions_of(user_id))
+        return sids
+
+    async def enter(self, user_ids: Iterable[str], room: str) -> int:
+        sids = await self.sessions_of(user_ids)
+        for sid in sids:
+            await self.sio.enter_room(sid, room)
+        return len(sids)
+
+    async def leave(self, user_ids: Iterable[str], *room_names: str) -> int:
+        sids = await self.sessions_of(user_ids)
+        for sid in sids:
+            for room in room_names:
+                await self.sio.leave_room(sid, room)
+        return len(sids)
+
+    async def close_room(self, room: str) -> None:
+        await self.sio.close_room(room)
+
+    async def disconnect_users(self, user_ids: Iterable[str]) -> int:
+        sids = await self.sessions_of(user_ids)
+        for sid in sids:
+            await self.sio.disconnect(sid)
+        return len(sids)
+
+    async def call(self, sid: str, event: str, data: Any, timeout: float) -> Any:
+        return await self.sio.call(event, data, to=sid, timeout=timeout)

@@ -1,0 +1,227 @@
+"""Tornado request handler for the Engine.IO path: handshake, polling and websocket.
+
+Every refusal happens before Tornado accepts a websocket, as an HTTP error with the
+standard JSON body, so no client is ever left holding an open, dead socket.
+"""
+from __future__ import annotations
+
+import logging
+
+import orjson
+import tornado.web
+import tornado.websocket
+
+from .protocol import HandshakeError
+from .server import EngineServer
+
+log = logging.getLogger("rt.conn")
+
+_POLL_CONTENT_TYPE = "text/plain; charset=UTF-8"
+
+
+def build_environ(request, transport: str) -> dict:
+    """The WSGI-like environ python-socketio hands to connect handlers."""
+    environ = {
+        "REQUEST_METHOD": request.method,
+        "PATH_INFO": request.path,
+        "QUERY_STRING": request.query or "",
+        # remote_ip honours X-Forwarded-For / X-Real-IP only when the HTTP server
+        # was built with xheaders (trust_proxy_headers)
+        "REMOTE_ADDR": request.remote_ip,
+        "rt.transport": transport,
+    }
+    for name, value in request.headers.get_all():
+        environ["HTTP_" + name.upper().replace("-", "_")] = value
+    return environ
+
+
+class EngineIOHandler(tornado.websocket.WebSocketHandler):
+    """Routed at the Socket.IO path; `engine` comes from the route's kwargs."""
+
+    def initialize(self, engine: EngineServer) -> None:
+        self.engine = engine
+        self.session = None  # the session of this websocket
+        self._polling = None  # the session whose long-poll this request is
+        self.probed = False  # websocket probe seen (upgrade in progress)
+        self._pending_bytes = 0
+        self._closing = False
+
+    # ------------------------------------------------------------ common checks
+    def _query(self) -> tuple[str | None, str | None]:
+        args = self.request.query_arguments
+        if args.get("EIO", [b""])[0] != b"4":
+            raise HandshakeError(HandshakeError.UNSUPPORTED_PROTOCOL_VERSION)
+        transport = args.get("transport", [b""])[0].decode("latin-1")
+        if transport not in ("polling", "websocket") or (
+            transport == "websocket" and not self.engine.options.allow_websocket
+        ):
+            raise HandshakeError(HandshakeError.UNKNOWN_TRANSPORT)
+        sid = args.get("sid", [None])[0]
+        return transport, sid.decode("latin-1") if sid is not None else None
+
+    def _refuse(self, exc: HandshakeError) -> None:
+        self.set_status(exc.status)
+        self.set_header("Content-Type", "application/json")
+        self._cors_headers()
+        self.finish(orjson.dumps(exc.body()))
+
+    def _cors_headers(self) -> None:
+        origin = self.request.headers.get("Origin")
+        if origin is not None and self.engine.options.origin_allowed(origin):
+            self.set_header("Access-Control-Allow-Origin", origin)
+            self.set_header("Access-Control-Allow-Credentials", "true")
+            self.set_header("Vary", "Origin")
+
+    def _origin_ok(self) -> bool:
+        return self.engine.options.origin_allowed(self.request.headers.get("Origin"))
+
+    # ------------------------------------------------------------ HTTP verbs
+    async def get(self, *args, **kwargs):
+        try:
+            transport, sid = self._query()
+        except HandshakeError as exc:
+            return self._refuse(exc)
+        if transport == "websocket":
+            return await self._websocket_get(sid)
+        if not self._origin_ok():
+            return self._refuse(HandshakeError(HandshakeError.BAD_REQUEST))
+        try:
+            if sid is None:
+                self._polling = await self.engine.create_session(
+                    build_environ(self.request, "polling"), "polling")
+            else:
+                self._polling = self.engine.lookup(sid)
+            payload = await self._polling.handle_poll()
+        except HandshakeError as exc:
+            return self._refuse(exc)
+        finally:
+            self._polling = None
+        if self.request.connection.stream.closed():
+            return
+        self._cors_headers()
+        self.set_header("Content-Type", _POLL_CONTENT_TYPE)
+        self.finish(payload)
+
+    async def _websocket_get(self, sid: str | None):
+        if self.request.headers.get("Upgrade", "").lower() != "websocket":
+            # a proxy that drops the Upgrade header: say so instead of a silent failure
+            self.set_status(400)
+            self.set_header("Content-Type", "application/json")
+            return self.finish(orjson.dumps({"detail": "Invalid WebSocket upgrade request"}))
+        if not self._origin_ok():
+            return self._refuse(HandshakeError(HandshakeError.FORBIDDEN, status=403))
+        if sid is not None:
+            try:
+                session = self.engine.lookup(sid)
+            except HandshakeError as exc:
+                return self._refuse(exc)
+            if session.transport != "polling" or session.ws is not None or session.closed:
+                return self._refuse(HandshakeError(HandshakeError.BAD_REQUEST))
+            self._upgrade_sid = sid
+        else:
+            self._upgrade_sid = None
+        await super().get()
+
+    async def post(self, *args, **kwargs):
+        try:
+            transport, sid = self._query()
+            if transport != "polling" or sid is None:
+                raise HandshakeError(HandshakeError.BAD_HANDSHAKE_METHOD)
+            if not self._origin_ok():
+                raise HandshakeError(HandshakeError.BAD_REQUEST)
+            session = self.engine.lookup(sid)
+            body = self.request.body
+            if len(body) > self.engine.options.max_payload:
+                session.close(self.engine.reason.TRANSPORT_ERROR, notify_client=False)
+                raise HandshakeError((3, "Payload too large"), status=413)
+            session.handle_post(body)
+        except HandshakeError as exc:
+            return self._refuse(exc)
+        self._cors_headers()
+        self.set_header("Content-Type", "text/html")
+        self.finish("ok")
+
+    def options(self, *args, **kwargs):
+        # CORS preflight for polling POSTs from another origin
+        if self._origin_ok():
+            self._cors_headers()
+            self.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+            requested = self.request.headers.get("Access-Control-Request-Headers")
+            if requested:
+                self.set_header("Access-Control-Allow-Headers", requested)
+            self.set_status(204)
+        else:
+            self.set_status(400)
+        self.finish()
+
+    def on_connection_close(self):
+        # a long-poll whose client went away
+        if self._polling is not None:
+            self._polling.poll_cancelled()
+        super().on_connection_close()
+
+    # ------------------------------------------------------------ websocket side
+    def check_origin(self, origin: str) -> bool:
+        return True  # checked in _websocket_get, with the configured allow-list
+
+    def get_compression_options(self):
+        return {} if self.engine.options.compression else None
+
+    @property
+    def max_message_size(self) -> int:
+        return self.engine.options.max_payload
+
+    async def open(self, *args, **kwargs):
+        self.set_nodelay(True)
+        if self._upgrade_sid is None:
+            try:
+                self.session = await self.engine.create_session(
+                    build_environ(self.request, "websocket"), "websocket", ws=self)
+            except HandshakeError:
+                self.close_transport()
+            return
+        session = self.engine.sessions.get(self._upgrade_sid)
+        if session is None or session.closed or session.ws is not None:
+            self.close_transport()
+            return
+        self.session = session
+        session.attach_websocket(self)
+
+    def on_message(self, message):
+        if self.session is not None:
+            self.session.on_ws_message(self, message)
+
+    def on_close(self):
+        if self.session is not None:
+            self.session.on_ws_closed(self)
+
+    def send_frame(self, data: str | bytes) -> None:
+        """Write one frame without waiting; a client that stops reading is cut off."""
+        if self._closing or self.ws_connection is None:
+            return
+        try:
+            future = self.write_message(data, binary=isinstance(data, bytes))
+        except tornado.websocket.WebSocketClosedError:
+            return
+        size = len(data)
+        self._pending_bytes += size
+        if self._pending_bytes > self.engine.options.max_outbound_bytes:
+            log.warning("session %s: slow consumer (%d bytes unsent), closing",
+                        self.session.sid if self.session else "?", self._pending_bytes)
+            self.close_transport(1008)
+            return
+        future.add_done_callback(lambda _f, n=size: self._sent(n))
+
+    def _sent(self, size: int) -> None:
+        self._pending_bytes -= size
+
+    def close_transport(self, code: int | None = None) -> None:
+        if not self._closing:
+            self._closing = True
+            self.close(code)
+
+
+def route(path: str, engine: EngineServer) -> tuple:
+    """The Tornado route for the Socket.IO path, with and without the trailing slash."""
+    return (path.rstrip("/") + "/?", EngineIOHandler, {"engine": engine})
+

@@ -1,0 +1,321 @@
+"""One Engine.IO session: its transport, outbound queue, heartbeat and upgrade.
+
+A session lives on long-polling or on a websocket, and moves from the first to the second
+at most once (the upgrade). Everything here runs on the event-loop thread; no locks.
+
+Inbound messages are handed to the server's message handler strictly in order by a
+short-lived consumer task, so a slow handler (a durable write) neither reorders a client's
+events nor stalls reading its pongs.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from engineio.base_server import BaseServer as _EioBase
+
+from .protocol import (
+    CLOSE, MESSAGE, NOOP, OPEN, PING, PONG, UPGRADE,
+    HandshakeError, Packet, ProtocolError, decode_packet, decode_payload, encode_payload, wire,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .server import EngineServer
+
+log = logging.getLogger("rt.conn")
+Reason = _EioBase.reason
+
+_PONG_PROBE = "3probe"
+_CLOSED = object()  # inbox sentinel: the disconnect handler runs after earlier messages
+
+# How long a session closed by the server waits for the client's last poll, which carries
+# the packets queued before the close (a refused CONNECT, a DISCONNECT) and the close packet.
+CLOSE_LINGER_S = 5.0
+
+
+class EngineSession:
+    __slots__ = (
+        "server", "sid", "environ", "transport", "session", "created_at", "closed",
+        "queue", "ws", "_probe_ws", "_poll", "_posting", "_inbox", "_consumer",
+        "_ping_handle", "_pong_handle", "_linger_handle", "_upgrade_handle", "ping_interval",
+        "ping_timeout", "close_reason",
+    )
+
+    def __init__(self, server: EngineServer, sid: str, environ: dict, transport: str):
+        self.server = server
+        self.sid = sid
+        self.environ = environ
+        self.transport = transport
+        self.session: dict[str, Any] = {}  # python-socketio keeps its per-client data here
+        self.created_at = time.monotonic()
+        self.closed = False
+        self.queue: list[Packet] = []  # waiting for the next poll (polling, or mid-upgrade)
+        self.ws = None  # the websocket handler once the session is on websocket
+        self._probe_ws = None  # a websocket that is probing for an upgrade
+        self._poll: asyncio.Future | None = None  # the GET waiting for packets
+        self._posting = False
+        self._inbox: deque = deque()
+        self._consumer: asyncio.Task | None = None
+        self._ping_handle: asyncio.TimerHandle | None = None
+        self._pong_handle: asyncio.TimerHandle | None = None
+        self._linger_handle: asyncio.TimerHandle | None = None
+        self._upgrade_handle: asyncio.TimerHandle | None = None
+        # ping settings are fixed per session at handshake (a reload applies to new ones)
+        self.ping_interval = server.options.ping_interval
+        self.ping_timeout = server.options.ping_timeout
+        self.close_reason: str | None = None
+
+    # ---------------------------------------------------------------- handshake
+    def open_packet(self) -> Packet:
+        opts = self.server.options
+        upgrades = ["websocket"] if self.transport == "polling" and opts.allow_websocket else []
+        return Packet(OPEN, {
+            "sid": self.sid,
+            "upgrades": upgrades,
+            # milliseconds, rounded rather than truncated: 2.5 s is advertised as 2500
+            "pingInterval": round(self.ping_interval * 1000),
+            "pingTimeout": round(self.ping_timeout * 1000),
+            "maxPayload": opts.max_payload,
+        })
+
+    def start_heartbeat(self) -> None:
+        self._schedule_ping()
+
+    # ---------------------------------------------------------------- heartbeat
+    def _schedule_ping(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._ping_handle = loop.call_later(self.ping_interval, self._send_ping)
+
+    def _send_ping(self) -> None:
+        self._ping_handle = None
+        if self.closed:
+            return
+        self.send(Packet(PING))
+        loop = asyncio.get_running_loop()
+        self._pong_handle = loop.call_later(self.ping_timeout, self._ping_timed_out)
+
+    def _ping_timed_out(self) -> None:
+        self._pong_handle = None
+        log.debug("session %s: no pong within %.3f s", self.sid, self.ping_timeout)
+        self.close(Reason.PING_TIMEOUT, notify_client=False)
+
+    def _on_pong(self) -> None:
+        if self._pong_handle is not None:
+            self._pong_handle.cancel()
+            self._pong_handle = None
+            self._schedule_ping()
+
+    # ---------------------------------------------------------------- outbound
+    def send(self, pkt: Packet) -> None:
+        """Queue or write one packet; never blocks. Packets sent after close are dropped."""
+        if self.closed:
+            return
+        if self.ws is not None:
+            self.ws.send_frame(wire(pkt))
+            return
+        self.queue.append(pkt)
+        self._wake_poll()
+
+    def _wake_poll(self) -> None:
+        if self._poll is not None and not self._poll.done():
+            self._poll.set_result(None)
+
+    # ---------------------------------------------------------------- polling
+    async def handle_poll(self) -> str:
+        """A long-polling GET: the packets queued for this session, waiting if none."""
+        if self.transport != "polling" or self.ws is not None:
+            raise HandshakeError(HandshakeError.BAD_REQUEST)
+        if self._poll is not None:
+            # two concurrent GETs: the client is broken; the reference server closes
+            self.close(Reason.TRANSPORT_ERROR, notify_client=False)
+            raise HandshakeError(HandshakeError.BAD_REQUEST)
+        if not self.queue and not self.closed:
+            if self._probe_ws is not None and self._probe_ws.probed:
+                # mid-upgrade: release the client at once so it can pause polling
+                return encode_payload([Packet(NOOP)])
+            self._poll = asyncio.get_running_loop().create_future()
+            try:
+                await self._poll
+            finally:
+                self._poll = None
+        packets, self.queue = self.queue, []
+        if self.closed:
+            packets.append(Packet(CLOSE))
+            self.server.forget(self)
+        elif not packets:
+            packets = [Packet(NOOP)]  # woken by an upgrade: an empty answer is a noop
+        return encode_payload(packets)
+
+    def poll_cancelled(self) -> None:
+        """The client went away while its GET was waiting: the transport is gone."""
+        if self._poll is not None:
+            self._wake_poll()
+            if self.ws is None and self._probe_ws is None:
+                self.close(Reason.TRANSPORT_CLOSE, notify_client=False)
+
+    def handle_post(self, body: bytes) -> None:
+        """A polling POST carrying one payload of packets."""
+        if self.closed or self.transport != "polling" or self.ws is not None:
+            raise HandshakeError(HandshakeError.BAD_REQUEST)
+        if self._posting:
+            self.close(Reason.TRANSPORT_ERROR, notify_client=False)
+            raise HandshakeError(HandshakeError.BAD_REQUEST)
+        self._posting = True
+        try:
+            packets = decode_payload(body)
+        except ProtocolError as exc:
+            log.info("session %s: invalid polling payload (%s), closing", self.sid, exc)
+            self.close(Reason.TRANSPORT_ERROR, notify_client=False)
+            raise HandshakeError(HandshakeError.BAD_REQUEST) from exc
+        finally:
+            self._posting = False
+        for ptype, data in packets:
+            if not self._on_packet(ptype, data):
+                break
+
+    # ---------------------------------------------------------------- websocket
+    def attach_websocket(self, ws) -> None:
+        """A websocket opened for this session: directly (new session) or to probe."""
+        if self.ws is None and self.transport == "websocket":
+            self.ws = ws
+        else:
+            self._probe_ws = ws
+            loop = asyncio.get_running_loop()
+            self._upgrade_handle = loop.call_later(
+                self.server.options.upgrade_timeout, self._upgrade_timed_out)
+
+    def _upgrade_timed_out(self) -> None:
+        self._upgrade_handle = None
+        probe, self._probe_ws = self._probe_ws, None
+        if probe is not None:
+            log.debug("session %s: upgrade not completed in time", self.sid)
+            probe.close_transport()
+
+    def on_ws_message(self, ws, raw: str | bytes) -> None:
+        if ws is self._probe_ws:
+            self._on_probe_message(ws, raw)
+            return
+        if ws is not self.ws or self.closed:
+            return
+        try:
+            ptype, data = decode_packet(raw)
+        except ProtocolError as exc:
+            log.info("session %s: invalid packet (%s), closing", self.sid, exc)
+            self.close(Reason.TRANSPORT_ERROR, notify_client=False)
+            return
+        self._on_packet(ptype, data)
+
+    def _on_probe_message(self, ws, raw) -> None:
+        if raw == "2probe" and not ws.probed:
+            ws.probed = True
+            ws.send_frame(_PONG_PROBE)
+            # release a waiting GET so the client can pause polling; a GET that comes
+            # later gets its noop at once (handle_poll). Nothing is queued here: a noop
+            # left in the queue would reach the client over the websocket after upgrade.
+            if self._poll is not None:
+                self._poll.set_result(None)
+            return
+        if raw == "5" and ws.probed:
+            self._complete_upgrade(ws)
+            return
+        # anything else during the upgrade: abandon the probe, keep polling
+        self._probe_ws = None
+        ws.close_transport()
+
+    def _complete_upgrade(self, ws) -> None:
+        if self._upgrade_handle is not None:
+            self._upgrade_handle.cancel()
+            self._upgrade_handle = None
+        self._probe_ws = None
+        self.transport = "websocket"
+        self.ws = ws
+        queued, self.queue = self.queue, []
+        for pkt in queued:
+            ws.send_frame(wire(pkt))
+        self._wake_poll()  # a GET still waiting is answered with a noop and is the last one
+        self.server.on_upgrade(self)
+
+    def on_ws_closed(self, ws) -> None:
+        if ws is self._probe_ws:
+            self._probe_ws = None
+            return
+        if ws is self.ws:
+            self.close(Reason.TRANSPORT_CLOSE, notify_client=False)
+
+    # ---------------------------------------------------------------- inbound
+    def _on_packet(self, ptype: int, data) -> bool:
+        """Handle one inbound packet of an established session; False once closed."""
+        if ptype == MESSAGE:
+            self._inbox.append(data)
+            if self._consumer is None:
+                self._consumer = asyncio.ensure_future(self._consume())
+        elif ptype == PONG:
+            self._on_pong()
+        elif ptype == CLOSE:
+            self.close(Reason.CLIENT_DISCONNECT, notify_client=False)
+            return False
+        elif ptype == PING:
+            # v4 heartbeats go server → client; a client ping is a protocol error
+            self.close(Reason.TRANSPORT_ERROR, notify_client=False)
+            return False
+        # OPEN, UPGRADE, NOOP on an established transport carry nothing
+        elif ptype not in (OPEN, UPGRADE, NOOP):  # pragma: no cover - decode_packet bounds it
+            return False
+        return not self.closed
+
+    async def _consume(self) -> None:
+        handler = self.server.handlers
+        try:
+            while self._inbox:
+                item = self._inbox.popleft()
+                if item is _CLOSED:
+                    await self.server.fire_disconnect(self, self.close_reason)
+                    return
+                try:
+                    await handler["message"](self.sid, item)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # one bad message must not kill the session's reader
+                    log.exception("session %s: message handler failed", self.sid)
+        finally:
+            self._consumer = None
+
+    # ---------------------------------------------------------------- close
+    def close(self, reason: str = Reason.SERVER_DISCONNECT, notify_client: bool = True) -> None:
+        """Close once. The disconnect handler runs after messages received before."""
+        if self.closed:
+            return
+        self.closed = True
+        for handle in (self._ping_handle, self._pong_handle, self._upgrade_handle):
+            if handle is not None:
+                handle.cancel()
+        self._ping_handle = self._pong_handle = self._upgrade_handle = None
+        self.close_reason = reason
+        if self._probe_ws is not None:
+            self._probe_ws.close_transport()
+            self._probe_ws = None
+        if self.ws is not None:
+            # buffered frames (a DISCONNECT, a refused CONNECT) go out before the close
+            self.ws.close_transport()
+            self.server.forget(self)
+        elif notify_client and self._poll is None:
+            # polling: keep the session until the client's last GET collects the queue and
+            # the close packet, but not forever
+            loop = asyncio.get_running_loop()
+            self._linger_handle = loop.call_later(CLOSE_LINGER_S, self.server.forget, self)
+        else:
+            # a waiting GET returns the queue and the close packet, then forgets the session
+            self._wake_poll()
+            if not notify_client:
+                self.server.forget(self)
+        self._inbox.append(_CLOSED)
+        if self._consumer is None:
+            self._consumer = asyncio.ensure_future(self._consume())
+
+    def cancel_linger(self) -> None:
+        if self._linger_handle is not None:
+            self._linger_handle.cancel()
+            self._linger_handle = None

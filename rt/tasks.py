@@ -1,0 +1,44 @@
+"""Background loops that survive their own errors."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Awaitable, Callable
+
+log = logging.getLogger("rt.app")
+
+
+async def every(name: str, interval: float, step: Callable[[], Awaitable[None]],
+                max_backoff: float = 30.0) -> None:
+    """Run `step` every `interval` seconds until cancelled. A failing step is logged and
+    retried with exponential backoff; cancellation always propagates."""
+    delay = interval
+    while True:
+        await asyncio.sleep(delay)
+        try:
+            await step()
+            delay = interval
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            delay = min(max(delay * 2, interval), max_backoff)
+            log.exception("%s failed; retrying in %.1f s", name, delay)
+
+
+class TaskGroup:
+    """Named long-running tasks of the app, cancelled together at stop."""
+
+    def __init__(self) -> None:
+        self._tasks: list[asyncio.Task] = []
+
+    def start(self, name: str, coro) -> asyncio.Task:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.append(task)
+        return task
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
