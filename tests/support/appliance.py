@@ -31,6 +31,7 @@ WAIT = 5.0  # seconds any single expected event may take
 
 
 def settings_for(tmp_path: Path, ini: str = "", env: dict | None = None):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "rt-appliance.ini"
     path.write_text(ini)
     environ = {"WEBUI_SECRET_KEY": SECRET, "RT_API_KEY": API_KEY, **(env or {})}

@@ -1,0 +1,562 @@
+"""The durable store of a single node: one SQLite file.
+
+Every statement runs on one dedicated worker thread, so the event loop never waits on disk
+and the connection is only ever touched by the thread that opened it. Methods are
+coroutines that hand a closure to that thread and await it. Because the thread runs one
+closure at a time, each closure sees the database without interleaving from this process;
+explicit transactions still make multi-step changes atomic on disk and towards other
+processes (e.g. `rt-appliance token` registering a user while the server runs).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import TypeVar
+
+from . import ChatMessage, Note, StoredDocument, StoreError, User
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_MS = 5000
+
+# Ordered schema migrations: MIGRATIONS[i] takes the schema from version i to i + 1
+# (`PRAGMA user_version`). Append new ones; never edit one that has shipped.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE users (
+        id             TEXT PRIMARY KEY,
+        name           TEXT NOT NULL,
+        role           TEXT NOT NULL,
+        disabled       INTEGER NOT NULL DEFAULT 0,
+        last_active_at REAL
+    );
+    CREATE TABLE channels (id TEXT PRIMARY KEY);
+    -- No foreign key to users: the backend may list members before registering them.
+    CREATE TABLE channel_members (
+        channel_id   TEXT NOT NULL REFERENCES channels(id) ON DELETE CASCADE,
+        user_id      TEXT NOT NULL,
+        last_read_at REAL,
+        PRIMARY KEY (channel_id, user_id)
+    ) WITHOUT ROWID;
+    -- channels_of_user and delete_user look members up by user.
+    CREATE INDEX channel_members_by_user ON channel_members(user_id, channel_id);
+    CREATE TABLE chat_reads (
+        chat_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        at      REAL NOT NULL,
+        PRIMARY KEY (chat_id, user_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE chat_messages (
+        chat_id    TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        user_id    TEXT NOT NULL,
+        content    TEXT NOT NULL,
+        status     TEXT NOT NULL,
+        usage      TEXT,  -- JSON
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (chat_id, message_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE notes (
+        id    TEXT PRIMARY KEY,
+        owner TEXT NOT NULL
+    );
+    CREATE TABLE note_grants (
+        note_id TEXT NOT NULL REFERENCES notes(id) ON DELETE CASCADE,
+        access  TEXT NOT NULL CHECK (access IN ('read', 'write')),
+        user_id TEXT NOT NULL,
+        PRIMARY KEY (note_id, access, user_id)
+    ) WITHOUT ROWID;
+    -- stored_bytes = length(snapshot) + sum of length(blob) of the document's updates,
+    -- kept up to date on every change so document_stats (scraped by /metrics) never has
+    -- to read the whole update log.
+    CREATE TABLE documents (
+        id           TEXT PRIMARY KEY,
+        snapshot     BLOB,
+        content      TEXT,
+        updated_at   REAL NOT NULL,
+        last_seq     INTEGER NOT NULL DEFAULT 0,
+        stored_bytes INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE document_updates (
+        document_id TEXT NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+        seq         INTEGER NOT NULL,
+        blob        BLOB NOT NULL,
+        PRIMARY KEY (document_id, seq)
+    ) WITHOUT ROWID;
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+@contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    # IMMEDIATE takes the write lock up front, so a transaction never fails half-way with
+    # SQLITE_BUSY when another process writes too (busy_timeout covers the wait instead).
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+        db.execute("COMMIT")
+    except BaseException:
+        # Some errors (e.g. SQLITE_FULL) already rolled back; a failed COMMIT may not have.
+        # Either way no transaction may stay open, or every later BEGIN would fail.
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
+@contextmanager
+def _read(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A read transaction: several SELECTs see one snapshot even if another process
+    writes between them."""
+    db.execute("BEGIN")
+    try:
+        yield db
+    finally:
+        if db.in_transaction:
+            db.execute("COMMIT")
+
+
+def _check_writable(db: sqlite3.Connection) -> None:
+    """Read and write (then roll back) the header. SQLite silently opens a write-protected
+    file read-only and `BEGIN IMMEDIATE` alone succeeds on it, so only a real write shows
+    that the store cannot take writes."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        (version,) = db.execute("PRAGMA user_version").fetchone()
+        db.execute(f"PRAGMA user_version = {int(version)}")
+    finally:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    # isolation_level=None: no implicit transactions; we open them explicitly.
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        (mode,) = db.execute("PRAGMA journal_mode = WAL").fetchone()
+        if mode != "wal":
+            raise StoreError(f"SQLite store {path}: cannot use WAL mode (got {mode!r})")
+        # FULL: in WAL mode every commit is fsynced, so an acked Yjs update is on disk.
+        db.execute("PRAGMA synchronous = FULL")
+        db.execute("PRAGMA foreign_keys = ON")
+        _migrate(db, path)
+        _check_writable(db)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _migrate(db: sqlite3.Connection, path: str) -> None:
+    (version,) = db.execute("PRAGMA user_version").fetchone()
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"SQLite store {path}: schema version {version} is newer than this build "
+            f"supports ({SCHEMA_VERSION})"
+        )
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        # executescript commits any open transaction first, so BEGIN/COMMIT go inside the
+        # script: a migration and its version bump land together or not at all.
+        try:
+            db.executescript(
+                f"BEGIN IMMEDIATE; {MIGRATIONS[target - 1]}; "
+                f"PRAGMA user_version = {target}; COMMIT;"
+            )
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+
+class SqliteStore:
+    """`Store` on a SQLite file. Construct cheaply; `open()` does the I/O."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._executor: ThreadPoolExecutor | None = None
+        self._db: sqlite3.Connection | None = None
+
+    # plumbing ------------------------------------------------------------------------
+    async def _submit(self, executor: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, fn)
+        except sqlite3.DatabaseError as exc:
+            name = getattr(exc, "sqlite_errorname", None)
+            detail = f"{exc} ({name})" if name else str(exc)
+            raise StoreError(f"SQLite store {self.path}: {detail}") from exc
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        executor, db = self._executor, self._db
+        if executor is None or db is None:
+            raise StoreError(f"SQLite store {self.path} is not open")
+        return await self._submit(executor, lambda: fn(db))
+
+    # lifecycle -----------------------------------------------------------------------
+    async def open(self) -> None:
+        if self._executor is not None:
+            return
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rt-sqlite")
+        try:
+            self._db = await self._submit(executor, lambda: _connect(self.path))
+        except OSError as exc:  # creating the directory failed
+            executor.shutdown(wait=True)
+            raise StoreError(f"SQLite store {self.path}: {exc}") from exc
+        except BaseException:
+            executor.shutdown(wait=True)
+            raise
+        self._executor = executor
+
+    async def close(self) -> None:
+        executor, db = self._executor, self._db
+        if executor is None:
+            return
+        # Mark closed first: new calls fail at once, calls already queued on the thread
+        # still run before the connection is closed (the thread is FIFO).
+        self._executor = self._db = None
+        try:
+            if db is not None:
+                await self._submit(executor, db.close)
+        finally:
+            executor.shutdown(wait=True)
+
+    async def ping(self) -> None:
+        await self._run(_check_writable)
+
+    # users ---------------------------------------------------------------------------
+    async def put_user(self, user: User) -> None:
+        def run(db: sqlite3.Connection) -> None:
+            # A PUT from the API carries no last-active time: keep the stored one, and
+            # never move it backwards.
+            db.execute(
+                "INSERT INTO users (id, name, role, disabled, last_active_at)"
+                " VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET name = excluded.name, role = excluded.role,"
+                " disabled = excluded.disabled, last_active_at = COALESCE("
+                "   MAX(last_active_at, excluded.last_active_at),"
+                "   last_active_at, excluded.last_active_at)",
+                (user.id, user.name, user.role, int(user.disabled), user.last_active_at),
+            )
+
+        await self._run(run)
+
+    async def get_user(self, user_id: str) -> User | None:
+        def run(db: sqlite3.Connection) -> User | None:
+            row = db.execute(
+                "SELECT name, role, disabled, last_active_at FROM users WHERE id = ?",
+                (user_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            name, role, disabled, last_active_at = row
+            return User(user_id, name, role, bool(disabled), last_active_at)
+
+        return await self._run(run)
+
+    async def delete_user(self, user_id: str) -> bool:
+        def run(db: sqlite3.Connection) -> bool:
+            with _transaction(db):
+                db.execute("DELETE FROM channel_members WHERE user_id = ?", (user_id,))
+                return db.execute("DELETE FROM users WHERE id = ?", (user_id,)).rowcount > 0
+
+        return await self._run(run)
+
+    async def set_last_active(self, times: dict[str, float]) -> None:
+        if not times:
+            return
+
+        def run(db: sqlite3.Connection) -> None:
+            with _transaction(db):
+                db.executemany(
+                    "UPDATE users SET last_active_at = ?1 WHERE id = ?2"
+                    " AND (last_active_at IS NULL OR last_active_at < ?1)",
+                    [(at, user_id) for user_id, at in times.items()],
+                )
+
+        await self._run(run)
+
+    # channels ------------------------------------------------------------------------
+    async def put_channel(self, channel_id: str, members: list[str]) -> None:
+        def run(db: sqlite3.Connection) -> None:
+            # Replace the member list but keep the rows (and read markers) of members
+            # who stay.
+            with _transaction(db):
+                db.execute("INSERT OR IGNORE INTO channels (id) VALUES (?)", (channel_id,))
+                keep = set(members)
+                current = _members(db, channel_id)
+                _remove_members(db, channel_id, [m for m in current if m not in keep])
+                _add_members(db, channel_id, members)
+
+        await self._run(run)
+
+    async def update_channel_members(
+        self, channel_id: str, add: list[str], remove: list[str]
+    ) -> bool:
+        def run(db: sqlite3.Connection) -> bool:
+            with _transaction(db):
+                if not _channel_exists(db, channel_id):
+                    return False
+                _add_members(db, channel_id, add)
+                _remove_members(db, channel_id, remove)
+                return True
+
+        return await self._run(run)
+
+    async def get_channel_members(self, channel_id: str) -> list[str] | None:
+        def run(db: sqlite3.Connection) -> list[str] | None:
+            with _read(db):
+                if not _channel_exists(db, channel_id):
+                    return None
+                return _members(db, channel_id)
+
+        return await self._run(run)
+
+    async def delete_channel(self, channel_id: str) -> bool:
+        def run(db: sqlite3.Connection) -> bool:
+            # Members go with it (ON DELETE CASCADE).
+            return db.execute("DELETE FROM channels WHERE id = ?", (channel_id,)).rowcount > 0
+
+        return await self._run(run)
+
+    async def channels_of_user(self, user_id: str) -> list[str]:
+        def run(db: sqlite3.Connection) -> list[str]:
+            rows = db.execute(
+                "SELECT channel_id FROM channel_members WHERE user_id = ? ORDER BY channel_id",
+                (user_id,),
+            )
+            return [channel_id for (channel_id,) in rows]
+
+        return await self._run(run)
+
+    async def set_channel_read(self, channel_id: str, user_id: str, at: float) -> None:
+        def run(db: sqlite3.Connection) -> None:
+            # The marker belongs to the membership: for a non-member this does nothing.
+            db.execute(
+                "UPDATE channel_members SET last_read_at = ? WHERE channel_id = ? AND user_id = ?",
+                (at, channel_id, user_id),
+            )
+
+        await self._run(run)
+
+    async def get_channel_read(self, channel_id: str, user_id: str) -> float | None:
+        def run(db: sqlite3.Connection) -> float | None:
+            row = db.execute(
+                "SELECT last_read_at FROM channel_members WHERE channel_id = ? AND user_id = ?",
+                (channel_id, user_id),
+            ).fetchone()
+            return None if row is None else row[0]
+
+        return await self._run(run)
+
+    # chats ---------------------------------------------------------------------------
+    async def set_chat_read(self, chat_id: str, user_id: str, at: float) -> None:
+        def run(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO chat_reads (chat_id, user_id, at) VALUES (?, ?, ?)"
+                " ON CONFLICT (chat_id, user_id) DO UPDATE SET at = excluded.at",
+                (chat_id, user_id, at),
+            )
+
+        await self._run(run)
+
+    async def get_chat_read(self, chat_id: str, user_id: str) -> float | None:
+        def run(db: sqlite3.Connection) -> float | None:
+            row = db.execute(
+                "SELECT at FROM chat_reads WHERE chat_id = ? AND user_id = ?",
+                (chat_id, user_id),
+            ).fetchone()
+            return None if row is None else row[0]
+
+        return await self._run(run)
+
+    async def put_chat_message(self, message: ChatMessage) -> None:
+        m = message
+        usage = None if m.usage is None else json.dumps(m.usage)
+
+        def run(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT OR REPLACE INTO chat_messages"
+                " (chat_id, message_id, user_id, content, status, usage, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (m.chat_id, m.message_id, m.user_id, m.content, m.status, usage, m.updated_at),
+            )
+
+        await self._run(run)
+
+    async def get_chat_message(self, chat_id: str, message_id: str) -> ChatMessage | None:
+        def run(db: sqlite3.Connection) -> ChatMessage | None:
+            row = db.execute(
+                "SELECT user_id, content, status, usage, updated_at FROM chat_messages"
+                " WHERE chat_id = ? AND message_id = ?",
+                (chat_id, message_id),
+            ).fetchone()
+            if row is None:
+                return None
+            user_id, content, status, usage, updated_at = row
+            usage = None if usage is None else json.loads(usage)
+            return ChatMessage(chat_id, message_id, user_id, content, status, usage, updated_at)
+
+        return await self._run(run)
+
+    # notes ---------------------------------------------------------------------------
+    async def put_note(self, note: Note) -> None:
+        grants = [(note.id, "read", u) for u in note.read]
+        grants += [(note.id, "write", u) for u in note.write]
+
+        def run(db: sqlite3.Connection) -> None:
+            with _transaction(db):
+                db.execute(
+                    "INSERT INTO notes (id, owner) VALUES (?, ?)"
+                    " ON CONFLICT (id) DO UPDATE SET owner = excluded.owner",
+                    (note.id, note.owner),
+                )
+                db.execute("DELETE FROM note_grants WHERE note_id = ?", (note.id,))
+                db.executemany(
+                    "INSERT INTO note_grants (note_id, access, user_id) VALUES (?, ?, ?)", grants
+                )
+
+        await self._run(run)
+
+    async def get_note(self, note_id: str) -> Note | None:
+        def run(db: sqlite3.Connection) -> Note | None:
+            with _read(db):
+                row = db.execute("SELECT owner FROM notes WHERE id = ?", (note_id,)).fetchone()
+                if row is None:
+                    return None
+                grants: dict[str, set[str]] = {"read": set(), "write": set()}
+                for access, user_id in db.execute(
+                    "SELECT access, user_id FROM note_grants WHERE note_id = ?", (note_id,)
+                ):
+                    grants[access].add(user_id)
+            return Note(note_id, row[0], frozenset(grants["read"]), frozenset(grants["write"]))
+
+        return await self._run(run)
+
+    async def delete_note(self, note_id: str) -> bool:
+        def run(db: sqlite3.Connection) -> bool:
+            return db.execute("DELETE FROM notes WHERE id = ?", (note_id,)).rowcount > 0
+
+        return await self._run(run)
+
+    # documents -----------------------------------------------------------------------
+    async def append_update(self, document_id: str, update: bytes) -> int:
+        def run(db: sqlite3.Connection) -> int:
+            # Committed (and, with synchronous=FULL, fsynced) before the seq is returned.
+            with _transaction(db):
+                db.execute(
+                    "INSERT INTO documents (id, updated_at, last_seq, stored_bytes)"
+                    " VALUES (?1, ?2, 1, ?3)"
+                    " ON CONFLICT (id) DO UPDATE SET updated_at = ?2,"
+                    " last_seq = last_seq + 1, stored_bytes = stored_bytes + ?3",
+                    (document_id, time.time(), len(update)),
+                )
+                (seq,) = db.execute(
+                    "SELECT last_seq FROM documents WHERE id = ?", (document_id,)
+                ).fetchone()
+                db.execute(
+                    "INSERT INTO document_updates (document_id, seq, blob) VALUES (?, ?, ?)",
+                    (document_id, seq, update),
+                )
+            return seq
+
+        return await self._run(run)
+
+    async def load_document(self, document_id: str) -> StoredDocument | None:
+        def run(db: sqlite3.Connection) -> StoredDocument | None:
+            with _read(db):
+                row = db.execute(
+                    "SELECT snapshot, content, updated_at, last_seq FROM documents WHERE id = ?",
+                    (document_id,),
+                ).fetchone()
+                if row is None:
+                    return None
+                updates = [
+                    blob
+                    for (blob,) in db.execute(
+                        "SELECT blob FROM document_updates WHERE document_id = ? ORDER BY seq",
+                        (document_id,),
+                    )
+                ]
+            snapshot, content, updated_at, last_seq = row
+            return StoredDocument(document_id, snapshot, updates, last_seq, content, updated_at)
+
+        return await self._run(run)
+
+    async def compact_document(self, document_id: str, upto_seq: int, snapshot: bytes) -> None:
+        def run(db: sqlite3.Connection) -> None:
+            with _transaction(db):
+                db.execute(
+                    "DELETE FROM document_updates WHERE document_id = ? AND seq <= ?",
+                    (document_id, upto_seq),
+                )
+                # A document deleted meanwhile stays deleted (UPDATE matches no row).
+                db.execute(
+                    "UPDATE documents SET snapshot = ?1, stored_bytes = length(?1) + ("
+                    "   SELECT COALESCE(SUM(length(blob)), 0) FROM document_updates"
+                    "   WHERE document_id = ?2)"
+                    " WHERE id = ?2",
+                    (snapshot, document_id),
+                )
+
+        await self._run(run)
+
+    async def set_document_content(self, document_id: str, content: str) -> None:
+        def run(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO documents (id, content, updated_at) VALUES (?1, ?2, ?3)"
+                " ON CONFLICT (id) DO UPDATE SET content = ?2, updated_at = ?3",
+                (document_id, content, time.time()),
+            )
+
+        await self._run(run)
+
+    async def delete_document(self, document_id: str) -> bool:
+        def run(db: sqlite3.Connection) -> bool:
+            # Updates go with it (ON DELETE CASCADE).
+            return db.execute("DELETE FROM documents WHERE id = ?", (document_id,)).rowcount > 0
+
+        return await self._run(run)
+
+    async def document_stats(self) -> tuple[int, int]:
+        def run(db: sqlite3.Connection) -> tuple[int, int]:
+            count, total = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(stored_bytes), 0) FROM documents"
+            ).fetchone()
+            return count, total
+
+        return await self._run(run)
+
+
+def _channel_exists(db: sqlite3.Connection, channel_id: str) -> bool:
+    return db.execute("SELECT 1 FROM channels WHERE id = ?", (channel_id,)).fetchone() is not None
+
+
+def _members(db: sqlite3.Connection, channel_id: str) -> list[str]:
+    rows = db.execute(
+        "SELECT user_id FROM channel_members WHERE channel_id = ? ORDER BY user_id",
+        (channel_id,),
+    )
+    return [user_id for (user_id,) in rows]
+
+
+def _add_members(db: sqlite3.Connection, channel_id: str, users: list[str]) -> None:
+    db.executemany(
+        "INSERT OR IGNORE INTO channel_members (channel_id, user_id) VALUES (?, ?)",
+        [(channel_id, u) for u in users],
+    )
+
+
+def _remove_members(db: sqlite3.Connection, channel_id: str, users: list[str]) -> None:
+    db.executemany(
+        "DELETE FROM channel_members WHERE channel_id = ? AND user_id = ?",
+        [(channel_id, u) for u in users],
+    )
