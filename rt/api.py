@@ -11,14 +11,13 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import orjson
-import socketio.exceptions
 import tornado.web
 
 from . import payloads as p
 from .auth import api_key_matches
 from .backends import Note, Store, StoreError, User
 from .directory import ROLES, Directory
-from .emitter import Emitter
+from .emitter import CallTimeout, Emitter
 from .presence import PresenceService
 from .usage import UsageService
 
@@ -159,10 +158,8 @@ class CallHandler(ApiHandler):
             raise p.NotFound(f"no connected session {sid!r}")
         try:
             ack = await self.ctx.emitter.call(sid, event, body.get("data"), timeout)
-        except socketio.exceptions.TimeoutError:
+        except CallTimeout:
             return self.fail("timeout", f"no answer within {timeout:g} s", 504)
-        if isinstance(ack, tuple):
-            ack = list(ack)
         self.reply({"ack": ack})
 
 

@@ -7,10 +7,15 @@ there.
 """
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Iterable
 
 from . import rooms
 from .backends import PresenceRegistry
+
+
+class CallTimeout(Exception):
+    """The client did not acknowledge in time."""
 
 
 class Emitter:
@@ -62,4 +67,20 @@ class Emitter:
         return len(sids)
 
     async def call(self, sid: str, event: str, data: Any, timeout: float) -> Any:
-        return await self.sio.call(event, data, to=sid, timeout=timeout)
+        """Emit to one session and wait for its ack (on any node: the Redis manager routes
+        the ack back). Not `sio.call`, which refuses to run with async_handlers off: that
+        guard protects handlers calling their own client, and the API is not a handler."""
+        answered = asyncio.Event()
+        answer: list[tuple] = []
+
+        def on_ack(*args: Any) -> None:
+            answer.append(args)
+            answered.set()
+
+        await self.sio.emit(event, data, to=sid, callback=on_ack)
+        try:
+            await asyncio.wait_for(answered.wait(), timeout)
+        except asyncio.TimeoutError:
+            raise CallTimeout(f"no answer from {sid} within {timeout:g} s") from None
+        args = answer[0]
+        return args[0] if len(args) == 1 else (list(args) if args else None)

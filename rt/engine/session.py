@@ -215,8 +215,7 @@ class EngineSession:
             # release a waiting GET so the client can pause polling; a GET that comes
             # later gets its noop at once (handle_poll). Nothing is queued here: a noop
             # left in the queue would reach the client over the websocket after upgrade.
-            if self._poll is not None:
-                self._poll.set_result(None)
+            self._wake_poll()
             return
         if raw == "5" and ws.probed:
             self._complete_upgrade(ws)
