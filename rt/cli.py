@@ -21,12 +21,13 @@ def _parser() -> argparse.ArgumentParser:
     def with_config(p):
         p.add_argument("--config", metavar="PATH",
                        help="INI file (default: /etc/rt-appliance/rt-appliance.ini if present)")
+        # the flags override the INI file and the environment (highest precedence)
+        p.add_argument("--host", help="listen address ([server] host)")
+        p.add_argument("--port", help="listen port, 0 = any free port ([server] port)")
+        p.add_argument("--data-dir", help="state directory ([state] data_dir)")
         return p
 
-    serve = with_config(sub.add_parser("serve", help="run the appliance"))
-    serve.add_argument("--host")
-    serve.add_argument("--port")
-    serve.add_argument("--data-dir")
+    with_config(sub.add_parser("serve", help="run the appliance"))
     with_config(sub.add_parser("check-config", help="validate the configuration and exit"))
     with_config(sub.add_parser("print-config", help="effective values with their source"))
     token = with_config(sub.add_parser("token", help="register a user if missing, print a token"))
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serve(settings) -> int:
     from .app import Appliance
+    from .backends import StoreError
     from .backends.factory import BackendError
 
     logs.setup(settings.log.level)
@@ -94,7 +96,7 @@ def _serve(settings) -> int:
         try:
             appliance = Appliance(settings, announce=lambda m: print(m, flush=True))
             await appliance.start()
-        except (BackendError, OSError) as exc:
+        except (BackendError, StoreError, OSError) as exc:
             print(f"cannot start: {exc}", file=sys.stderr)
             return EXIT_FAILURE
         stop = asyncio.Event()
@@ -112,7 +114,7 @@ def _serve(settings) -> int:
 def _token(settings, args) -> int:
     from .app import resolve_secrets
     from .auth import TokenVerifier
-    from .backends import User
+    from .backends import StoreError, User
     from .backends.factory import BackendError, build_backend
 
     try:
@@ -126,7 +128,7 @@ def _token(settings, args) -> int:
         try:
             backend = build_backend(settings)
             await backend.start()
-        except (BackendError, OSError) as exc:
+        except (BackendError, StoreError, OSError) as exc:
             print(f"cannot open the store: {exc}", file=sys.stderr)
             return EXIT_FAILURE
         try:

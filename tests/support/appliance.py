@@ -80,17 +80,26 @@ class Client(socketio.AsyncClient):
 
 
 class Harness:
-    def __init__(self, app: Appliance):
+    def __init__(self, app: Appliance | None, url: str | None = None,
+                 path: str = "/ws/socket.io"):
+        """For an in-process `app`, or for any appliance at `url` (a child process)."""
         self.app = app
-        self.url = f"http://127.0.0.1:{app.port}"
-        self.path = app.settings.server.socketio_path
+        self.url = url or f"http://127.0.0.1:{app.port}"
+        self.path = app.settings.server.socketio_path if app else path
         self.http = AsyncHTTPClient(force_instance=True)
         self.clients: list[Client] = []
         self.verifier = TokenVerifier(SECRET)
 
     async def user(self, user_id: str, name: str | None = None, role: str = "user",
                    disabled: bool = False) -> str:
-        await self.app.backend.store.put_user(User(user_id, name or user_id.title(), role, disabled))
+        """Register a user (through the store in-process, else the API); returns a token."""
+        name = name or user_id.title()
+        if self.app is not None:
+            await self.app.backend.store.put_user(User(user_id, name, role, disabled))
+        else:
+            status, body = await self.api("PUT", f"/api/v1/users/{user_id}",
+                                          {"name": name, "role": role, "disabled": disabled})
+            assert status == 200, body
         return self.token(user_id)
 
     def token(self, user_id: str, expires: float | None = 3600, **extra: Any) -> str:
