@@ -108,6 +108,8 @@ class EngineServer:
         session.cancel_linger()
 
     def on_upgrade(self, session: EngineSession) -> None:
+        if self.sessions.get(session.sid) is not session:
+            return  # already forgotten (closed mid-upgrade): it is counted nowhere
         self.counts["polling"] -= 1
         self.counts["websocket"] += 1
 

@@ -177,6 +177,13 @@ class EngineSession:
                 break
 
     # ---------------------------------------------------------------- websocket
+    def can_upgrade(self) -> bool:
+        """Whether a websocket may probe this session now: only a live polling session,
+        and one probe at a time (the reference server refuses a second one, which would
+        otherwise replace the first mid-handshake)."""
+        return (self.transport == "polling" and self.ws is None and self._probe_ws is None
+                and not self.closed)
+
     def attach_websocket(self, ws) -> None:
         """A websocket opened for this session: directly (new session) or to probe."""
         if self.ws is None and self.transport == "websocket":
@@ -236,6 +243,10 @@ class EngineSession:
             ws.send_frame(wire(pkt))
         self._wake_poll()  # a GET still waiting is answered with a noop and is the last one
         self.server.on_upgrade(self)
+        if self.closed:  # closed during the upgrade: the queue went out, now say goodbye
+            ws.send_frame(wire(Packet(CLOSE)))
+            ws.close_transport()
+            self.server.forget(self)
 
     def on_ws_closed(self, ws) -> None:
         if ws is self._probe_ws:
@@ -293,9 +304,13 @@ class EngineSession:
                 handle.cancel()
         self._ping_handle = self._pong_handle = self._upgrade_handle = None
         self.close_reason = reason
-        if self._probe_ws is not None:
+        if self._probe_ws is not None and not self._probe_ws.probed:
             self._probe_ws.close_transport()
             self._probe_ws = None
+        # A probe already answered stays: the client has paused polling and will only
+        # speak again on it (the upgrade packet), so the packets queued before this close
+        # and the close packet itself go out there (_complete_upgrade). Closing it instead
+        # would leave the client paused for ever.
         if self.ws is not None:
             # buffered frames (a DISCONNECT, a refused CONNECT) go out before the close
             self.ws.close_transport()
