@@ -94,6 +94,7 @@ class Appliance:
                                self.usage, self.channels, s.auth.trust_token_claims)
         self.gateway.register()
         self.tasks = TaskGroup()
+        self.web: tornado.web.Application | None = None
         self.http: tornado.httpserver.HTTPServer | None = None
         self.port: int | None = None
         self.started_at: float | None = None
@@ -125,8 +126,9 @@ class Appliance:
         if self.verifier.short_secret:
             log.warning("secret_key is shorter than 64 bytes; use a long random secret")
         await self.backend.start()
+        self.web = self.web_app()
         self.http = NoDelayHTTPServer(
-            self.web_app(), xheaders=s.server.trust_proxy_headers,
+            self.web, xheaders=s.server.trust_proxy_headers,
             max_body_size=max(s.server.max_message_bytes, API_MAX_BODY) + 65536,
             idle_connection_timeout=max(60.0, s.server.ping_interval + s.server.ping_timeout),
         )
