@@ -42,6 +42,7 @@ class ApiContext:
     call_timeout_max: Callable[[], float]
     ready: Callable[[], Any]  # coroutine function raising when not ready
     has_session: Callable[[str], Any]  # coroutine function: is this sid connected anywhere
+    observe: Callable[[str, int], None] = lambda handler, code: None  # request metrics
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -54,6 +55,11 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_header("Cache-Control", "no-store")
         self.set_header("X-Frame-Options", "DENY")
         self.set_header("Referrer-Policy", "no-referrer")
+
+    def on_finish(self) -> None:
+        ctx = getattr(self, "ctx", None)
+        if ctx is not None:
+            ctx.observe(type(self).__name__, self.get_status())
 
     def reply(self, body: Any, status: int = 200) -> None:
         self.set_status(status)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import time
 
@@ -15,7 +16,7 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
-from . import api
+from . import __version__, admin, api, logs
 from .auth import TokenVerifier
 from .backends.factory import Backend, build_backend
 from .channels import ChannelService
@@ -24,12 +25,14 @@ from .emitter import Emitter
 from .engine.handler import route as engine_route
 from .engine.server import EngineOptions
 from .gateway import Gateway
+from .metrics import Metrics
 from .presence import PresenceService
 from .ratelimit import Buckets
 from .secrets import ensure_secret
 from .sio import SocketServer
 from .tasks import TaskGroup, every
 from .usage import UsageService
+from .config import reload_diff
 
 log = logging.getLogger("rt.app")
 
@@ -94,8 +97,15 @@ class Appliance:
                                self.usage, self.channels, s.auth.trust_token_claims)
         self.gateway.register()
         self.tasks = TaskGroup()
+        self.metrics = Metrics(self)
+        self.recent_errors = admin.RecentErrors()
+        # extra live gauges other services contribute: (name, help, callable → number)
+        self.gauges: list[tuple[str, str, object]] = []
+        self.reload_hooks: list = []  # services that keep a copy of a reloadable setting
+        self.node_id = f"{socket.gethostname()}-{os.getpid()}-{id(self) % 10000:04d}"
         self.web: tornado.web.Application | None = None
         self.http: tornado.httpserver.HTTPServer | None = None
+        self.metrics_http: tornado.httpserver.HTTPServer | None = None
         self.port: int | None = None
         self.started_at: float | None = None
 
@@ -108,9 +118,12 @@ class Appliance:
             call_timeout_max=lambda: self.settings.limits.call_timeout_max,
             ready=self.backend.ready,
             has_session=self._has_session,
+            observe=lambda handler, code: self.metrics.api_requests.labels(handler, code).inc(),
         )
         handlers = [engine_route(self.settings.server.socketio_path, self.sio.engine)]
         handlers += api.routes(ctx)
+        handlers += admin.routes(self.metrics, lambda: self.settings.auth.api_key, self.status,
+                                 with_metrics=not self.settings.server.metrics_listen)
         return tornado.web.Application(
             handlers, default_handler_class=api.NotFoundHandler,
             default_handler_args={"ctx": ctx}, compress_response=False,
@@ -119,6 +132,42 @@ class Appliance:
 
     async def _has_session(self, sid: str) -> bool:
         return await self.backend.presence.user_of(sid) is not None
+
+    def extra_gauges(self):
+        return [(name, help_, fn()) for name, help_, fn in self.gauges]
+
+    async def status(self) -> dict:
+        """What /admin shows: live figures of this node and of the cluster."""
+        await self.metrics.refresh()
+        snap = self.metrics.snapshot
+        users = await self.backend.presence.users() if snap.get("store_up") else {}
+        rooms = self.sio.manager.rooms.get("/", {})
+        channels = sorted(
+            ({"id": name[len("channel:"):], "members": len(members)}
+             for name, members in rooms.items()
+             if isinstance(name, str) and name.startswith("channel:")),
+            key=lambda c: -c["members"])[:50]
+        return {
+            "time": time.time(),
+            "version": __version__,
+            "backend": self.backend.name,
+            "node": self.node_id,
+            "uptime": time.time() - (self.started_at or time.time()),
+            "connections": dict(self.sio.engine.counts),
+            "sessions": len(self.gateway.identities),
+            "users": [{"id": uid, "sessions": n} for uid, n in sorted(users.items())][:200],
+            "channels": channels,
+            "documents": {"count": snap.get("documents", 0), "bytes": snap.get("documents_bytes", 0),
+                          "open": self.open_documents()},
+            "nodes": [{"id": self.node_id, "self": True}],
+            "health": {"store": bool(snap.get("store_up"))},
+            "events": {"in": sum(self.gateway.events_in.values()),
+                       "out": sum(self.emitter.counts.values())},
+            "errors": list(self.recent_errors.items),
+        }
+
+    def open_documents(self) -> int:
+        return 0
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -136,6 +185,13 @@ class Appliance:
                                                family=socket.AF_UNSPEC)
         self.http.add_sockets(sockets)
         self.port = sockets[0].getsockname()[1]
+        if s.server.metrics_listen:
+            host, _, port = s.server.metrics_listen.rpartition(":")
+            self.metrics_http = tornado.httpserver.HTTPServer(tornado.web.Application(
+                admin.routes(self.metrics, lambda: self.settings.auth.api_key, self.status)[-1:]))
+            self.metrics_http.listen(int(port), host.strip("[]"))
+        logging.getLogger("rt").addHandler(self.recent_errors)
+        self.tasks.start("loop lag", self.metrics.sample_loop_lag())
         self.tasks.start("last-active flush", every(
             "last-active flush", s.state.last_active_flush_interval, self.presence.flush))
         self.tasks.start("usage sweep", every(
@@ -155,15 +211,18 @@ class Appliance:
         finally:
             await self.tasks.stop()
             await self.backend.stop()
+            if self.metrics_http is not None:
+                self.metrics_http.stop()
+            logging.getLogger("rt").removeHandler(self.recent_errors)
         log.info("stopped")
 
     async def _drain(self) -> None:
         # 1. stop accepting new connections and requests
         if self.http is not None:
             self.http.stop()
-        # 2. tell clients: a Socket.IO disconnect to every session, then close it
-        for sid in list(self.gateway.identities):
-            await self.sio.disconnect(sid)
+        # 2. tell clients, paced (drain_rate per second) so that they reconnect to other
+        #    nodes spread over time rather than all in the same instant
+        await self.drain_sessions(self.settings.server.drain_rate)
         await self.sio.engine.shutdown()
         await asyncio.sleep(0)  # let the close frames go out
         # 3. flush what is pending: coalesced last-active times
@@ -171,6 +230,46 @@ class Appliance:
         # 4. close idle keep-alive HTTP connections (the store closes in stop())
         if self.http is not None:
             await self.http.close_all_connections()
+
+
+    async def drain_sessions(self, rate: float) -> None:
+        sids = list(self.gateway.identities)
+        if not sids:
+            return
+        log.info("draining %d sessions at %s per second", len(sids), rate or "all")
+        batch = max(1, int(rate / 20)) if rate > 0 else len(sids)  # 20 batches a second
+        for i in range(0, len(sids), batch):
+            for sid in sids[i:i + batch]:
+                await self.sio.disconnect(sid)
+            if rate > 0 and i + batch < len(sids):
+                await asyncio.sleep(batch / rate)
+
+    # ------------------------------------------------------------------ reload
+    def reload(self, new) -> tuple[list[str], list[str]]:
+        """Apply a re-read configuration (SIGHUP). Options that can change live take effect
+        now (new connections get the new ping settings); the others keep their running
+        value and are named so the operator knows a restart is needed."""
+        new = resolve_secrets(new)
+        applied, need_restart = reload_diff(self.settings, new)
+        merged = self.settings
+        for key in applied:
+            section, name = key.split(".", 1)
+            merged = merged.replace(section, name, new.value(section, name),
+                                    new.source(section, name))
+        self.settings = merged
+        s = merged
+        logs.set_level(s.log.level)
+        self.sio.engine.options = engine_options(s)
+        self.channels.typing_buckets.rate = s.limits.typing_per_second
+        self.channels.typing_buckets.burst = s.limits.typing_burst
+        self.usage.ttl = s.limits.usage_ttl
+        for hook in self.reload_hooks:
+            hook(s)
+        if applied:
+            log.info("reloaded: %s", ", ".join(applied))
+        if need_restart:
+            log.warning("changed but not applied until restart: %s", ", ".join(need_restart))
+        return applied, need_restart
 
 
 def _read_key(path: str) -> str | None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import re
 import signal
@@ -77,10 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "token":
         return _token(settings, args)
-    return _serve(settings)
+    return _serve(settings, lambda: _load(args))
 
 
-def _serve(settings) -> int:
+def _serve(settings, reload_settings) -> int:
     from .app import Appliance
     from .backends import StoreError
     from .backends.factory import BackendError
@@ -103,6 +104,16 @@ def _serve(settings) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+
+        def reload() -> None:
+            # an invalid file is refused as a whole: the running configuration stays
+            try:
+                appliance.reload(reload_settings())
+            except config.ConfigError as exc:
+                logging.getLogger("rt.app").error(
+                    "reload refused, running configuration kept: %s", exc)
+
+        loop.add_signal_handler(signal.SIGHUP, reload)
         await stop.wait()
         print("stopping", flush=True)
         await appliance.stop()

@@ -144,6 +144,16 @@ def _http_url(text: str) -> str:
     return text.rstrip("/")  # so the relay can append /chat/completions
 
 
+def _listen(text: str) -> str:
+    text = text.strip()
+    if not text:
+        return ""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} must be host:port")
+    return text
+
+
 def _socketio_path(text: str) -> str:
     text = text.strip()
     if not text.startswith("/"):
@@ -287,6 +297,12 @@ class ServerSettings:
         "true", BOOL, "Send the 'usage' event (models in use) to every connected client.")
     shutdown_timeout: float = opt(
         "10", POSITIVE, "Seconds a graceful shutdown may take before remaining work is dropped.")
+    drain_rate: float = opt(
+        "500", NON_NEGATIVE, "Sessions disconnected per second when draining on SIGTERM, so "
+        "clients reconnect elsewhere without a thundering herd; 0 = all at once.", reload=True)
+    metrics_listen: str = opt(
+        "", Type("empty or host:port", _listen), "Serve /metrics on this separate host:port "
+        "only (e.g. 127.0.0.1:9100); empty = on the main listener.")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ there.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from typing import Any, Iterable
 
 from . import rooms
@@ -22,12 +23,14 @@ class Emitter:
     def __init__(self, sio, presence: PresenceRegistry):
         self.sio = sio
         self.presence = presence
+        self.counts: Counter[str] = Counter()  # emits by event name, for /metrics
 
     async def emit(self, event: str, data: Any, *, users: Iterable[str] = (),
                    rooms_: Iterable[str] = (), sids: Iterable[str] = (),
                    everyone: bool = False, skip_sids: Iterable[str] = ()) -> None:
         """One emit to the union of the targets: a session in several of them gets it once."""
         skip = list(skip_sids) or None
+        self.counts[event] += 1
         if everyone:
             await self.sio.emit(event, data, skip_sid=skip)
             return
@@ -36,6 +39,7 @@ class Emitter:
             await self.sio.emit(event, data, to=targets, skip_sid=skip)
 
     async def to_room(self, event: str, data: Any, room: str, skip_sid: str | None = None) -> None:
+        self.counts[event] += 1
         await self.sio.emit(event, data, to=room, skip_sid=skip_sid)
 
     async def sessions_of(self, user_ids: Iterable[str]) -> list[str]:

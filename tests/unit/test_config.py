@@ -62,6 +62,8 @@ EXPECTED_DEFAULTS = {
     ("server", "websocket_compression"): False,
     ("server", "broadcast_usage"): True,
     ("server", "shutdown_timeout"): 10.0,
+    ("server", "drain_rate"): 500.0,
+    ("server", "metrics_listen"): "",
     ("auth", "secret_key"): "",
     ("auth", "api_key"): "",
     ("auth", "trust_token_claims"): False,
@@ -518,6 +520,7 @@ def test_rendered_ini_documents_every_option():
 RELOADABLE = {
     ("log", "level"), ("server", "cors_allow_origin"), ("auth", "api_key"),
     ("server", "ping_interval"), ("server", "ping_timeout"), ("server", "max_message_bytes"),
+    ("server", "drain_rate"),
 }
 
 
