@@ -43,6 +43,8 @@ class ApiContext:
     ready: Callable[[], Any]  # coroutine function raising when not ready
     has_session: Callable[[str], Any]  # coroutine function: is this sid connected anywhere
     observe: Callable[[str, int], None] = lambda handler, code: None  # request metrics
+    # (client address, body size) → None, or the error code refusing the request
+    check_api: Callable[[str, int], str | None] = lambda ip, size: None
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -103,6 +105,12 @@ class ApiHandler(BaseHandler):
     def prepare(self) -> None:
         if not api_key_matches(self.ctx.api_key(), self.request.headers.get("Authorization")):
             self.fail("unauthorized", "missing or wrong API key", 401)
+            return
+        refused = self.ctx.check_api(self.request.remote_ip, len(self.request.body or b""))
+        if refused == "too_large":
+            self.fail("too_large", "request body is over [limits] api_max_body_bytes", 413)
+        elif refused:
+            self.fail(refused, "too many API requests from this address", 429)
 
 
 # ---------------------------------------------------------------------- events

@@ -25,6 +25,7 @@ from .emitter import Emitter
 from .engine.handler import route as engine_route
 from .engine.server import EngineOptions
 from .gateway import Gateway
+from .limits import Limits
 from .metrics import Metrics
 from .presence import PresenceService
 from .ratelimit import Buckets
@@ -35,8 +36,6 @@ from .usage import UsageService
 from .config import reload_diff
 
 log = logging.getLogger("rt.app")
-
-API_MAX_BODY = 4 * 1024 * 1024
 
 
 def engine_options(settings) -> EngineOptions:
@@ -49,6 +48,7 @@ def engine_options(settings) -> EngineOptions:
         allow_websocket=s.enable_websocket,
         cors_origins=None if "*" in origins else origins,
         compression=s.websocket_compression,
+        max_outbound_bytes=settings.limits.max_outbound_bytes,
     )
 
 
@@ -93,8 +93,9 @@ class Appliance:
             self.backend.store, self.emitter,
             Buckets(s.limits.typing_per_second, s.limits.typing_burst))
         self.directory = Directory(self.backend.store, self.emitter)
+        self.limits = Limits(s.limits)
         self.gateway = Gateway(self.sio, self.verifier, self.backend.store, self.presence,
-                               self.usage, self.channels, s.auth.trust_token_claims)
+                               self.usage, self.channels, self.limits, s.auth.trust_token_claims)
         self.gateway.register()
         self.tasks = TaskGroup()
         self.metrics = Metrics(self)
@@ -119,6 +120,7 @@ class Appliance:
             ready=self.backend.ready,
             has_session=self._has_session,
             observe=lambda handler, code: self.metrics.api_requests.labels(handler, code).inc(),
+            check_api=self.limits.check_api,
         )
         handlers = [engine_route(self.settings.server.socketio_path, self.sio.engine)]
         handlers += api.routes(ctx)
@@ -178,7 +180,8 @@ class Appliance:
         self.web = self.web_app()
         self.http = NoDelayHTTPServer(
             self.web, xheaders=s.server.trust_proxy_headers,
-            max_body_size=max(s.server.max_message_bytes, API_MAX_BODY) + 65536,
+            # the API's own limit (reloadable) is checked per request; this one bounds reads
+            max_body_size=max(s.server.max_message_bytes, s.limits.api_max_body_bytes) + 65536,
             idle_connection_timeout=max(60.0, s.server.ping_interval + s.server.ping_timeout),
         )
         sockets = tornado.netutil.bind_sockets(s.server.port, s.server.host,
@@ -263,6 +266,7 @@ class Appliance:
         self.channels.typing_buckets.rate = s.limits.typing_per_second
         self.channels.typing_buckets.burst = s.limits.typing_burst
         self.usage.ttl = s.limits.usage_ttl
+        self.limits.configure(s.limits)
         for hook in self.reload_hooks:
             hook(s)
         if applied:

@@ -370,6 +370,40 @@ class LimitsSettings:
     call_timeout_max: float = opt(
         "60", POSITIVE, "Default and upper bound of timeout_s of POST /api/v1/call, in seconds.",
         reload=True)
+    max_connections: int = opt(
+        "10000", integer(1), "Sessions this node accepts in all; more are refused "
+        "(rate_limited).", reload=True)
+    max_connections_per_ip: int = opt(
+        "200", integer(1), "Sessions from one client address (behind a proxy: set "
+        "trust_proxy_headers so the real address counts).", reload=True)
+    connects_per_second_per_ip: float = opt(
+        "20", POSITIVE, "Sustained rate of new connections from one address; checked before "
+        "the token is verified, so a flood costs no signature checks.", reload=True)
+    connect_burst_per_ip: int = opt(
+        "50", integer(1), "New connections one address may open at once above that rate.",
+        reload=True)
+    events_per_second: float = opt(
+        "100", POSITIVE, "Sustained rate of events one session may send (rate_limited above).",
+        reload=True)
+    events_burst: int = opt(
+        "200", integer(1), "Events one session may send at once above that rate.", reload=True)
+    max_rooms_per_connection: int = opt(
+        "2000", integer(1), "Rooms one session may be in (its channels, notes, documents).",
+        reload=True)
+    max_documents_per_connection: int = opt(
+        "50", integer(1), "Yjs documents one session may have joined at once.", reload=True)
+    max_outbound_bytes: int = opt(
+        "8388608", integer(65536), "Unsent bytes a websocket may have queued before the "
+        "client counts as too slow and is disconnected.", reload=True)
+    api_max_body_bytes: int = opt(
+        "4194304", integer(1024), "Largest HTTP API request body, in bytes (413 above).",
+        reload=True)
+    api_requests_per_second: float = opt(
+        "500", POSITIVE, "Sustained HTTP API request rate per client address (429 above).",
+        reload=True)
+    api_burst: int = opt(
+        "1000", integer(1), "HTTP API requests one address may send at once above that rate.",
+        reload=True)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from .auth import AuthError, Identity, TokenVerifier
 from .backends import Store
 from .channels import ChannelService
 from .directory import can_read
+from .limits import Limits
 from .presence import PresenceService
 from .sio import SocketServer, ack_requested
 from .usage import UsageService
@@ -31,13 +32,14 @@ Handler = Callable[[str, Identity, Any], Awaitable[Any]]
 class Gateway:
     def __init__(self, sio: SocketServer, verifier: TokenVerifier, store: Store,
                  presence: PresenceService, usage: UsageService, channels: ChannelService,
-                 trust_token_claims: bool = False):
+                 limits: Limits, trust_token_claims: bool = False):
         self.sio = sio
         self.verifier = verifier
         self.store = store
         self.presence = presence
         self.usage = usage
         self.channels = channels
+        self.limits = limits
         self.trust_token_claims = trust_token_claims
         self.identities: dict[str, Identity] = {}
         self.events_in: dict[str, int] = {}
@@ -64,6 +66,7 @@ class Gateway:
             if identity is None:  # cannot happen: refused at connect; kept as a guard
                 return self._fail(sid, name, p.Forbidden("not authenticated"))
             try:
+                self.limits.check_event(sid)
                 return await handler(sid, identity, args[0] if args else None)
             except p.EventError as exc:
                 log.info("event %s from %s refused: %s %s", name, sid, exc.code, exc)
@@ -86,10 +89,20 @@ class Gateway:
         return None
 
     async def unknown_event(self, event: str, sid: str, *args: Any) -> dict | None:
+        try:
+            self.limits.check_event(sid)  # unknown events cost the sender like known ones
+        except p.RateLimited as exc:
+            return self._fail(sid, event, exc)
         return self._fail(sid, event, p.BadRequest(f"unknown event {event[:64]!r}"))
 
     # ------------------------------------------------------------------ connection
     async def on_connect(self, sid: str, environ: dict, auth: Any = None) -> None:
+        ip = environ.get("REMOTE_ADDR", "")
+        try:
+            self.limits.check_connect(ip)  # before any signature check: floods are cheap
+        except p.RateLimited as exc:
+            log.info("connect refused from %s: %s", ip, exc)
+            raise Refused("rate_limited") from None
         token = auth.get("token") if isinstance(auth, dict) else None
         try:
             identity = await self.identify(token)
@@ -98,6 +111,7 @@ class Gateway:
             self.errors[exc.code] = self.errors.get(exc.code, 0) + 1
             raise Refused(exc.code) from None
         self.identities[sid] = identity
+        self.limits.connected(sid, ip)
         await self.sio.save_session(sid, {"identity": identity})
         await self.sio.enter_room(sid, rooms.user(identity.id))
         await self.presence.connected(sid, identity)
@@ -120,6 +134,7 @@ class Gateway:
 
     async def on_disconnect(self, sid: str, reason: str = "") -> None:
         identity = self.identities.pop(sid, None)
+        self.limits.disconnected(sid)
         self.channels.forget(sid)
         await self.presence.disconnected(sid)
         await self.usage.drop(sid)
@@ -148,9 +163,9 @@ class Gateway:
     async def user_join(self, sid: str, identity: Identity, data: Any) -> dict:
         data = p.obj(data)
         self.check_token(identity, data)
-        await self.sio.enter_room(sid, rooms.user(identity.id))
-        for channel_id in await self.store.channels_of_user(identity.id):
-            await self.sio.enter_room(sid, rooms.channel(channel_id))
+        channel_ids = await self.store.channels_of_user(identity.id)
+        await self._enter_rooms(sid, [rooms.user(identity.id)]
+                                + [rooms.channel(c) for c in channel_ids])
         return identity.public()
 
     async def join_channels(self, sid: str, identity: Identity, data: Any) -> dict:
@@ -158,10 +173,9 @@ class Gateway:
         self.check_token(identity, data)
         wanted = await self.store.channels_of_user(identity.id)
         current = {r for r in self.sio.rooms(sid) if r.startswith("channel:")}
-        for channel_id in wanted:
-            await self.sio.enter_room(sid, rooms.channel(channel_id))
         for room in current - {rooms.channel(c) for c in wanted}:
             await self.sio.leave_room(sid, room)
+        await self._enter_rooms(sid, [rooms.channel(c) for c in wanted])
         return {"channels": sorted(wanted)}
 
     async def join_note(self, sid: str, identity: Identity, data: Any) -> dict:
@@ -173,8 +187,16 @@ class Gateway:
             raise p.NotFound(f"note {note_id!r} does not exist")
         if not can_read(note, identity.id, identity.is_admin):
             raise p.Forbidden("no read access to this note")
-        await self.sio.enter_room(sid, rooms.note(note_id))
+        await self._enter_rooms(sid, [rooms.note(note_id)])
         return {"ok": True}
+
+    async def _enter_rooms(self, sid: str, wanted: list[str]) -> None:
+        """Enter rooms within the per-connection room limit (all or none)."""
+        current = set(self.sio.rooms(sid))
+        new = [room for room in dict.fromkeys(wanted) if room not in current]
+        self.limits.check_rooms(len(current), len(new))
+        for room in new:
+            await self.sio.enter_room(sid, room)
 
     async def heartbeat(self, sid: str, identity: Identity, data: Any) -> None:
         if data is not None and not isinstance(data, dict):

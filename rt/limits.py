@@ -1,0 +1,85 @@
+"""Per-connection and per-address limits, one place for every check and its count.
+
+Each refusal is counted by limit name (`rt_limited_total{limit}` in /metrics) and reported
+to the caller as `rate_limited` / `too_large`, never as a silent drop.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+from .payloads import RateLimited
+from .ratelimit import Buckets
+
+
+class Limits:
+    def __init__(self, limits_settings) -> None:
+        self.refused: Counter[str] = Counter()
+        self._per_ip: Counter[str] = Counter()  # live sessions by client address
+        self._ip_of: dict[str, str] = {}
+        self.connect_buckets = Buckets(1, 1)
+        self.event_buckets = Buckets(1, 1)
+        self.api_buckets = Buckets(1, 1)
+        self.configure(limits_settings)
+
+    def configure(self, s) -> None:
+        """(Re)apply the [limits] section; called at start and on reload."""
+        self.s = s
+        for bucket, rate, burst in (
+            (self.connect_buckets, s.connects_per_second_per_ip, s.connect_burst_per_ip),
+            (self.event_buckets, s.events_per_second, s.events_burst),
+            (self.api_buckets, s.api_requests_per_second, s.api_burst),
+        ):
+            bucket.rate, bucket.burst = rate, burst
+
+    def _refuse(self, limit: str, message: str) -> RateLimited:
+        self.refused[limit] += 1
+        return RateLimited(message)
+
+    # ---------------------------------------------------------------- connections
+    def check_connect(self, ip: str) -> None:
+        """Before the token is verified: raise RateLimited when this connect is over a limit."""
+        if not self.connect_buckets.allow(ip):
+            raise self._refuse("connect_rate", "too many new connections from this address")
+        if len(self._ip_of) >= self.s.max_connections:
+            raise self._refuse("connections", "this node is at its connection limit")
+        if self._per_ip[ip] >= self.s.max_connections_per_ip:
+            raise self._refuse("connections_per_ip", "too many connections from this address")
+
+    def connected(self, sid: str, ip: str) -> None:
+        self._ip_of[sid] = ip
+        self._per_ip[ip] += 1
+
+    def disconnected(self, sid: str) -> None:
+        ip = self._ip_of.pop(sid, None)
+        self.event_buckets.forget(sid)
+        if ip is not None:
+            self._per_ip[ip] -= 1
+            if self._per_ip[ip] <= 0:
+                del self._per_ip[ip]
+
+    # ---------------------------------------------------------------- events, rooms
+    def check_event(self, sid: str) -> None:
+        if not self.event_buckets.allow(sid):
+            raise self._refuse("events", "too many events from this connection")
+
+    def check_rooms(self, current: int, adding: int = 1) -> None:
+        if current + adding > self.s.max_rooms_per_connection:
+            raise self._refuse("rooms", "this connection is in too many rooms")
+
+    def check_documents(self, current: int) -> None:
+        if current + 1 > self.s.max_documents_per_connection:
+            raise self._refuse("documents", "this connection has joined too many documents")
+
+    # ---------------------------------------------------------------- HTTP API
+    def check_api(self, ip: str, body_bytes: int) -> str | None:
+        """None when allowed, else the error code ('too_large' or 'rate_limited')."""
+        if body_bytes > self.s.api_max_body_bytes:
+            self.refused["api_body"] += 1
+            return "too_large"
+        if not self.api_buckets.allow(ip):
+            self.refused["api_rate"] += 1
+            return "rate_limited"
+        return None
+
+    def sessions_by_ip(self) -> int:
+        return len(self._per_ip)
