@@ -129,6 +129,7 @@ class Appliance:
         return tornado.web.Application(
             handlers, default_handler_class=api.NotFoundHandler,
             default_handler_args={"ctx": ctx}, compress_response=False,
+            log_function=logs.log_request,
             websocket_max_message_size=self.settings.server.max_message_bytes,
         )
 
