@@ -29,6 +29,7 @@ from .limits import Limits
 from .metrics import Metrics
 from .presence import PresenceService
 from .ratelimit import Buckets
+from .relay import attach as attach_relay
 from .secrets import ensure_secret
 from .sio import SocketServer
 from .tasks import TaskGroup, every
@@ -105,6 +106,7 @@ class Appliance:
         self.reload_hooks: list = []  # services that keep a copy of a reloadable setting
         self.node_id = f"{socket.gethostname()}-{os.getpid()}-{id(self) % 10000:04d}"
         self.web: tornado.web.Application | None = None
+        self.relay = None  # the chat streaming relay, attached at start
         self.http: tornado.httpserver.HTTPServer | None = None
         self.metrics_http: tornado.httpserver.HTTPServer | None = None
         self.port: int | None = None
@@ -166,6 +168,7 @@ class Appliance:
             "health": {"store": bool(snap.get("store_up"))},
             "events": {"in": sum(self.gateway.events_in.values()),
                        "out": sum(self.emitter.counts.values())},
+            "relay": self.relay.metrics() if self.relay is not None else {},
             "errors": list(self.recent_errors.items),
         }
 
@@ -179,6 +182,7 @@ class Appliance:
             log.warning("secret_key is shorter than 64 bytes; use a long random secret")
         await self.backend.start()
         self.web = self.web_app()
+        self.relay = attach_relay(self)
         self.http = NoDelayHTTPServer(
             self.web, xheaders=s.server.trust_proxy_headers,
             # the API's own limit (reloadable) is checked per request; this one bounds reads
@@ -224,14 +228,17 @@ class Appliance:
         # 1. stop accepting new connections and requests
         if self.http is not None:
             self.http.stop()
-        # 2. tell clients, paced (drain_rate per second) so that they reconnect to other
+        # 2. end running chat streams: each is stored, and its tabs and caller see the end
+        if self.relay is not None:
+            await self.relay.stop()
+        # 3. tell clients, paced (drain_rate per second) so that they reconnect to other
         #    nodes spread over time rather than all in the same instant
         await self.drain_sessions(self.settings.server.drain_rate)
         await self.sio.engine.shutdown()
         await asyncio.sleep(0)  # let the close frames go out
-        # 3. flush what is pending: coalesced last-active times
+        # 4. flush what is pending: coalesced last-active times
         await self.presence.flush()
-        # 4. close idle keep-alive HTTP connections (the store closes in stop())
+        # 5. close idle keep-alive HTTP connections (the store closes in stop())
         if self.http is not None:
             await self.http.close_all_connections()
 
