@@ -1,18 +1,136 @@
 """python-socketio's AsyncServer on our Engine.IO transport.
 
-Two behaviours differ from stock python-socketio, both on purpose:
+Three behaviours differ from stock python-socketio, all on purpose:
 - a refused CONNECT (bad token, unknown namespace) closes the Engine.IO session after the
   CONNECT_ERROR is delivered (protocol §2: "the refused connection is closed");
-- namespaces other than "/" are refused with the reference server's error body.
+- namespaces other than "/" are refused with the reference server's error body;
+- inbound packets are decoded as strictly as the reference parser (socket.io-parser) and in
+  the reference server's connection states: a malformed packet or one that makes no sense
+  in the current state closes the connection. Stock python-socketio decodes leniently and
+  dispatches whatever it got: `42{}` or `4` raise inside the server (the connection stays
+  open in a half-known state), and an event named "connect" or "disconnect" reaches the
+  connect/disconnect handlers with the client's arguments, i.e. a client could re-run
+  authentication with another user's token on a live session.
 """
 from __future__ import annotations
 
 import contextvars
+import logging
+from typing import Any
 
 import socketio
+from socketio import packet as sio_packet
 from socketio.exceptions import ConnectionRefusedError as Refused
 
 from .engine.server import EngineOptions, EngineServer
+
+log = logging.getLogger("rt.conn")
+
+# Event names the reference parser refuses from clients: they name the library's own events.
+RESERVED_EVENTS = frozenset({
+    "connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"})
+MAX_ATTACHMENTS = 10  # the reference decoder's default
+MAX_ACK_ID_DIGITS = 100  # python-socketio's bound (the reference has none): int() stays cheap
+_ABSENT = object()  # a packet without a payload (not the same as a JSON null)
+
+
+class MalformedPacket(ValueError):
+    """An inbound Socket.IO packet the reference server would refuse; the connection is
+    closed."""
+
+
+class Decoded:
+    """One inbound Socket.IO text packet, validated."""
+    __slots__ = ("type", "namespace", "id", "data", "attachments")
+
+    def __init__(self, ptype: int, namespace: str, ack_id: int | None, data: Any,
+                 attachments: int):
+        self.type = ptype
+        self.namespace = namespace
+        self.id = ack_id
+        self.data = data
+        self.attachments = attachments
+
+
+def _digits(text: str, start: int) -> int:
+    """The end of the run of ASCII digits starting at `start`."""
+    end = start
+    while end < len(text) and "0" <= text[end] <= "9":
+        end += 1
+    return end
+
+
+def decode_packet(text: str, loads) -> Decoded:
+    """Socket.IO v5 text packet → Decoded, or MalformedPacket. Mirrors socket.io-parser's
+    Decoder.decodeString and isPayloadValid."""
+    if not text or not "0" <= text[0] <= "6":
+        raise MalformedPacket("unknown packet type")
+    ptype, i = ord(text[0]) - 48, 1
+    binary = ptype in (sio_packet.BINARY_EVENT, sio_packet.BINARY_ACK)
+    attachments = 0
+    if binary:
+        end = _digits(text, i)
+        if end == i or end >= len(text) or text[end] != "-":
+            raise MalformedPacket("illegal attachments")
+        digits = text[i:end]
+        # more than two digits is more than MAX_ATTACHMENTS anyway (and int() stays cheap)
+        attachments = int(digits) if len(digits) <= 2 else MAX_ATTACHMENTS + 1
+        if not 1 <= attachments <= MAX_ATTACHMENTS:
+            raise MalformedPacket("illegal attachments")
+        i = end + 1
+    namespace = "/"
+    if text.startswith("/", i):
+        comma = text.find(",", i)
+        end = len(text) if comma == -1 else comma
+        namespace, i = text[i:end], (end if comma == -1 else comma + 1)
+    end = _digits(text, i)
+    if end - i > MAX_ACK_ID_DIGITS:
+        raise MalformedPacket("ack id too long")
+    ack_id = int(text[i:end]) if end > i else None
+    data: Any = _ABSENT
+    if end < len(text):
+        try:
+            data = loads(text[end:])
+        except (ValueError, RecursionError):  # nesting deeper than Python's stack
+            raise MalformedPacket("payload is not JSON") from None
+    _check_payload(ptype, ack_id, data, attachments)
+    return Decoded(ptype, namespace, ack_id, None if data is _ABSENT else data, attachments)
+
+
+def _check_payload(ptype: int, ack_id: int | None, data: Any, attachments: int) -> None:
+    if ptype == sio_packet.CONNECT:
+        ok = data is _ABSENT or isinstance(data, dict)
+    elif ptype == sio_packet.DISCONNECT:
+        ok = data is _ABSENT
+    elif ptype in (sio_packet.EVENT, sio_packet.BINARY_EVENT):
+        # the reference also allows numeric event names; no handler here has one, and
+        # python-socketio's catch-all handlers expect strings
+        ok = (isinstance(data, list) and bool(data) and isinstance(data[0], str)
+              and data[0] not in RESERVED_EVENTS)
+    elif ptype in (sio_packet.ACK, sio_packet.BINARY_ACK):
+        ok = isinstance(data, list) and ack_id is not None
+    else:  # CONNECT_ERROR goes server → client only
+        ok = False
+    if not ok:
+        raise MalformedPacket("invalid payload")
+    try:
+        if attachments and not _placeholders_valid(data, attachments):
+            raise MalformedPacket("illegal attachments")
+    except RecursionError:  # python-socketio's reconstruction would fail the same way
+        raise MalformedPacket("payload nested too deeply") from None
+
+
+def _placeholders_valid(data: Any, attachments: int) -> bool:
+    """Every placeholder names an attachment that will come (reference: reconstructPacket
+    throws "illegal attachments" otherwise)."""
+    if isinstance(data, list):
+        return all(_placeholders_valid(item, attachments) for item in data)
+    if isinstance(data, dict):
+        if data.get("_placeholder"):
+            num = data.get("num")
+            return type(num) is int and 0 <= num < attachments
+        return all(_placeholders_valid(value, attachments) for value in data.values())
+    return True
 
 # Whether the event being handled asked for an acknowledgement: a failure is then answered
 # in the ack, otherwise with an `error` event (protocol §3, §4). Handlers run inline
@@ -51,6 +169,57 @@ class SocketServer(socketio.AsyncServer):
             await super()._handle_event(eio_sid, namespace, id, data)
         finally:
             ack_requested.reset(token)
+
+    # ---------------------------------------------------------------- inbound packets
+    async def _handle_eio_message(self, eio_sid, data):
+        """Replaces python-socketio's lenient dispatcher (see the module docstring)."""
+        try:
+            pkt = self._decode(eio_sid, data)
+        except MalformedPacket as exc:
+            log.info("session %s: %s, closing", eio_sid, exc)
+            self._binary_packet.pop(eio_sid, None)
+            self.eio.close_session(eio_sid, self.eio.reason.TRANSPORT_ERROR)
+            return
+        if pkt is None:  # a binary packet waiting for more attachments
+            return
+        namespace = pkt.namespace
+        if pkt.packet_type == sio_packet.CONNECT:
+            await self._handle_connect(eio_sid, namespace, pkt.data)
+        elif pkt.packet_type == sio_packet.DISCONNECT:
+            await self._handle_disconnect(eio_sid, namespace, self.reason.CLIENT_DISCONNECT)
+        elif pkt.packet_type in (sio_packet.EVENT, sio_packet.BINARY_EVENT):
+            await self._handle_event(eio_sid, namespace, pkt.id, pkt.data)
+        else:
+            await self._handle_ack(eio_sid, namespace, pkt.id, pkt.data)
+
+    def _decode(self, eio_sid: str, data: str | bytes):
+        """The complete packet this message ends, None if more attachments are due."""
+        pending = self._binary_packet.get(eio_sid)
+        if pending is not None:
+            if not isinstance(data, bytes):
+                raise MalformedPacket("text packet while binary attachments are due")
+            if not pending.add_attachment(data):
+                return None
+            del self._binary_packet[eio_sid]
+            return pending
+        if not isinstance(data, str):
+            raise MalformedPacket("binary data without a binary packet")
+        decoded = decode_packet(data, self.packet_class.json.loads)
+        # the reference server's states: CONNECT to a namespace the client is not in,
+        # anything else only to a namespace it is in
+        sid = self.manager.sid_from_eio_sid(eio_sid, decoded.namespace)
+        if decoded.type == sio_packet.CONNECT:
+            if sid is not None:
+                raise MalformedPacket(f"second CONNECT to {decoded.namespace}")
+        elif sid is None or not self.manager.is_connected(sid, decoded.namespace):
+            raise MalformedPacket(f"packet type {decoded.type} outside {decoded.namespace}")
+        pkt = self.packet_class(decoded.type, decoded.data, namespace=decoded.namespace,
+                                id=decoded.id, binary=False)
+        if decoded.attachments:
+            pkt.attachment_count = decoded.attachments
+            self._binary_packet[eio_sid] = pkt
+            return None
+        return pkt
 
     async def _handle_connect(self, eio_sid, namespace, data):
         await super()._handle_connect(eio_sid, namespace, data)

@@ -115,7 +115,7 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
                 session = self.engine.lookup(sid)
             except HandshakeError as exc:
                 return self._refuse(exc)
-            if session.transport != "polling" or session.ws is not None or session.closed:
+            if not session.can_upgrade():
                 return self._refuse(HandshakeError(HandshakeError.BAD_REQUEST))
             self._upgrade_sid = sid
         else:
@@ -140,6 +140,20 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
         self._cors_headers()
         self.set_header("Content-Type", "text/html")
         self.finish("ok")
+
+    def _other_method(self, *args, **kwargs):
+        # GET opens and polls, POST sends; the reference server refuses anything else as
+        # a bad handshake (no sid) or a bad request, with the usual error body, not 405
+        try:
+            _transport, sid = self._query()
+            if sid is None:
+                raise HandshakeError(HandshakeError.BAD_HANDSHAKE_METHOD)
+            self.engine.lookup(sid)
+            raise HandshakeError(HandshakeError.BAD_REQUEST)
+        except HandshakeError as exc:
+            self._refuse(exc)
+
+    put = delete = patch = _other_method
 
     def options(self, *args, **kwargs):
         # CORS preflight for polling POSTs from another origin
@@ -181,7 +195,7 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
                 self.close_transport()
             return
         session = self.engine.sessions.get(self._upgrade_sid)
-        if session is None or session.closed or session.ws is not None:
+        if session is None or not session.can_upgrade():  # changed while accepting
             self.close_transport()
             return
         self.session = session

@@ -131,6 +131,13 @@ class EngineServer:
             if session is not None:
                 session.close(self.reason.SERVER_DISCONNECT)
 
+    def close_session(self, sid: str, reason: str) -> None:
+        """Close for a protocol error found above Engine.IO (a malformed Socket.IO packet):
+        like `disconnect`, with the reason the disconnect handlers get."""
+        session = self.sessions.get(sid)
+        if session is not None:
+            session.close(reason)
+
     async def shutdown(self) -> None:
         await self.disconnect()
 

@@ -40,8 +40,8 @@ class EngineSession:
     __slots__ = (
         "server", "sid", "environ", "transport", "session", "created_at", "closed",
         "queue", "ws", "_probe_ws", "_poll", "_posting", "_inbox", "_consumer",
-        "_ping_handle", "_pong_handle", "_linger_handle", "_upgrade_handle", "ping_interval",
-        "ping_timeout", "close_reason",
+        "_ping_handle", "_pong_handle", "_pong_extended", "_linger_handle", "_upgrade_handle",
+        "ping_interval", "ping_timeout", "close_reason",
     )
 
     def __init__(self, server: EngineServer, sid: str, environ: dict, transport: str):
@@ -61,6 +61,7 @@ class EngineSession:
         self._consumer: asyncio.Task | None = None
         self._ping_handle: asyncio.TimerHandle | None = None
         self._pong_handle: asyncio.TimerHandle | None = None
+        self._pong_extended = False  # the pong deadline of this ping was extended once
         self._linger_handle: asyncio.TimerHandle | None = None
         self._upgrade_handle: asyncio.TimerHandle | None = None
         # ping settings are fixed per session at handshake (a reload applies to new ones)
@@ -94,6 +95,19 @@ class EngineSession:
         if self.closed:
             return
         self.send(Packet(PING))
+        loop = asyncio.get_running_loop()
+        self._pong_extended = False
+        self._pong_handle = loop.call_later(self.ping_timeout, self._ping_timed_out)
+
+    def _extend_pong_deadline(self) -> None:
+        """Another packet arrived while the pong is due: the client is alive, and its pong
+        may be queued behind that data (polling sends one POST at a time, a big one can
+        take a while). Restart the deadline once per ping, as the reference server does;
+        a client that never answers is still closed within two pingTimeouts."""
+        if self._pong_handle is None or self._pong_extended:
+            return
+        self._pong_extended = True
+        self._pong_handle.cancel()
         loop = asyncio.get_running_loop()
         self._pong_handle = loop.call_later(self.ping_timeout, self._ping_timed_out)
 
@@ -200,6 +214,8 @@ class EngineSession:
         if probe is not None:
             log.debug("session %s: upgrade not completed in time", self.sid)
             probe.close_transport()
+            if self.closed:  # closed while its client sat paused on this probe: gone
+                self.server.forget(self)
 
     def on_ws_message(self, ws, raw: str | bytes) -> None:
         if ws is self._probe_ws:
@@ -258,6 +274,8 @@ class EngineSession:
     # ---------------------------------------------------------------- inbound
     def _on_packet(self, ptype: int, data) -> bool:
         """Handle one inbound packet of an established session; False once closed."""
+        if ptype != PONG:
+            self._extend_pong_deadline()
         if ptype == MESSAGE:
             self._inbox.append(data)
             if self._consumer is None:
@@ -299,10 +317,10 @@ class EngineSession:
         if self.closed:
             return
         self.closed = True
-        for handle in (self._ping_handle, self._pong_handle, self._upgrade_handle):
+        for handle in (self._ping_handle, self._pong_handle):
             if handle is not None:
                 handle.cancel()
-        self._ping_handle = self._pong_handle = self._upgrade_handle = None
+        self._ping_handle = self._pong_handle = None
         self.close_reason = reason
         if self._probe_ws is not None and not self._probe_ws.probed:
             self._probe_ws.close_transport()
@@ -310,7 +328,11 @@ class EngineSession:
         # A probe already answered stays: the client has paused polling and will only
         # speak again on it (the upgrade packet), so the packets queued before this close
         # and the close packet itself go out there (_complete_upgrade). Closing it instead
-        # would leave the client paused for ever.
+        # would leave the client paused for ever. Its upgrade timer keeps running, so a
+        # client that never sends the upgrade packet does not keep the websocket open.
+        if self._probe_ws is None and self._upgrade_handle is not None:
+            self._upgrade_handle.cancel()
+            self._upgrade_handle = None
         if self.ws is not None:
             # buffered frames (a DISCONNECT, a refused CONNECT) go out before the close
             self.ws.close_transport()
