@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test install node-deps clean
+.PHONY: serve test install node-deps binary clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ serve: $(STAMP)
 test: $(STAMP)
 	@if command -v npm >/dev/null 2>&1 && [ -f tests/node/package-lock.json ]; then $(MAKE) --no-print-directory node-deps; fi
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# One-file executable dist/rt-appliance (PyInstaller, clean venv in build/), then its smoke test.
+binary:
+	PYTHON=$(PYTHON) bash packaging/build.sh
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info tests/node/node_modules

@@ -16,7 +16,7 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
-from . import __version__, admin, api, logs
+from . import __version__, admin, api, logs, sdnotify
 from .auth import TokenVerifier
 from .backends.factory import Backend, build_backend
 from .channels import ChannelService
@@ -208,10 +208,19 @@ class Appliance:
         self.announce(
             f"rt-appliance listening on http://{s.server.host}:{self.port}"
             f"{s.server.socketio_path} (state: {self.backend.name}, data: {s.state.data_dir})")
+        sdnotify.ready(f"listening on {s.server.host}:{self.port}")
+        watchdog = sdnotify.watchdog_interval()
+        if watchdog:
+            # pinged from the event loop: a hung loop stops the pings and systemd restarts us
+            self.tasks.start("watchdog", every("watchdog", watchdog / 2, self._watchdog))
+
+    async def _watchdog(self) -> None:
+        sdnotify.watchdog()
 
     async def stop(self) -> None:
         """Graceful stop, every step under one deadline (shutdown_timeout)."""
         deadline = self.settings.server.shutdown_timeout
+        sdnotify.stopping(f"draining {len(self.gateway.identities)} sessions")
         try:
             await asyncio.wait_for(self._drain(), timeout=deadline)
         except asyncio.TimeoutError:

@@ -9,7 +9,7 @@ import re
 import signal
 import sys
 
-from . import __version__, config, logs
+from . import __version__, config, install, logs, sdnotify
 
 EXIT_FAILURE = 1
 
@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--role", choices=("user", "admin"), default="user")
     token.add_argument("--expires", default="1h", help="e.g. 30m, 1h, 7d, 3600, never")
     sub.add_parser("version", help="print the version")
+    install.add_parsers(sub)
     return parser
 
 
@@ -65,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "version":
         print(f"rt-appliance {__version__}")
         return 0
+    if args.command in ("install", "uninstall"):
+        return install.run(args)
     try:
         settings = _load(args)
     except config.ConfigError as exc:
@@ -107,11 +110,14 @@ def _serve(settings, reload_settings) -> int:
 
         def reload() -> None:
             # an invalid file is refused as a whole: the running configuration stays
+            sdnotify.reloading("reloading configuration")
             try:
                 appliance.reload(reload_settings())
             except config.ConfigError as exc:
                 logging.getLogger("rt.app").error(
                     "reload refused, running configuration kept: %s", exc)
+            finally:
+                sdnotify.ready(f"listening on port {appliance.port}")  # ends RELOADING=1
 
         loop.add_signal_handler(signal.SIGHUP, reload)
         await stop.wait()

@@ -10,7 +10,9 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import (
+    CollectorRegistry, Counter, Gauge, ProcessCollector, generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from . import __version__
@@ -33,6 +35,7 @@ class Metrics:
             registry=self.registry)
         self.snapshot: dict[str, Any] = {}
         self.registry.register(_Live(self))
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, cpu, fds
 
     async def refresh(self) -> None:
         """Figures that need an await: cluster-wide users, store state, documents."""
@@ -99,6 +102,8 @@ class _Live:
                                 value=snap.get("documents", 0))
         yield GaugeMetricFamily("rt_documents_bytes", "Bytes of stored Yjs documents",
                                 value=snap.get("documents_bytes", 0))
+        yield GaugeMetricFamily("rt_tasks", "asyncio tasks alive in this process",
+                                value=len(asyncio.all_tasks()))
         for name, help_, value in app.extra_gauges():
             yield GaugeMetricFamily(name, help_, value=value)
         info = GaugeMetricFamily("rt_build_info", "Version and state backend",
