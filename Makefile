@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test install node-deps binary clean
+.PHONY: serve test install node-deps binary soak clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,12 @@ serve: $(STAMP)
 test: $(STAMP)
 	@if command -v npm >/dev/null 2>&1 && [ -f tests/node/package-lock.json ]; then $(MAKE) --no-print-directory node-deps; fi
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# A bounded long run (10 min, 2000 clients with churn) that checks everything returns to its
+# baseline afterwards; SOAK_ARGS="--seconds 60 --clients 300" for a shorter one.
+SOAK_ARGS ?= --minutes 10 --clients 2000
+soak: $(STAMP)
+	$(PY) soak/soak.py $(SOAK_ARGS)
 
 # One-file executable dist/rt-appliance (PyInstaller, clean venv in build/), then its smoke test.
 binary:

@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -174,35 +175,36 @@ class ApplianceProcess:
         self.port = port
         self.proc: subprocess.Popen | None = None
         self.output: list[str] = []
+        self.log_path: Path | None = None
 
     def start(self, timeout: float = 20.0) -> int:
+        # output goes to a file, not a pipe: nobody reads a pipe during a long test, and a
+        # full pipe would block the appliance's logging
+        self.log_path = self.tmp_path / f"appliance-{time.monotonic_ns()}.log"
+        self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "appliance.py"), "serve", "--config", str(self.config),
              "--port", str(self.port), "--data-dir", str(self.tmp_path / "data")],
-            cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        import select
-        import time
+            cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
-            if ready:
-                line = self.proc.stdout.readline()
-                if not line and self.proc.poll() is not None:
-                    break
-                self.output.append(line)
-                match = re.search(r"listening on http://[^:]+:(\d+)", line)
-                if match:
-                    self.port = int(match.group(1))
-                    return self.port
-            elif self.proc.poll() is not None:
+            text = self.log_path.read_text()
+            match = re.search(r"listening on http://[^:]+:(\d+)", text)
+            if match:
+                self.port = int(match.group(1))
+                self.output = [text]
+                return self.port
+            if self.proc.poll() is not None:
                 break
+            time.sleep(0.05)
         self.kill()
-        raise AssertionError(f"appliance did not start: {''.join(self.output)}")
+        raise AssertionError(f"appliance did not start: {self.log_path.read_text()}")
 
     def rest_of_output(self, timeout: float = 10.0) -> str:
-        out, _ = self.proc.communicate(timeout=timeout)
-        self.output.append(out or "")
-        return "".join(self.output)
+        self.proc.wait(timeout)
+        self._log.close()
+        self.output = [self.log_path.read_text()]
+        return self.output[0]
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         self.proc.send_signal(sig)
@@ -216,3 +218,5 @@ class ApplianceProcess:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+        if self.proc and not self._log.closed:
+            self._log.close()

@@ -1,0 +1,246 @@
+"""Soak: a bounded long run against a real appliance process, then a check that everything
+the load created went away again (issue 8).
+
+    python soak/soak.py --minutes 10 --clients 2000     # full run (make soak)
+    python soak/soak.py --seconds 25 --clients 150      # the short CI version
+
+Load, in waves until the time is up: clients connect (websocket and polling), join their
+channels, send heartbeats and typing events, receive API emits, edit a shared Yjs note (when
+the appliance has documents), then a share of them disconnects and others connect (churn).
+After the last client has left the appliance must be back at its baseline: no sessions,
+rooms, presence entries or usage entries; asyncio tasks back to the idle count; resident
+memory within a bound of the warmed-up baseline. The figures are printed as a table.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import socketio
+from prometheus_client.parser import text_string_to_metric_families
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.support.appliance import API_KEY, SECRET, ApplianceProcess  # noqa: E402
+from rt.auth import TokenVerifier  # noqa: E402
+
+CHANNELS = 20
+
+
+class Soak:
+    def __init__(self, url: str, clients: int, seconds: float, seed: int = 7):
+        self.url = url
+        self.clients = clients
+        self.seconds = seconds
+        self.rng = random.Random(seed)
+        self.http = AsyncHTTPClient(force_instance=True, max_clients=50)
+        self.verifier = TokenVerifier(SECRET)
+        self.received = 0
+        self.sent = 0
+        self.errors: list[str] = []
+
+    async def api(self, method: str, path: str, body=None):
+        req = HTTPRequest(self.url + path, method=method, body=orjson.dumps(body) if body is not None else None,
+                          headers={"Authorization": f"Bearer {API_KEY}"}, request_timeout=30,
+                          allow_nonstandard_methods=True)
+        resp = await self.http.fetch(req, raise_error=False)
+        return resp.code, (orjson.loads(resp.body) if resp.body else None)
+
+    async def metrics(self) -> dict[str, float]:
+        resp = await self.http.fetch(self.url + "/metrics")
+        out: dict[str, float] = {}
+        for fam in text_string_to_metric_families(resp.body.decode()):
+            for s in fam.samples:
+                if s.name.endswith("_created"):
+                    continue
+                key = s.name + (("{" + ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())) + "}")
+                                if s.labels else "")
+                out[key] = s.value
+        return out
+
+    async def setup(self) -> None:
+        users = [f"u{i}" for i in range(self.clients)]
+        for uid in users:
+            status, _ = await self.api("PUT", f"/api/v1/users/{uid}", {"name": uid.upper()})
+            assert status == 200
+        for c in range(CHANNELS):
+            members = users[c::CHANNELS]
+            await self.api("PUT", f"/api/v1/channels/ch{c}", {"members": members})
+        await self.api("PUT", "/api/v1/notes/soak", {"owner": "u0", "write": users})
+
+    async def one_client(self, i: int, stop_at: float) -> None:
+        uid = f"u{i}"
+        transports = ["websocket"] if i % 4 else ["polling", "websocket"]
+        client = socketio.AsyncClient(reconnection=False)
+
+        def count(*_args):
+            self.received += 1
+        client.on("*", count)
+        try:
+            await client.connect(self.url, socketio_path="/ws/socket.io", transports=transports,
+                                 auth={"token": self.verifier.issue(uid, 3600)}, wait_timeout=30)
+            await client.call("user-join", {}, timeout=30)
+            doc = "note:soak"
+            joined = await client.call("ydoc:document:join", {"document_id": doc}, timeout=30)
+            has_docs = isinstance(joined, dict) and joined.get("ok")
+            # stay for a random share of the run, then leave (churn)
+            leave_at = min(stop_at, time.monotonic() + self.rng.uniform(2, max(3, self.seconds / 2)))
+            while time.monotonic() < leave_at:
+                await client.emit("heartbeat", {})
+                if self.rng.random() < 0.3:
+                    await client.emit("events:channel", {
+                        "channel_id": f"ch{i % CHANNELS}", "data": {"type": "typing"}})
+                if self.rng.random() < 0.1:
+                    await client.emit("usage", {"model": f"m{i % 3}"})
+                if has_docs and self.rng.random() < 0.05:
+                    await self.doc_edit(client, doc, i)
+                self.sent += 1
+                await asyncio.sleep(self.rng.uniform(0.5, 1.5))
+        except Exception as exc:  # a soak counts failures instead of stopping at the first
+            self.errors.append(f"{uid}: {type(exc).__name__}: {exc}")
+        finally:
+            try:
+                await asyncio.wait_for(client.disconnect(), 10)
+            except Exception:
+                pass
+
+    async def doc_edit(self, client, doc: str, i: int) -> None:
+        import pycrdt
+        d = pycrdt.Doc()
+        text = d.get("content", type=pycrdt.Text)
+        text += f"[{i}]"
+        ack = await client.call("ydoc:document:update",
+                                {"document_id": doc, "update": list(d.get_update())}, timeout=30)
+        if not (isinstance(ack, dict) and ack.get("ok")):
+            self.errors.append(f"doc update refused: {ack}")
+
+    async def emitter(self, stop_at: float) -> None:
+        n = 0
+        while time.monotonic() < stop_at:
+            batch = [{"event": "events", "data": {"n": n + k},
+                      "to": {"rooms": [f"channel:ch{(n + k) % CHANNELS}"]}} for k in range(10)]
+            await self.api("POST", "/api/v1/emit/batch", batch)
+            n += 10
+            await asyncio.sleep(0.2)
+
+    async def load(self) -> None:
+        stop_at = time.monotonic() + self.seconds
+        tasks = [asyncio.ensure_future(self.emitter(stop_at))]
+        i = 0
+        while time.monotonic() < stop_at:
+            live = sum(not t.done() for t in tasks[1:])
+            for _ in range(max(0, self.clients - live)):
+                tasks.append(asyncio.ensure_future(self.one_client(i % self.clients, stop_at)))
+                i += 1
+                if i % 50 == 0:
+                    await asyncio.sleep(0.05)  # connect in waves, like browsers after a deploy
+            await asyncio.sleep(0.5)
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 120)
+        self.sessions_opened = i
+
+
+async def settle(soak: Soak, timeout: float = 60.0) -> dict[str, float]:
+    """Wait until the appliance reports no sessions, then a little longer for timers."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        m = await soak.metrics()
+        if m.get("rt_sessions", 1) == 0 and m.get("rt_users_online", 1) == 0 \
+                and m.get("rt_connections{transport=polling}", 1) == 0 \
+                and m.get("rt_connections{transport=websocket}", 1) == 0:
+            await asyncio.sleep(4)  # usage entries expire, lingering sessions are forgotten
+            return await soak.metrics()
+        await asyncio.sleep(0.5)
+    raise AssertionError("sessions did not drain after the clients left")
+
+
+async def run(url: str, clients: int, seconds: float, rss_slack_mb: float) -> dict:
+    soak = Soak(url, clients, seconds)
+    await soak.setup()
+    # warm-up wave: allocator pools, imports and caches reach their working size first
+    warm = Soak(url, max(10, clients // 10), 5)
+    await warm.load()
+    base = await settle(soak)
+    started = time.monotonic()
+    await soak.load()
+    elapsed = time.monotonic() - started
+    after = await settle(soak)
+    _, usage = await soak.api("GET", "/api/v1/usage")
+    _, presence = await soak.api("GET", "/api/v1/presence")
+    soak.http.close()
+    warm.http.close()
+    rss_base = base["process_resident_memory_bytes"] / 2**20
+    rss_after = after["process_resident_memory_bytes"] / 2**20
+    report = {
+        "clients": clients, "seconds": round(elapsed, 1), "sessions_opened": soak.sessions_opened,
+        "client_events_sent": soak.sent, "events_received": soak.received,
+        "errors": len(soak.errors), "first_errors": soak.errors[:5],
+        "rss_base_mb": round(rss_base, 1), "rss_after_mb": round(rss_after, 1),
+        "tasks_base": base["rt_tasks"], "tasks_after": after["rt_tasks"],
+        "rooms_after": after["rt_rooms"], "sessions_after": after["rt_sessions"],
+        "users_online_after": after["rt_users_online"],
+        "usage_after": usage["models"], "presence_after": presence["users"],
+    }
+    problems = []
+    if after["rt_sessions"] or after["rt_rooms"] or after["rt_users_online"]:
+        problems.append("sessions, rooms or presence left behind")
+    if usage["models"] or presence["users"]:
+        problems.append("usage or presence entries left behind")
+    if after["rt_tasks"] > base["rt_tasks"] + 2:
+        problems.append("asyncio tasks left behind")
+    if rss_after - rss_base > rss_slack_mb:
+        problems.append(f"memory grew {rss_after - rss_base:.1f} MiB (> {rss_slack_mb})")
+    if soak.errors and len(soak.errors) > max(2, soak.sessions_opened // 100):
+        problems.append(f"{len(soak.errors)} client errors")
+    report["problems"] = problems
+    return report
+
+
+def table(report: dict) -> str:
+    rows = [f"| {k} | {v} |" for k, v in report.items() if k not in ("first_errors",)]
+    return "| figure | value |\n|---|---|\n" + "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=2000)
+    parser.add_argument("--minutes", type=float)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--rss-slack-mb", type=float, default=40)
+    parser.add_argument("--url", help="an appliance already running (else one is started)")
+    args = parser.parse_args(argv)
+    seconds = args.minutes * 60 if args.minutes else args.seconds
+
+    proc = None
+    url = args.url
+    if url is None:
+        import tempfile
+        tmp = Path(tempfile.mkdtemp(prefix="rt-soak-"))
+        ini = ("[limits]\nmax_connections_per_ip = 100000\nconnects_per_second_per_ip = 100000\n"
+               "connect_burst_per_ip = 100000\napi_requests_per_second = 100000\n"
+               "api_burst = 100000\nevents_per_second = 1000\n[log]\nlevel = warning\n")
+        proc = ApplianceProcess(tmp, ini)
+        proc.start()
+        url = f"http://127.0.0.1:{proc.port}"
+    try:
+        report = asyncio.run(run(url, args.clients, seconds, args.rss_slack_mb))
+    finally:
+        if proc is not None:
+            proc.stop()
+    print(table(report))
+    for err in report["first_errors"]:
+        print("error:", err)
+    for problem in report["problems"]:
+        print("PROBLEM:", problem)
+    return 1 if report["problems"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
