@@ -18,6 +18,7 @@ import tornado.web
 
 from . import __version__, admin, api, logs, sdnotify
 from .auth import TokenVerifier
+from .backends import StoreError
 from .backends.factory import Backend, build_backend
 from .channels import ChannelService
 from .directory import Directory
@@ -245,8 +246,12 @@ class Appliance:
         await self.drain_sessions(self.settings.server.drain_rate)
         await self.sio.engine.shutdown()
         await asyncio.sleep(0)  # let the close frames go out
-        # 4. flush what is pending: coalesced last-active times
-        await self.presence.flush()
+        # 4. flush what is pending: coalesced last-active times (a store that cannot take
+        #    them now is logged, never a reason to hang or fail the stop)
+        try:
+            await self.presence.flush()
+        except StoreError as exc:
+            log.error("last-active times not saved at stop: %s", exc)
         # 5. close idle keep-alive HTTP connections (the store closes in stop())
         if self.http is not None:
             await self.http.close_all_connections()

@@ -123,16 +123,33 @@ def _read(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 
 def _check_writable(db: sqlite3.Connection) -> None:
-    """Read and write (then roll back) the header. SQLite silently opens a write-protected
-    file read-only and `BEGIN IMMEDIATE` alone succeeds on it, so only a real write shows
-    that the store cannot take writes."""
+    """Commit a real write (the unchanged schema version). SQLite silently opens a
+    write-protected file read-only, and a rolled-back write never leaves its page cache, so
+    only a committed write shows that the next real commit would succeed."""
     db.execute("BEGIN IMMEDIATE")
     try:
         (version,) = db.execute("PRAGMA user_version").fetchone()
         db.execute(f"PRAGMA user_version = {int(version)}")
+        db.execute("COMMIT")
     finally:
         if db.in_transaction:
             db.execute("ROLLBACK")
+
+
+MIN_FREE_BYTES = 1 << 20
+
+
+def _check_disk(directory: str) -> None:
+    """The file system itself: a rolled-back write stays in SQLite's page cache and would
+    not notice a full or read-only disk, which the next real commit fails on."""
+    try:
+        st = os.statvfs(directory)
+    except OSError as exc:
+        raise StoreError(f"data directory {directory}: {exc.strerror}") from exc
+    if st.f_flag & os.ST_RDONLY:
+        raise StoreError(f"data directory {directory} is on a read-only file system")
+    if st.f_bavail * st.f_frsize < MIN_FREE_BYTES:
+        raise StoreError(f"data directory {directory} has less than 1 MiB free")
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -230,6 +247,7 @@ class SqliteStore:
             executor.shutdown(wait=True)
 
     async def ping(self) -> None:
+        _check_disk(os.path.dirname(self.path) or ".")
         await self._run(_check_writable)
 
     # users ---------------------------------------------------------------------------

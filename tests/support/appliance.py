@@ -31,14 +31,15 @@ API_KEY = "test-api-key-0123456789"
 WAIT = 5.0  # seconds any single expected event may take
 
 
-def settings_for(tmp_path: Path, ini: str = "", env: dict | None = None):
+def settings_for(tmp_path: Path, ini: str = "", env: dict | None = None,
+                 data_dir: Path | None = None):
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "rt-appliance.ini"
     path.write_text(ini)
     environ = {"WEBUI_SECRET_KEY": SECRET, "RT_API_KEY": API_KEY, **(env or {})}
     return config.load_settings(str(path), environ, {
         ("server", "host"): "127.0.0.1", ("server", "port"): "0",
-        ("state", "data_dir"): str(tmp_path / "data")})
+        ("state", "data_dir"): str(data_dir or tmp_path / "data")})
 
 
 class Recorder:
@@ -151,8 +152,9 @@ class Harness:
 
 
 @contextlib.asynccontextmanager
-async def running(tmp_path: Path, ini: str = "", env: dict | None = None):
-    app = Appliance(settings_for(tmp_path, ini, env))
+async def running(tmp_path: Path, ini: str = "", env: dict | None = None,
+                  data_dir: Path | None = None):
+    app = Appliance(settings_for(tmp_path, ini, env, data_dir))
     await app.start()
     harness = Harness(app)
     try:
