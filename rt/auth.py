@@ -38,13 +38,17 @@ class Identity:
 
 class TokenVerifier:
     def __init__(self, secret: str, algorithms: tuple[str, ...] = ("HS256",),
-                 public_key: str | None = None, leeway: float = 30.0):
+                 public_key: str | None = None, leeway: float = 30.0,
+                 clock=time.time):
         if not algorithms or any(a.lower() == "none" for a in algorithms):
             raise ValueError("an explicit list of signing algorithms is required, never 'none'")
         self.algorithms = tuple(algorithms)
         self.secret = secret
         self.public_key = public_key
         self.leeway = leeway
+        # expiry is judged against this clock (wall time: `exp` is wall time), injectable so
+        # that clock jumps can be tested
+        self.clock = clock
         # PyJWT warns on HMAC keys shorter than the hash; open-webui deployments often have
         # such a secret, so the warning is given once at start-up (app.py), not per token.
         self.short_secret = len(secret.encode()) < 64
@@ -52,7 +56,7 @@ class TokenVerifier:
     def _key_for(self, alg: str):
         return self.secret if alg in HMAC_ALGORITHMS else self.public_key
 
-    def verify(self, token: object, now: float | None = None) -> dict:
+    def verify(self, token: object) -> dict:
         """The token's claims, or AuthError(token_missing | token_invalid | token_expired)."""
         if token is None or token == "":
             raise AuthError("token_missing")
@@ -70,18 +74,30 @@ class TokenVerifier:
                 if self.short_secret:
                     warnings.simplefilter("ignore", jwt.InsecureKeyLengthWarning)
                 claims = jwt.decode(
-                    token, key, algorithms=[alg], leeway=self.leeway,
-                    options={"require": ["id"], "verify_aud": False},
+                    token, key, algorithms=[alg],
+                    options={"require": ["id"], "verify_aud": False, "verify_exp": False,
+                             "verify_nbf": False, "verify_iat": False},
                 )
         except AuthError:
             raise
-        except jwt.ExpiredSignatureError as exc:
-            raise AuthError("token_expired", str(exc)) from exc
         except (jwt.InvalidTokenError, ValueError, TypeError) as exc:
             raise AuthError("token_invalid", str(exc)) from exc
         if not isinstance(claims.get("id"), str) or not claims["id"]:
             raise AuthError("token_invalid", "claim 'id' must be a non-empty string")
+        self._check_times(claims)
         return claims
+
+    def _check_times(self, claims: dict) -> None:
+        now = self.clock()
+        for name in ("exp", "nbf"):
+            value = claims.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise AuthError("token_invalid", f"claim {name!r} must be a number")
+        exp, nbf = claims.get("exp"), claims.get("nbf")
+        if exp is not None and now > exp + self.leeway:
+            raise AuthError("token_expired", "the token has expired")
+        if nbf is not None and now < nbf - self.leeway:
+            raise AuthError("token_invalid", "the token is not valid yet")
 
     def issue(self, user_id: str, expires_in: float | None, extra: dict | None = None) -> str:
         """Sign a token the way open-webui's backend does (used by `rt-appliance token`)."""
