@@ -31,6 +31,7 @@ from .metrics import Metrics
 from .presence import PresenceService
 from .ratelimit import Buckets
 from .relay import attach as attach_relay
+from .collab import attach as attach_collab
 from .secrets import ensure_secret
 from .sio import SocketServer
 from .tasks import TaskGroup, every
@@ -84,9 +85,12 @@ class Appliance:
         self.verifier = TokenVerifier(
             s.auth.secret_key, tuple(s.auth.algorithms),
             _read_key(s.auth.public_key_file), s.auth.leeway)
+        # python-socketio's loggers go through our handlers (given as objects: with a bool
+        # it would add a stream handler of its own and print every line twice)
+        protocol_log = logging.getLogger("rt.protocol")
+        protocol_log.setLevel(logging.INFO if s.server.protocol_logging else logging.WARNING)
         self.sio = SocketServer(engine_options(s), client_manager=self.backend.client_manager,
-                                logger=s.server.protocol_logging,
-                                engineio_logger=s.server.protocol_logging)
+                                logger=protocol_log, engineio_logger=protocol_log)
         self.emitter = Emitter(self.sio, self.backend.presence)
         self.presence = PresenceService(self.backend.presence, self.backend.store)
         self.usage = UsageService(self.backend.usage, self.emitter, s.limits.usage_ttl,
@@ -108,6 +112,7 @@ class Appliance:
         self.node_id = f"{socket.gethostname()}-{os.getpid()}-{id(self) % 10000:04d}"
         self.web: tornado.web.Application | None = None
         self.relay = None  # the chat streaming relay, attached at start
+        self.collab = None  # the collaborative documents (ydoc:*), attached at start
         self.http: tornado.httpserver.HTTPServer | None = None
         self.metrics_http: tornado.httpserver.HTTPServer | None = None
         self.port: int | None = None
@@ -125,6 +130,7 @@ class Appliance:
             observe=lambda handler, code: self.metrics.api_requests.labels(handler, code).inc(),
             check_api=self.limits.check_api,
         )
+        self.api_ctx = ctx
         handlers = [engine_route(self.settings.server.socketio_path, self.sio.engine)]
         handlers += api.routes(ctx)
         handlers += admin.routes(self.metrics, lambda: self.settings.auth.api_key, self.status,
@@ -174,7 +180,7 @@ class Appliance:
         }
 
     def open_documents(self) -> int:
-        return 0
+        return self.collab.open_count() if self.collab is not None else 0
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -184,6 +190,7 @@ class Appliance:
         await self.backend.start()
         self.web = self.web_app()
         self.relay = attach_relay(self)
+        self.collab = attach_collab(self)
         self.http = NoDelayHTTPServer(
             self.web, xheaders=s.server.trust_proxy_headers,
             # the API's own limit (reloadable) is checked per request; this one bounds reads
@@ -252,6 +259,8 @@ class Appliance:
             await self.presence.flush()
         except StoreError as exc:
             log.error("last-active times not saved at stop: %s", exc)
+        if self.collab is not None:
+            await self.collab.close()  # the debounced rendered content of documents
         # 5. close idle keep-alive HTTP connections (the store closes in stop())
         if self.http is not None:
             await self.http.close_all_connections()

@@ -6,6 +6,8 @@ is disconnected, a user who loses read access to a note leaves its rooms.
 """
 from __future__ import annotations
 
+from typing import Awaitable, Callable
+
 from . import rooms
 from .backends import Note, Store, User
 from .emitter import Emitter
@@ -29,6 +31,9 @@ class Directory:
     def __init__(self, store: Store, emitter: Emitter):
         self.store = store
         self.emitter = emitter
+        # services that keep per-note state (documents): called with the new note, or None
+        # when it was deleted
+        self.note_hooks: list[Callable[[str, Note | None], Awaitable[None]]] = []
 
     # users -----------------------------------------------------------------------
     async def put_user(self, user: User) -> None:
@@ -74,6 +79,8 @@ class Directory:
     async def put_note(self, note: Note) -> None:
         before = await self.store.get_note(note.id)
         await self.store.put_note(note)
+        for hook in self.note_hooks:
+            await hook(note.id, note)
         if before is None:
             return
         lost = [
@@ -90,6 +97,8 @@ class Directory:
         if found:
             await self.emitter.close_room(rooms.note(note_id))
             await self.emitter.close_room(rooms.document(note_document_id(note_id)))
+            for hook in self.note_hooks:
+                await hook(note_id, None)
         return found
 
     async def _leave_note(self, note_id: str, user_ids: list[str]) -> None:

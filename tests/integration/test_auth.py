@@ -55,7 +55,7 @@ async def test_expiry_leeway_and_identity(tmp_path):
         client = await h.connect(h.token("u1", expires=-10))
         sid = client.get_sid()
         assert h.app.gateway.identities[sid].id == "u1"
-        assert f"user:u1" in h.app.sio.rooms(sid)
+        assert "user:u1" in h.app.sio.rooms(sid)
 
 
 async def test_payload_token_of_another_user_is_refused(tmp_path):

@@ -9,7 +9,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import AsyncHTTPClient
 
-from rt import config
 from tests.support.appliance import API_KEY, ApplianceProcess, Harness, running, settings_for
 
 pytestmark = pytest.mark.asyncio

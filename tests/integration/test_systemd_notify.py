@@ -4,7 +4,6 @@ import signal
 import socket
 import time
 
-import pytest
 
 from tests.support.appliance import ApplianceProcess
 

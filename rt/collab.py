@@ -1,0 +1,842 @@
+"""Collaborative documents: Yjs updates validated, stored durably, relayed (protocol §3.1).
+
+The CRDT engine is pycrdt (never y-py: it aborts the process on some malformed updates).
+Every document is touched only on the event-loop thread.
+
+An update from a client is accepted in four steps, under the document's lock so that the
+in-memory document, the stored log and the order of relays always agree:
+
+1. `inspect_update` reads it against the Yjs v1 update grammar in pure Python, with bounds:
+   every count and length must fit in the bytes that follow, nesting of `Any` values is
+   bounded (pycrdt overflows its stack on ~100,000 nested arrays: a segfault), only content
+   kinds that npm `yjs` can read are allowed, and the bytes must be used up exactly (pycrdt
+   ignores trailing garbage; so would the other clients). The one empty update `[0, 0]`
+   is acknowledged and dropped (y-py sends it for transactions without changes); any
+   other update without content is refused.
+2. `missing_dependencies` checks that everything the update builds on (earlier clocks of
+   its clients, origins, parents, deleted ranges) is in the document already or in the
+   update itself: an update that would sit in Yjs's "pending" area is refused rather than
+   stored, so that no client ever receives something it cannot integrate either. An
+   update that would cut a character in two (between the halves of a UTF-16 surrogate
+   pair) is refused too: Yrs mangles such text, where npm yjs writes U+FFFD.
+3. pycrdt applies it to the in-memory document; the state vector afterwards must cover it.
+   If pycrdt raises, or the update did not integrate, the in-memory copy is dropped and is
+   rebuilt from the store at next use (the store never saw the update), so a refused update
+   leaves no trace.
+4. the store appends it (on disk before returning); only then is the sender acked and the
+   update relayed to the document's room.
+
+Past `[documents] compaction_threshold` stored updates, the log is merged into one snapshot
+(`Store.compact_document`, atomic); a document stays stored when its editors leave and
+across restarts, and leaves memory when nobody uses it.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable
+
+import orjson
+import pycrdt
+
+from . import payloads as p
+from . import rooms
+from .directory import can_read, can_write, note_document_id
+
+log = logging.getLogger("rt.collab")
+
+MAX_SAFE = 2**53 - 1  # lib0 refuses larger integers
+MAX_CLOCK = 2**32 - 1  # Yrs keeps clocks in 32 bits
+MAX_DEPTH = 64  # nesting of Any values and JSON in an update (Yrs's JSON stops at 128)
+NOTE = "note"
+EMPTY_UPDATE = b"\x00\x00"  # what y-py sends for a transaction that changed nothing
+_FATAL = (KeyboardInterrupt, SystemExit, asyncio.CancelledError, GeneratorExit)
+
+
+# =========================================================================== update grammar
+class InvalidUpdate(ValueError):
+    """The bytes are not an acceptable Yjs v1 update."""
+
+
+@dataclass
+class UpdateShape:
+    """What an update builds on and what it adds, per client id."""
+
+    # client → (first clock, end of its last struct that is not a Skip, Skip ranges that
+    # have structs after them: those must be known already)
+    structs: dict[int, tuple[int, int | None, list[tuple[int, int]]]] = field(default_factory=dict)
+    refs: dict[int, int] = field(default_factory=dict)  # client → highest referenced clock + 1
+    deletes: dict[int, int] = field(default_factory=dict)  # client → end of the last deleted range
+    # Clocks between the two halves of a surrogate pair in the update's strings, and the
+    # clocks at which the update cuts existing content (origins, deleted ranges). Yrs keeps
+    # strings in UTF-8 and mangles a pair cut in two (text lost, states npm yjs misreads),
+    # where Yjs replaces the halves with U+FFFD: such a cut is refused.
+    pairs: dict[int, set[int]] = field(default_factory=dict)
+    cuts: list[tuple[int, int]] = field(default_factory=list)
+
+
+class _Reader:
+    __slots__ = ("data", "pos", "end")
+
+    def __init__(self, data: bytes):
+        self.data = data
+        self.pos = 0
+        self.end = len(data)
+
+    def u8(self) -> int:
+        if self.pos >= self.end:
+            raise InvalidUpdate("unexpected end of update")
+        value = self.data[self.pos]
+        self.pos += 1
+        return value
+
+    def var_uint(self) -> int:
+        data, pos, end = self.data, self.pos, self.end
+        num = shift = 0
+        while True:
+            if pos >= end:
+                raise InvalidUpdate("unexpected end of update")
+            byte = data[pos]
+            pos += 1
+            num |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                break
+            shift += 7
+            if shift > 56:
+                raise InvalidUpdate("integer out of range")
+        if num > MAX_SAFE:
+            raise InvalidUpdate("integer out of range")
+        self.pos = pos
+        return num
+
+    def var_int(self) -> None:
+        first = self.u8()
+        if first & 0x80:
+            shift = 6
+            while True:
+                byte = self.u8()
+                shift += 7
+                if byte < 0x80:
+                    break
+                if shift > 53:
+                    raise InvalidUpdate("integer out of range")
+
+    def skip(self, count: int) -> None:
+        if self.end - self.pos < count:
+            raise InvalidUpdate("unexpected end of update")
+        self.pos += count
+
+    def buf(self) -> bytes:
+        size = self.var_uint()
+        if self.end - self.pos < size:
+            raise InvalidUpdate("unexpected end of update")
+        start = self.pos
+        self.pos += size
+        return self.data[start:self.pos]
+
+    def string(self) -> str:
+        try:
+            return self.buf().decode("utf-8")  # strict, as lib0's fatal TextDecoder
+        except UnicodeDecodeError:
+            raise InvalidUpdate("string is not valid UTF-8") from None
+
+    def json(self) -> None:
+        text = self.string()
+        try:
+            value = json.loads(text, parse_constant=_no_constant)
+        except (ValueError, RecursionError):
+            raise InvalidUpdate("embedded JSON is not valid") from None
+        if _depth_over(value, MAX_DEPTH):
+            raise InvalidUpdate("embedded JSON is nested too deeply")
+
+    def any(self, depth: int = 0) -> None:
+        if depth > MAX_DEPTH:
+            raise InvalidUpdate("value nested too deeply")
+        kind = self.u8()
+        if kind in (127, 126, 121, 120):  # undefined, null, false, true
+            return
+        if kind == 125:
+            self.var_int()
+        elif kind == 124:
+            self.skip(4)
+        elif kind in (123, 122):
+            self.skip(8)
+        elif kind == 119:
+            self.string()
+        elif kind == 118:
+            for _ in range(self.var_uint()):
+                self.string()
+                self.any(depth + 1)
+        elif kind == 117:
+            for _ in range(self.var_uint()):
+                self.any(depth + 1)
+        elif kind == 116:
+            self.buf()
+        else:
+            raise InvalidUpdate(f"unknown value type {kind}")
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _depth_over(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _id(reader: _Reader, shape: UpdateShape, client: int, clock: int, cut: int | None) -> None:
+    """An ID an item refers to: origin (cuts after it: `cut` 1), right origin (cuts before
+    it: 0) or parent (None)."""
+    ref_client, ref_clock = reader.var_uint(), reader.var_uint()
+    if ref_clock > MAX_CLOCK:
+        raise InvalidUpdate("clock out of range")
+    if cut is not None:
+        shape.cuts.append((ref_client, ref_clock + cut))
+    if ref_client == client:
+        if ref_clock >= clock:  # an item can only refer to what existed before it
+            raise InvalidUpdate("an item refers to a later item of its own client")
+    elif ref_clock + 1 > shape.refs.get(ref_client, 0):
+        shape.refs[ref_client] = ref_clock + 1
+
+
+def _content(reader: _Reader, ref: int, shape: UpdateShape, client: int, clock: int) -> int:
+    """Read an item's content; returns its length in clock units."""
+    if ref == 1:  # deleted
+        length = reader.var_uint()
+    elif ref == 3:  # binary
+        reader.buf()
+        length = 1
+    elif ref == 4:  # string: its length counts UTF-16 code units, as in JavaScript
+        text = reader.string()
+        length = len(text.encode("utf-16-le")) // 2
+        if length != len(text):  # astral characters: note where their pairs sit
+            pairs = shape.pairs.setdefault(client, set())
+            offset = clock
+            for char in text:
+                if ord(char) > 0xFFFF:
+                    pairs.add(offset + 1)
+                    offset += 2
+                else:
+                    offset += 1
+    elif ref == 5:  # embed
+        reader.json()
+        length = 1
+    elif ref == 6:  # format
+        reader.string()
+        reader.json()
+        length = 1
+    elif ref == 7:  # type
+        type_ref = reader.var_uint()
+        if type_ref in (3, 5):  # XmlElement, XmlHook: a name follows
+            reader.string()
+        elif type_ref not in (0, 1, 2, 4, 6):
+            raise InvalidUpdate(f"unknown type reference {type_ref}")
+        length = 1
+    elif ref == 8:  # any
+        length = reader.var_uint()
+        for _ in range(length):
+            reader.any()
+    elif ref == 9:  # sub-document
+        reader.string()
+        reader.any()
+        length = 1
+    else:  # 2 = legacy JSON (Yjs 13 never writes it; Yrs reads it differently), 11..31
+        raise InvalidUpdate(f"unsupported content type {ref}")
+    if length < 1:
+        raise InvalidUpdate("empty item")
+    return length
+
+
+def inspect_update(data: bytes) -> UpdateShape:
+    """Check `data` against the Yjs v1 update format; raise InvalidUpdate when it is not
+    exactly one well-formed, non-empty update."""
+    reader = _Reader(data)
+    shape = UpdateShape()
+    for _ in range(reader.var_uint()):
+        count, client, clock = reader.var_uint(), reader.var_uint(), reader.var_uint()
+        if client in shape.structs:
+            raise InvalidUpdate("a client appears twice")
+        if count < 1:
+            raise InvalidUpdate("a client without structs")
+        start, end, skips, last_skip = clock, None, [], False
+        for _ in range(count):
+            info = reader.u8()
+            ref = info & 0x1F
+            if ref in (0, 10):  # GC or Skip: a length only
+                length = reader.var_uint()
+                if length < 1:
+                    raise InvalidUpdate("empty struct")
+                last_skip = ref == 10
+                if last_skip:
+                    skips.append((clock, clock + length))
+                else:
+                    end = clock + length
+            else:
+                if info & 0x80:
+                    _id(reader, shape, client, clock, 1)  # origin
+                if info & 0x40:
+                    _id(reader, shape, client, clock, 0)  # right origin
+                if not info & 0xC0:  # no origin: the parent is written
+                    parent_info = reader.var_uint()
+                    if parent_info == 1:
+                        reader.string()  # a root type by name
+                    elif parent_info == 0:
+                        _id(reader, shape, client, clock, None)
+                    else:
+                        raise InvalidUpdate("bad parent info")
+                    if info & 0x20:
+                        reader.string()  # key in a map
+                length = _content(reader, ref, shape, client, clock)
+                last_skip = False
+                end = clock + length
+            clock += length
+            if clock > MAX_CLOCK:
+                raise InvalidUpdate("clock out of range")
+        if last_skip:
+            skips.pop()  # nothing follows it: no need to know what it skips
+        shape.structs[client] = (start, end, skips)
+    for _ in range(reader.var_uint()):
+        client = reader.var_uint()
+        for _ in range(reader.var_uint()):
+            clock, length = reader.var_uint(), reader.var_uint()
+            if length < 1 or clock + length > MAX_CLOCK + 1:
+                raise InvalidUpdate("bad deleted range")
+            if clock + length > shape.deletes.get(client, 0):
+                shape.deletes[client] = clock + length
+            shape.cuts += ((client, clock), (client, clock + length))
+    if reader.pos != reader.end:
+        raise InvalidUpdate("trailing bytes after the update")
+    if not shape.deletes and all(end is None for _, end, _ in shape.structs.values()):
+        raise InvalidUpdate("empty update")
+    return shape
+
+
+def decode_state_vector(data: bytes) -> dict[int, int]:
+    reader = _Reader(data)
+    return {reader.var_uint(): reader.var_uint() for _ in range(reader.var_uint())}
+
+
+def missing_dependencies(shape: UpdateShape, sv: dict[int, int]) -> str | None:
+    """Why the update cannot integrate fully into a document with state vector `sv`
+    (None when it can)."""
+    known = dict(sv)
+    for client, (start, end, skips) in shape.structs.items():
+        have = sv.get(client, 0)
+        if end is None:
+            continue
+        if start > have:
+            return f"client {client} starts at clock {start}, the document has {have}"
+        for _, skip_end in skips:
+            if skip_end > have:
+                return f"client {client} skips clocks the document does not have"
+        known[client] = max(have, end)
+    for what, needs in (("refers to", shape.refs), ("deletes", shape.deletes)):
+        for client, upto in needs.items():
+            if upto > known.get(client, 0):
+                return f"the update {what} clocks of client {client} the document does not have"
+    return None
+
+
+def splits_pair(shape: UpdateShape, pairs: dict[int, set[int]]) -> bool:
+    """Whether the update cuts a surrogate pair of the document (`pairs`) or of its own."""
+    for client, clock in shape.cuts:
+        if clock in pairs.get(client, ()) or clock in shape.pairs.get(client, ()):
+            return True
+    return False
+
+
+def integrated(shape: UpdateShape, sv: dict[int, int]) -> bool:
+    return all(end is None or sv.get(client, 0) >= end
+               for client, (_, end, _) in shape.structs.items())
+
+
+def bytes_of(value: Any, what: str, limit: int) -> bytes:
+    """A binary payload field: bytes, or a list of ints 0..255 (what open-webui sends)."""
+    if isinstance(value, (bytes, bytearray)):
+        if len(value) > limit:
+            raise p.TooLarge(f"'{what}' is larger than {limit} bytes")
+        return bytes(value)
+    if isinstance(value, list):
+        if len(value) > limit:
+            raise p.TooLarge(f"'{what}' is larger than {limit} bytes")
+        if any(type(item) is not int for item in value):
+            raise p.BadRequest(f"'{what}' must be binary or a list of integers 0..255")
+        try:
+            return bytes(value)
+        except ValueError:
+            raise p.BadRequest(f"'{what}' must be binary or a list of integers 0..255") from None
+    raise p.BadRequest(f"'{what}' must be binary or a list of integers 0..255")
+
+
+# =========================================================================== service
+@dataclass
+class Editor:
+    sid: str
+    user_id: str
+    user_name: str
+    user_color: str | None
+    is_admin: bool
+
+
+class _Document:
+    """One document in memory; every field is guarded by `lock` once loaded."""
+
+    def __init__(self, document_id: str):
+        self.id = document_id
+        self.lock = asyncio.Lock()
+        self.refs = 0  # operations and tasks using it: it stays in memory while > 0
+        self.ydoc: pycrdt.Doc | None = None  # None = (re)load from the store at next use
+        self.sv: dict[int, int] = {}
+        self.pairs: dict[int, set[int]] = {}  # surrogate pairs of its strings (see UpdateShape)
+        self.exists = False  # stored
+        self.snapshot_bytes = 0
+        self.log_count = 0  # stored updates since the snapshot
+        self.log_bytes = 0
+        self.last_seq = 0
+        self.content: str | None = None  # stored rendered content, JSON text
+        self.updated_at: float | None = None
+        self.compacting = False
+
+    @property
+    def stored_bytes(self) -> int:
+        return self.snapshot_bytes + self.log_bytes
+
+
+_MISSING = object()
+
+
+class CollabService:
+    def __init__(self, emitter, store, settings: Callable[[], Any], limits=None,
+                 clock: Callable[[], float] = time.time):
+        self.emitter = emitter
+        self.sio = emitter.sio
+        self.store = store
+        self.settings = settings  # → the [documents] section, read per use (reloadable)
+        self.limits = limits
+        self.clock = clock
+        self.docs: dict[str, _Document] = {}
+        self.editors: dict[str, dict[str, Editor]] = {}  # document → sid → editor
+        self.joined: dict[str, set[str]] = {}  # sid → documents (the per-sid index)
+        self.pending_content: dict[str, str] = {}  # document → JSON text not yet stored
+        self._content_timers: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self.counts: Counter[str] = Counter()  # accepted / refused updates, compactions
+
+    # ------------------------------------------------------------------ access
+    async def access(self, identity, document_id: str) -> str:
+        """'write' or 'read' for this identity; raises when it has neither."""
+        namespace, sep, key = document_id.partition(":")
+        if not sep or not namespace or not key:
+            raise p.BadRequest("'document_id' must look like <namespace>:<id>, e.g. note:<id>")
+        if namespace not in self.settings().namespaces:
+            raise p.Forbidden(f"unknown document namespace {namespace!r}")
+        if namespace != NOTE:
+            return "write"  # a namespace the operator opened without an ACL
+        note = await self.store.get_note(key)
+        if note is None:
+            raise p.NotFound(f"note {key!r} does not exist")
+        if can_write(note, identity.id, identity.is_admin):
+            return "write"
+        if can_read(note, identity.id, identity.is_admin):
+            return "read"
+        raise p.Forbidden("no access to this document")
+
+    def _editor(self, sid: str, document_id: str) -> Editor:
+        """The sender's join, checked against its live rooms (revocation removes the room)."""
+        editor = self.editors.get(document_id, {}).get(sid)
+        if editor is not None and rooms.document(document_id) in self.sio.rooms(sid):
+            return editor
+        if editor is not None:
+            self._forget(sid, document_id)
+        raise p.Forbidden("join the document first")
+
+    def _connected(self, sid: str) -> bool:
+        return self.sio.manager.is_connected(sid, "/")
+
+    # ------------------------------------------------------------------ events
+    async def join(self, sid: str, identity, document_id: str, color: str | None) -> dict:
+        await self.access(identity, document_id)
+        room = rooms.document(document_id)
+        first = sid not in self.editors.get(document_id, {})
+        if first and self.limits is not None:
+            self.limits.check_documents(len(self.joined.get(sid, ())))
+            self.limits.check_rooms(len(self.sio.rooms(sid)))
+        async with self._use(document_id) as doc, doc.lock:
+            await self._load(doc)
+            if not self._connected(sid):
+                return {"ok": False}
+            # in the room before the state is taken: every later update reaches it
+            await self.sio.enter_room(sid, room)
+            editors = self.editors.setdefault(document_id, {})
+            editors[sid] = Editor(sid, identity.id, identity.name, color, identity.is_admin)
+            self.joined.setdefault(sid, set()).add(document_id)
+            await self._send_state(sid, doc)
+        if first:
+            await self.emitter.to_room("ydoc:user:joined", {
+                "document_id": document_id, "user_id": identity.id,
+                "user_name": identity.name, "user_color": color}, room, skip_sid=sid)
+        return {"ok": True}
+
+    async def state(self, sid: str, identity, document_id: str) -> None:
+        self._editor(sid, document_id)
+        async with self._use(document_id) as doc, doc.lock:
+            await self._load(doc)
+            await self._send_state(sid, doc)
+
+    async def _send_state(self, sid: str, doc: _Document) -> None:
+        await self.emitter.emit("ydoc:document:state", {
+            "document_id": doc.id, "state": list(doc.ydoc.get_update()),
+            "sessions": list(self.editors.get(doc.id, {}))}, sids=[sid])
+
+    async def update(self, sid: str, identity, document_id: str, wire: Any,
+                     content: Any = _MISSING) -> dict:
+        s = self.settings()
+        update = bytes_of(wire, "update", s.max_update_bytes)
+        self._editor(sid, document_id)
+        if await self.access(identity, document_id) != "write":
+            raise p.Forbidden("read-only access to this document")
+        text = None
+        if content is not _MISSING:
+            try:
+                text = orjson.dumps(content).decode()
+            except TypeError:  # binary or out-of-range numbers: not JSON
+                raise p.BadRequest("'data.content' must be a JSON value") from None
+            if len(text) > s.max_document_bytes:
+                raise p.TooLarge("'data.content' is larger than max_document_bytes")
+        if update == EMPTY_UPDATE:  # changes nothing: neither stored nor relayed
+            if text is not None:
+                await self._set_content(document_id, text)
+            return {"ok": True}
+        try:
+            shape = inspect_update(update)
+        except InvalidUpdate as exc:
+            self.counts["refused"] += 1
+            raise p.BadRequest(f"invalid update: {exc}") from None
+        async with self._use(document_id) as doc, doc.lock:
+            await self._load(doc)
+            self._editor(sid, document_id)  # still joined after the waits
+            if doc.stored_bytes + len(update) > s.max_document_bytes and doc.log_count:
+                await self._compact(doc)  # merged, the log is often much smaller
+            if doc.stored_bytes + len(update) > s.max_document_bytes:
+                raise p.TooLarge("the document would be larger than max_document_bytes")
+            self._apply(doc, update, shape)
+            try:
+                seq = await self.store.append_update(document_id, update)
+            except BaseException:
+                doc.ydoc = None  # holds an update the store may not have: reload
+                raise
+            doc.exists = True
+            doc.last_seq = seq
+            doc.log_count += 1
+            doc.log_bytes += len(update)
+            doc.updated_at = self.clock()
+            self.counts["accepted"] += 1
+            # relayed in the order accepted, before any later update or join
+            await self.emitter.to_room("ydoc:document:update", {
+                "document_id": document_id, "user_id": identity.id, "update": wire,
+                "socket_id": sid}, rooms.document(document_id), skip_sid=sid)
+            if doc.log_count > s.compaction_threshold and not doc.compacting:
+                doc.compacting = True
+                self._background(self._compact_soon(document_id), f"compact {document_id}")
+        if text is not None:
+            await self._set_content(document_id, text)
+        return {"ok": True}
+
+    def _apply(self, doc: _Document, update: bytes, shape: UpdateShape) -> None:
+        why = missing_dependencies(shape, doc.sv)
+        if why is None and splits_pair(shape, doc.pairs):
+            why = "it cuts a character in two (a UTF-16 surrogate pair)"
+        if why is not None:
+            self.counts["refused"] += 1
+            raise p.BadRequest(f"invalid update: {why}")
+        try:
+            doc.ydoc.apply_update(update)
+            sv = decode_state_vector(doc.ydoc.get_state())
+            ok = integrated(shape, sv)
+        except BaseException as exc:  # pyo3's PanicException is a BaseException
+            if isinstance(exc, _FATAL):
+                raise
+            log.info("update refused by pycrdt for %s: %s", doc.id, exc)
+            ok = False
+        if not ok:
+            doc.ydoc = None  # may hold part of the update: rebuilt from the store
+            self.counts["refused"] += 1
+            raise p.BadRequest("invalid update: it does not apply to the document")
+        doc.sv = sv
+        _add_pairs(doc.pairs, shape.pairs)
+
+    async def leave(self, sid: str, identity, document_id: str) -> dict:
+        await self.sio.leave_room(sid, rooms.document(document_id))
+        await self._left(sid, document_id)
+        return {"ok": True}
+
+    async def awareness(self, sid: str, identity, document_id: str, wire: Any) -> None:
+        bytes_of(wire, "update", self.settings().max_update_bytes)
+        self._editor(sid, document_id)
+        await self.emitter.to_room("ydoc:awareness:update", {
+            "document_id": document_id, "user_id": identity.id, "update": wire},
+            rooms.document(document_id), skip_sid=sid)
+
+    async def disconnected(self, sid: str, identity) -> None:
+        for document_id in list(self.joined.get(sid, ())):
+            await self._left(sid, document_id)
+        self.joined.pop(sid, None)
+
+    async def _left(self, sid: str, document_id: str) -> None:
+        editor = self._forget(sid, document_id)
+        if editor is not None:
+            await self.emitter.to_room("ydoc:user:left", {
+                "document_id": document_id, "user_id": editor.user_id,
+                "user_name": editor.user_name, "user_color": editor.user_color},
+                rooms.document(document_id), skip_sid=sid)
+
+    def _forget(self, sid: str, document_id: str) -> Editor | None:
+        editors = self.editors.get(document_id)
+        editor = editors.pop(sid, None) if editors is not None else None
+        if editors is not None and not editors:
+            del self.editors[document_id]
+        docs = self.joined.get(sid)
+        if docs is not None:
+            docs.discard(document_id)
+            if not docs:
+                del self.joined[sid]
+        self._maybe_evict(document_id)
+        return editor
+
+    # ------------------------------------------------------------------ directory changes
+    async def note_changed(self, note_id: str, note) -> None:
+        """A note's ACL changed (`note`) or the note was deleted (None): its editors who
+        lost read access leave the document."""
+        document_id = note_document_id(note_id)
+        for sid, editor in list(self.editors.get(document_id, {}).items()):
+            if note is None or not can_read(note, editor.user_id, editor.is_admin):
+                await self.sio.leave_room(sid, rooms.document(document_id))
+                await self._left(sid, document_id)
+
+    # ------------------------------------------------------------------ HTTP API
+    async def get_document(self, document_id: str) -> dict | None:
+        async with self._use(document_id) as doc, doc.lock:
+            await self._load(doc)
+            if not doc.exists:
+                return None
+            state = doc.ydoc.get_update()
+            content = self.pending_content.get(document_id, doc.content)
+            return {"document_id": document_id,
+                    "state_b64": base64.b64encode(state).decode(),
+                    "content": orjson.loads(content) if content is not None else None,
+                    "updated_at": doc.updated_at}
+
+    async def delete_document(self, document_id: str) -> bool:
+        async with self._use(document_id) as doc, doc.lock:
+            self._drop_content(document_id)
+            found = await self.store.delete_document(document_id)
+            doc.ydoc = None
+            for sid in list(self.editors.get(document_id, {})):
+                self._forget(sid, document_id)
+            await self.sio.close_room(rooms.document(document_id))
+        return found
+
+    def open_count(self) -> int:
+        return len(self.docs)
+
+    # ------------------------------------------------------------------ loading, memory
+    @contextlib.asynccontextmanager
+    async def _use(self, document_id: str) -> AsyncIterator[_Document]:
+        doc = self.docs.get(document_id)
+        if doc is None:
+            doc = self.docs[document_id] = _Document(document_id)
+        doc.refs += 1
+        try:
+            yield doc
+        finally:
+            doc.refs -= 1
+            self._maybe_evict(document_id)
+
+    def _maybe_evict(self, document_id: str) -> None:
+        doc = self.docs.get(document_id)
+        if doc is not None and doc.refs == 0 and document_id not in self.editors:
+            del self.docs[document_id]  # stored: loaded again at next use
+
+    async def _load(self, doc: _Document) -> None:
+        """Under doc.lock: the in-memory document is the stored one."""
+        if doc.ydoc is not None:
+            return
+        stored = await self.store.load_document(doc.id)
+        ydoc = pycrdt.Doc()
+        doc.pairs = {}
+        if stored is None:
+            doc.exists, doc.snapshot_bytes, doc.log_count, doc.log_bytes = False, 0, 0, 0
+            doc.last_seq, doc.content, doc.updated_at = 0, None, None
+        else:
+            parts = ([stored.snapshot] if stored.snapshot else []) + list(stored.updates)
+            _replay(ydoc, doc.id, parts)
+            for part in parts:
+                try:
+                    _add_pairs(doc.pairs, inspect_update(part).pairs)
+                except InvalidUpdate:
+                    pass  # an empty snapshot; a log from before validation existed
+            doc.exists = True
+            doc.snapshot_bytes = len(stored.snapshot or b"")
+            doc.log_count = len(stored.updates)
+            doc.log_bytes = sum(len(u) for u in stored.updates)
+            doc.last_seq = stored.last_seq
+            doc.content = stored.content
+            doc.updated_at = stored.updated_at
+        doc.sv = decode_state_vector(ydoc.get_state())
+        doc.ydoc = ydoc
+
+    async def _compact_soon(self, document_id: str) -> None:
+        async with self._use(document_id) as doc, doc.lock:
+            try:
+                await self._load(doc)
+                if doc.log_count > self.settings().compaction_threshold:
+                    await self._compact(doc)
+            finally:
+                doc.compacting = False
+
+    async def _compact(self, doc: _Document) -> None:
+        """Under doc.lock, loaded: the whole log so far becomes one snapshot. The store
+        keeps updates appended after `last_seq` (none while the lock is held here)."""
+        snapshot = doc.ydoc.get_update()
+        await self.store.compact_document(doc.id, doc.last_seq, snapshot)
+        doc.snapshot_bytes, doc.log_count, doc.log_bytes = len(snapshot), 0, 0
+        self.counts["compactions"] += 1
+        log.debug("compacted %s into %d bytes", doc.id, len(snapshot))
+
+    # ------------------------------------------------------------------ rendered content
+    async def _set_content(self, document_id: str, text: str) -> None:
+        delay = self.settings().content_debounce
+        if delay <= 0:
+            self._drop_content(document_id)
+            await self._store_content(document_id, text)
+            return
+        self.pending_content[document_id] = text
+        if document_id not in self._content_timers:  # at most one write per delay
+            loop = asyncio.get_running_loop()
+            self._content_timers[document_id] = loop.call_later(
+                delay, lambda: self._background(self._flush_content(document_id),
+                                                f"content {document_id}"))
+
+    def _drop_content(self, document_id: str) -> None:
+        self.pending_content.pop(document_id, None)
+        timer = self._content_timers.pop(document_id, None)
+        if timer is not None:
+            timer.cancel()
+
+    async def _flush_content(self, document_id: str) -> None:
+        self._content_timers.pop(document_id, None)
+        text = self.pending_content.pop(document_id, None)
+        if text is not None:
+            await self._store_content(document_id, text)
+
+    async def _store_content(self, document_id: str, text: str) -> None:
+        try:
+            await self.store.set_document_content(document_id, text)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("storing the rendered content of %s failed", document_id)
+            return
+        doc = self.docs.get(document_id)
+        if doc is not None and doc.ydoc is not None:
+            doc.content, doc.updated_at, doc.exists = text, self.clock(), True
+
+    async def flush(self) -> None:
+        """Store every debounced content now (graceful stop)."""
+        for document_id in list(self.pending_content):
+            timer = self._content_timers.pop(document_id, None)
+            if timer is not None:
+                timer.cancel()
+            await self._flush_content(document_id)
+
+    # ------------------------------------------------------------------ lifetime
+    def _background(self, coro, name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s failed", task.get_name(), exc_info=task.exception())
+
+    async def close(self) -> None:
+        """Finish background work and store pending content (before the store closes)."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
+        await self.flush()
+
+    async def run_until_stopped(self) -> None:
+        """A lifetime task for the appliance's TaskGroup: cancelled at stop (after the
+        sessions are gone, before the store closes), it flushes pending content."""
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.close()
+
+
+def _add_pairs(into: dict[int, set[int]], pairs: dict[int, set[int]]) -> None:
+    for client, clocks in pairs.items():
+        into.setdefault(client, set()).update(clocks)
+
+
+def _replay(ydoc: pycrdt.Doc, document_id: str, parts: list[bytes]) -> None:
+    if not parts:
+        return
+    try:
+        ydoc.apply_update(pycrdt.merge_updates(*parts) if len(parts) > 1 else parts[0])
+        return
+    except Exception:
+        log.exception("stored document %s does not load in one piece; replaying its "
+                      "updates one by one", document_id)
+    for index, part in enumerate(parts):
+        try:
+            ydoc.apply_update(part)
+        except Exception:
+            log.error("stored update #%d of %s is unreadable; skipped", index, document_id)
+
+
+# =========================================================================== wiring
+def attach(appliance) -> CollabService:
+    """Build the document service from the appliance's parts and wire it in: the ydoc:*
+    events, the disconnect hook, `GET/DELETE /api/v1/documents/{id}` on the running
+    Tornado application (`appliance.web`), the note-ACL hook of the directory, a gauge,
+    and a lifetime task that stores debounced content at stop. Call it from
+    `Appliance.start()` after `self.web` is built. Idempotent: a second call returns the
+    same service."""
+    existing = getattr(appliance, "collab", None)
+    if isinstance(existing, CollabService):
+        return existing
+    from . import collab_api, collab_events
+
+    if appliance.web is None:
+        raise RuntimeError("attach() needs the Tornado application: call it after web_app()")
+    service = CollabService(appliance.emitter, appliance.backend.store,
+                            lambda: appliance.settings.documents,
+                            limits=appliance.limits)
+    collab_events.register(appliance.gateway, service)
+    # the ApiContext the rest of /api/v1 uses
+    appliance.web.add_handlers(r".*", collab_api.routes(appliance.api_ctx, service))
+    # told when a note's ACL changes or the note goes
+    appliance.directory.note_hooks.append(service.note_changed)
+    appliance.gauges.append(("rt_documents_open", "Yjs documents in memory on this node",
+                             service.open_count))
+    appliance.tasks.start("collab", service.run_until_stopped())
+    appliance.collab = service
+    return service
+

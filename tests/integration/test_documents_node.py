@@ -1,0 +1,155 @@
+"""Documents with real browser-side clients: Node socket.io-client 4.8 + npm yjs 13.6
+(tests/node/driver.mjs), next to python-socketio clients whose replicas are y-py and
+pycrdt. Three Yjs implementations edit one note through the appliance and must converge;
+the state the appliance returns must load in npm yjs and in y-py."""
+from __future__ import annotations
+
+import asyncio
+import base64
+
+import pycrdt
+import pytest
+
+from tests.integration.test_documents import DOC, Editor, PyReplica, documents, setup_note, y_py
+from tests.support.appliance import WAIT
+from tests.support.node_fixtures import node_driver, node_driver_factory  # noqa: F401
+
+pytestmark = pytest.mark.asyncio
+
+
+class NodeEditor:
+    """A Node socket.io-client socket with an npm yjs document of the same name."""
+
+    def __init__(self, driver, sock, name: str):
+        self.driver, self.sock, self.name = driver, sock, name
+        self.applied = 0
+
+    @classmethod
+    async def start(cls, driver, h, name: str, token: str) -> "NodeEditor":
+        sock = await driver.connect(name, h.url, path=h.path, transports=["websocket"],
+                                    auth={"token": token}, reconnection=False, forceNew=True)
+        await driver.ydoc_new(name)
+        return cls(driver, sock, name)
+
+    async def join(self) -> None:
+        ack = await self.sock.emit("ydoc:document:join", {
+            "document_id": DOC, "user_id": "forged", "user_name": "Forged",
+            "user_color": "#abcdef"}, ack=True, timeout=WAIT)
+        assert ack == [{"ok": True}]
+        (state,) = await self.sock.wait_for("ydoc:document:state", timeout=WAIT)
+        await self.driver.ydoc_apply(self.name, bytes(state["state"]))
+
+    async def pull(self) -> str:
+        updates = self.sock.received("ydoc:document:update")
+        for (data,) in updates[self.applied:]:
+            await self.driver.ydoc_apply(self.name, bytes(data["update"]))
+        self.applied = len(updates)
+        return await self.driver.ydoc_text(self.name, "t")
+
+    async def type(self, index: int, chunk: str) -> None:
+        update = await self.driver.ydoc_insert(self.name, index, chunk, text_name="t")
+        # binary, as socket.io-client sends a Uint8Array
+        ack = await self.sock.emit("ydoc:document:update", {
+            "document_id": DOC, "update": update, "user_id": "forged",
+            "data": {"content": {"md": chunk}}}, ack=True, timeout=WAIT)
+        assert ack == [{"ok": True}], ack
+
+
+async def converge(editors, nodes, timeout: float = WAIT) -> str:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        texts = [e.pull() for e in editors] + [await n.pull() for n in nodes]
+        if len(set(texts)) == 1:
+            return texts[0]
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"no convergence within {timeout} s: {texts}")
+        await asyncio.sleep(0.02)
+
+
+async def test_python_and_node_clients_edit_one_note_and_converge(tmp_path, node_driver):
+    async with documents(tmp_path) as h:
+        tok = {u: await h.user(u, u.upper()) for u in ("a", "b", "n", "late")}
+        await setup_note(h, owner="a", write=["b", "n"], read=["late"])
+        a = Editor(await h.connect(tok["a"]), PyReplica("ypy" if y_py else "pycrdt"))
+        b = Editor(await h.connect(tok["b"]), PyReplica("pycrdt"))
+        n = await NodeEditor.start(node_driver, h, "n", tok["n"])
+        await a.join()
+        await b.join()
+        await n.join()
+        joined = await a.client.rec.wait_for("ydoc:user:joined", lambda d: d["user_id"] == "n")
+        assert joined == {"document_id": DOC, "user_id": "n", "user_name": "N",
+                          "user_color": "#abcdef"}
+
+        await a.type(0, "Hello")
+        assert await converge([a, b], [n]) == "Hello"
+        # concurrent edits from the three implementations
+        await asyncio.gather(a.type(5, " from y-py"), b.type(0, "[pycrdt] "), n.type(0, "[yjs] "))
+        for i in range(10):  # and a burst of interleaved ones
+            await asyncio.gather(a.type(0, f"a{i}"), n.type(0, f"n{i}"),
+                                 b.type(len(b.pull()), f"b{i}"))
+        text = await converge([a, b], [n])
+        for piece in ("Hello", " from y-py", "[pycrdt] ", "[yjs] ", "a9", "n9", "b9"):
+            assert piece in text
+        relayed = [d for (d,) in n.sock.received("ydoc:document:update")]
+        assert {d["user_id"] for d in relayed} == {"a", "b"}  # identities, never "forged"
+        assert all(d["socket_id"] in (a.client.get_sid(), b.client.get_sid()) for d in relayed)
+        got = [d for d in b.client.rec.of("ydoc:document:update") if d["user_id"] == "n"]
+        assert got and all(d["socket_id"] == n.sock.sid for d in got)
+
+        # a late joiner (another Node client) receives the full state
+        late = await NodeEditor.start(node_driver, h, "late", tok["late"])
+        await late.join()
+        assert await late.pull() == text
+
+        # the appliance's state loads in npm yjs, y-py and pycrdt alike
+        status, body = await h.api("GET", f"/api/v1/documents/{DOC}")
+        assert status == 200
+        state = base64.b64decode(body["state_b64"])
+        await node_driver.ydoc_new("from-api")
+        await node_driver.ydoc_apply("from-api", state)
+        assert await node_driver.ydoc_text("from-api", "t") == text
+        check = PyReplica("pycrdt")
+        check.apply(state)
+        assert check.value() == text
+        if y_py is not None:
+            ypy = PyReplica("ypy")
+            ypy.apply(state)
+            assert ypy.value() == text
+        assert body["content"] is not None  # the last rendered content a Node client sent
+
+
+@pytest.mark.skipif(y_py is None, reason="y-py has no wheel for this Python")
+async def test_updates_made_offline_by_ypy_and_yjs_merge_in_the_appliance(tmp_path, node_driver):
+    """Histories written apart (no relay between them) by y-py and by npm yjs, sent as
+    whole states, merge in the appliance; its state reads back in both."""
+    async with documents(tmp_path) as h:
+        await setup_note(h, owner="a", write=["n"])
+        a = Editor(await h.connect(await h.user("a")), PyReplica("ypy"))
+        n = await NodeEditor.start(node_driver, h, "n", await h.user("n"))
+        await a.join()
+        await n.join()
+        # both edit offline first
+        for chunk in ("y-py one. ", "y-py two. "):
+            a.replica.insert(len(a.replica.value()), chunk)
+        await node_driver.ydoc_insert("n", 0, "yjs one. ", text_name="t")
+        await node_driver.ydoc_delete("n", 0, 4, text_name="t")
+        # then each sends its whole state (as a reconnecting editor would)
+        ypy_state = bytes(y_py.encode_state_as_update(a.replica.doc))
+        assert await a.send(ypy_state, as_list=True) == {"ok": True}
+        yjs_state = await node_driver.ydoc_state("n")
+        ack = await n.sock.emit("ydoc:document:update", {"document_id": DOC, "update": yjs_state},
+                                ack=True, timeout=WAIT)
+        assert ack == [{"ok": True}]
+        text = await converge([a], [n])
+        assert "y-py one. y-py two. " in text and "one. " in text and len(text) == 25
+        status, body = await h.api("GET", f"/api/v1/documents/{DOC}")
+        state = base64.b64decode(body["state_b64"])
+        fresh = PyReplica("ypy")
+        fresh.apply(state)
+        assert fresh.value() == text
+        await node_driver.ydoc_new("fresh")
+        await node_driver.ydoc_apply("fresh", state)
+        assert await node_driver.ydoc_text("fresh", "t") == text
+        doc = pycrdt.Doc()
+        doc.apply_update(state)
+        assert str(doc.get("t", type=pycrdt.Text)) == text
