@@ -17,7 +17,7 @@ import tornado.netutil
 import tornado.web
 
 from . import __version__, admin, api, logs, sdnotify
-from .auth import TokenVerifier
+from .auth import Identity, TokenVerifier
 from .backends import StoreError
 from .backends.factory import Backend, build_backend
 from .channels import ChannelService
@@ -109,7 +109,7 @@ class Appliance:
         # extra live gauges other services contribute: (name, help, callable → number)
         self.gauges: list[tuple[str, str, object]] = []
         self.reload_hooks: list = []  # services that keep a copy of a reloadable setting
-        self.node_id = f"{socket.gethostname()}-{os.getpid()}-{id(self) % 10000:04d}"
+        self.node_id = self.backend.node_id or f"{socket.gethostname()}-{os.getpid()}"
         self.web: tornado.web.Application | None = None
         self.relay = None  # the chat streaming relay, attached at start
         self.collab = None  # the collaborative documents (ydoc:*), attached at start
@@ -144,6 +144,17 @@ class Appliance:
 
     async def _has_session(self, sid: str) -> bool:
         return await self.backend.presence.user_of(sid) is not None
+
+    async def announce_dead_sessions(self) -> None:
+        """Sessions of a node that died: handled here like a normal leave (usage entries
+        dropped, services told through the disconnect hooks)."""
+        for sid, user_id in await self.backend.dead_sessions():
+            await self.usage.drop(sid)
+            user = await self.backend.store.get_user(user_id)
+            identity = Identity(user_id, user.name if user else user_id,
+                                user.role if user else "user")
+            await self.gateway.run_disconnect_hooks(sid, identity)
+            log.info("session %s of user %s ended with its node", sid, user_id)
 
     def extra_gauges(self):
         return [(name, help_, fn()) for name, help_, fn in self.gauges]
@@ -212,6 +223,12 @@ class Appliance:
             "last-active flush", s.state.last_active_flush_interval, self.presence.flush))
         self.tasks.start("usage sweep", every(
             "usage sweep", min(1.0, s.limits.usage_ttl / 3), self.usage.sweep))
+        for loop in self.backend.loops:
+            self.tasks.start(loop.name, every(loop.name, loop.interval, loop.step,
+                                              max_backoff=loop.interval))
+        if self.backend.dead_session_interval:
+            self.tasks.start("dead sessions", every(
+                "dead sessions", self.backend.dead_session_interval, self.announce_dead_sessions))
         self.started_at = time.time()
         self.announce(
             f"rt-appliance listening on http://{s.server.host}:{self.port}"

@@ -139,13 +139,17 @@ class Gateway:
         await self.presence.disconnected(sid)
         await self.usage.drop(sid)
         if identity is not None:
-            for hook in self.disconnect_hooks:
-                try:
-                    await hook(sid, identity)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("disconnect hook failed for %s", sid)
+            await self.run_disconnect_hooks(sid, identity)
+
+    async def run_disconnect_hooks(self, sid: str, identity: Identity) -> None:
+        """Tell services a session ended (here, or on a node that died)."""
+        for hook in self.disconnect_hooks:
+            try:
+                await hook(sid, identity)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("disconnect hook failed for %s", sid)
 
     def check_token(self, identity: Identity, data: dict) -> None:
         """A token inside a payload must be valid and belong to the connection's user."""

@@ -1,8 +1,15 @@
-"""The one place that picks the backend, from `[state] manager` (WEBSOCKET_MANAGER)."""
+"""The one place that picks the backend, from `[state] manager` (WEBSOCKET_MANAGER).
+
+A Backend bundles what differs between one node on embedded state and several nodes on
+Redis: the store, the presence and usage registries, python-socketio's client manager, and
+the background work a backend needs (Redis: the node heartbeat and the sweep that announces
+the sessions of dead nodes). The rest of the appliance never asks which one it runs on.
+"""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
 
 import socketio
 
@@ -15,12 +22,25 @@ class BackendError(Exception):
 
 
 @dataclass
+class Loop:
+    """Background work of a backend: `step` every `interval` seconds."""
+
+    name: str
+    interval: float
+    step: Callable[[], Awaitable[None]]
+
+
+@dataclass
 class Backend:
     name: str
     store: Store
     presence: PresenceRegistry
     usage: UsageRegistry
     client_manager: socketio.AsyncManager
+    node_id: str = ""
+    loops: list[Loop] = field(default_factory=list)
+    # how often to look for sessions of nodes that died (None: there are no other nodes)
+    dead_session_interval: float | None = None
 
     async def start(self) -> None:
         await self.store.open()
@@ -30,6 +50,36 @@ class Backend:
 
     async def ready(self) -> None:
         await self.store.ping()
+
+    async def dead_sessions(self) -> list[tuple[str, str]]:
+        """(sid, user id) of sessions whose node died, each reported to one node only."""
+        return []
+
+
+class RedisBackend(Backend):
+    async def start(self) -> None:
+        await self.store.open()
+        # listen for cross-node messages now, not at the first client: a node without
+        # clients must still answer `call` acks and room changes for other nodes
+        self.client_manager.initialize()
+        await self.presence.heartbeat()
+
+    async def stop(self) -> None:
+        # retire this node's sessions, stop listening, then close the shared client
+        try:
+            await self.presence.retire()
+        finally:
+            try:
+                await self.client_manager.close()
+            finally:
+                await self.store.close()
+
+    async def ready(self) -> None:
+        await self.store.ping()
+        await self.client_manager.ready()
+
+    async def dead_sessions(self) -> list[tuple[str, str]]:
+        return await self.presence.dead_sessions()
 
 
 def build_backend(settings) -> Backend:
@@ -45,7 +95,30 @@ def build_backend(settings) -> Backend:
             client_manager=socketio.AsyncManager(),
         )
     if manager == "redis":
-        raise BackendError(
-            "WEBSOCKET_MANAGER=redis (cluster mode) is not available in this version; "
-            "unset it to run a single node on embedded state")
+        return build_redis_backend(settings)
     raise BackendError(f"unknown state manager {manager!r}")
+
+
+def build_redis_backend(settings, target=None) -> RedisBackend:
+    from .redis_conn import RedisConfigError, RedisTarget
+    from .redis_manager import RedisClientManager
+    from .redis_state import RedisPresence, RedisUsage
+    from .redis_store import RedisStore
+
+    try:
+        target = target or RedisTarget.from_settings(settings.state)
+    except RedisConfigError as exc:
+        raise BackendError(str(exc)) from None
+    client = target.client()  # one connection pool for store, presence and usage
+    keys, where = target.keys(), target.describe()
+    presence = RedisPresence(client, keys, node_ttl=settings.state.node_ttl, where=where)
+    return RedisBackend(
+        name="redis",
+        store=RedisStore(client, keys, where=where),
+        presence=presence,
+        usage=RedisUsage(client, keys, where=where),
+        client_manager=RedisClientManager(target),
+        node_id=presence.node_id,
+        loops=[Loop("presence heartbeat", presence.heartbeat_interval, presence.heartbeat)],
+        dead_session_interval=min(5.0, settings.state.node_ttl / 4),
+    )

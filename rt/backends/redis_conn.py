@@ -1,0 +1,287 @@
+"""Redis connections of cluster mode, built from `[state]`, and the one key builder.
+
+Three topologies, chosen by the settings (protocol §6):
+
+- a URL: `redis://[user:password@]host[:port][/db]`, `rediss://...` (TLS), `unix:///path`;
+- Sentinel: `sentinel_hosts` lists the sentinels (`host` or `host:port`, default port
+  `sentinel_port`); the URL's host is then the *master name* and its user, password, db and
+  scheme apply to the master, as in the original system (open-webui), whose sentinels take
+  no password;
+- Cluster: `redis_cluster = true`; the URL names any node (db must be 0).
+
+Every client made here is an asyncio client that returns bytes (`decode_responses=False`):
+blobs are stored and read as bytes and the callers decode text themselves. Building a
+client does no I/O; `connect()` is the start-up check that fails with a clear message
+when Redis is unreachable (the appliance then exits; it never falls back to memory).
+
+Every key and channel name comes from `KeySpace` (one function, `key`), so that two
+deployments with different prefixes can share one Redis and a Cluster slot holds
+everything one atomic operation touches:
+
+    <prefix>:{<tag>}:<part>:<part>...
+
+The hash tag `{<tag>}` decides the Cluster slot. Callers pick it per entity (a document
+bucket, a chat, a note) or per family of keys that must change together (the directory,
+presence, usage); see redis_store.py and redis_state.py for the layouts.
+"""
+from __future__ import annotations
+
+import asyncio
+import re
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Union
+from urllib.parse import unquote, urlsplit
+
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.connection import parse_url
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import RedisClusterException, RedisError
+
+from . import StoreError
+
+AnyRedis = Union[Redis, RedisCluster]
+
+# Failures that mean "Redis cannot serve now" wherever a client is used.
+# (RedisClusterException, e.g. "no startup node reachable", is not a RedisError.)
+REDIS_ERRORS: tuple[type[BaseException], ...] = (
+    RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
+
+
+class RedisConfigError(ValueError):
+    """The Redis settings cannot work (e.g. a Cluster URL with db 3)."""
+
+
+class RedisUnavailable(StoreError):
+    """Redis does not answer (start-up check, or a store call while it is down)."""
+
+
+# Commands in flight per client at most. redis-py pools refuse (raise) past their size
+# (100 connections by default, per node in a Cluster) instead of waiting; every component
+# sharing a client waits at this gate instead, so a burst queues instead of failing.
+MAX_IN_FLIGHT = 64
+_gates: "weakref.WeakKeyDictionary[object, asyncio.Semaphore]" = weakref.WeakKeyDictionary()
+
+
+def gate(client: object) -> asyncio.Semaphore:
+    """The semaphore shared by every user of `client` (store, presence, usage)."""
+    sem = _gates.get(client)
+    if sem is None:
+        sem = _gates[client] = asyncio.Semaphore(MAX_IN_FLIGHT)
+    return sem
+
+
+async def ensure_ready(client: object) -> None:
+    """Let a RedisCluster (re)discover its nodes before a command goes out. redis-py 8.1
+    does that lazily inside each command; when many commands start together on a fresh
+    client, or right after it lost a node, some of them fail with AttributeError on a
+    connection torn down under them. `initialize()` holds a lock, so callers wait here
+    for the one discovery instead. (`_initialize` is redis-py's own "needs discovery"
+    flag; without it this does nothing.)"""
+    if getattr(client, "_initialize", False) is True and isinstance(client, RedisCluster):
+        await client.initialize()
+
+
+def redact(url: str) -> str:
+    """The URL without its password (greedy up to the last '@': passwords hold '@' too)."""
+    return re.sub(r"(//[^/@:]*:).*@", r"\1***@", url)
+
+
+class KeySpace:
+    """The only place Redis key and channel names are built.
+
+    `key(tag, *parts)` gives `<prefix>:{<tag>}:<part>:...`. Layouts keep keys distinct by
+    putting each variable id last behind a fixed, prefix-free word (`user:<id>` and
+    `user-channels:<id>`, never `user:<id>:channels`), so no id can forge another key.
+    Braces in the prefix would move the Cluster hash tag and are refused.
+    """
+
+    def __init__(self, prefix: str) -> None:
+        if "{" in prefix or "}" in prefix:
+            raise RedisConfigError(
+                f"key prefix {prefix!r} must not contain '{{' or '}}' (Redis Cluster hash tags)")
+        self.prefix = prefix
+
+    def key(self, tag: str, *parts: str) -> str:
+        head = f"{self.prefix}:{{{tag}}}" if self.prefix else f"{{{tag}}}"
+        return ":".join((head, *parts))
+
+    def channel(self, name: str) -> str:
+        """A pub/sub channel name (no hash tag: one channel is one slot anyway)."""
+        return f"{self.prefix}:{name}" if self.prefix else name
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """Where Redis is and how to reach it; `client()` builds an asyncio client."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    cluster: bool = False
+    sentinel_hosts: tuple[str, ...] = ()
+    sentinel_port: int = 26379
+    key_prefix: str = "open-webui"
+    connect_timeout: float = 5.0
+    # Every command is bounded; pub/sub reads pass their own timeout (see redis_manager).
+    command_timeout: float = 10.0
+    extra: dict[str, Any] = field(default_factory=dict)  # more client kwargs (tests, TLS)
+
+    @classmethod
+    def from_settings(cls, state, **overrides: Any) -> "RedisTarget":
+        """From `settings.state` ([state] section)."""
+        target = cls(
+            url=state.redis_url,
+            cluster=state.redis_cluster,
+            sentinel_hosts=tuple(state.sentinel_hosts),
+            sentinel_port=state.sentinel_port,
+            key_prefix=state.key_prefix,
+            **overrides,
+        )
+        target.validate()
+        return target
+
+    # ------------------------------------------------------------------ checks, names
+    def validate(self) -> None:
+        scheme = urlsplit(self.url).scheme
+        if scheme not in ("redis", "rediss", "unix"):
+            raise RedisConfigError(f"{redact(self.url)}: must be redis://, rediss:// or unix://")
+        if self.cluster and self.sentinel_hosts:
+            raise RedisConfigError("redis_cluster and sentinel_hosts exclude each other")
+        if (self.cluster or self.sentinel_hosts) and scheme == "unix":
+            raise RedisConfigError(
+                "a unix:// socket works only with a single Redis (no Cluster or Sentinel)")
+        if self.cluster and self._db() != 0:
+            raise RedisConfigError(f"{redact(self.url)}: a Redis Cluster has only db 0")
+        self.sentinels()  # raises on a bad host:port
+        KeySpace(self.key_prefix)
+
+    def keys(self) -> KeySpace:
+        return KeySpace(self.key_prefix)
+
+    def master_name(self) -> str:
+        """With Sentinel, the URL's host is the master (service) name."""
+        return unquote(urlsplit(self.url).hostname or "") or "mymaster"
+
+    def sentinels(self) -> list[tuple[str, int]]:
+        out = []
+        for item in self.sentinel_hosts:
+            host, port = item, self.sentinel_port
+            if item.startswith("["):  # [v6] or [v6]:port
+                end = item.index("]")
+                host, rest = item[1:end], item[end + 1:]
+                if rest:
+                    port = int(rest.lstrip(":"))
+            elif ":" in item:
+                host, _, text = item.rpartition(":")
+                port = int(text)
+            if not host or not 0 < port < 65536:
+                raise RedisConfigError(f"sentinel {item!r} is not host or host:port")
+            out.append((host, port))
+        return out
+
+    def describe(self) -> str:
+        """For messages and logs; never shows a password."""
+        if self.sentinel_hosts:
+            hosts = ",".join(f"{h}:{p}" for h, p in self.sentinels())
+            return (f"Redis master {self.master_name()!r} via Sentinel {hosts} "
+                    f"(db {self._db()})")
+        if self.cluster:
+            return f"Redis Cluster at {redact(self.url)}"
+        return f"Redis at {redact(self.url)}"
+
+    def _db(self) -> int:
+        return int(parse_url(self.url).get("db", 0) or 0)
+
+    # ------------------------------------------------------------------ clients
+    def _common(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        kw: dict[str, Any] = {
+            "decode_responses": False,
+            "socket_connect_timeout": self.connect_timeout,
+            "socket_timeout": self.command_timeout,
+            "socket_keepalive": True,
+            # A PING before reusing a connection idle this long: finds dead peers
+            # (failover, restart) before a real command is lost on them.
+            "health_check_interval": 15,
+        }
+        kw.update(self.extra)
+        kw.update(overrides)
+        return kw
+
+    def client(self, **overrides: Any) -> AnyRedis:
+        """A new client (with its own connection pool); no I/O until first used."""
+        kw = self._common(overrides)
+        if self.cluster:
+            # RedisCluster retries MOVED/ASK and failovers itself; commands carry no db.
+            kw.pop("health_check_interval", None)
+            return RedisCluster.from_url(self.url, **kw)
+        # Short, jittered retries: a restarted Redis or a promoted replica answers again
+        # within a fraction of a second; a Redis that stays away fails the call quickly.
+        kw.setdefault("retry", _quick_retry())
+        if self.sentinel_hosts:
+            url = parse_url(self.url)
+            for name in ("username", "password", "db"):
+                if name in url:
+                    kw.setdefault(name, url[name])
+            if urlsplit(self.url).scheme == "rediss":
+                kw.setdefault("ssl", True)
+            sentinel = Sentinel(
+                self.sentinels(),
+                sentinel_kwargs={
+                    "socket_connect_timeout": self.connect_timeout,
+                    "socket_timeout": self.connect_timeout,
+                    # redis-py's default retries a dead sentinel for ~10 s; the next
+                    # sentinel is the better retry
+                    "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.2), 0),
+                },
+                **kw,
+            )
+            client = sentinel.master_for(self.master_name(), redis_class=SentinelRedis)
+            client.sentinel = sentinel
+            return client
+        return Redis.from_url(self.url, **kw)
+
+
+def _quick_retry() -> Retry:
+    return Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 2)
+
+
+class SentinelRedis(Redis):
+    """The master client of a Sentinel set; closing it closes the sentinel connections
+    too (redis-py leaves them open)."""
+
+    sentinel: Sentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        try:
+            await super().aclose(close_connection_pool)
+        finally:
+            sentinel, self.sentinel = self.sentinel, None
+            for s in sentinel.sentinels if sentinel is not None else ():
+                await s.aclose()
+
+
+async def connect(target: RedisTarget, client: AnyRedis | None = None) -> AnyRedis:
+    """PING through `client` (or a new one); `RedisUnavailable` with a clear message when
+    Redis cannot be reached, so that start-up stops (no fallback to memory)."""
+    own = client is None
+    client = target.client() if client is None else client
+    try:
+        await asyncio.wait_for(client.ping(), timeout=target.connect_timeout * 2 + 1)
+    except REDIS_ERRORS as exc:
+        if own:
+            await close_quietly(client)
+        raise RedisUnavailable(f"{target.describe()} is unreachable: {_reason(exc)}") from exc
+    return client
+
+
+async def close_quietly(client: AnyRedis) -> None:
+    try:
+        await client.aclose()
+    except REDIS_ERRORS:
+        pass
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return redact(text)

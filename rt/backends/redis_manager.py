@@ -1,0 +1,213 @@
+"""python-socketio's Redis client manager for cluster mode, on the same connection options
+as the store (URL / Sentinel / Cluster), with the key prefix in its channel.
+
+What python-socketio 5.18.1's `AsyncRedisManager` does by itself: one pub/sub channel
+(default `socketio`) shared by every node; emits, room changes, disconnects and `call`
+acks cross nodes as JSON messages (the local node handles its own part directly). It
+connects through `Redis.from_url` or a `redis+sentinel://` URL, with `redis_options`; it
+has no Redis Cluster support, publishes twice and then drops the message, and its
+listener retries with a backoff growing to 60 s.
+
+This subclass keeps that wire format (other python-socketio emitters on the same channel
+still interoperate) and overrides only the two methods that `AsyncPubSubManager` asks
+pub/sub backends to implement, `_publish` and `_listen`:
+
+- the client comes from `RedisTarget` (redis_conn.py), so URL, Sentinel (master name from
+  the URL's host) and Cluster behave as for the store; on a Cluster it uses sharded pub/sub
+  (SPUBLISH / SSUBSCRIBE, Redis >= 7): a message travels to the one shard owning the
+  channel's slot instead of being broadcast over the cluster bus to every node;
+- the channel is `<prefix>:socketio`, so two deployments can share one Redis;
+- the listener reconnects after a restart or failover with a jittered backoff from 0.1 s
+  to 5 s, and says whether it is subscribed (`ready()`, for readyz);
+- `initialize()` is idempotent, so the app can start the listener at start-up (stock
+  python-socketio starts it at the first client connection only);
+- a publish is bounded in time and never raises: the local part of an emit has already
+  happened, and cross-node delivery resumes when Redis is back;
+- an emit whose target rooms have no member on this node is dropped right after the JSON
+  is parsed, before python-socketio decodes binary attachments and walks the rooms. That
+  is the per-node cost of traffic for rooms with no local member (see `stats`).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import Counter
+from typing import Any
+
+import orjson
+import socketio
+
+from . import StoreError
+from .redis_conn import REDIS_ERRORS, AnyRedis, RedisTarget, close_quietly, ensure_ready
+
+log = logging.getLogger("rt.backend")
+
+READ_TIMEOUT = 1.0  # seconds one pub/sub read waits before looping (cancellation points)
+
+
+class RedisClientManager(socketio.AsyncRedisManager):
+    name = "rt-redis"
+
+    def __init__(self, target: RedisTarget, *, channel: str | None = None,
+                 write_only: bool = False, logger=None, json=None,
+                 publish_timeout: float = 2.0, backoff: tuple[float, float] = (0.1, 5.0)):
+        super().__init__(url=target.url, channel=channel or target.keys().channel("socketio"),
+                         write_only=write_only, logger=logger, json=json)
+        self.target = target
+        self.sharded = target.cluster
+        self.publish_timeout = publish_timeout
+        self.backoff = backoff
+        self.listening = False
+        self.stats: Counter[str] = Counter()
+        self._pub: AnyRedis | None = None
+        self._last_error_log = 0.0
+        self._initialized = False
+
+    def initialize(self) -> None:
+        """Start listening (once). python-socketio calls this only when the first client
+        connects; the app calls it at start too, so that a node without clients still
+        gets what is addressed to it (the acks of API `call`s it made). Needs a running
+        event loop and `set_server()` done (the AsyncServer constructor does that)."""
+        if self._initialized:
+            return
+        self._initialized = True
+        super().initialize()
+
+    # ------------------------------------------------------------------ state
+    async def ready(self) -> None:
+        """Raise StoreError while the listener is not subscribed (Redis down, failover):
+        cross-node delivery is not working then."""
+        if not self.write_only and not self.listening:
+            raise StoreError(f"pub/sub on {self.target.describe()} is not connected")
+
+    async def close(self) -> None:
+        """Stop listening and close the connections (at the app's stop)."""
+        task = getattr(self, "thread", None)
+        if isinstance(task, asyncio.Task) and not task.done():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        self.listening = False
+        if self._pub is not None:
+            pub, self._pub = self._pub, None
+            await close_quietly(pub)
+
+    def _log_error(self, what: str, exc: BaseException) -> None:
+        # At most one line per 5 s: an outage must not flood the journal.
+        now = time.monotonic()
+        if now - self._last_error_log >= 5.0:
+            self._last_error_log = now
+            log.error("%s on %s: %s", what, self.target.describe(), exc or type(exc).__name__)
+
+    # ------------------------------------------------------------------ publish
+    async def _publish(self, data: Any) -> None:
+        if self._pub is None:
+            self._pub = self.target.client()
+        payload = self.json.dumps(data)
+        pub = self._pub
+
+        async def send() -> None:
+            await ensure_ready(pub)
+            if self.sharded:
+                await pub.spublish(self.channel, payload)
+            else:
+                await pub.publish(self.channel, payload)
+
+        try:
+            await asyncio.wait_for(send(), self.publish_timeout)
+            self.stats["published"] += 1
+        except REDIS_ERRORS as exc:
+            self.stats["publish_failed"] += 1
+            self._log_error("cannot publish (message dropped)", exc)
+
+    # ------------------------------------------------------------------ listen
+    async def _listen(self):
+        low, high = self.backoff
+        delay = low
+        while True:
+            client: AnyRedis | None = None
+            pubsub = None
+            try:
+                client = self.target.client()
+                if self.sharded:
+                    await client.initialize()  # the slot map: which node owns the channel
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                if self.sharded:
+                    await pubsub.ssubscribe(self.channel)
+                    read = pubsub.get_sharded_message
+                else:
+                    await pubsub.subscribe(self.channel)
+                    read = pubsub.get_message
+                if not self.listening:
+                    log.info("pub/sub subscribed to %s on %s", self.channel,
+                             self.target.describe())
+                self.listening = True
+                delay = low
+                while True:
+                    message = await read(ignore_subscribe_messages=True, timeout=READ_TIMEOUT)
+                    if message is None or message.get("type") not in ("message", "smessage"):
+                        continue
+                    data = self._accept(message.get("data"))
+                    if data is not None:
+                        yield data
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a background loop: back off, go on
+                self.listening = False
+                self.stats["listen_errors"] += 1
+                if not isinstance(exc, REDIS_ERRORS):
+                    log.exception("pub/sub listener failed unexpectedly")
+                self._log_error(f"pub/sub lost; reconnecting in {delay:.1f} s", exc)
+            finally:
+                self.listening = False
+                if pubsub is not None:
+                    try:
+                        await pubsub.aclose()
+                    except REDIS_ERRORS:
+                        pass
+                if client is not None:
+                    await close_quietly(client)
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, high)
+
+    def _accept(self, raw: Any) -> dict | None:
+        """Parse a message; None for what this node has nothing to do with."""
+        self.stats["received"] += 1
+        if not isinstance(raw, (bytes, str)):
+            return None
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            try:
+                data = self.json.loads(raw)
+            except ValueError:
+                return None
+        if not isinstance(data, dict):
+            return None
+        method = data.get("method")
+        if method != "callback" and data.get("host_id") == self.host_id:
+            return None  # our own message, already handled locally
+        if method == "emit" and not self._has_local_target(data):
+            self.stats["skipped_no_local_member"] += 1
+            return None
+        return data
+
+    def _has_local_target(self, data: dict) -> bool:
+        """Whether an emit can reach a session of this node: its namespace has sessions
+        here and (for a room emit) one of its rooms has a member here. Rooms and sids are
+        both keys of `self.rooms[namespace]` (every session is in the room of its sid)."""
+        rooms = self.rooms.get(data.get("namespace") or "/")
+        if not rooms:
+            return False
+        target = data.get("room")
+        if target is None:
+            return True
+        targets = target if isinstance(target, list) else [target]
+        try:
+            return any(t in rooms for t in targets)
+        except TypeError:  # an unhashable room name: let python-socketio decide
+            return True

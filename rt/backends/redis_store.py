@@ -1,0 +1,531 @@
+"""The durable store of cluster mode: `Store` on Redis (standalone, Sentinel or Cluster).
+
+Layout (every name from `KeySpace.key`; `P` is the key prefix; values are bytes, numbers
+are decimal text, times are `repr(float)` so they read back exactly):
+
+    directory, one slot (tag `dir`): membership changes touch a channel and the reverse
+    index of each member, so they must share a slot to be atomic in a Cluster.
+      P:{dir}:user:<uid>            hash  name, role, disabled (0|1), last_active
+      P:{dir}:channels              set   ids of existing channels (an empty channel too)
+      P:{dir}:members:<cid>         hash  uid -> last read time ('' = none yet)
+      P:{dir}:user-channels:<uid>   set   cids: reverse index for channels_of_user
+    chats (tag `chat:<chat id>`)
+      P:{chat:<id>}:reads           hash  uid -> time
+      P:{chat:<id>}:messages        hash  message id -> JSON
+    notes (tag `note:<note id>`)
+      P:{note:<id>}:note            hash  owner, read (JSON list), write (JSON list)
+    documents, spread over DOC_BUCKETS slots (tag `docs:<crc32(id) % DOC_BUCKETS>`) so
+    that each bucket keeps exact counters next to its documents:
+      P:{docs:<b>}:meta:<id>        hash  last_seq, base, updated_at, bytes, content
+      P:{docs:<b>}:log:<id>         list  updates base+1 .. last_seq, in seq order
+      P:{docs:<b>}:snap:<id>        string  compacted snapshot (covers seqs <= base)
+      P:{docs:<b>}:stats            hash  count, bytes of the bucket's documents
+
+Every change that touches more than one key runs as one Lua script (atomic on the server;
+all its keys share a slot). Where the keys depend on data (delete a user: every channel
+they are in), the client reads that data, passes the keys, and the script re-checks it
+and answers "retry" if it changed meanwhile: scripts touch only the keys they declare.
+A document append is HINCRBY + RPUSH in one script, so sequence numbers strictly
+increase in log order whichever node appends. Durable means acknowledged by Redis; with
+`wait_replicas > 0` an append also waits (WAIT) until that many replicas have it.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import zlib
+from collections.abc import Awaitable, Callable, Sequence
+from hashlib import sha1
+from typing import Any, TypeVar
+
+from redis.exceptions import NoScriptError
+
+from . import ChatMessage, Note, StoredDocument, StoreError, User
+from .redis_conn import (
+    REDIS_ERRORS,
+    AnyRedis,
+    KeySpace,
+    RedisUnavailable,
+    close_quietly,
+    ensure_ready,
+    gate,
+    redact,
+)
+
+log = logging.getLogger("rt.backend")
+T = TypeVar("T")
+
+# Part of the data layout: changing it moves every document to another key.
+DOC_BUCKETS = 256
+# Users per set_last_active script call (bounds the time one script holds Redis).
+BATCH = 500
+# Optimistic re-checks before giving up on a directory change that keeps racing.
+RETRIES = 20
+
+
+class Lua:
+    """A script run by EVALSHA, falling back to EVAL when the server does not know it yet
+    (new server, restart, failover: script caches are not replicated)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = sha1(source.encode()).hexdigest()
+
+    async def __call__(self, client: AnyRedis, keys: Sequence[str], args: Sequence[Any] = ()):
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await client.eval(self.source, len(keys), *keys, *args)
+
+
+# --- directory ----------------------------------------------------------------------------
+
+PUT_USER = Lua("""
+redis.call('HSET', KEYS[1], 'name', ARGV[1], 'role', ARGV[2], 'disabled', ARGV[3])
+if ARGV[4] ~= '' then
+  local cur = redis.call('HGET', KEYS[1], 'last_active')
+  if not cur or tonumber(cur) < tonumber(ARGV[4]) then
+    redis.call('HSET', KEYS[1], 'last_active', ARGV[4])
+  end
+end
+return 1
+""")
+
+SET_LAST_ACTIVE = Lua("""
+for i, k in ipairs(KEYS) do
+  if redis.call('EXISTS', k) == 1 then
+    local cur = redis.call('HGET', k, 'last_active')
+    if not cur or tonumber(cur) < tonumber(ARGV[i]) then
+      redis.call('HSET', k, 'last_active', ARGV[i])
+    end
+  end
+end
+return 1
+""")
+
+# KEYS: user, user-channels, members:<cid> ...; ARGV: uid, n, cid ... (as read by the client)
+DELETE_USER = Lua("""
+local n = tonumber(ARGV[2])
+if redis.call('SCARD', KEYS[2]) ~= n then return -1 end
+for i = 1, n do
+  if redis.call('SISMEMBER', KEYS[2], ARGV[2 + i]) == 0 then return -1 end
+end
+for i = 1, n do redis.call('HDEL', KEYS[2 + i], ARGV[1]) end
+redis.call('DEL', KEYS[2])
+return redis.call('DEL', KEYS[1])
+""")
+
+# Checks that the members hash (KEYS[2]) still holds exactly ARGV[2]=k users ARGV[3..2+k].
+_SAME_MEMBERS = """
+local k = tonumber(ARGV[2])
+if redis.call('HLEN', KEYS[2]) ~= k then return -1 end
+for i = 1, k do
+  if redis.call('HEXISTS', KEYS[2], ARGV[2 + i]) == 0 then return -1 end
+end
+"""
+
+# KEYS: channels, members, user-channels:<u> ...; ARGV: cid, k, current ..., then per user
+# of KEYS[3..] a pair (uid, '1' keep/add | '0' remove).
+PUT_CHANNEL = Lua(_SAME_MEMBERS + """
+redis.call('SADD', KEYS[1], ARGV[1])
+local base = 2 + k
+for i = 3, #KEYS do
+  local uid = ARGV[base + 2 * (i - 3) + 1]
+  if ARGV[base + 2 * (i - 3) + 2] == '1' then
+    redis.call('HSETNX', KEYS[2], uid, '')
+    redis.call('SADD', KEYS[i], ARGV[1])
+  else
+    redis.call('HDEL', KEYS[2], uid)
+    redis.call('SREM', KEYS[i], ARGV[1])
+  end
+end
+return 1
+""")
+
+# KEYS: channels, members, user-channels:<u> ...; ARGV: cid, then per KEYS[3..] (uid, a|r).
+UPDATE_MEMBERS = Lua("""
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return 0 end
+for i = 3, #KEYS do
+  local uid, op = ARGV[2 * (i - 3) + 2], ARGV[2 * (i - 3) + 3]
+  if op == 'a' then
+    redis.call('HSETNX', KEYS[2], uid, '')
+    redis.call('SADD', KEYS[i], ARGV[1])
+  else
+    redis.call('HDEL', KEYS[2], uid)
+    redis.call('SREM', KEYS[i], ARGV[1])
+  end
+end
+return 1
+""")
+
+# KEYS: channels, members, user-channels:<u> for the k current members; ARGV: cid, k, uids.
+DELETE_CHANNEL = Lua(_SAME_MEMBERS + """
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return 0 end
+for i = 1, k do redis.call('SREM', KEYS[2 + i], ARGV[1]) end
+redis.call('SREM', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2])
+return 1
+""")
+
+GET_MEMBERS = Lua("""
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return false end
+return redis.call('HKEYS', KEYS[2])
+""")
+
+SET_CHANNEL_READ = Lua("""
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+return 1
+""")
+
+# --- documents ----------------------------------------------------------------------------
+# KEYS: meta, log, stats; ARGV: update, now
+APPEND = Lua("""
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'base', 0, 'bytes', 0)
+  redis.call('HINCRBY', KEYS[3], 'count', 1)
+end
+local seq = redis.call('HINCRBY', KEYS[1], 'last_seq', 1)
+redis.call('RPUSH', KEYS[2], ARGV[1])
+local n = string.len(ARGV[1])
+redis.call('HINCRBY', KEYS[1], 'bytes', n)
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[2])
+redis.call('HINCRBY', KEYS[3], 'bytes', n)
+return seq
+""")
+
+# KEYS: meta, log, snap
+LOAD = Lua("""
+local m = redis.call('HMGET', KEYS[1], 'last_seq', 'updated_at', 'content')
+if not m[2] then return false end
+return {m, redis.call('GET', KEYS[3]), redis.call('LRANGE', KEYS[2], 0, -1)}
+""")
+
+# KEYS: meta, log, snap, stats; ARGV: upto_seq, snapshot
+COMPACT = Lua("""
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local base = tonumber(redis.call('HGET', KEYS[1], 'base') or '0')
+local drop = tonumber(ARGV[1]) - base
+local len = redis.call('LLEN', KEYS[2])
+if drop > len then drop = len end
+local freed = 0
+if drop > 0 then
+  for _, u in ipairs(redis.call('LRANGE', KEYS[2], 0, drop - 1)) do
+    freed = freed + string.len(u)
+  end
+  redis.call('LTRIM', KEYS[2], drop, -1)
+  redis.call('HSET', KEYS[1], 'base', base + drop)
+else
+  drop = 0
+end
+local delta = string.len(ARGV[2]) - redis.call('STRLEN', KEYS[3]) - freed
+redis.call('SET', KEYS[3], ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'bytes', delta)
+redis.call('HINCRBY', KEYS[4], 'bytes', delta)
+return drop
+""")
+
+# KEYS: meta, stats; ARGV: content, now
+SET_CONTENT = Lua("""
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'last_seq', 0, 'base', 0, 'bytes', 0)
+  redis.call('HINCRBY', KEYS[2], 'count', 1)
+end
+redis.call('HSET', KEYS[1], 'content', ARGV[1], 'updated_at', ARGV[2])
+return 1
+""")
+
+# KEYS: meta, log, snap, stats
+DELETE_DOC = Lua("""
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local b = tonumber(redis.call('HGET', KEYS[1], 'bytes') or '0')
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('HINCRBY', KEYS[4], 'count', -1)
+redis.call('HINCRBY', KEYS[4], 'bytes', -b)
+return 1
+""")
+
+
+def _s(value: bytes | str | None) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _f(value: bytes | str | None) -> float | None:
+    return None if value is None or value in (b"", "") else float(value)
+
+
+def _t(at: float) -> str:
+    return repr(float(at))
+
+
+class RedisStore:
+    """`Store` on Redis. Takes a client (see redis_conn.RedisTarget.client) and the key
+    space; `open()` checks that Redis answers, `close()` closes the client when owned."""
+
+    def __init__(self, client: AnyRedis, keys: KeySpace, *, where: str = "Redis",
+                 wait_replicas: int = 0, wait_timeout: float = 1.0,
+                 owns_client: bool = True, open_timeout: float = 15.0) -> None:
+        if wait_replicas < 0 or wait_timeout <= 0:
+            raise ValueError("wait_replicas >= 0 and wait_timeout > 0 required")
+        self.client = client
+        self.keys = keys
+        self.where = where
+        self.wait_replicas = wait_replicas
+        self.wait_timeout = wait_timeout
+        self.owns_client = owns_client
+        self.open_timeout = open_timeout
+        self._open = False
+        self._closed = False
+        self._gate = gate(client)
+
+    # plumbing ------------------------------------------------------------------------
+    async def _run(self, op: Callable[[AnyRedis], Awaitable[T]]) -> T:
+        if not self._open:
+            raise StoreError(f"Redis store ({self.where}) is not open")
+        try:
+            async with self._gate:
+                await ensure_ready(self.client)
+                return await op(self.client)
+        except REDIS_ERRORS as exc:
+            raise StoreError(f"{self.where}: {exc or type(exc).__name__}") from exc
+
+    async def _lua(self, script: Lua, keys: Sequence[str], args: Sequence[Any] = ()) -> Any:
+        return await self._run(lambda c: script(c, keys, args))
+
+    def _dir(self, *parts: str) -> str:
+        return self.keys.key("dir", *parts)
+
+    def _doc(self, document_id: str) -> tuple[str, str, str, str]:
+        """meta, log, snap, stats keys of a document (one slot: its bucket)."""
+        tag = f"docs:{zlib.crc32(document_id.encode()) % DOC_BUCKETS}"
+        k = self.keys.key
+        return (k(tag, "meta", document_id), k(tag, "log", document_id),
+                k(tag, "snap", document_id), k(tag, "stats"))
+
+    # lifecycle -----------------------------------------------------------------------
+    async def open(self) -> None:
+        if self._open:
+            return
+        if self._closed:
+            raise StoreError(f"Redis store ({self.where}) is closed")
+        try:
+            await asyncio.wait_for(self.client.ping(), self.open_timeout)
+        except REDIS_ERRORS as exc:
+            reason = str(exc) or type(exc).__name__
+            raise RedisUnavailable(f"{self.where} is unreachable: {redact(reason)}") from exc
+        self._open = True
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._open = False
+        self._closed = True
+        if self.owns_client:
+            await close_quietly(self.client)
+
+    async def ping(self) -> None:
+        await self._run(lambda c: c.ping())
+
+    # users ---------------------------------------------------------------------------
+    async def put_user(self, user: User) -> None:
+        last = "" if user.last_active_at is None else _t(user.last_active_at)
+        await self._lua(PUT_USER, [self._dir("user", user.id)],
+                        [user.name, user.role, "1" if user.disabled else "0", last])
+
+    async def get_user(self, user_id: str) -> User | None:
+        name, role, disabled, last = await self._run(lambda c: c.hmget(
+            self._dir("user", user_id), "name", "role", "disabled", "last_active"))
+        if name is None:
+            return None
+        return User(user_id, _s(name), _s(role) or "user", disabled == b"1", _f(last))
+
+    async def delete_user(self, user_id: str) -> bool:
+        uc = self._dir("user-channels", user_id)
+        for _ in range(RETRIES):
+            cids = sorted(_s(c) for c in await self._run(lambda c: c.smembers(uc)))
+            keys = [self._dir("user", user_id), uc, *(self._dir("members", c) for c in cids)]
+            done = await self._lua(DELETE_USER, keys, [user_id, len(cids), *cids])
+            if done != -1:
+                return done > 0
+        raise StoreError(f"{self.where}: delete_user {user_id!r} kept racing; try again")
+
+    async def set_last_active(self, times: dict[str, float]) -> None:
+        items = list(times.items())
+        for i in range(0, len(items), BATCH):
+            chunk = items[i:i + BATCH]
+            await self._lua(SET_LAST_ACTIVE, [self._dir("user", u) for u, _ in chunk],
+                            [_t(at) for _, at in chunk])
+
+    # channels ------------------------------------------------------------------------
+    async def _members(self, channel_id: str) -> list[str]:
+        fields = await self._run(lambda c: c.hkeys(self._dir("members", channel_id)))
+        return sorted(_s(f) for f in fields)
+
+    async def put_channel(self, channel_id: str, members: list[str]) -> None:
+        new = set(members)
+        for _ in range(RETRIES):
+            current = await self._members(channel_id)
+            users = sorted(new | set(current))
+            keys = [self._dir("channels"), self._dir("members", channel_id),
+                    *(self._dir("user-channels", u) for u in users)]
+            args: list[str | int] = [channel_id, len(current), *current]
+            for u in users:
+                args += [u, "1" if u in new else "0"]
+            if await self._lua(PUT_CHANNEL, keys, args) != -1:
+                return
+        raise StoreError(f"{self.where}: put_channel {channel_id!r} kept racing; try again")
+
+    async def update_channel_members(
+        self, channel_id: str, add: list[str], remove: list[str]
+    ) -> bool:
+        ops = [(u, "a") for u in dict.fromkeys(add)] + [(u, "r") for u in dict.fromkeys(remove)]
+        keys = [self._dir("channels"), self._dir("members", channel_id),
+                *(self._dir("user-channels", u) for u, _ in ops)]
+        args = [channel_id, *(x for pair in ops for x in pair)]
+        return await self._lua(UPDATE_MEMBERS, keys, args) == 1
+
+    async def get_channel_members(self, channel_id: str) -> list[str] | None:
+        got = await self._lua(GET_MEMBERS, [self._dir("channels"),
+                                            self._dir("members", channel_id)], [channel_id])
+        return None if got is None else sorted(_s(u) for u in got)
+
+    async def delete_channel(self, channel_id: str) -> bool:
+        for _ in range(RETRIES):
+            current = await self._members(channel_id)
+            keys = [self._dir("channels"), self._dir("members", channel_id),
+                    *(self._dir("user-channels", u) for u in current)]
+            done = await self._lua(DELETE_CHANNEL, keys, [channel_id, len(current), *current])
+            if done != -1:
+                return done == 1
+        raise StoreError(f"{self.where}: delete_channel {channel_id!r} kept racing; try again")
+
+    async def channels_of_user(self, user_id: str) -> list[str]:
+        cids = await self._run(lambda c: c.smembers(self._dir("user-channels", user_id)))
+        return sorted(_s(c) for c in cids)
+
+    async def set_channel_read(self, channel_id: str, user_id: str, at: float) -> None:
+        await self._lua(SET_CHANNEL_READ, [self._dir("members", channel_id)], [user_id, _t(at)])
+
+    async def get_channel_read(self, channel_id: str, user_id: str) -> float | None:
+        return _f(await self._run(lambda c: c.hget(self._dir("members", channel_id), user_id)))
+
+    # chats ---------------------------------------------------------------------------
+    def _chat(self, chat_id: str, part: str) -> str:
+        return self.keys.key(f"chat:{chat_id}", part)
+
+    async def set_chat_read(self, chat_id: str, user_id: str, at: float) -> None:
+        await self._run(lambda c: c.hset(self._chat(chat_id, "reads"), user_id, _t(at)))
+
+    async def get_chat_read(self, chat_id: str, user_id: str) -> float | None:
+        return _f(await self._run(lambda c: c.hget(self._chat(chat_id, "reads"), user_id)))
+
+    async def put_chat_message(self, message: ChatMessage) -> None:
+        m = message
+        value = json.dumps({"user_id": m.user_id, "content": m.content, "status": m.status,
+                            "usage": m.usage, "updated_at": m.updated_at})
+        await self._run(lambda c: c.hset(self._chat(m.chat_id, "messages"), m.message_id, value))
+
+    async def get_chat_message(self, chat_id: str, message_id: str) -> ChatMessage | None:
+        raw = await self._run(lambda c: c.hget(self._chat(chat_id, "messages"), message_id))
+        if raw is None:
+            return None
+        d = json.loads(raw)
+        return ChatMessage(chat_id, message_id, d["user_id"], d["content"], d["status"],
+                           d["usage"], d["updated_at"])
+
+    # notes ---------------------------------------------------------------------------
+    def _note(self, note_id: str) -> str:
+        return self.keys.key(f"note:{note_id}", "note")
+
+    async def put_note(self, note: Note) -> None:
+        # One HSET of every field: owner and grants change together.
+        await self._run(lambda c: c.hset(self._note(note.id), mapping={
+            "owner": note.owner,
+            "read": json.dumps(sorted(note.read)),
+            "write": json.dumps(sorted(note.write)),
+        }))
+
+    async def get_note(self, note_id: str) -> Note | None:
+        owner, read, write = await self._run(
+            lambda c: c.hmget(self._note(note_id), "owner", "read", "write"))
+        if owner is None:
+            return None
+        return Note(note_id, _s(owner), frozenset(json.loads(read or b"[]")),
+                    frozenset(json.loads(write or b"[]")))
+
+    async def delete_note(self, note_id: str) -> bool:
+        return await self._run(lambda c: c.delete(self._note(note_id))) > 0
+
+    # documents -----------------------------------------------------------------------
+    async def append_update(self, document_id: str, update: bytes) -> int:
+        meta, log_key, _, stats = self._doc(document_id)
+        keys, args = [meta, log_key, stats], [bytes(update), _t(time.time())]
+        if not self.wait_replicas:
+            return int(await self._lua(APPEND, keys, args))
+        seq, acked = await self._run(lambda c: self._append_and_wait(c, keys, args))
+        if acked < self.wait_replicas:
+            raise StoreError(
+                f"{self.where}: update {seq} of {document_id!r} reached {acked} of "
+                f"{self.wait_replicas} replicas within {self.wait_timeout} s")
+        return seq
+
+    async def _append_and_wait(self, c: AnyRedis, keys: list[str], args: list) -> tuple[int, int]:
+        """The append and WAIT on one connection (WAIT covers that connection's writes)."""
+        wait = ["WAIT", self.wait_replicas, int(self.wait_timeout * 1000)]
+        extra: dict[str, Any] = {}
+        if hasattr(c, "get_node_from_key"):  # Cluster: WAIT on the node holding the keys
+            extra["target_nodes"] = c.get_node_from_key(keys[0])
+        for use_sha in (True, False):
+            pipe = c.pipeline(transaction=False)
+            # execute_command: a Cluster pipeline refuses its evalsha/eval helpers but
+            # routes the raw commands by their keys
+            if use_sha:
+                pipe.execute_command("EVALSHA", APPEND.sha, len(keys), *keys, *args)
+            else:
+                pipe.execute_command("EVAL", APPEND.source, len(keys), *keys, *args)
+            pipe.execute_command(*wait, **extra)
+            seq, acked = await pipe.execute(raise_on_error=False)
+            if isinstance(seq, NoScriptError) and use_sha:
+                continue  # the script did not run: run it by source
+            for result in (seq, acked):
+                if isinstance(result, Exception):
+                    raise result
+            return int(seq), int(acked)
+        raise AssertionError("unreachable")
+
+    async def load_document(self, document_id: str) -> StoredDocument | None:
+        meta, log_key, snap, _ = self._doc(document_id)
+        got = await self._lua(LOAD, [meta, log_key, snap])
+        if got is None:
+            return None
+        (last_seq, updated_at, content), snapshot, updates = got
+        return StoredDocument(document_id, snapshot, list(updates), int(last_seq or 0),
+                              _s(content), float(updated_at))
+
+    async def compact_document(self, document_id: str, upto_seq: int, snapshot: bytes) -> None:
+        await self._lua(COMPACT, self._doc(document_id), [int(upto_seq), bytes(snapshot)])
+
+    async def set_document_content(self, document_id: str, content: str) -> None:
+        meta, _, _, stats = self._doc(document_id)
+        await self._lua(SET_CONTENT, [meta, stats], [content, _t(time.time())])
+
+    async def delete_document(self, document_id: str) -> bool:
+        return await self._lua(DELETE_DOC, self._doc(document_id)) == 1
+
+    async def document_stats(self) -> tuple[int, int]:
+        async def read(c: AnyRedis) -> list:
+            pipe = c.pipeline(transaction=False)
+            for b in range(DOC_BUCKETS):
+                pipe.hmget(self.keys.key(f"docs:{b}", "stats"), "count", "bytes")
+            return await pipe.execute()
+
+        count = total = 0
+        for n, size in await self._run(read):
+            count += int(n or 0)
+            total += int(size or 0)
+        return count, total
