@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test install node-deps binary soak clean
+.PHONY: serve test install node-deps binary soak bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,13 @@ test: $(STAMP)
 SOAK_ARGS ?= --minutes 10 --clients 2000
 soak: $(STAMP)
 	$(PY) soak/soak.py $(SOAK_ARGS)
+
+# Benchmark against python-socketio+uvicorn and Node socket.io 4.8 (bench/README.md);
+# BENCH_ARGS=--quick for a run of about two minutes.
+bench: $(STAMP)
+	@if command -v npm >/dev/null 2>&1 && [ -f tests/node/package-lock.json ]; then $(MAKE) --no-print-directory node-deps; fi
+	$(PY) -m pip install --quiet -c constraints.txt -r bench/requirements.txt
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 # One-file executable dist/rt-appliance (PyInstaller, clean venv in build/), then its smoke test.
 binary:
