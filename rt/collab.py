@@ -476,7 +476,7 @@ class CollabService:
             self.limits.check_documents(len(self.joined.get(sid, ())))
             self.limits.check_rooms(len(self.sio.rooms(sid)))
         async with self._use(document_id) as doc, doc.lock:
-            await self._load(doc)
+            await self._load(doc, fresh=True)
             if not self._connected(sid):
                 return {"ok": False}
             # in the room before the state is taken: every later update reaches it
@@ -494,7 +494,7 @@ class CollabService:
     async def state(self, sid: str, identity, document_id: str) -> None:
         self._editor(sid, document_id)
         async with self._use(document_id) as doc, doc.lock:
-            await self._load(doc)
+            await self._load(doc, fresh=True)
             await self._send_state(sid, doc)
 
     async def _send_state(self, sid: str, doc: _Document) -> None:
@@ -533,12 +533,17 @@ class CollabService:
                 await self._compact(doc)  # merged, the log is often much smaller
             if doc.stored_bytes + len(update) > s.max_document_bytes:
                 raise p.TooLarge("the document would be larger than max_document_bytes")
+            if missing_dependencies(shape, doc.sv) is not None:
+                # in cluster mode another node may have stored what this update builds on
+                await self._load(doc, fresh=True)
             self._apply(doc, update, shape)
             try:
                 seq = await self.store.append_update(document_id, update)
             except BaseException:
                 doc.ydoc = None  # holds an update the store may not have: reload
                 raise
+            if seq != doc.last_seq + 1:
+                doc.ydoc = None  # other nodes appended meanwhile: catch up at next use
             doc.exists = True
             doc.last_seq = seq
             doc.log_count += 1
@@ -671,9 +676,11 @@ class CollabService:
         if doc is not None and doc.refs == 0 and document_id not in self.editors:
             del self.docs[document_id]  # stored: loaded again at next use
 
-    async def _load(self, doc: _Document) -> None:
-        """Under doc.lock: the in-memory document is the stored one."""
-        if doc.ydoc is not None:
+    async def _load(self, doc: _Document, fresh: bool = False) -> None:
+        """Under doc.lock: the in-memory document is the stored one. `fresh` reads the
+        store again even when the document is in memory: with several nodes on one Redis,
+        other nodes append to the same log (joins, and updates that build on them)."""
+        if doc.ydoc is not None and not fresh:
             return
         stored = await self.store.load_document(doc.id)
         ydoc = pycrdt.Doc()
@@ -709,8 +716,10 @@ class CollabService:
                 doc.compacting = False
 
     async def _compact(self, doc: _Document) -> None:
-        """Under doc.lock, loaded: the whole log so far becomes one snapshot. The store
-        keeps updates appended after `last_seq` (none while the lock is held here)."""
+        """Under doc.lock: the whole stored log so far becomes one snapshot. Read fresh from
+        the store first, so that the snapshot holds every update up to `last_seq` even when
+        other nodes appended some; the store keeps those appended after it."""
+        await self._load(doc, fresh=True)
         snapshot = doc.ydoc.get_update()
         await self.store.compact_document(doc.id, doc.last_seq, snapshot)
         doc.snapshot_bytes, doc.log_count, doc.log_bytes = len(snapshot), 0, 0

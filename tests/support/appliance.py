@@ -169,6 +169,7 @@ class ApplianceProcess:
 
     def __init__(self, tmp_path: Path, ini: str = "", env: dict | None = None, port: int = 0):
         self.tmp_path = tmp_path
+        tmp_path.mkdir(parents=True, exist_ok=True)
         self.config = tmp_path / "rt-appliance.ini"
         if not self.config.exists() or ini:
             self.config.write_text(ini)
