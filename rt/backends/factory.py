@@ -13,6 +13,7 @@ from typing import Awaitable, Callable
 
 import socketio
 
+from ..fanout import FanoutManager
 from . import PresenceRegistry, Store, UsageRegistry
 from .memory import MemoryPresence, MemoryUsage
 
@@ -92,7 +93,7 @@ def build_backend(settings) -> Backend:
             store=SqliteStore(os.path.join(settings.state.data_dir, "rt-appliance.sqlite3")),
             presence=MemoryPresence(),
             usage=MemoryUsage(),
-            client_manager=socketio.AsyncManager(),
+            client_manager=FanoutManager(),
         )
     if manager == "redis":
         return build_redis_backend(settings)

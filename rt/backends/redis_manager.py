@@ -39,6 +39,8 @@ from typing import Any
 import orjson
 import socketio
 
+from ..fanout import FanoutMixin
+
 from . import StoreError
 from .redis_conn import REDIS_ERRORS, AnyRedis, RedisTarget, close_quietly, ensure_ready
 
@@ -47,7 +49,7 @@ log = logging.getLogger("rt.backend")
 READ_TIMEOUT = 1.0  # seconds one pub/sub read waits before looping (cancellation points)
 
 
-class RedisClientManager(socketio.AsyncRedisManager):
+class RedisClientManager(socketio.AsyncRedisManager, FanoutMixin):
     name = "rt-redis"
 
     def __init__(self, target: RedisTarget, *, channel: str | None = None,

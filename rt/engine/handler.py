@@ -8,10 +8,11 @@ from __future__ import annotations
 import logging
 
 import orjson
+import tornado.iostream
 import tornado.web
 import tornado.websocket
 
-from .protocol import HandshakeError
+from .protocol import HandshakeError, websocket_frame
 from .server import EngineServer
 
 log = logging.getLogger("rt.conn")
@@ -187,6 +188,8 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
 
     async def open(self, *args, **kwargs):
         self.set_nodelay(True)
+        # outbound backpressure: a write past this raises StreamBufferFullError (send_frame)
+        self.ws_connection.stream.max_write_buffer_size = self.engine.options.max_outbound_bytes
         if self._upgrade_sid is None:
             try:
                 self.session = await self.engine.create_session(
@@ -210,9 +213,29 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
             self.session.on_ws_closed(self)
 
     def send_frame(self, data: str | bytes) -> None:
-        """Write one frame without waiting; a client that stops reading is cut off."""
+        """Write one message without waiting; a client that stops reading is cut off."""
+        self.send_wire_frame(websocket_frame(data), data)
+
+    def send_wire_frame(self, frame: bytes, data: str | bytes) -> None:
+        """Write an already framed message (built once for every recipient of a broadcast).
+        Straight to the stream: Tornado's write_message would encode and frame it again
+        and start a task per message and recipient."""
         if self._closing or self.ws_connection is None:
             return
+        if self.engine.options.compression:  # frames differ per connection: Tornado's path
+            self._send_compressed(data)
+            return
+        stream = self.ws_connection.stream
+        if stream.closed():
+            return
+        try:
+            stream.write(frame)
+        except tornado.iostream.StreamBufferFullError:
+            self._slow_consumer(len(stream._write_buffer))
+        except tornado.iostream.StreamClosedError:
+            pass
+
+    def _send_compressed(self, data: str | bytes) -> None:
         try:
             future = self.write_message(data, binary=isinstance(data, bytes))
         except tornado.websocket.WebSocketClosedError:
@@ -220,11 +243,14 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
         size = len(data)
         self._pending_bytes += size
         if self._pending_bytes > self.engine.options.max_outbound_bytes:
-            log.warning("session %s: slow consumer (%d bytes unsent), closing",
-                        self.session.sid if self.session else "?", self._pending_bytes)
-            self.close_transport(1008)
+            self._slow_consumer(self._pending_bytes)
             return
         future.add_done_callback(lambda _f, n=size: self._sent(n))
+
+    def _slow_consumer(self, unsent: int) -> None:
+        log.warning("session %s: slow consumer (%d bytes unsent), closing",
+                    self.session.sid if self.session else "?", unsent)
+        self.close_transport(1008)
 
     def _sent(self, size: int) -> None:
         self._pending_bytes -= size

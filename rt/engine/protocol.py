@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import struct
 
 from engineio.packet import CLOSE, MESSAGE, NOOP, OPEN, PING, PONG, UPGRADE, Packet
 
 __all__ = [
     "CLOSE", "MESSAGE", "NOOP", "OPEN", "PING", "PONG", "UPGRADE", "Packet",
-    "ProtocolError", "HandshakeError", "decode_packet", "decode_payload", "encode_payload", "wire",
+    "ProtocolError", "HandshakeError", "decode_packet", "decode_payload", "encode_payload", "websocket_frame", "wire",
 ]
 
 SEPARATOR = "\x1e"  # record separator between packets of one polling payload
@@ -81,3 +82,20 @@ def wire(pkt: Packet, b64: bool = False) -> str | bytes:
 def encode_payload(packets: list[Packet]) -> str:
     """Packets for one polling response (binary as base64)."""
     return SEPARATOR.join(wire(p, b64=True) for p in packets)
+
+
+def websocket_frame(data: str | bytes) -> bytes:
+    """One unfragmented, unmasked server frame (RFC 6455 §5.2): text for str, binary for
+    bytes."""
+    if isinstance(data, str):
+        payload, opcode = data.encode("utf-8"), 0x1
+    else:
+        payload, opcode = bytes(data), 0x2
+    size = len(payload)
+    if size < 126:
+        header = struct.pack("!BB", 0x80 | opcode, size)
+    elif size <= 0xFFFF:
+        header = struct.pack("!BBH", 0x80 | opcode, 126, size)
+    else:
+        header = struct.pack("!BBQ", 0x80 | opcode, 127, size)
+    return header + payload

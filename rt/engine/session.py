@@ -19,7 +19,8 @@ from engineio.base_server import BaseServer as _EioBase
 
 from .protocol import (
     CLOSE, MESSAGE, NOOP, OPEN, PING, PONG, UPGRADE,
-    HandshakeError, Packet, ProtocolError, decode_packet, decode_payload, encode_payload, wire,
+    HandshakeError, Packet, ProtocolError, decode_packet, decode_payload, encode_payload,
+    websocket_frame, wire,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -30,6 +31,15 @@ Reason = _EioBase.reason
 
 _PONG_PROBE = "3probe"
 _CLOSED = object()  # inbox sentinel: the disconnect handler runs after earlier messages
+
+def ws_frame_of(pkt: Packet) -> bytes:
+    """The websocket frame of a packet, built once and kept on the packet: a broadcast
+    shares one Packet among all its recipients."""
+    frame = pkt.__dict__.get("_rt_ws_frame")
+    if frame is None:
+        frame = pkt._rt_ws_frame = websocket_frame(wire(pkt))
+    return frame
+
 
 # How long a session closed by the server waits for the client's last poll, which carries
 # the packets queued before the close (a refused CONNECT, a DISCONNECT) and the close packet.
@@ -128,7 +138,7 @@ class EngineSession:
         if self.closed:
             return
         if self.ws is not None:
-            self.ws.send_frame(wire(pkt))
+            self.ws.send_wire_frame(ws_frame_of(pkt), wire(pkt))
             return
         self.queue.append(pkt)
         self._wake_poll()
@@ -256,7 +266,7 @@ class EngineSession:
         self.ws = ws
         queued, self.queue = self.queue, []
         for pkt in queued:
-            ws.send_frame(wire(pkt))
+            ws.send_wire_frame(ws_frame_of(pkt), wire(pkt))
         self._wake_poll()  # a GET still waiting is answered with a noop and is the last one
         self.server.on_upgrade(self)
         if self.closed:  # closed during the upgrade: the queue went out, now say goodbye
