@@ -36,7 +36,16 @@ class FanoutMixin(socketio.AsyncManager):
         frames = [eio_packet.Packet(eio_packet.MESSAGE, part)
                   for part in (encoded if isinstance(encoded, list) else [encoded])]
         skip = set(skip_sid) if isinstance(skip_sid, list) else {skip_sid}
-        send = self.server._send_eio_packet  # returns at once: the engine never waits
+        sessions = getattr(self.server.eio, "sessions", None)
+        if sessions is not None:  # our engine: its send is synchronous and never waits
+            for sid, eio_sid in self.get_participants(namespace, room):
+                if sid not in skip:
+                    session = sessions.get(eio_sid)
+                    if session is not None:
+                        for frame in frames:
+                            session.send(frame)
+            return
+        send = self.server._send_eio_packet  # any other engine: one await per packet
         for sid, eio_sid in self.get_participants(namespace, room):
             if sid not in skip:
                 for frame in frames:

@@ -214,16 +214,16 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
 
     def send_frame(self, data: str | bytes) -> None:
         """Write one message without waiting; a client that stops reading is cut off."""
-        self.send_wire_frame(websocket_frame(data), data)
+        self.send_wire_frame(websocket_frame(data), lambda: data)
 
-    def send_wire_frame(self, frame: bytes, data: str | bytes) -> None:
+    def send_wire_frame(self, frame: bytes, message) -> None:
         """Write an already framed message (built once for every recipient of a broadcast).
         Straight to the stream: Tornado's write_message would encode and frame it again
         and start a task per message and recipient."""
         if self._closing or self.ws_connection is None:
             return
         if self.engine.options.compression:  # frames differ per connection: Tornado's path
-            self._send_compressed(data)
+            self._send_compressed(message())
             return
         stream = self.ws_connection.stream
         if stream.closed():
