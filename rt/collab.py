@@ -47,6 +47,7 @@ import pycrdt
 
 from . import payloads as p
 from . import rooms
+from .backends.memory import MemoryEditors
 from .directory import can_read, can_write, note_document_id
 
 log = logging.getLogger("rt.collab")
@@ -421,8 +422,11 @@ _MISSING = object()
 
 class CollabService:
     def __init__(self, emitter, store, settings: Callable[[], Any], limits=None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, registry=None):
         self.emitter = emitter
+        # cluster-wide editors (the `sessions` of a state, leaves of sessions whose node
+        # died); `editors` below is this node's own view, used for access decisions
+        self.registry = registry if registry is not None else MemoryEditors()
         self.sio = emitter.sio
         self.store = store
         self.settings = settings  # → the [documents] section, read per use (reloadable)
@@ -484,6 +488,8 @@ class CollabService:
             editors = self.editors.setdefault(document_id, {})
             editors[sid] = Editor(sid, identity.id, identity.name, color, identity.is_admin)
             self.joined.setdefault(sid, set()).add(document_id)
+            await self.registry.add(document_id, sid, {
+                "user_id": identity.id, "user_name": identity.name, "user_color": color})
             await self._send_state(sid, doc)
         if first:
             await self.emitter.to_room("ydoc:user:joined", {
@@ -500,7 +506,7 @@ class CollabService:
     async def _send_state(self, sid: str, doc: _Document) -> None:
         await self.emitter.emit("ydoc:document:state", {
             "document_id": doc.id, "state": list(doc.ydoc.get_update()),
-            "sessions": list(self.editors.get(doc.id, {}))}, sids=[sid])
+            "sessions": await self.registry.sessions(doc.id)}, sids=[sid])
 
     async def update(self, sid: str, identity, document_id: str, wire: Any,
                      content: Any = _MISSING) -> dict:
@@ -597,16 +603,22 @@ class CollabService:
             rooms.document(document_id), skip_sid=sid)
 
     async def disconnected(self, sid: str, identity) -> None:
-        for document_id in list(self.joined.get(sid, ())):
+        """A session ended: here, or on a node that died (then only the cluster-wide
+        registry knows its documents)."""
+        documents = set(self.joined.get(sid, ())) | set(await self.registry.documents_of(sid))
+        for document_id in sorted(documents):
             await self._left(sid, document_id)
         self.joined.pop(sid, None)
 
     async def _left(self, sid: str, document_id: str) -> None:
         editor = self._forget(sid, document_id)
+        shared = await self.registry.remove(document_id, sid)
         if editor is not None:
+            shared = {"user_id": editor.user_id, "user_name": editor.user_name,
+                      "user_color": editor.user_color}
+        if shared is not None:
             await self.emitter.to_room("ydoc:user:left", {
-                "document_id": document_id, "user_id": editor.user_id,
-                "user_name": editor.user_name, "user_color": editor.user_color},
+                "document_id": document_id, **shared},
                 rooms.document(document_id), skip_sid=sid)
 
     def _forget(self, sid: str, document_id: str) -> Editor | None:
@@ -837,7 +849,7 @@ def attach(appliance) -> CollabService:
         raise RuntimeError("attach() needs the Tornado application: call it after web_app()")
     service = CollabService(appliance.emitter, appliance.backend.store,
                             lambda: appliance.settings.documents,
-                            limits=appliance.limits)
+                            limits=appliance.limits, registry=appliance.backend.editors)
     collab_events.register(appliance.gateway, service)
     # the ApiContext the rest of /api/v1 uses
     appliance.web.add_handlers(r".*", collab_api.routes(appliance.api_ctx, service))

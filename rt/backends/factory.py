@@ -14,8 +14,8 @@ from typing import Awaitable, Callable
 import socketio
 
 from ..fanout import FanoutManager
-from . import PresenceRegistry, Store, UsageRegistry
-from .memory import MemoryPresence, MemoryUsage
+from . import EditorRegistry, PresenceRegistry, Store, UsageRegistry
+from .memory import MemoryEditors, MemoryPresence, MemoryUsage
 
 
 class BackendError(Exception):
@@ -38,6 +38,7 @@ class Backend:
     presence: PresenceRegistry
     usage: UsageRegistry
     client_manager: socketio.AsyncManager
+    editors: EditorRegistry = field(default_factory=MemoryEditors)
     node_id: str = ""
     loops: list[Loop] = field(default_factory=list)
     # how often to look for sessions of nodes that died (None: there are no other nodes)
@@ -103,7 +104,7 @@ def build_backend(settings) -> Backend:
 def build_redis_backend(settings, target=None) -> RedisBackend:
     from .redis_conn import RedisConfigError, RedisTarget
     from .redis_manager import RedisClientManager
-    from .redis_state import RedisPresence, RedisUsage
+    from .redis_state import RedisEditors, RedisPresence, RedisUsage
     from .redis_store import RedisStore
 
     try:
@@ -119,6 +120,7 @@ def build_redis_backend(settings, target=None) -> RedisBackend:
         presence=presence,
         usage=RedisUsage(client, keys, where=where),
         client_manager=RedisClientManager(target),
+        editors=RedisEditors(client, keys, presence, where=where),
         node_id=presence.node_id,
         loops=[Loop("presence heartbeat", presence.heartbeat_interval, presence.heartbeat)],
         dead_session_interval=min(5.0, settings.state.node_ttl / 4),

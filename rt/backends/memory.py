@@ -79,3 +79,31 @@ class MemoryUsage:
 
     async def models(self) -> list[str]:
         return sorted(self._pool)
+
+
+class MemoryEditors:
+    def __init__(self) -> None:
+        self._editors: dict[str, dict[str, dict]] = {}  # document → sid → editor
+        self._docs: dict[str, set[str]] = {}  # sid → documents
+
+    async def add(self, document_id: str, sid: str, editor: dict) -> None:
+        self._editors.setdefault(document_id, {})[sid] = editor
+        self._docs.setdefault(sid, set()).add(document_id)
+
+    async def remove(self, document_id: str, sid: str) -> dict | None:
+        editors = self._editors.get(document_id, {})
+        editor = editors.pop(sid, None)
+        if not editors:
+            self._editors.pop(document_id, None)
+        docs = self._docs.get(sid)
+        if docs is not None:
+            docs.discard(document_id)
+            if not docs:
+                del self._docs[sid]
+        return editor
+
+    async def sessions(self, document_id: str) -> list[str]:
+        return list(self._editors.get(document_id, ()))
+
+    async def documents_of(self, sid: str) -> list[str]:
+        return sorted(self._docs.get(sid, ()))

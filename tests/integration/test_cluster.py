@@ -129,6 +129,8 @@ async def cross_node_smoke(a: Harness, b: Harness) -> None:
     late = await b.connect(b.token("cat"))
     assert (await late.call("ydoc:document:join", {"document_id": doc}, timeout=WAIT))["ok"]
     state = await late.rec.wait_for("ydoc:document:state")
+    # the editors listed are those of the whole cluster, not of the joiner's node
+    assert {ann.get_sid(), bob.get_sid(), late.get_sid()} <= set(state["sessions"])
     merged = pycrdt.Doc()
     merged.apply_update(bytes(state["state"]))
     assert str(merged.get("content", type=pycrdt.Text)) == "hello world"
@@ -165,9 +167,13 @@ async def test_sentinel_with_a_failover(tmp_path, redis_sentinel):
 async def test_killed_node_sessions_vanish_from_presence(tmp_path, redis_server):
     async with nodes(tmp_path, redis_server) as (procs, (a, b)):
         await a.user("ann")
-        await a.user("bob")
-        await a.connect(a.token("ann"))
-        await b.connect(b.token("bob"))
+        await a.user("bob", "Bob")
+        ann = await a.connect(a.token("ann"))
+        bob = await b.connect(b.token("bob"))
+        await a.api("PUT", "/api/v1/notes/n1", {"owner": "ann", "write": ["bob"]})
+        for client in (ann, bob):
+            assert (await client.call("ydoc:document:join", {"document_id": "note:n1"},
+                                      timeout=WAIT))["ok"]
 
         async def online():
             _, body = await a.api("GET", "/api/v1/presence")
@@ -181,6 +187,9 @@ async def test_killed_node_sessions_vanish_from_presence(tmp_path, redis_server)
         await eventually(bob_gone, NODE_TTL * 4, "the dead node's sessions to vanish")
         # bounded by the node lease and the sweep interval, not forever
         assert time.monotonic() - killed_at < NODE_TTL * 4
+        # the other editors are told, like a normal leave
+        left = await ann.rec.wait_for("ydoc:user:left", timeout=NODE_TTL * 2)
+        assert left["user_id"] == "bob" and left["user_name"] == "Bob"
 
 
 async def test_redis_restart_is_ridden_out(tmp_path):
