@@ -16,6 +16,19 @@ from socketio import packet
 
 
 class FanoutMixin(socketio.AsyncManager):
+    # node-to-node control messages (e.g. "cancel that chat stream"): on one node there is
+    # nobody to tell; the Redis manager carries them on its pub/sub channel
+    multi_node = False
+
+    def on_control(self, kind: str, handler) -> None:
+        self.__dict__.setdefault("_control_handlers", {})[kind] = handler
+
+    async def publish_control(self, kind: str, payload: dict) -> None:
+        return None
+
+    def control_handler(self, kind: str):
+        return self.__dict__.get("_control_handlers", {}).get(kind)
+
     async def emit(self, event, data, namespace, room=None, skip_sid=None, callback=None,
                    to=None, **kwargs):
         if callback is not None or kwargs:

@@ -718,11 +718,25 @@ def attach(appliance) -> RelayService:
     if appliance.web is None:
         raise RuntimeError("attach() needs the Tornado application: call it after web_app()")
     metrics = appliance.metrics
+    manager = appliance.sio.manager
+    cancel_elsewhere = None
+    if manager.multi_node:  # a cancel may reach another node than the one streaming
+        async def publish_cancel(message_id: str, owner: str | None) -> None:
+            await manager.publish_control("relay:cancel",
+                                          {"message_id": message_id, "user_id": owner})
+
+        async def on_cancel(payload: dict) -> None:
+            if isinstance(payload.get("message_id"), str):
+                await service.cancel(payload["message_id"], payload.get("user_id"),
+                                     reason="cancelled by request")
+
+        manager.on_control("relay:cancel", on_cancel)
+        cancel_elsewhere = publish_cancel
     ctx = relay_api.RelayContext(
         service=service, store=appliance.backend.store, identify=appliance.gateway.identify,
         api_key=lambda: appliance.settings.auth.api_key,
         observe=lambda handler, code: metrics.api_requests.labels(handler, code).inc(),
-        check_api=appliance.limits.check_api)
+        check_api=appliance.limits.check_api, cancel_elsewhere=cancel_elsewhere)
     appliance.web.add_handlers(r".*", relay_api.routes(ctx))
     appliance.gauges.append(("rt_relay_streams_active", "Chat relay streams running on this node",
                              service.active_count))

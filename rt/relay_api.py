@@ -37,6 +37,8 @@ class RelayContext:
     observe: Callable[[str, int], None] = lambda handler, code: None  # request metrics
     # (client address, body size) → None, or the error code refusing the request
     check_api: Callable[[str, int], str | None] = lambda ip, size: None
+    # cluster mode: ask the other nodes to cancel (message id, owner or None); None alone
+    cancel_elsewhere: Callable[[str, str | None], Awaitable[None]] | None = None
 
 
 class RelayHandler(BaseHandler):
@@ -172,9 +174,13 @@ class CancelHandler(RelayHandler):
             owner = identity.id
         outcome = await self.ctx.service.cancel(message_id, owner,
                                                 reason="cancelled by request")
+        if outcome is None and self.ctx.cancel_elsewhere is not None:
+            # not running here: the node that runs it cancels it (stored, tabs told)
+            await self.ctx.cancel_elsewhere(message_id, owner)
+            return self.reply({"message_id": message_id, "status": "cancel requested"}, 202)
         if outcome is None:
-            # a stream on another node, or one that ended, or another user's: all look alike
-            raise p.NotFound(f"no running stream for message {message_id!r} here")
+            # one that ended, or another user's: both look alike
+            raise p.NotFound(f"no running stream for message {message_id!r}")
         self.reply({"message_id": message_id, "status": outcome.status})
 
 

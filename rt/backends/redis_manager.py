@@ -49,8 +49,12 @@ log = logging.getLogger("rt.backend")
 READ_TIMEOUT = 1.0  # seconds one pub/sub read waits before looping (cancellation points)
 
 
+CONTROL = "rt:control"  # method of the appliance's own node-to-node messages
+
+
 class RedisClientManager(socketio.AsyncRedisManager, FanoutMixin):
     name = "rt-redis"
+    multi_node = True
 
     def __init__(self, target: RedisTarget, *, channel: str | None = None,
                  write_only: bool = False, logger=None, json=None,
@@ -66,6 +70,7 @@ class RedisClientManager(socketio.AsyncRedisManager, FanoutMixin):
         self._pub: AnyRedis | None = None
         self._last_error_log = 0.0
         self._initialized = False
+        self._control_tasks: set[asyncio.Task] = set()
 
     def initialize(self) -> None:
         """Start listening (once). python-socketio calls this only when the first client
@@ -125,6 +130,24 @@ class RedisClientManager(socketio.AsyncRedisManager, FanoutMixin):
         except REDIS_ERRORS as exc:
             self.stats["publish_failed"] += 1
             self._log_error("cannot publish (message dropped)", exc)
+
+    async def publish_control(self, kind: str, payload: dict) -> None:
+        """A control message for the other nodes' handlers (`on_control`)."""
+        await self._publish({"method": CONTROL, "kind": kind, "payload": payload,
+                             "host_id": self.host_id})
+
+    def _control(self, data: dict) -> None:
+        handler = self.control_handler(data.get("kind"))
+        payload = data.get("payload")
+        if handler is not None and isinstance(payload, dict):
+            task = asyncio.ensure_future(handler(payload))
+            self._control_tasks.add(task)
+            task.add_done_callback(self._control_done)
+
+    def _control_done(self, task: asyncio.Task) -> None:
+        self._control_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("control message handler failed: %r", task.exception())
 
     # ------------------------------------------------------------------ listen
     async def _listen(self):
@@ -193,6 +216,9 @@ class RedisClientManager(socketio.AsyncRedisManager, FanoutMixin):
         method = data.get("method")
         if method != "callback" and data.get("host_id") == self.host_id:
             return None  # our own message, already handled locally
+        if method == CONTROL:
+            self._control(data)  # ours, not python-socketio's
+            return None
         if method == "emit" and not self._has_local_target(data):
             self.stats["skipped_no_local_member"] += 1
             return None

@@ -35,12 +35,13 @@ def redis_env(topology, prefix: str) -> dict:
 
 
 @contextlib.asynccontextmanager
-async def nodes(tmp_path, topology, count: int = 2):
+async def nodes(tmp_path, topology, count: int = 2, ini: str = ""):
     prefix = f"rt-it-{uuid.uuid4().hex[:10]}"
     procs, harnesses = [], []
     try:
         for i in range(count):
-            proc = ApplianceProcess(tmp_path / f"node{i}", INI, env=redis_env(topology, prefix))
+            proc = ApplianceProcess(tmp_path / f"node{i}", INI + ini,
+                                    env=redis_env(topology, prefix))
             procs.append(proc)
             proc.start()
             harnesses.append(Harness(None, f"http://127.0.0.1:{proc.port}"))
@@ -233,3 +234,27 @@ async def test_unreachable_redis_stops_start_up(tmp_path):
     assert proc.proc.returncode not in (0, None)
     log = proc.log_path.read_text()
     assert "cannot start" in log and "127.0.0.1" in log
+
+
+async def test_chat_stream_across_nodes_and_cancel_from_another_node(tmp_path, redis_server):
+    from tests.integration.test_relay import (
+        Upstream, chat_body, is_final, post_chat, progress, stalls_after,
+    )
+    async with Upstream(stalls_after(["Once upon"])) as up:
+        upstream = f"[upstream]\nbase_url = {up.base_url}\nemit_interval = 0\n"
+        async with nodes(tmp_path, redis_server, ini=upstream) as (procs, (a, b)):
+            token = await a.user("ann", "Ann")
+            tab = await b.connect(b.token("ann"))  # the user's tab is on node B
+            caller = asyncio.ensure_future(post_chat(a, token, chat_body("m1")))  # A
+            await tab.rec.wait_for("events", lambda ev: progress(tab, "m1") == ["Once upon"])
+            # the cancel reaches node B; node A, which streams, stops the upstream
+            status, body = await b.api("POST", "/api/chat/completions/m1/cancel", key=token)
+            assert (status, body["status"]) == (202, "cancel requested")
+            final = await tab.rec.wait_for("events", is_final("m1"))
+            assert final["data"]["data"]["cancelled"] is True
+            await asyncio.wait_for(up.requests[0].disconnected.wait(), WAIT)
+            assert (await asyncio.wait_for(caller, WAIT)).code == 200
+            # the stored message is readable on any node
+            status, body = await b.api("GET", "/api/v1/chats/chat1/messages/m1")
+            assert status == 200 and body["status"] == "cancelled"
+            assert body["content"] == "Once upon"
