@@ -30,7 +30,8 @@ class FanoutMixin(socketio.AsyncManager):
         return self.__dict__.get("_control_handlers", {}).get(kind)
 
     async def emit(self, event, data, namespace, room=None, skip_sid=None, callback=None,
-                   to=None, **kwargs):
+                   to=None, ignore_queue=False, **kwargs):
+        # ignore_queue only matters to the pub/sub layer above, which has acted on it
         if callback is not None or kwargs:
             # acks need a packet id per recipient; anything unusual keeps the stock path
             return await super().emit(event, data, namespace, room=room, skip_sid=skip_sid,

@@ -41,6 +41,10 @@ def ws_frame_of(pkt: Packet) -> bytes:
     return frame
 
 
+# Packets in one polling response: python-engineio clients refuse payloads of more than 16
+# packets (their max_decode_packets), so a burst is handed out over several polls.
+MAX_PACKETS_PER_POLL = 16
+
 # How long a session closed by the server waits for the client's last poll, which carries
 # the packets queued before the close (a refused CONNECT, a DISCONNECT) and the close packet.
 CLOSE_LINGER_S = 5.0
@@ -165,8 +169,9 @@ class EngineSession:
                 await self._poll
             finally:
                 self._poll = None
-        packets, self.queue = self.queue, []
-        if self.closed:
+        packets = self.queue[:MAX_PACKETS_PER_POLL]
+        del self.queue[:MAX_PACKETS_PER_POLL]
+        if self.closed and not self.queue:
             packets.append(Packet(CLOSE))
             self.server.forget(self)
         elif not packets:
