@@ -96,7 +96,7 @@ def routes(metrics: Metrics, api_key: Callable[[], str],
     return out
 
 
-PAGE = """<!doctype html>
+PAGE = r"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>rt-appliance status</title>
 <style>
  body{font:14px/1.4 system-ui,sans-serif;margin:0;background:#0f172a;color:#e2e8f0}
@@ -150,7 +150,9 @@ function draw() {
 }
 async function tick() {
   try {
-    const r = await fetch("status.json", {credentials: "same-origin", cache: "no-store"});
+    // next to the page whether it was opened as /admin or /admin/ (or under a proxy prefix)
+    const url = location.pathname.replace(/\/?$/, "/") + "status.json";
+    const r = await fetch(url, {credentials: "same-origin", cache: "no-store"});
     if (!r.ok) throw new Error("HTTP " + r.status);
     const s = await r.json();
     const events = s.events.in + s.events.out;
