@@ -4,12 +4,13 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test install node-deps binary soak bench clean
+.PHONY: serve test install node-deps binary soak bench fuzz clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt fuzz/requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(PY) -m pip install --quiet -r fuzz/requirements.txt   # atheris, for the fuzz tier
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -37,6 +38,10 @@ bench: $(STAMP)
 	@if command -v npm >/dev/null 2>&1 && [ -f tests/node/package-lock.json ]; then $(MAKE) --no-print-directory node-deps; fi
 	$(PY) -m pip install --quiet -c constraints.txt -r bench/requirements.txt
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# Coverage-guided fuzzing (atheris) of every harness in fuzz/, FUZZ_SECONDS each (default 20).
+fuzz: $(STAMP)
+	PYTHON=$(PY) bash fuzz/run.sh
 
 # One-file executable dist/rt-appliance (PyInstaller, clean venv in build/), then its smoke test.
 binary:

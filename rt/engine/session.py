@@ -362,6 +362,10 @@ class EngineSession:
             self._wake_poll()
             if not notify_client:
                 self.server.forget(self)
+        if reason == Reason.TRANSPORT_ERROR:
+            # a protocol error: like the reference server, nothing the client sent after the
+            # bad packet is handled (what came before it already was, in order)
+            self._inbox.clear()
         self._inbox.append(_CLOSED)
         if self._consumer is None:
             self._consumer = asyncio.ensure_future(self._consume())
