@@ -37,15 +37,13 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 from . import StoreError
-from .redis_conn import REDIS_ERRORS, AnyRedis, KeySpace, ensure_ready, gate
-from .redis_store import Lua
+from .redis_conn import AnyRedis, KeySpace
+from .redis_store import Lua, RedisUser as _RedisUser
 
 log = logging.getLogger("rt.backend")
-T = TypeVar("T")
 
 REAP_BATCH = 500  # sessions per reaping script (bounds the time one script holds Redis)
 EXPIRE_BATCH = 1000
@@ -168,25 +166,6 @@ def _s(v: bytes | str) -> str:
     return v.decode() if isinstance(v, bytes) else v
 
 
-class _RedisUser:
-    """Shared plumbing: the gate, error translation to StoreError."""
-
-    def __init__(self, client: AnyRedis, keys: KeySpace, where: str) -> None:
-        self.client = client
-        self.keys = keys
-        self.where = where
-        self._gate = gate(client)
-
-    async def _run(self, op: Callable[[AnyRedis], Awaitable[T]]) -> T:
-        try:
-            async with self._gate:
-                await ensure_ready(self.client)
-                return await op(self.client)
-        except REDIS_ERRORS as exc:
-            raise StoreError(f"{self.where}: {exc or type(exc).__name__}") from exc
-
-    async def _lua(self, script: Lua, keys: Sequence[str], args: Sequence[Any] = ()) -> Any:
-        return await self._run(lambda c: script(c, keys, args))
 
 
 def new_node_id() -> str:

@@ -263,30 +263,17 @@ def _t(at: float) -> str:
     return repr(float(at))
 
 
-class RedisStore:
-    """`Store` on Redis. Takes a client (see redis_conn.RedisTarget.client) and the key
-    space; `open()` checks that Redis answers, `close()` closes the client when owned."""
+class RedisUser:
+    """Shared plumbing of everything kept in Redis: the gate that waits out a Cluster's
+    start-up, and Redis errors turned into StoreError."""
 
-    def __init__(self, client: AnyRedis, keys: KeySpace, *, where: str = "Redis",
-                 wait_replicas: int = 0, wait_timeout: float = 1.0,
-                 owns_client: bool = True, open_timeout: float = 15.0) -> None:
-        if wait_replicas < 0 or wait_timeout <= 0:
-            raise ValueError("wait_replicas >= 0 and wait_timeout > 0 required")
+    def __init__(self, client: AnyRedis, keys: KeySpace, where: str) -> None:
         self.client = client
         self.keys = keys
         self.where = where
-        self.wait_replicas = wait_replicas
-        self.wait_timeout = wait_timeout
-        self.owns_client = owns_client
-        self.open_timeout = open_timeout
-        self._open = False
-        self._closed = False
         self._gate = gate(client)
 
-    # plumbing ------------------------------------------------------------------------
     async def _run(self, op: Callable[[AnyRedis], Awaitable[T]]) -> T:
-        if not self._open:
-            raise StoreError(f"Redis store ({self.where}) is not open")
         try:
             async with self._gate:
                 await ensure_ready(self.client)
@@ -296,6 +283,30 @@ class RedisStore:
 
     async def _lua(self, script: Lua, keys: Sequence[str], args: Sequence[Any] = ()) -> Any:
         return await self._run(lambda c: script(c, keys, args))
+
+
+class RedisStore(RedisUser):
+    """`Store` on Redis. Takes a client (see redis_conn.RedisTarget.client) and the key
+    space; `open()` checks that Redis answers, `close()` closes the client when owned."""
+
+    def __init__(self, client: AnyRedis, keys: KeySpace, *, where: str = "Redis",
+                 wait_replicas: int = 0, wait_timeout: float = 1.0,
+                 owns_client: bool = True, open_timeout: float = 15.0) -> None:
+        if wait_replicas < 0 or wait_timeout <= 0:
+            raise ValueError("wait_replicas >= 0 and wait_timeout > 0 required")
+        super().__init__(client, keys, where)
+        self.wait_replicas = wait_replicas
+        self.wait_timeout = wait_timeout
+        self.owns_client = owns_client
+        self.open_timeout = open_timeout
+        self._open = False
+        self._closed = False
+
+    # plumbing ------------------------------------------------------------------------
+    async def _run(self, op: Callable[[AnyRedis], Awaitable[T]]) -> T:
+        if not self._open:
+            raise StoreError(f"Redis store ({self.where}) is not open")
+        return await super()._run(op)
 
     def _dir(self, *parts: str) -> str:
         return self.keys.key("dir", *parts)
