@@ -26,9 +26,9 @@ test: $(STAMP)
 	@if command -v npm >/dev/null 2>&1 && [ -f tests/node/package-lock.json ]; then $(MAKE) --no-print-directory node-deps; fi
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# A bounded long run (10 min, 2000 clients with churn) that checks everything returns to its
+# A bounded long run (5 min, 1000 clients with churn) that checks everything returns to its
 # baseline afterwards; SOAK_ARGS="--seconds 60 --clients 300" for a shorter one.
-SOAK_ARGS ?= --minutes 10 --clients 2000
+SOAK_ARGS ?= --minutes 5 --clients 1000
 soak: $(STAMP)
 	$(PY) soak/soak.py $(SOAK_ARGS)
 

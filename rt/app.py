@@ -109,7 +109,9 @@ class Appliance:
         # extra live gauges other services contribute: (name, help, callable → number)
         self.gauges: list[tuple[str, str, object]] = []
         self.reload_hooks: list = []  # services that keep a copy of a reloadable setting
-        self.node_id = self.backend.node_id or f"{socket.gethostname()}-{os.getpid()}"
+        if not self.backend.node_id:
+            self.backend.node_id = f"{socket.gethostname()}-{os.getpid()}"
+        self.node_id = self.backend.node_id
         self.web: tornado.web.Application | None = None
         self.relay = None  # the chat streaming relay, attached at start
         self.collab = None  # the collaborative documents (ydoc:*), attached at start
@@ -182,7 +184,9 @@ class Appliance:
             "channels": channels,
             "documents": {"count": snap.get("documents", 0), "bytes": snap.get("documents_bytes", 0),
                           "open": self.open_documents()},
-            "nodes": [{"id": self.node_id, "self": True}],
+            "nodes": [{"id": node, "self": node == self.node_id}
+                      for node in (await self.backend.nodes() if snap.get("store_up")
+                                   else [self.node_id])],
             "health": {"store": bool(snap.get("store_up"))},
             "events": {"in": sum(self.gateway.events_in.values()),
                        "out": sum(self.emitter.counts.values())},

@@ -1,7 +1,7 @@
 """Soak: a bounded long run against a real appliance process, then a check that everything
 the load created went away again (issue 8).
 
-    python soak/soak.py --minutes 10 --clients 2000     # full run (make soak)
+    python soak/soak.py --minutes 5 --clients 1000      # full run (make soak)
     python soak/soak.py --seconds 25 --clients 150      # the short CI version
 
 Load, in waves until the time is up: clients connect (websocket and polling), join their
@@ -210,7 +210,7 @@ def table(report: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, default=2000)
+    parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--minutes", type=float)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--rss-slack-mb", type=float, default=40)

@@ -57,6 +57,10 @@ class Backend:
         """(sid, user id) of sessions whose node died, each reported to one node only."""
         return []
 
+    async def nodes(self) -> list[str]:
+        """The live nodes of the deployment (this one alone on embedded state)."""
+        return [self.node_id]
+
 
 class RedisBackend(Backend):
     async def start(self) -> None:
@@ -82,6 +86,9 @@ class RedisBackend(Backend):
 
     async def dead_sessions(self) -> list[tuple[str, str]]:
         return await self.presence.dead_sessions()
+
+    async def nodes(self) -> list[str]:
+        return await self.presence.nodes()
 
 
 def build_backend(settings) -> Backend:

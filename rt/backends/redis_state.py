@@ -269,8 +269,12 @@ class RedisPresence(_RedisUser):
         got = await self._lua(P_USER_OF, [self._k("nodes"), self._k("sids")], [sid])
         return None if got is None else _s(got)
 
+    async def nodes(self) -> list[str]:
+        """Ids of the nodes whose lease is current (the live cluster)."""
+        return sorted(_s(n) for n in await self._lua(P_NODES, [self._k("nodes")], ["1", ""]))
+
     async def users(self) -> dict[str, int]:
-        nodes = [_s(n) for n in await self._lua(P_NODES, [self._k("nodes")], ["1", ""])]
+        nodes = await self.nodes()
 
         async def read(c: AnyRedis) -> list:
             pipe = c.pipeline(transaction=False)

@@ -108,9 +108,11 @@ async def cross_node_smoke(a: Harness, b: Harness) -> None:
     for client in (ann, bob, cat):
         await client.rec.wait_for("hello")
 
-    # presence is cluster-wide
+    # presence is cluster-wide, and the status page lists both nodes
     status, body = await b.api("GET", "/api/v1/presence")
     assert {u["id"] for u in body["users"]} == {"ann", "bob", "cat"}
+    status, body = await a.api("GET", "/admin/status.json")
+    assert len(body["nodes"]) == 2 and sum(n["self"] for n in body["nodes"]) == 1
 
     # Yjs: editors on both nodes converge, updates that build on the other node's work are
     # accepted, and a late joiner gets everything
