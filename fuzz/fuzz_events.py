@@ -55,6 +55,7 @@ def TestOneInput(data: bytes) -> None:
 
 
 def main() -> None:
+    fuzzlib.fuzzing_main()
     atheris.Setup(sys.argv, TestOneInput)
     try:
         atheris.Fuzz()

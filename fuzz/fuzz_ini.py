@@ -31,7 +31,7 @@ _dir = None
 def TestOneInput(data: bytes) -> None:
     global _dir
     if _dir is None:
-        _dir = tempfile.mkdtemp(prefix="rt-fuzz-ini-")
+        _dir = tempfile.mkdtemp(prefix="rt-fuzz-ini-", dir=fuzzlib.scratch_dir())
     ini, _, env_text = data.partition(b"\0\0")
     environ = {}
     for line in env_text.decode("utf-8", "replace").splitlines():
@@ -42,6 +42,7 @@ def TestOneInput(data: bytes) -> None:
 
 
 def main() -> None:
+    fuzzlib.fuzzing_main()
     atheris.Setup(sys.argv, TestOneInput)
     atheris.Fuzz()
 

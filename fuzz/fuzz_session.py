@@ -47,6 +47,7 @@ def TestOneInput(data: bytes) -> None:
 
 
 def main() -> None:
+    fuzzlib.fuzzing_main()
     atheris.Setup(sys.argv, TestOneInput)
     try:
         atheris.Fuzz()

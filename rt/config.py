@@ -511,6 +511,7 @@ def _where(option: Option, source: str) -> str:
 
 # An inline comment needs whitespace before its ';' or '#', so values like "a;b" survive.
 _INLINE_COMMENT = re.compile(r"\s[;#]")
+_OPTION_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 def _read_ini(path: str, errors: list[str]) -> Iterator[tuple[Option, str, str]]:
@@ -554,6 +555,9 @@ def _read_ini(path: str, errors: list[str]) -> Iterator[tuple[Option, str, str]]
             errors.append(f"{where}: {name!r} is set before any [section]")
         elif section not in SECTIONS:
             pass  # the section header was reported once; its lines would only add noise
+        elif not _OPTION_NAME.fullmatch(name):
+            # not echoed: "secret_key abc==" (the '=' forgotten) would show the secret
+            errors.append(f"{where}: expected 'name = value' (an option name is one word)")
         elif (section, name) not in _BY_KEY:
             errors.append(f"{where} [{section}] {name}: unknown option")
         elif (section, name) in first_line:

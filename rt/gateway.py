@@ -110,12 +110,25 @@ class Gateway:
             log.info("connect refused from %s: %s (%s)", environ.get("REMOTE_ADDR"), exc.code, exc)
             self.errors[exc.code] = self.errors.get(exc.code, 0) + 1
             raise Refused(exc.code) from None
+        # the connection may have gone while the user was looked up (a close in the same
+        # payload, a dropped websocket): python-socketio would not call on_disconnect for a
+        # session that never finished connecting, so nothing may be left registered
+        if not self._alive(sid):
+            raise Refused("gone")
         self.identities[sid] = identity
         self.limits.connected(sid, ip)
         await self.sio.save_session(sid, {"identity": identity})
         await self.sio.enter_room(sid, rooms.user(identity.id))
         await self.presence.connected(sid, identity)
+        if not self._alive(sid):  # gone during the presence write
+            await self.on_disconnect(sid, "transport close")
+            raise Refused("gone")
         log.debug("connect %s user %s via %s", sid, identity.id, environ.get("rt.transport"))
+
+    def _alive(self, sid: str) -> bool:
+        eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
+        session = self.sio.engine.sessions.get(eio_sid) if eio_sid is not None else None
+        return session is not None and not session.closed
 
     async def identify(self, token: Any) -> Identity:
         claims = self.verifier.verify(token)

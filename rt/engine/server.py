@@ -18,7 +18,7 @@ from typing import Any, Callable
 from engineio.base_server import BaseServer as _EioBase
 
 from .protocol import MESSAGE, HandshakeError, Packet
-from .session import EngineSession
+from .session import EngineSession, consuming
 
 log = logging.getLogger("rt.conn")
 
@@ -135,8 +135,11 @@ class EngineServer:
         """Close for a protocol error found above Engine.IO (a malformed Socket.IO packet):
         like `disconnect`, with the reason the disconnect handlers get."""
         session = self.sessions.get(sid)
+        current = consuming.get()
+        if session is None and current is not None and current.sid == sid:
+            session = current  # closed by the client meanwhile: still drop what follows
         if session is not None:
-            session.close(reason)
+            session.close(reason, drop_pending=True)
 
     async def shutdown(self) -> None:
         await self.disconnect()

@@ -10,6 +10,7 @@ events nor stalls reading its pongs.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections import deque
@@ -31,6 +32,10 @@ Reason = _EioBase.reason
 
 _PONG_PROBE = "3probe"
 _CLOSED = object()  # inbox sentinel: the disconnect handler runs after earlier messages
+# the session whose messages the current task is handling (each consumer is its own task):
+# a protocol error found while handling one must reach its session even once it is closed
+consuming: contextvars.ContextVar["EngineSession | None"] = contextvars.ContextVar(
+    "consuming", default=None)
 
 def ws_frame_of(pkt: Packet) -> bytes:
     """The websocket frame of a packet, built once and kept on the packet: a broadcast
@@ -310,6 +315,7 @@ class EngineSession:
         return not self.closed
 
     async def _consume(self) -> None:
+        consuming.set(self)
         handler = self.server.handlers
         try:
             while self._inbox:
@@ -327,8 +333,13 @@ class EngineSession:
             self._consumer = None
 
     # ---------------------------------------------------------------- close
-    def close(self, reason: str = Reason.SERVER_DISCONNECT, notify_client: bool = True) -> None:
-        """Close once. The disconnect handler runs after messages received before."""
+    def close(self, reason: str = Reason.SERVER_DISCONNECT, notify_client: bool = True,
+              drop_pending: bool = False) -> None:
+        """Close once. The disconnect handler runs after messages received before.
+        `drop_pending`: a message being handled was a protocol error (found above
+        Engine.IO), so those received after it are dropped, as the reference server does."""
+        if drop_pending:
+            self._inbox = deque(item for item in self._inbox if item is _CLOSED)
         if self.closed:
             return
         self.closed = True
@@ -362,10 +373,6 @@ class EngineSession:
             self._wake_poll()
             if not notify_client:
                 self.server.forget(self)
-        if reason == Reason.TRANSPORT_ERROR:
-            # a protocol error: like the reference server, nothing the client sent after the
-            # bad packet is handled (what came before it already was, in order)
-            self._inbox.clear()
         self._inbox.append(_CLOSED)
         if self._consumer is None:
             self._consumer = asyncio.ensure_future(self._consume())

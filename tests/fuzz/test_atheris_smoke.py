@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -44,6 +45,9 @@ def test_seed_corpus_replays_clean(target):
         runner = getattr(module, "_runner", None)
         if runner is not None:
             runner.close()
+        scratch = getattr(module, "_dir", None)  # fuzz_ini's folder
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _atheris_available() -> bool:

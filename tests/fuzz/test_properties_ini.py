@@ -3,6 +3,7 @@ Settings or ConfigError, nothing else; no credential in an error or in print-con
 print-config shows reads back as the same configuration; the environment beats the file."""
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -68,6 +69,7 @@ ENVIRON = st.dictionaries(st.sampled_from(ENV_NAMES), VALUES.filter(lambda v: "\
 @example(b"[server]\nmetrics_listen = h:\xc2\xb2\n", {})
 @example(b"[state]\nsentinel_hosts = h:\xd9\xa1\n", {})
 @example(b"[\n]\n=\n[server\nport\n", {})
+@example(b"[auth]\nsecret_key " + MARK.encode() + b"k==\n", {})
 def test_any_file_and_environment(tmp_path, raw, environ):
     fuzzlib.check_ini(raw, environ, str(tmp_path))
 
@@ -114,3 +116,17 @@ def test_environment_beats_the_file(tmp_path, option, in_file, in_env):
         return  # a rule spanning options (e.g. RS256 without a key file)
     assert got.value(option.section, option.name) == from_env
     assert got.source(option.section, option.name) == f"env {option.env[0]}"
+
+
+@pytest.mark.parametrize("line", [
+    f"[auth]\nsecret_key  {MARK}dGhpcyBpcyB0aGUgc2VjcmV0IGtleQ==\n",
+    f"[state]\nredis_url redis://:{MARK}p@h:6379/0?ssl_cert_reqs=none\n",
+])
+def test_a_mistyped_credential_line_is_not_echoed(tmp_path, line):
+    """Found by fuzz_ini: a credential line missing its '=' whose value holds one was read
+    as an option named "secret_key <most of the secret>" and echoed as unknown."""
+    path = tmp_path / "typo.ini"
+    path.write_text(line)
+    with pytest.raises(config.ConfigError) as info:
+        config.load_settings(str(path), {})
+    assert MARK not in str(info.value), str(info.value)

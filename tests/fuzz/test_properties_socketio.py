@@ -4,6 +4,7 @@ into a live session of a real appliance (nothing logged at ERROR; a closed sessi
 no state behind)."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 
@@ -156,8 +157,8 @@ def test_new_sessions_leave_nothing_behind(world, body):
 
 def test_nothing_is_handled_after_a_protocol_error(world):
     """The reference server drops what follows a packet it cannot parse (socket.io closes
-    the client at once; engine.io ignores packets of a closed socket). Here the chat read
-    marker after the malformed `4X` is written although the session was closed for it."""
+    the client at once; engine.io ignores packets of a closed socket): the chat read marker
+    after the malformed `4X` must not be written (found by fuzz_session)."""
     async def scenario(w: fuzzlib.World):
         conn = w.conns["alice"]
         body = (b'4X\x1e42["events:chat",{"chat_id":"after-close",'
@@ -171,3 +172,74 @@ def test_nothing_is_handled_after_a_protocol_error(world):
     late, rows = world.run(scenario)
     assert not late, late
     assert not [r for r in rows if r[0] == "after-close"], rows
+
+
+def test_what_came_before_a_protocol_error_is_handled(world):
+    """The reference server handles a payload's packets in order up to the bad one
+    (engine.io-parser decodes until the error packet; engine.io then closes): the event
+    before the client's PING (a protocol error in v4) is handled."""
+    async def scenario(w: fuzzlib.World):
+        conn = w.conns["alice"]
+        await w.post(conn, b'42["events:chat",{"chat_id":"before-ping",'
+                           b'"data":{"type":"last_read_at"}}]\x1e2')
+        closed = conn.session.closed
+        rows = w._store_rows()["chat_reads"]
+        w.conns["alice"] = await w.connect("alice")
+        return closed, rows
+
+    closed, rows = world.run(scenario)
+    assert closed
+    assert [r for r in rows if r[0] == "before-ping"], rows
+
+
+def test_nothing_is_handled_after_a_protocol_error_before_a_close(world):
+    """`4X` (malformed) then an event then `1` (CLOSE): the CLOSE closes the session while
+    the POST is read, so the protocol error found later finds it closed already; the event
+    after `4X` must not be handled all the same (found by fuzz_session)."""
+    async def scenario(w: fuzzlib.World):
+        conn = w.conns["alice"]
+        await w.post(conn, b'4X\x1e42["events:chat",{"chat_id":"after-close-2",'
+                           b'"data":{"type":"last_read_at"}}]\x1e1')
+        late = w.take_late_dispatches()
+        rows = w._store_rows()["chat_reads"]
+        w.conns["alice"] = await w.connect("alice")
+        return late, rows
+
+    late, rows = world.run(scenario)
+    assert not late, late
+    assert not [r for r in rows if r[0] == "after-close-2"], rows
+
+
+async def _connect_then_lose_the_session(w: fuzzlib.World, how: str):
+    """A valid CONNECT whose Engine.IO session goes away while the connect handler runs."""
+    from engineio.base_server import BaseServer
+
+    from rt.engine.protocol import HandshakeError
+
+    before = w._census()
+    session = await w.app.sio.engine.create_session(
+        {"REMOTE_ADDR": "192.0.2.9", "rt.transport": "polling"}, "polling")
+    connect = b"40" + json.dumps({"token": _SIGNER.issue("alice", None)}).encode()
+    if how == "close packet":  # the client's CLOSE in the same POST
+        try:
+            session.handle_post(connect + b"\x1e1")
+        except HandshakeError:
+            pass
+    else:  # the websocket closes while the user is looked up (what on_ws_closed does)
+        session.handle_post(connect)
+        for _ in range(2):
+            await asyncio.sleep(0)
+        session.close(BaseServer.reason.TRANSPORT_CLOSE, notify_client=False)
+    await w._settle(session)
+    errors = w.errors.take()
+    after = w._census()
+    return errors, {k: (before[k], after[k]) for k in before if before[k] != after[k]}
+
+
+@pytest.mark.parametrize("how", ["close packet", "transport closed"])
+def test_a_connect_cut_short_leaves_nothing_behind(world, how):
+    """Found by fuzz_session: the session gone while the connect handler ran used to fail in
+    save_session (an error logged) and leave the identity, limits entry and sid behind."""
+    errors, changed = world.run(_connect_then_lose_the_session, how)
+    assert not errors, errors
+    assert not changed, changed
