@@ -200,7 +200,7 @@ def _install_binary(layout: Layout, say: Callable[[str], None]) -> list[str]:
         _write_atomic(target, launcher_text().encode(), 0o755)
         root = Path(__file__).resolve().parent.parent
         say(f"binary   {target} (launcher of the checkout {root})")
-        if any(str(root).startswith(p) for p in ("/home/", "/root/", "/run/user/")):
+        if _under_protected_home(root):
             notes.append(f"the checkout {root} is hidden from the service by ProtectHome=true: "
                          "install the one-file binary (`make binary`, then "
                          "`dist/rt-appliance install`) for systemd")
@@ -329,3 +329,12 @@ def run(args: argparse.Namespace) -> int:
         hint = " (run as root, or pass --prefix DIR)" if isinstance(exc, PermissionError) else ""
         print(f"{args.command}: {exc}{hint}", file=sys.stderr)
         return 1
+
+
+# what systemd's ProtectHome=true hides: /home, /root and /run/user
+_PROTECTED_HOMES = (("home",), ("root",), ("run", "user"))
+
+
+def _under_protected_home(path: Path) -> bool:
+    parts = path.parts[1:]  # without the leading "/"
+    return any(parts[:len(home)] == home for home in _PROTECTED_HOMES)

