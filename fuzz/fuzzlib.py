@@ -265,6 +265,13 @@ def check_jwt_signed(header: bytes, payload: bytes, alg: str) -> dict | None:
 SECRET_MARK = "S3cr3tV4lue"
 
 
+# Known defect, reported and not fixed here (fuzz/README.md): a credential written on the
+# next line (wrapped), `secret_key =` then `    dGhpcy…==`, makes that line an option
+# named after the secret, echoed as "unknown option". While True the oracle tolerates
+# "unknown option" errors; tests/fuzz/test_properties_ini.py has the strict xfail.
+KNOWN_SECRET_AS_OPTION_NAME = False
+
+
 def check_ini(raw: bytes, environ: dict[str, str], directory: str) -> config.Settings | None:
     """`raw` as the configuration file: a Settings, or ConfigError and nothing else. A
     value of a secret option never appears in an error message."""
@@ -275,17 +282,25 @@ def check_ini(raw: bytes, environ: dict[str, str], directory: str) -> config.Set
         settings = config.load_settings(path, environ)
     except config.ConfigError as exc:
         assert exc.errors and all(isinstance(e, str) and e for e in exc.errors)
+        shown = exc.errors
+        if KNOWN_SECRET_AS_OPTION_NAME:
+            shown = [e for e in shown if not e.endswith(": unknown option")]
         for secret in _secret_values(raw, environ):
-            for error in exc.errors:
-                assert secret not in error, f"secret {secret!r} echoed in {error}"
+            for error in shown:
+                assert not _shows(secret, error), f"secret {secret!r} echoed in {error}"
         return None
     # what a loaded configuration is used for must work too
     config.describe(settings)
     config.reload_diff(settings, settings)
     text = config.describe(settings)
     for secret in _secret_values(raw, environ):
-        assert secret not in text, f"secret {secret!r} shown by print-config"
+        assert not _shows(secret, text), f"secret {secret!r} shown by print-config"
     return settings
+
+
+def _shows(secret: str, text: str) -> bool:
+    """The marked value itself, not a longer one it begins (S3cr3tV4lue vs S3cr3tV4luez)."""
+    return re.search(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", text) is not None
 
 
 def _secret_values(raw: bytes, environ: dict[str, str]) -> list[str]:

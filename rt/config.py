@@ -511,7 +511,8 @@ def _where(option: Option, source: str) -> str:
 
 # An inline comment needs whitespace before its ';' or '#', so values like "a;b" survive.
 _INLINE_COMMENT = re.compile(r"\s[;#]")
-_OPTION_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+# what an option name can look like; anything else is not echoed (it may be a secret)
+_OPTION_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
 def _read_ini(path: str, errors: list[str]) -> Iterator[tuple[Option, str, str]]:
@@ -538,8 +539,14 @@ def _read_ini(path: str, errors: list[str]) -> Iterator[tuple[Option, str, str]]
     for lineno, line in enumerate(lines, 1):
         where = f"{path}:{lineno}"
         comment = _INLINE_COMMENT.search(line)
+        indented = line[:1].isspace()
         line = (line[: comment.start()] if comment else line).strip()
         if not line or line[0] in ";#":
+            continue
+        if indented:
+            # a value wrapped onto the next line (often a long secret): refused, not echoed
+            errors.append(f"{where}: continuation lines are not supported; "
+                          "put the whole value on the option's line")
             continue
         if line.startswith("[") and line.endswith("]"):
             section = line[1:-1].strip()
