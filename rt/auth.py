@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hmac
+import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -91,8 +92,10 @@ class TokenVerifier:
         now = self.clock()
         for name in ("exp", "nbf"):
             value = claims.get(name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise AuthError("token_invalid", f"claim {name!r} must be a number")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value)):
+                # NaN or Infinity would make the comparisons below always false
+                raise AuthError("token_invalid", f"claim {name!r} must be a finite number")
         exp, nbf = claims.get("exp"), claims.get("nbf")
         if exp is not None and now > exp + self.leeway:
             raise AuthError("token_expired", "the token has expired")
