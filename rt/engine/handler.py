@@ -12,7 +12,7 @@ import tornado.iostream
 import tornado.web
 import tornado.websocket
 
-from .protocol import HandshakeError, websocket_frame
+from .protocol import HandshakeError, Packet, websocket_frame, wire
 from .server import EngineServer
 
 log = logging.getLogger("rt.conn")
@@ -46,6 +46,7 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
         self.probed = False  # websocket probe seen (upgrade in progress)
         self._pending_bytes = 0
         self._closing = False
+        self._socket = None  # the plain TCP socket, for writes that skip IOStream (send_wire_frame)
 
     # ------------------------------------------------------------ common checks
     def _query(self) -> tuple[str | None, str | None]:
@@ -189,7 +190,10 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
     async def open(self, *args, **kwargs):
         self.set_nodelay(True)
         # outbound backpressure: a write past this raises StreamBufferFullError (send_frame)
-        self.ws_connection.stream.max_write_buffer_size = self.engine.options.max_outbound_bytes
+        stream = self.ws_connection.stream
+        stream.max_write_buffer_size = self.engine.options.max_outbound_bytes
+        if type(stream) is tornado.iostream.IOStream and not self.engine.options.compression:
+            self._socket = stream.socket
         if self._upgrade_sid is None:
             try:
                 self.session = await self.engine.create_session(
@@ -214,17 +218,40 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
 
     def send_frame(self, data: str | bytes) -> None:
         """Write one message without waiting; a client that stops reading is cut off."""
-        self.send_wire_frame(websocket_frame(data), lambda: data)
+        self.send_wire_frame(websocket_frame(data), data)
 
     def send_wire_frame(self, frame: bytes, message) -> None:
         """Write an already framed message (built once for every recipient of a broadcast).
-        Straight to the stream: Tornado's write_message would encode and frame it again
-        and start a task per message and recipient."""
+        `message` is the same message unframed (str, bytes or the Packet): only per-connection
+        compression needs it.
+
+        While nothing is buffered the frame goes straight to the socket: IOStream.write costs
+        a Future, a scheduled callback and buffer bookkeeping per call, which on a fan-out is
+        most of the CPU per recipient. What the kernel does not take is handed to the
+        IOStream, which then owns ordering, writability and the outbound limit."""
         if self._closing or self.ws_connection is None:
             return
-        if self.engine.options.compression:  # frames differ per connection: Tornado's path
-            self._send_compressed(message())
+        sock = self._socket
+        if sock is None:
+            if self.engine.options.compression:  # frames differ per connection: Tornado's path
+                self._send_compressed(wire(message) if isinstance(message, Packet) else message)
+                return
+            self._buffered_write(frame)
             return
+        stream = self.ws_connection.stream
+        if len(stream._write_buffer) or stream.closed():
+            self._buffered_write(frame)
+            return
+        try:
+            sent = sock.send(frame)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            sent = 0  # reset or broken pipe: the IOStream's write finds it and closes
+        if sent < len(frame):
+            self._buffered_write(frame[sent:] if sent else frame)
+
+    def _buffered_write(self, frame: bytes) -> None:
         stream = self.ws_connection.stream
         if stream.closed():
             return

@@ -147,7 +147,7 @@ class EngineSession:
         if self.closed:
             return
         if self.ws is not None:
-            self.ws.send_wire_frame(ws_frame_of(pkt), lambda: wire(pkt))
+            self.ws.send_wire_frame(ws_frame_of(pkt), pkt)
             return
         self.queue.append(pkt)
         self._wake_poll()
@@ -276,7 +276,7 @@ class EngineSession:
         self.ws = ws
         queued, self.queue = self.queue, []
         for pkt in queued:
-            ws.send_wire_frame(ws_frame_of(pkt), lambda pkt=pkt: wire(pkt))
+            ws.send_wire_frame(ws_frame_of(pkt), pkt)
         self._wake_poll()  # a GET still waiting is answered with a noop and is the last one
         self.server.on_upgrade(self)
         if self.closed:  # closed during the upgrade: the queue went out, now say goodbye
