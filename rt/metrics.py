@@ -95,7 +95,7 @@ class _Live:
         yield _counter("rt_errors", "Refused or failed client events and connects, by code",
                        "code", app.gateway.errors)
         yield _counter("rt_limited", "Requests refused by a limit, by limit name", "limit",
-                       app.limits.refused)
+                       {**app.limits.refused, "outbound_bytes": app.sio.engine.slow_consumers})
         yield GaugeMetricFamily("rt_store_up", "1 when the store (SQLite or Redis) answers",
                                 value=snap.get("store_up", 0))
         yield GaugeMetricFamily("rt_documents", "Stored Yjs documents",

@@ -277,15 +277,23 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
     def _slow_consumer(self, unsent: int) -> None:
         log.warning("session %s: slow consumer (%d bytes unsent), closing",
                     self.session.sid if self.session else "?", unsent)
-        self.close_transport(1008)
+        self.engine.slow_consumers += 1
+        # the close frame must not hit the limit it reports; Tornado gives the client 5 s to
+        # answer it, then drops the connection and the buffer with it
+        if self.ws_connection is not None:
+            self.ws_connection.stream.max_write_buffer_size = None
+        # 1008 policy violation, with the reason a client's close event shows
+        self.close_transport(1008, "outbound buffer full")
+        if self.session is not None:  # gone now: nothing more is written to it
+            self.session.close(self.engine.reason.TRANSPORT_ERROR, notify_client=False)
 
     def _sent(self, size: int) -> None:
         self._pending_bytes -= size
 
-    def close_transport(self, code: int | None = None) -> None:
+    def close_transport(self, code: int | None = None, reason: str | None = None) -> None:
         if not self._closing:
             self._closing = True
-            self.close(code)
+            self.close(code, reason)
 
 
 def route(path: str, engine: EngineServer) -> tuple:

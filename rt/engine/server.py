@@ -33,7 +33,8 @@ class EngineOptions:
     cors_origins: tuple[str, ...] | None = None
     compression: bool = False
     upgrade_timeout: float = 10.0
-    # a websocket whose unsent output grows past this is a slow consumer and is closed
+    # a session whose unsent output (websocket buffer, or packets waiting for a poll) grows
+    # past this is a slow consumer and is closed
     max_outbound_bytes: int = 16 * 1024 * 1024
     extra: dict = field(default_factory=dict)
 
@@ -55,6 +56,7 @@ class EngineServer:
         self.handlers: dict[str, Callable] = {}
         self.sessions: dict[str, EngineSession] = {}
         self.counts = {"polling": 0, "websocket": 0}
+        self.slow_consumers = 0  # sessions closed for unsent output past max_outbound_bytes
         self._tasks: set[asyncio.Task] = set()
 
     # ---------------------------------------------------------------- events

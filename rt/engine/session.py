@@ -46,6 +46,12 @@ def ws_frame_of(pkt: Packet) -> bytes:
     return frame
 
 
+def _size(pkt: Packet) -> int:
+    """Roughly what a queued packet will take on the wire (its data dominates)."""
+    data = pkt.data
+    return len(data) + 8 if isinstance(data, (str, bytes)) else 64
+
+
 # Packets in one polling response: python-engineio clients refuse payloads of more than 16
 # packets (their max_decode_packets), so a burst is handed out over several polls.
 MAX_PACKETS_PER_POLL = 16
@@ -58,7 +64,7 @@ CLOSE_LINGER_S = 5.0
 class EngineSession:
     __slots__ = (
         "server", "sid", "environ", "transport", "session", "created_at", "closed",
-        "queue", "ws", "_probe_ws", "_poll", "_posting", "_inbox", "_consumer",
+        "queue", "queued_bytes", "ws", "_probe_ws", "_poll", "_posting", "_inbox", "_consumer",
         "_ping_handle", "_pong_handle", "_pong_extended", "_linger_handle", "_upgrade_handle",
         "ping_interval", "ping_timeout", "close_reason",
     )
@@ -72,6 +78,7 @@ class EngineSession:
         self.created_at = time.monotonic()
         self.closed = False
         self.queue: list[Packet] = []  # waiting for the next poll (polling, or mid-upgrade)
+        self.queued_bytes = 0  # about how much the queue holds (max_outbound_bytes bounds it)
         self.ws = None  # the websocket handler once the session is on websocket
         self._probe_ws = None  # a websocket that is probing for an upgrade
         self._poll: asyncio.Future | None = None  # the GET waiting for packets
@@ -150,6 +157,16 @@ class EngineSession:
             self.ws.send_wire_frame(ws_frame_of(pkt), pkt)
             return
         self.queue.append(pkt)
+        self.queued_bytes += _size(pkt)
+        if self.queued_bytes > self.server.options.max_outbound_bytes:
+            # a polling client that stopped collecting: cut it off, as a websocket is
+            log.warning("session %s: slow consumer (%d bytes waiting for a poll), closing",
+                        self.sid, self.queued_bytes)
+            self.server.slow_consumers += 1
+            self.queue.clear()
+            self.queued_bytes = 0
+            self.close(Reason.TRANSPORT_ERROR, notify_client=False)
+            return
         self._wake_poll()
 
     def _wake_poll(self) -> None:
@@ -176,6 +193,7 @@ class EngineSession:
                 self._poll = None
         packets = self.queue[:MAX_PACKETS_PER_POLL]
         del self.queue[:MAX_PACKETS_PER_POLL]
+        self.queued_bytes -= sum(map(_size, packets))
         if self.closed and not self.queue:
             packets.append(Packet(CLOSE))
             self.server.forget(self)
@@ -275,6 +293,7 @@ class EngineSession:
         self.transport = "websocket"
         self.ws = ws
         queued, self.queue = self.queue, []
+        self.queued_bytes = 0
         for pkt in queued:
             ws.send_wire_frame(ws_frame_of(pkt), pkt)
         self._wake_poll()  # a GET still waiting is answered with a noop and is the last one
