@@ -5,19 +5,26 @@ standard JSON body, so no client is ever left holding an open, dead socket.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import orjson
-import tornado.iostream
 import tornado.web
 import tornado.websocket
 
-from .protocol import HandshakeError, Packet, websocket_frame, wire
+from .protocol import HandshakeError, Packet, wire
 from .server import EngineServer
+from .websocket import WebSocket, handshake_response
 
 log = logging.getLogger("rt.conn")
 
 _POLL_CONTENT_TYPE = "text/plain; charset=UTF-8"
+
+
+# The request headers a session keeps: its connect handler may want to know where the
+# client came from and what it is. The rest (cookies with tokens in them, above all) would
+# be kilobytes held for the whole life of every connection, for nobody.
+_KEPT_HEADERS = ("Origin", "User-Agent")
 
 
 def build_environ(request, transport: str) -> dict:
@@ -31,8 +38,10 @@ def build_environ(request, transport: str) -> dict:
         "REMOTE_ADDR": request.remote_ip,
         "rt.transport": transport,
     }
-    for name, value in request.headers.get_all():
-        environ["HTTP_" + name.upper().replace("-", "_")] = value
+    for name in _KEPT_HEADERS:
+        value = request.headers.get(name)
+        if value is not None:
+            environ["HTTP_" + name.upper().replace("-", "_")] = value
     return environ
 
 
@@ -46,7 +55,6 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
         self.probed = False  # websocket probe seen (upgrade in progress)
         self._pending_bytes = 0
         self._closing = False
-        self._socket = None  # the plain TCP socket, for writes that skip IOStream (send_wire_frame)
 
     # ------------------------------------------------------------ common checks
     def _query(self) -> tuple[str | None, str | None]:
@@ -122,7 +130,41 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
             self._upgrade_sid = sid
         else:
             self._upgrade_sid = None
-        await super().get()
+        if self.engine.options.compression:
+            await super().get()  # permessage-deflate: Tornado's websocket implementation
+        else:
+            await self._accept_websocket()
+
+    async def _accept_websocket(self) -> None:
+        """The handshake (RFC 6455 §4.2), then the socket leaves Tornado for our transport."""
+        headers = self.request.headers
+        key = headers.get("Sec-WebSocket-Key", "")
+        connection = {part.strip().lower() for part in headers.get("Connection", "").split(",")}
+        if "upgrade" not in connection or not key:
+            self.set_status(400)
+            self.set_header("Content-Type", "application/json")
+            return self.finish(orjson.dumps({"detail": "Invalid WebSocket upgrade request"}))
+        if headers.get("Sec-WebSocket-Version") != "13":
+            self.set_status(426)
+            self.set_header("Sec-WebSocket-Version", "13")
+            return self.finish()
+        environ = build_environ(self.request, "websocket")
+        stream = self.detach()
+        try:
+            sock = stream.socket.dup()  # the connection outlives Tornado's stream
+        finally:
+            stream.close()
+        options = self.engine.options
+        ws = WebSocket(options.max_payload, options.max_outbound_bytes, self.engine.cut_off)
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(lambda: ws, sock=sock)
+        except OSError:
+            sock.close()
+            return
+        ws.transport.write(handshake_response(key))
+        session = await self.engine.open_websocket(ws, environ, self._upgrade_sid)
+        if session is not None:
+            ws.start(session)
 
     async def post(self, *args, **kwargs):
         try:
@@ -189,24 +231,8 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
 
     async def open(self, *args, **kwargs):
         self.set_nodelay(True)
-        # outbound backpressure: a write past this raises StreamBufferFullError (send_frame)
-        stream = self.ws_connection.stream
-        stream.max_write_buffer_size = self.engine.options.max_outbound_bytes
-        if type(stream) is tornado.iostream.IOStream and not self.engine.options.compression:
-            self._socket = stream.socket
-        if self._upgrade_sid is None:
-            try:
-                self.session = await self.engine.create_session(
-                    build_environ(self.request, "websocket"), "websocket", ws=self)
-            except HandshakeError:
-                self.close_transport()
-            return
-        session = self.engine.sessions.get(self._upgrade_sid)
-        if session is None or not session.can_upgrade():  # changed while accepting
-            self.close_transport()
-            return
-        self.session = session
-        session.attach_websocket(self)
+        self.session = await self.engine.open_websocket(
+            self, build_environ(self.request, "websocket"), self._upgrade_sid)
 
     def on_message(self, message):
         if self.session is not None:
@@ -216,53 +242,15 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
         if self.session is not None:
             self.session.on_ws_closed(self)
 
+    # Tornado's websocket serves only connections with per-message compression, whose
+    # frames differ per connection: a broadcast's shared frame is not used here.
     def send_frame(self, data: str | bytes) -> None:
-        """Write one message without waiting; a client that stops reading is cut off."""
-        self.send_wire_frame(websocket_frame(data), data)
+        self.send_wire_frame(b"", data)
 
     def send_wire_frame(self, frame: bytes, message) -> None:
-        """Write an already framed message (built once for every recipient of a broadcast).
-        `message` is the same message unframed (str, bytes or the Packet): only per-connection
-        compression needs it.
-
-        While nothing is buffered the frame goes straight to the socket: IOStream.write costs
-        a Future, a scheduled callback and buffer bookkeeping per call, which on a fan-out is
-        most of the CPU per recipient. What the kernel does not take is handed to the
-        IOStream, which then owns ordering, writability and the outbound limit."""
         if self._closing or self.ws_connection is None:
             return
-        sock = self._socket
-        if sock is None:
-            if self.engine.options.compression:  # frames differ per connection: Tornado's path
-                self._send_compressed(wire(message) if isinstance(message, Packet) else message)
-                return
-            self._buffered_write(frame)
-            return
-        stream = self.ws_connection.stream
-        if len(stream._write_buffer) or stream.closed():
-            self._buffered_write(frame)
-            return
-        try:
-            sent = sock.send(frame)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            sent = 0  # reset or broken pipe: the IOStream's write finds it and closes
-        if sent < len(frame):
-            self._buffered_write(frame[sent:] if sent else frame)
-
-    def _buffered_write(self, frame: bytes) -> None:
-        stream = self.ws_connection.stream
-        if stream.closed():
-            return
-        try:
-            stream.write(frame)
-        except tornado.iostream.StreamBufferFullError:
-            self._slow_consumer(len(stream._write_buffer))
-        except tornado.iostream.StreamClosedError:
-            pass
-
-    def _send_compressed(self, data: str | bytes) -> None:
+        data = wire(message) if isinstance(message, Packet) else message
         try:
             future = self.write_message(data, binary=isinstance(data, bytes))
         except tornado.websocket.WebSocketClosedError:
@@ -270,22 +258,9 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
         size = len(data)
         self._pending_bytes += size
         if self._pending_bytes > self.engine.options.max_outbound_bytes:
-            self._slow_consumer(self._pending_bytes)
+            self.engine.cut_off(self, self._pending_bytes)
             return
         future.add_done_callback(lambda _f, n=size: self._sent(n))
-
-    def _slow_consumer(self, unsent: int) -> None:
-        log.warning("session %s: slow consumer (%d bytes unsent), closing",
-                    self.session.sid if self.session else "?", unsent)
-        self.engine.slow_consumers += 1
-        # the close frame must not hit the limit it reports; Tornado gives the client 5 s to
-        # answer it, then drops the connection and the buffer with it
-        if self.ws_connection is not None:
-            self.ws_connection.stream.max_write_buffer_size = None
-        # 1008 policy violation, with the reason a client's close event shows
-        self.close_transport(1008, "outbound buffer full")
-        if self.session is not None:  # gone now: nothing more is written to it
-            self.session.close(self.engine.reason.TRANSPORT_ERROR, notify_client=False)
 
     def _sent(self, size: int) -> None:
         self._pending_bytes -= size

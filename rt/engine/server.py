@@ -97,6 +97,33 @@ class EngineServer:
         session.start_heartbeat()
         return session
 
+    async def open_websocket(self, ws, environ: dict, upgrade_sid: str | None
+                             ) -> EngineSession | None:
+        """A websocket is accepted: a new session on it, or the probe of an upgrade."""
+        if upgrade_sid is None:
+            try:
+                return await self.create_session(environ, "websocket", ws=ws)
+            except HandshakeError:
+                ws.close_transport()
+                return None
+        session = self.sessions.get(upgrade_sid)
+        if session is None or not session.can_upgrade():  # changed while accepting
+            ws.close_transport()
+            return None
+        session.attach_websocket(ws)
+        return session
+
+    def cut_off(self, ws, unsent: int) -> None:
+        """A websocket's unsent output passed max_outbound_bytes: the client is too slow."""
+        session = ws.session
+        log.warning("session %s: slow consumer (%d bytes unsent), closing",
+                    session.sid if session is not None else "?", unsent)
+        self.slow_consumers += 1
+        # 1008 policy violation, with the reason a client's close event shows
+        ws.close_transport(1008, "outbound buffer full")
+        if session is not None:  # gone now: nothing more is written to it
+            session.close(self.reason.TRANSPORT_ERROR, notify_client=False)
+
     def lookup(self, sid: str) -> EngineSession:
         session = self.sessions.get(sid)
         if session is None:

@@ -83,7 +83,7 @@ class EngineSession:
         self._probe_ws = None  # a websocket that is probing for an upgrade
         self._poll: asyncio.Future | None = None  # the GET waiting for packets
         self._posting = False
-        self._inbox: deque = deque()
+        self._inbox: deque | None = None  # made on the first message: most sessions are idle
         self._consumer: asyncio.Task | None = None
         self._ping_handle: asyncio.TimerHandle | None = None
         self._pong_handle: asyncio.TimerHandle | None = None
@@ -316,9 +316,7 @@ class EngineSession:
         if ptype != PONG:
             self._extend_pong_deadline()
         if ptype == MESSAGE:
-            self._inbox.append(data)
-            if self._consumer is None:
-                self._consumer = asyncio.ensure_future(self._consume())
+            self._enqueue(data)
         elif ptype == PONG:
             self._on_pong()
         elif ptype == CLOSE:
@@ -332,6 +330,13 @@ class EngineSession:
         elif ptype not in (OPEN, UPGRADE, NOOP):  # pragma: no cover - decode_packet bounds it
             return False
         return not self.closed
+
+    def _enqueue(self, item) -> None:
+        if self._inbox is None:
+            self._inbox = deque()
+        self._inbox.append(item)
+        if self._consumer is None:
+            self._consumer = asyncio.ensure_future(self._consume())
 
     async def _consume(self) -> None:
         consuming.set(self)
@@ -350,6 +355,8 @@ class EngineSession:
                     log.exception("session %s: message handler failed", self.sid)
         finally:
             self._consumer = None
+            if not self._inbox:
+                self._inbox = None  # an empty deque still holds a block of 64 slots
 
     # ---------------------------------------------------------------- close
     def close(self, reason: str = Reason.SERVER_DISCONNECT, notify_client: bool = True,
@@ -357,7 +364,7 @@ class EngineSession:
         """Close once. The disconnect handler runs after messages received before.
         `drop_pending`: a message being handled was a protocol error (found above
         Engine.IO), so those received after it are dropped, as the reference server does."""
-        if drop_pending:
+        if drop_pending and self._inbox:
             self._inbox = deque(item for item in self._inbox if item is _CLOSED)
         if self.closed:
             return
@@ -392,9 +399,7 @@ class EngineSession:
             self._wake_poll()
             if not notify_client:
                 self.server.forget(self)
-        self._inbox.append(_CLOSED)
-        if self._consumer is None:
-            self._consumer = asyncio.ensure_future(self._consume())
+        self._enqueue(_CLOSED)
 
     def cancel_linger(self) -> None:
         if self._linger_handle is not None:

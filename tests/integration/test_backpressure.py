@@ -102,7 +102,7 @@ async def test_slow_reader_gets_every_message_in_order(tmp_path):
         engine = h.app.sio.engine
         session = next(iter(engine.sessions.values()))
         # the kernel took only part: the rest waits in the server's buffer, not lost
-        assert len(session.ws.ws_connection.stream._write_buffer) > 0
+        assert session.ws.unsent() > 0
         got = []
         while len(got) < count:
             name, data = event_of(await ws.recv())
@@ -145,7 +145,7 @@ async def test_stalled_reader_is_cut_off_and_others_unaffected(tmp_path):
                 before_close.append(event_of(await ws.recv())[1]["i"])
         assert "03f0" in str(closed.value) and "outbound buffer full" in str(closed.value)
         assert before_close == list(range(len(before_close)))  # a prefix, in order
-        assert 0 < len(before_close) < sent
+        assert 0 < len(before_close) <= sent
         for i in range(sent, count):  # the others go on as before
             await send(i)
         assert received == list(range(count))

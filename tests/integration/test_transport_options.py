@@ -21,7 +21,7 @@ async def test_tcp_nodelay_on_websocket_and_polling(tmp_path):
     async with running(tmp_path) as h:
         c = await h.connect(await h.user("a"))
         ws = only_session(h).ws
-        sock = ws.ws_connection.stream.socket
+        sock = ws.socket()
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
         await c.disconnect()
         await asyncio.sleep(0.1)

@@ -1,0 +1,270 @@
+"""The websocket transport of a session: RFC 6455 framing on an asyncio transport.
+
+Tornado performs the HTTP upgrade (routing, origin checks, the handshake errors of the
+Engine.IO specification); the accepted socket then leaves Tornado for an asyncio protocol.
+Tornado's websocket keeps a chain of coroutines, a handler, the request and an IOStream
+alive per connection and pays a Future and a callback per frame written; here a connection
+is this object and its transport (uvloop's, in C, when the appliance runs on uvloop), a read
+is a callback, and a write goes to the socket at once or into the transport's buffer.
+
+Only unextended websockets come here; with per-message compression on, Tornado's own
+implementation serves the connection (handler.py).
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import logging
+import socket
+import struct
+from typing import Callable
+
+from tornado.util import _websocket_mask  # Tornado's C speed-up where it is built
+
+from .protocol import websocket_frame
+
+log = logging.getLogger("rt.conn")
+
+OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+_DATA_OPS = (OP_CONTINUATION, OP_TEXT, OP_BINARY)
+_CONTROL_OPS = (OP_CLOSE, OP_PING, OP_PONG)
+
+# close codes (RFC 6455 §7.4.1)
+NORMAL, GOING_AWAY, PROTOCOL_ERROR, INVALID_DATA, POLICY, TOO_BIG = 1000, 1001, 1002, 1007, 1008, 1009
+
+# after our close frame, how long the client has to answer before the connection is dropped
+CLOSE_TIMEOUT_S = 5.0
+
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def accept_value(key: str) -> str:
+    """Sec-WebSocket-Accept for a client's Sec-WebSocket-Key."""
+    return base64.b64encode(hashlib.sha1(key.encode("latin-1") + _GUID).digest()).decode()
+
+
+def handshake_response(key: str) -> bytes:
+    return ("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Accept: {accept_value(key)}\r\n\r\n").encode("latin-1")
+
+
+def _close_payload(code: int | None, reason: str | None) -> bytes:
+    if code is None:
+        return b""
+    return struct.pack("!H", code) + (reason or "").encode("utf-8")[:123]
+
+
+def _valid_close_code(code: int) -> bool:
+    return code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011) or 3000 <= code <= 4999
+
+
+class WebSocket(asyncio.Protocol):
+    """One accepted websocket. The session it serves talks to it like to any transport:
+    `send_wire_frame`, `send_frame`, `close_transport`, `probed`; it reports messages with
+    `session.on_ws_message(self, msg)` and its end with `session.on_ws_closed(self)`."""
+
+    __slots__ = ("max_message", "max_outbound", "on_slow_consumer", "session", "probed",
+                 "transport", "_buf", "_fragments", "_fragment_op", "_fragment_size",
+                 "_closing", "_close_timer", "_lost")
+
+    def __init__(self, max_message: int, max_outbound: int,
+                 on_slow_consumer: Callable[[WebSocket, int], None]):
+        self.max_message = max_message
+        self.max_outbound = max_outbound
+        self.on_slow_consumer = on_slow_consumer
+        self.session = None  # set once the session is open; reading waits until then
+        self.probed = False  # upgrade probe seen (this websocket is upgrading a session)
+        self.transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._fragments: list[bytes] | None = None
+        self._fragment_op = 0
+        self._fragment_size = 0
+        self._closing = False  # our close frame is sent: no more data either way
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._lost = False
+
+    # ---------------------------------------------------------------- asyncio
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # small frames must not wait for the peer's delayed ACK (Nagle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        if self.session is not None:
+            self._parse()
+
+    def eof_received(self) -> bool:
+        return False  # the peer is gone for reading: close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._closing = True
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        self._buf = bytearray()
+        self._fragments = None
+        if self.session is not None:
+            self.session.on_ws_closed(self)
+
+    def pause_writing(self) -> None:  # the outbound limit is checked on every write instead
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+    # ---------------------------------------------------------------- session side
+    def start(self, session) -> None:
+        """The session is open: messages flow from now on (some may be buffered already)."""
+        self.session = session
+        if self._buf and not self._lost:
+            self._parse()
+
+    def send_frame(self, data: str | bytes) -> None:
+        self.send_wire_frame(websocket_frame(data), data)
+
+    def send_wire_frame(self, frame: bytes, message=None) -> None:
+        """Write a framed message (a broadcast builds the frame once for all recipients).
+        The transport sends at once what the kernel takes and buffers the rest; a client
+        whose unsent output passes the limit is a slow consumer and is cut off."""
+        transport = self.transport
+        if self._closing or transport is None:
+            return
+        transport.write(frame)
+        unsent = transport.get_write_buffer_size()
+        if unsent > self.max_outbound:
+            self.on_slow_consumer(self, unsent)
+
+    def unsent(self) -> int:
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+
+    def socket(self):
+        return self.transport.get_extra_info("socket") if self.transport is not None else None
+
+    def close_transport(self, code: int | None = None, reason: str | None = None) -> None:
+        """Start the closing handshake: our close frame after what is queued, then the
+        client's answer closes the connection (or the timeout drops it)."""
+        if self._closing or self.transport is None:
+            return
+        self._closing = True
+        self._write_control(OP_CLOSE, _close_payload(code, reason))
+        loop = asyncio.get_running_loop()
+        self._close_timer = loop.call_later(CLOSE_TIMEOUT_S, self._abort)
+
+    def _abort(self) -> None:
+        self._close_timer = None
+        if self.transport is not None and not self._lost:
+            self.transport.abort()
+
+    def _fail(self, code: int, why: str) -> None:
+        """A protocol violation by the client: say why and close (RFC 6455 §7.1.7)."""
+        log.info("websocket %s: %s, closing with %d",
+                 self.session.sid if self.session is not None else "?", why, code)
+        self._buf = bytearray()
+        self._fragments = None
+        if not self._closing:
+            self.close_transport(code, why)
+        self._finish()
+
+    def _finish(self) -> None:
+        """Close the TCP connection once what is buffered (our close frame) is written."""
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        if self.transport is not None and not self._lost:
+            self.transport.close()
+
+    def _write_control(self, opcode: int, payload: bytes) -> None:
+        self.transport.write(struct.pack("!BB", 0x80 | opcode, len(payload)) + payload)
+
+    # ---------------------------------------------------------------- inbound frames
+    def _parse(self) -> None:
+        buf = self._buf
+        while not self._lost:
+            have = len(buf)
+            if have < 2:
+                return
+            b0, b1 = buf[0], buf[1]
+            opcode, size, pos = b0 & 0x0F, b1 & 0x7F, 2
+            if size == 126:
+                if have < 4:
+                    return
+                size, pos = (buf[2] << 8) | buf[3], 4
+            elif size == 127:
+                if have < 10:
+                    return
+                size, pos = int.from_bytes(buf[2:10], "big"), 10
+            if b0 & 0x70:
+                return self._fail(PROTOCOL_ERROR, "reserved bits set (no extension agreed)")
+            if not b1 & 0x80:
+                return self._fail(PROTOCOL_ERROR, "unmasked client frame")
+            if opcode in _CONTROL_OPS:
+                if not b0 & 0x80 or size > 125:
+                    return self._fail(PROTOCOL_ERROR, "fragmented or oversized control frame")
+            elif opcode not in _DATA_OPS:
+                return self._fail(PROTOCOL_ERROR, f"unknown opcode {opcode}")
+            elif size + self._fragment_size > self.max_message:
+                # refused before its bytes arrive: nothing of it is buffered
+                return self._fail(TOO_BIG, "message too big")
+            end = pos + 4 + size
+            if have < end:
+                return
+            payload = _websocket_mask(bytes(buf[pos:pos + 4]), bytes(buf[pos + 4:end]))
+            del buf[:end]
+            self._frame(b0 & 0x80, opcode, payload)
+
+    def _frame(self, fin: int, opcode: int, payload: bytes) -> None:
+        if opcode == OP_PING:
+            if not self._closing:
+                self._write_control(OP_PONG, payload)
+            return
+        if opcode == OP_PONG:
+            return
+        if opcode == OP_CLOSE:
+            return self._on_close_frame(payload)
+        if self._closing:
+            return  # after our close frame, data is discarded (RFC 6455 §1.4)
+        if opcode == OP_CONTINUATION:
+            if self._fragments is None:
+                return self._fail(PROTOCOL_ERROR, "continuation without a message")
+            self._fragments.append(payload)
+            self._fragment_size += len(payload)
+            if not fin:
+                return
+            opcode, payload = self._fragment_op, b"".join(self._fragments)
+            self._fragments, self._fragment_size = None, 0
+        elif self._fragments is not None:
+            return self._fail(PROTOCOL_ERROR, "new message inside a fragmented one")
+        elif not fin:
+            self._fragments, self._fragment_op, self._fragment_size = [payload], opcode, len(payload)
+            return
+        if opcode == OP_TEXT:
+            try:
+                message = payload.decode("utf-8")
+            except UnicodeDecodeError:
+                return self._fail(INVALID_DATA, "text message is not UTF-8")
+        else:
+            message = payload
+        self.session.on_ws_message(self, message)
+
+    def _on_close_frame(self, payload: bytes) -> None:
+        if self._closing:  # the answer to ours: done
+            return self._finish()
+        code = None
+        if len(payload) == 1:
+            return self._fail(PROTOCOL_ERROR, "malformed close frame")
+        if len(payload) >= 2:
+            code = struct.unpack("!H", payload[:2])[0]
+            try:
+                payload[2:].decode("utf-8")
+            except UnicodeDecodeError:
+                return self._fail(INVALID_DATA, "close reason is not UTF-8")
+            if not _valid_close_code(code):
+                return self._fail(PROTOCOL_ERROR, f"invalid close code {code}")
+        self._closing = True
+        self._write_control(OP_CLOSE, _close_payload(NORMAL if code is None else code, None))
+        self._finish()
