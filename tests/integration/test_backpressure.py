@@ -3,80 +3,17 @@ order; one that stops reading is cut off at `max_outbound_bytes`, counted, and c
 others nothing.
 
 The slow clients are raw websockets with a small receive buffer, so the kernel's buffers
-fill and the server's own buffering (partial writes, then the IOStream) is exercised.
+fill and the server's own buffering (the transport's write buffer) is exercised.
 """
 import asyncio
-import base64
-import os
-import socket
-import struct
 
 import orjson
 import pytest
 
 from tests.support.appliance import WAIT, running
+from tests.support.raw_ws import Closed, RawWebSocket
 
 pytestmark = pytest.mark.asyncio
-
-
-class RawWebSocket:
-    """A minimal Engine.IO websocket client that reads only when told to."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        self.reader, self.writer = reader, writer
-
-    @classmethod
-    async def open(cls, port: int, path: str, token: str) -> "RawWebSocket":
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: small window
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-        reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
-        key = base64.b64encode(os.urandom(16)).decode()
-        writer.write((f"GET {path}/?EIO=4&transport=websocket HTTP/1.1\r\n"
-                      f"Host: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                      f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
-        assert head.startswith(b"HTTP/1.1 101"), head
-        ws = cls(reader, writer)
-        assert (await ws.recv())[:1] == "0"  # Engine.IO open
-        ws.send("40" + orjson.dumps({"token": token}).decode())
-        assert (await ws.recv()).startswith("40")  # Socket.IO connect accepted
-        return ws
-
-    def send(self, text: str) -> None:
-        payload = text.encode()
-        mask = os.urandom(4)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        assert len(payload) <= 0xFFFF
-        head = (struct.pack("!BB", 0x81, 0x80 | len(payload)) if len(payload) < 126
-                else struct.pack("!BBH", 0x81, 0x80 | 126, len(payload)))
-        self.writer.write(head + mask + masked)
-
-    async def frame(self) -> tuple[int, bytes]:
-        head = await asyncio.wait_for(self.reader.readexactly(2), WAIT)
-        opcode, size = head[0] & 0x0F, head[1] & 0x7F
-        if size == 126:
-            size = struct.unpack("!H", await self.reader.readexactly(2))[0]
-        elif size == 127:
-            size = struct.unpack("!Q", await self.reader.readexactly(8))[0]
-        return opcode, await asyncio.wait_for(self.reader.readexactly(size), WAIT)
-
-    async def recv(self) -> str:
-        """The next text message; answers pings so the session stays alive."""
-        while True:
-            opcode, data = await self.frame()
-            if opcode == 0x8:
-                raise ConnectionError(f"closed {data[:2].hex()} {data[2:]!r}")
-            text = data.decode()
-            if text == "2":
-                self.send("3")
-                continue
-            return text
-
-    def close(self) -> None:
-        self.writer.close()
-        self.writer.transport.abort()
 
 
 def event_of(message: str) -> list:
@@ -138,12 +75,12 @@ async def test_stalled_reader_is_cut_off_and_others_unaffected(tmp_path):
             sent += 1
         await eventually(lambda: len(h.app.gateway.identities) == 1)  # its disconnect ran
         # what it reads now (what the kernel held, then the rest of the server's buffer)
-        # ends with the close frame that says why: 1008 (0x03f0) and the reason
+        # ends with the close frame that says why
         before_close = []
-        with pytest.raises(ConnectionError) as closed:
+        with pytest.raises(Closed) as closed:
             while True:
                 before_close.append(event_of(await ws.recv())[1]["i"])
-        assert "03f0" in str(closed.value) and "outbound buffer full" in str(closed.value)
+        assert (closed.value.code, closed.value.reason) == (1008, "outbound buffer full")
         assert before_close == list(range(len(before_close)))  # a prefix, in order
         assert 0 < len(before_close) <= sent
         for i in range(sent, count):  # the others go on as before
