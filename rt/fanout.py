@@ -1,9 +1,15 @@
-"""Local delivery of an emit: encoded once, queued on every recipient without a task each.
+"""Rooms and the local delivery of an emit: encoded once, queued on every recipient without
+a task each.
 
 python-socketio's `AsyncManager.emit` creates one asyncio task per recipient and awaits them
 all; for a 1000-member room that is 1000 tasks per message, most of the CPU of a fan-out.
 Our engine's send never waits (it writes to the socket buffer or queues for the next
 poll), so the packet, encoded once, is handed to each session in turn, in one task.
+
+Rooms are indexed both ways. python-socketio finds a session's rooms (on every `rooms(sid)`
+and at every disconnect) by scanning every room of the namespace, which is O(all rooms) per
+call; here each session's rooms are kept with it. And the room of a session's own sid, which
+python-socketio keeps as one two-way dict per connection, is implied by the connection.
 
 Used as a mixin ahead of `socketio.AsyncManager` in both client managers (in memory and on
 Redis, where the pub/sub layer calls this for the local part of every emit).
@@ -19,6 +25,62 @@ class FanoutMixin(socketio.AsyncManager):
     # node-to-node control messages (e.g. "cancel that chat stream"): on one node there is
     # nobody to tell; the Redis manager carries them on its pub/sub channel
     multi_node = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._rooms_of: dict[str, set] = {}  # sid → its named rooms, its sid room included
+
+    # ---------------------------------------------------------------- rooms
+    def basic_enter_room(self, sid, namespace, room, eio_sid=None):
+        if room is None or room != sid:
+            super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+        elif sid not in self.rooms.get(namespace, {}).get(None, ()):
+            raise ValueError("sid is not connected to requested namespace")
+        if room is not None:
+            self._rooms_of.setdefault(sid, set()).add(room)
+
+    def basic_leave_room(self, sid, namespace, room):
+        if room is None or room != sid:
+            super().basic_leave_room(sid, namespace, room)
+        if room is not None:
+            mine = self._rooms_of.get(sid)
+            if mine is not None:
+                mine.discard(room)
+                if not mine:
+                    del self._rooms_of[sid]
+
+    def basic_disconnect(self, sid, namespace, **kwargs):
+        for room in list(self._rooms_of.get(sid, ())):
+            self.basic_leave_room(sid, namespace, room)
+        # what remains is python-socketio's own bookkeeping: the namespace's room of all
+        # sessions, callbacks, pending lists; its scan finds only that one room now
+        super().basic_disconnect(sid, namespace, **kwargs)
+
+    def get_rooms(self, sid, namespace):
+        if sid not in self.rooms.get(namespace, {}).get(None, ()):
+            return []
+        return list(self._rooms_of.get(sid, ()))
+
+    def in_room(self, sid, room) -> bool:
+        return room in self._rooms_of.get(sid, ())
+
+    def has_room(self, namespace, room) -> bool:
+        """Whether `room` (a named room or a sid) has a member on this node."""
+        rooms = self.rooms.get(namespace)
+        return bool(rooms) and (room in rooms or room in rooms.get(None, ()))
+
+    def get_participants(self, namespace, room):
+        rooms = self.rooms.get(namespace, {})
+        everyone = rooms.get(None)
+        names = room if hasattr(room, "__len__") and not isinstance(room, str) else [room]
+        participants: dict = {}
+        for name in names:
+            members = rooms.get(name)
+            if members is not None:
+                participants.update(members._fwdm)
+            elif everyone is not None and name in everyone:  # the room of a sid
+                participants[name] = everyone[name]
+        yield from participants.items()
 
     def on_control(self, kind: str, handler) -> None:
         self.__dict__.setdefault("_control_handlers", {})[kind] = handler

@@ -226,10 +226,9 @@ class RedisClientManager(socketio.AsyncRedisManager, FanoutMixin):
 
     def _has_local_target(self, data: dict) -> bool:
         """Whether an emit can reach a session of this node: its namespace has sessions
-        here and (for a room emit) one of its rooms has a member here. Rooms and sids are
-        both keys of `self.rooms[namespace]` (every session is in the room of its sid)."""
-        rooms = self.rooms.get(data.get("namespace") or "/")
-        if not rooms:
+        here and (for a room emit) one of its rooms, or sids, has a member here."""
+        namespace = data.get("namespace") or "/"
+        if not self.rooms.get(namespace):
             return False
         target = data.get("room")
         if target is None:
