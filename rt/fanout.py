@@ -50,11 +50,19 @@ class FanoutMixin(socketio.AsyncManager):
                     del self._rooms_of[sid]
 
     def basic_disconnect(self, sid, namespace, **kwargs):
+        # python-socketio's own version scans (a copy of) every room of the namespace
+        if namespace not in self.rooms:
+            return
         for room in list(self._rooms_of.get(sid, ())):
             self.basic_leave_room(sid, namespace, room)
-        # what remains is python-socketio's own bookkeeping: the namespace's room of all
-        # sessions, callbacks, pending lists; its scan finds only that one room now
-        super().basic_disconnect(sid, namespace, **kwargs)
+        self.basic_leave_room(sid, namespace, None)
+        self.callbacks.pop(sid, None)
+        for pending in (self.pending_connect, self.pending_disconnect):
+            waiting = pending.get(namespace)
+            if waiting and sid in waiting:
+                waiting.remove(sid)
+                if not waiting:
+                    del pending[namespace]
 
     def get_rooms(self, sid, namespace):
         if sid not in self.rooms.get(namespace, {}).get(None, ()):

@@ -48,3 +48,14 @@ async def test_leave_disconnect_and_close_room_leave_nothing_behind():
     assert dict(mgr.get_participants("/", None)) == {b: "eb"}
     await mgr.disconnect(b, "/")
     assert mgr.rooms == {} and mgr._rooms_of == {}
+
+
+async def test_disconnect_while_connecting_or_disconnecting_clears_the_pending_lists():
+    mgr, (a,) = await manager_with("ea")
+    b = await mgr.pre_connect("eb", "/")  # refused or gone before its connect completed
+    assert mgr.is_pre_connected(b, "/")
+    await mgr.disconnect(b, "/")
+    assert "/" not in mgr.pending_connect and mgr.get_rooms(b, "/") == []
+    mgr.pre_disconnect(a, "/")
+    await mgr.disconnect(a, "/")
+    assert mgr.pending_disconnect == {} and mgr.rooms == {}
