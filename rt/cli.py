@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import re
@@ -103,6 +104,11 @@ def _serve(settings, reload_settings) -> int:
         except (BackendError, StoreError, OSError) as exc:
             print(f"cannot start: {exc}", file=sys.stderr)
             return EXIT_FAILURE
+        # Everything alive now (modules, the app, its services) lives as long as the
+        # process. Frozen, the cyclic collector never walks it again: a full collection
+        # over the ~70k start-up objects took 20 ms, a pause every client then waited out.
+        gc.collect()
+        gc.freeze()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

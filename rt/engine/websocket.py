@@ -108,8 +108,12 @@ class WebSocket(asyncio.Protocol):
             self._close_timer = None
         self._buf = bytearray()
         self._fragments = None
-        if self.session is not None:
-            self.session.on_ws_closed(self)
+        session, self.session = self.session, None
+        # no cycles left (session <-> websocket <-> transport): a closed connection is freed
+        # at once by reference counting, not by a later pass of the cyclic collector
+        self.transport = None
+        if session is not None:
+            session.on_ws_closed(self)
 
     def pause_writing(self) -> None:  # the outbound limit is checked on every write instead
         pass
@@ -120,8 +124,11 @@ class WebSocket(asyncio.Protocol):
     # ---------------------------------------------------------------- session side
     def start(self, session) -> None:
         """The session is open: messages flow from now on (some may be buffered already)."""
+        if self._lost:  # the client went away while the session was being opened
+            session.on_ws_closed(self)
+            return
         self.session = session
-        if self._buf and not self._lost:
+        if self._buf:
             self._parse()
 
     def send_frame(self, data: str | bytes) -> None:
