@@ -256,6 +256,7 @@ class Appliance:
             log.warning("graceful stop took longer than %.1f s; closing now", deadline)
         finally:
             await self.tasks.stop()
+            await self.usage.close()  # a coalesced usage broadcast still pending
             await self.backend.stop()
             if self.metrics_http is not None:
                 self.metrics_http.stop()

@@ -367,6 +367,17 @@ class LimitsSettings:
     usage_ttl: float = opt(
         "3", POSITIVE, "Seconds a model stays in use after a session's last usage event.",
         reload=True)
+    usage_models_per_connection: int = opt(
+        "8", integer(1), "Models one session may hold in the usage set at once; a usage "
+        "event for another model is refused (rate_limited) until one expires. A tab uses "
+        "one model at a time, a multi-model chat a few.", reload=True)
+    usage_models_max: int = opt(
+        "1000", integer(1), "Distinct models in the usage set (cluster-wide in Redis mode); "
+        "a usage event naming a new model beyond it is refused (rate_limited). Bounds the "
+        "'usage' list every client receives.", reload=True)
+    chat_reads_per_user: int = opt(
+        "5000", integer(1), "Chat read markers (events:chat last_read_at) kept per user; "
+        "marking one more chat removes the user's oldest marker.", reload=True)
     call_timeout_max: float = opt(
         "60", POSITIVE, "Default and upper bound of timeout_s of POST /api/v1/call, in seconds.",
         reload=True)

@@ -16,7 +16,7 @@ from socketio.exceptions import ConnectionRefusedError as Refused
 from . import payloads as p
 from . import rooms
 from .auth import AuthError, Identity, TokenVerifier
-from .backends import Store
+from .backends import Store, UsageFull
 from .channels import ChannelService
 from .directory import can_read
 from .limits import Limits
@@ -225,7 +225,10 @@ class Gateway:
         model = p.ident(data, "model")
         p.ident(data, "chat_id", required=False)
         p.text(data, "action", max_len=64)
-        await self.usage.touch(model, sid)
+        try:
+            await self.usage.touch(model, sid, *self.limits.usage_caps())
+        except UsageFull as exc:
+            raise self.limits.usage_refused(exc.scope) from None
 
     async def channel_event(self, sid: str, identity: Identity, data: Any) -> None:
         data = p.obj(data)
@@ -245,4 +248,6 @@ class Gateway:
         kind = p.text(inner, "type", max_len=64, required=True)
         if kind != "last_read_at":
             raise p.BadRequest(f"unsupported chat event type {kind!r}")
-        await self.store.set_chat_read(chat_id, identity.id, self.channels.clock())
+        # bounded per user: one more chat evicts the user's oldest marker
+        await self.store.set_chat_read(chat_id, identity.id, self.channels.clock(),
+                                       keep=self.limits.s.chat_reads_per_user)

@@ -70,6 +70,21 @@ class Limits:
         if current + 1 > self.s.max_documents_per_connection:
             raise self._refuse("documents", "this connection has joined too many documents")
 
+    # ---------------------------------------------------------------- models in use
+    def usage_caps(self) -> tuple[int, int]:
+        """(models per connection, models in all): checked by the usage registry itself,
+        atomically with the write (in Redis mode other nodes touch the same set)."""
+        return self.s.usage_models_per_connection, self.s.usage_models_max
+
+    def usage_refused(self, scope: str) -> RateLimited:
+        """The refusal of a usage event over a cap (`UsageFull.scope`), counted."""
+        if scope == "connection":
+            return self._refuse("usage_models_per_connection",
+                                "this connection uses too many models at once "
+                                f"(at most {self.s.usage_models_per_connection})")
+        return self._refuse("usage_models", "too many models are in use "
+                                            f"(at most {self.s.usage_models_max})")
+
     # ---------------------------------------------------------------- HTTP API
     def check_api(self, ip: str, body_bytes: int) -> str | None:
         """None when allowed, else the error code ('too_large' or 'rate_limited')."""

@@ -10,12 +10,28 @@ Timestamps are float seconds since the epoch. Ids are non-empty strings.
 """
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 
 class StoreError(Exception):
     """The store cannot do what was asked (disk full, read-only, unreachable)."""
+
+
+# Set by a caller that must hear when an emit did not reach the other nodes (the HTTP API:
+# a backend told 202 must be able to trust it). A multi-node client manager then raises
+# StoreError where it otherwise logs the failed publish and drops the cross-node part.
+delivery_required: ContextVar[bool] = ContextVar("delivery_required", default=False)
+
+
+class UsageFull(Exception):
+    """A usage touch refused by a cap; nothing changed. `scope` is "connection" (the
+    session holds its maximum of models) or "total" (the set holds its maximum)."""
+
+    def __init__(self, scope: str) -> None:
+        super().__init__(scope)
+        self.scope = scope
 
 
 @dataclass(frozen=True)
@@ -88,7 +104,12 @@ class Store(Protocol):
     async def get_channel_read(self, channel_id: str, user_id: str) -> float | None: ...
 
     # chats -----------------------------------------------------------------------------
-    async def set_chat_read(self, chat_id: str, user_id: str, at: float) -> None: ...
+    async def set_chat_read(self, chat_id: str, user_id: str, at: float,
+                            keep: int | None = None) -> None:
+        """Record the user's read time of the chat. With `keep`, marking a chat the user
+        had no marker for leaves at most `keep` markers of that user: the oldest others
+        (by time, ties by chat id) are removed, never the one just written."""
+
     async def get_chat_read(self, chat_id: str, user_id: str) -> float | None: ...
     async def put_chat_message(self, message: ChatMessage) -> None: ...
     async def get_chat_message(self, chat_id: str, message_id: str) -> ChatMessage | None: ...
@@ -130,12 +151,30 @@ class PresenceRegistry(Protocol):
 class UsageRegistry(Protocol):
     """Which models are in use now: entries that expire `ttl` seconds after their last touch."""
 
-    async def touch(self, model: str, sid: str, now: float) -> bool:
-        """True when the set of models in use changed."""
+    # The clock that `now` and `older_than` are read from, chosen here and nowhere else. A
+    # registry of one node uses time.monotonic: a wall-clock step (NTP, an operator) must
+    # neither keep entries alive nor expire them all at once. A registry shared by nodes
+    # uses time.time: one node writes an entry's time and another node's sweep compares it,
+    # and only the wall clock is common to both (monotonic clocks differ per machine).
+    clock: Callable[[], float]
+    # True when other nodes change (and broadcast) the same set.
+    shared: bool
+
+    async def touch(self, model: str, sid: str, now: float, max_per_sid: int | None = None,
+                    max_models: int | None = None) -> bool:
+        """True when the set of models in use changed. Refreshing an entry the session
+        already holds always succeeds; a new one raises UsageFull (and changes nothing)
+        when the session holds `max_per_sid` models already, or when the model is new and
+        the set holds `max_models` models."""
 
     async def drop_sid(self, sid: str) -> bool: ...
     async def expire(self, older_than: float) -> bool: ...
     async def models(self) -> list[str]: ...
+    async def snapshot(self) -> tuple[int, list[str]]:
+        """(version, models) read together; the version grows with every change of the
+        set (cluster-wide when shared), so equal versions mean the same set."""
+
+    async def version(self) -> int: ...
 
 
 class EditorRegistry(Protocol):

@@ -5,6 +5,11 @@ nothing here ever scans all sessions on a hot path.
 """
 from __future__ import annotations
 
+import time
+from typing import Callable
+
+from . import UsageFull
+
 
 class MemoryPresence:
     def __init__(self) -> None:
@@ -36,16 +41,30 @@ class MemoryPresence:
 
 
 class MemoryUsage:
-    def __init__(self) -> None:
+    # This node alone sees these entries: the monotonic clock, immune to wall-clock steps
+    # (see UsageRegistry.clock).
+    shared = False
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
         # model → {sid: last touch}
         self._pool: dict[str, dict[str, float]] = {}
         self._models_of: dict[str, set[str]] = {}
+        self._version = 0
 
-    async def touch(self, model: str, sid: str, now: float) -> bool:
+    async def touch(self, model: str, sid: str, now: float, max_per_sid: int | None = None,
+                    max_models: int | None = None) -> bool:
         entries = self._pool.get(model)
+        held = self._models_of.get(sid, ())
+        if model not in held:
+            if max_per_sid is not None and len(held) >= max_per_sid:
+                raise UsageFull("connection")
+            if entries is None and max_models is not None and len(self._pool) >= max_models:
+                raise UsageFull("total")
         changed = entries is None
         if entries is None:
             entries = self._pool[model] = {}
+            self._version += 1
         entries[sid] = now
         self._models_of.setdefault(sid, set()).add(model)
         return changed
@@ -59,6 +78,7 @@ class MemoryUsage:
                 if not entries:
                     del self._pool[model]
                     changed = True
+        self._version += changed
         return changed
 
     async def expire(self, older_than: float) -> bool:
@@ -75,10 +95,17 @@ class MemoryUsage:
             if not entries:
                 del self._pool[model]
                 changed = True
+        self._version += changed
         return changed
 
     async def models(self) -> list[str]:
         return sorted(self._pool)
+
+    async def snapshot(self) -> tuple[int, list[str]]:
+        return self._version, sorted(self._pool)
+
+    async def version(self) -> int:
+        return self._version
 
 
 class MemoryEditors:

@@ -23,23 +23,29 @@ Nothing here scans: every read goes through a hash or set of the thing asked abo
 Usage — models in use expire `ttl` seconds after their last touch, like the memory
 registry, but cluster-wide (tag `usage`):
 
-    P:{usage}:entries    zset  "<sid>\\0<model>" -> last touch (caller's clock)
+    P:{usage}:entries    zset  "<sid>\\0<model>" -> last touch (wall clock of the node)
     P:{usage}:by-sid     zset  same members, score 0 (lexical index: a sid's models)
     P:{usage}:models     hash  model -> number of entries
+    P:{usage}:version    string  bumped by every change of the set of models
 
 An entry's own time is its lease: the sessions of a dead node stop touching, so their
 entries expire within the usage ttl through any node's `expire()` sweep, and at once
-when the surviving node that reaps them calls `drop_sid()` for each dead sid.
+when the surviving node that reaps them calls `drop_sid()` for each dead sid. Times are
+wall-clock seconds (`RedisUsage.clock = time.time`): an entry written by one node is
+expired by another node's sweep, and the wall clock is the only clock they share. The
+caps (models per session, models in all) are checked inside the touch script, so nodes
+touching at once cannot pass them together.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import time
 import uuid
 from typing import Any
 
-from . import StoreError
+from . import StoreError, UsageFull
 from .redis_conn import AnyRedis, KeySpace
 from .redis_store import Lua, RedisUser as _RedisUser
 
@@ -367,12 +373,28 @@ def _chunks(items: list, n: int):
 
 # --- usage ------------------------------------------------------------------------------------
 
-# KEYS: entries, by-sid, models; ARGV: sid, model, now
+# KEYS: entries, by-sid, models, version; ARGV: sid, model, now, max per sid, max models
+# (0 = no cap). Returns 1 (the set changed), 0 (it did not), -1 / -2 (refused: the sid
+# holds its maximum / the set does).
 U_TOUCH = Lua("""
 local m = ARGV[1] .. '\\0' .. ARGV[2]
-if redis.call('ZADD', KEYS[1], ARGV[3], m) == 1 then
-  redis.call('ZADD', KEYS[2], 0, m)
-  if redis.call('HINCRBY', KEYS[3], ARGV[2], 1) == 1 then return 1 end
+if redis.call('ZSCORE', KEYS[1], m) then
+  redis.call('ZADD', KEYS[1], ARGV[3], m)
+  return 0
+end
+local per_sid, total = tonumber(ARGV[4]), tonumber(ARGV[5])
+if per_sid > 0 and redis.call('ZLEXCOUNT', KEYS[2], '[' .. ARGV[1] .. '\\0',
+                                  '(' .. ARGV[1] .. '\\1') >= per_sid then
+  return -1
+end
+local new_model = redis.call('HEXISTS', KEYS[3], ARGV[2]) == 0
+if new_model and total > 0 and redis.call('HLEN', KEYS[3]) >= total then return -2 end
+redis.call('ZADD', KEYS[1], ARGV[3], m)
+redis.call('ZADD', KEYS[2], 0, m)
+redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
+if new_model then
+  redis.call('INCR', KEYS[4])
+  return 1
 end
 return 0
 """)
@@ -390,33 +412,45 @@ local function forget(m, sidlen)
 end
 """
 
-# KEYS: entries, by-sid, models; ARGV: sid
+# KEYS: entries, by-sid, models, version; ARGV: sid
 U_DROP = Lua(_U_FORGET + """
 local sid = ARGV[1]
 for _, m in ipairs(redis.call('ZRANGEBYLEX', KEYS[2], '[' .. sid .. '\\0', '(' .. sid .. '\\1')) do
   forget(m, string.len(sid))
 end
+if changed == 1 then redis.call('INCR', KEYS[4]) end
 return changed
 """)
 
-# KEYS: entries, by-sid, models; ARGV: older_than, limit. Returns {changed, expired}.
+# KEYS: entries, by-sid, models, version; ARGV: older_than, limit. Returns {changed, expired}.
 U_EXPIRE = Lua(_U_FORGET + """
 local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1],
                         'LIMIT', 0, tonumber(ARGV[2]))
 for _, m in ipairs(gone) do
   forget(m, string.find(m, '\\0', 1, true) - 1)
 end
+if changed == 1 then redis.call('INCR', KEYS[4]) end
 return {changed, #gone}
+""")
+
+# KEYS: version, models. The version and the set, read together.
+U_SNAPSHOT = Lua("""
+return {redis.call('GET', KEYS[1]) or '0', redis.call('HKEYS', KEYS[2])}
 """)
 
 
 class RedisUsage(_RedisUser):
     """`UsageRegistry` shared by every node (see the module docstring)."""
 
+    # Shared by nodes: the wall clock, the one clock they have in common (see
+    # UsageRegistry.clock). A step of one node's clock shifts its entries' expiry.
+    clock = staticmethod(time.time)
+    shared = True
+
     def __init__(self, client: AnyRedis, keys: KeySpace, *, where: str = "Redis") -> None:
         super().__init__(client, keys, where)
         self._keys = [keys.key("usage", "entries"), keys.key("usage", "by-sid"),
-                      keys.key("usage", "models")]
+                      keys.key("usage", "models"), keys.key("usage", "version")]
 
     @staticmethod
     def _check(sid: str) -> str:
@@ -424,9 +458,15 @@ class RedisUsage(_RedisUser):
             raise ValueError("a session id cannot contain NUL")
         return sid
 
-    async def touch(self, model: str, sid: str, now: float) -> bool:
-        args = [self._check(sid), model, repr(float(now))]
-        return await self._lua(U_TOUCH, self._keys, args) == 1
+    async def touch(self, model: str, sid: str, now: float, max_per_sid: int | None = None,
+                    max_models: int | None = None) -> bool:
+        args = [self._check(sid), model, repr(float(now)), max_per_sid or 0, max_models or 0]
+        got = await self._lua(U_TOUCH, self._keys, args)
+        if got == -1:
+            raise UsageFull("connection")
+        if got == -2:
+            raise UsageFull("total")
+        return got == 1
 
     async def drop_sid(self, sid: str) -> bool:
         return await self._lua(U_DROP, self._keys, [self._check(sid)]) == 1
@@ -442,6 +482,13 @@ class RedisUsage(_RedisUser):
 
     async def models(self) -> list[str]:
         return sorted(_s(m) for m in await self._run(lambda c: c.hkeys(self._keys[2])))
+
+    async def snapshot(self) -> tuple[int, list[str]]:
+        version, models = await self._lua(U_SNAPSHOT, [self._keys[3], self._keys[2]])
+        return int(version), sorted(_s(m) for m in models)
+
+    async def version(self) -> int:
+        return int(await self._run(lambda c: c.get(self._keys[3])) or 0)
 
 
 class RedisEditors(_RedisUser):

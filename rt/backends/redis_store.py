@@ -10,8 +10,11 @@ are decimal text, times are `repr(float)` so they read back exactly):
       P:{dir}:members:<cid>         hash  uid -> last read time ('' = none yet)
       P:{dir}:user-channels:<uid>   set   cids: reverse index for channels_of_user
     chats (tag `chat:<chat id>`)
-      P:{chat:<id>}:reads           hash  uid -> time
       P:{chat:<id>}:messages        hash  message id -> JSON
+      P:{chat:<id>}:reads           hash  uid -> time (legacy read markers, see below)
+    read markers of a user (tag `chat-reads:<user id>`)
+      P:{chat-reads:<uid>}:at       zset  chat id -> time: bounded per user, the oldest
+                                    evicted first (ZADD + ZREMRANGEBYRANK in one script)
     notes (tag `note:<note id>`)
       P:{note:<id>}:note            hash  owner, read (JSON list), write (JSON list)
     documents, spread over DOC_BUCKETS slots (tag `docs:<crc32(id) % DOC_BUCKETS>`) so
@@ -26,8 +29,14 @@ all its keys share a slot). Where the keys depend on data (delete a user: every 
 they are in), the client reads that data, passes the keys, and the script re-checks it
 and answers "retry" if it changed meanwhile: scripts touch only the keys they declare.
 A document append is HINCRBY + RPUSH in one script, so sequence numbers strictly
-increase in log order whichever node appends. Durable means acknowledged by Redis; with
-`wait_replicas > 0` an append also waits (WAIT) until that many replicas have it.
+increase in log order whichever node appends. Chat read markers were kept per chat
+(`{chat:<id>}:reads`), where a user's markers cannot be counted; they now live per user.
+Markers written before are still read (a miss in the per-user set falls back to the old
+hash) and move to the per-user set the next time that chat is marked, which deletes the
+old field; no scan is needed, and no old field is created any more.
+
+Durable means acknowledged by Redis; with `wait_replicas > 0` an append also waits (WAIT)
+until that many replicas have it.
 """
 from __future__ import annotations
 
@@ -179,6 +188,26 @@ if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 end
 return 1
+""")
+
+# KEYS: chat-reads:<uid>; ARGV: chat id, time, keep (0 = unbounded). A chat the user had
+# no marker for makes one more: beyond `keep`, the oldest others go (by time, ties by chat
+# id: the sorted set's own order), never the one just set. Returns how many went.
+SET_CHAT_READ = Lua("""
+if redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) == 0 then return 0 end
+local keep = tonumber(ARGV[3])
+if keep <= 0 then return 0 end
+local extra = redis.call('ZCARD', KEYS[1]) - keep
+if extra <= 0 then return 0 end
+local r = redis.call('ZRANK', KEYS[1], ARGV[1])
+if r >= extra then
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, extra - 1)
+else
+  -- the new marker is among the oldest: drop the `extra` oldest around it
+  redis.call('ZREMRANGEBYRANK', KEYS[1], r + 1, extra)
+  if r > 0 then redis.call('ZREMRANGEBYRANK', KEYS[1], 0, r - 1) end
+end
+return extra
 """)
 
 # --- documents ----------------------------------------------------------------------------
@@ -429,10 +458,21 @@ class RedisStore(RedisUser):
     def _chat(self, chat_id: str, part: str) -> str:
         return self.keys.key(f"chat:{chat_id}", part)
 
-    async def set_chat_read(self, chat_id: str, user_id: str, at: float) -> None:
-        await self._run(lambda c: c.hset(self._chat(chat_id, "reads"), user_id, _t(at)))
+    def _reads(self, user_id: str) -> str:
+        return self.keys.key(f"chat-reads:{user_id}", "at")
+
+    async def set_chat_read(self, chat_id: str, user_id: str, at: float,
+                            keep: int | None = None) -> None:
+        await self._lua(SET_CHAT_READ, [self._reads(user_id)], [chat_id, _t(at), keep or 0])
+        # a marker from before the per-user layout must not outlive this one (its chat
+        # slot differs, so this is a second, idempotent step)
+        await self._run(lambda c: c.hdel(self._chat(chat_id, "reads"), user_id))
 
     async def get_chat_read(self, chat_id: str, user_id: str) -> float | None:
+        at = await self._run(lambda c: c.zscore(self._reads(user_id), chat_id))
+        if at is not None:
+            return float(at)
+        # not in the per-user set: maybe a marker written before it (see the docstring)
         return _f(await self._run(lambda c: c.hget(self._chat(chat_id, "reads"), user_id)))
 
     async def put_chat_message(self, message: ChatMessage) -> None:

@@ -90,6 +90,11 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (document_id, seq)
     ) WITHOUT ROWID;
     """,
+    # 2: chat read markers are bounded per user (set_chat_read(keep=)): counting a user's
+    # markers and finding the oldest ones goes through this index, not the whole table.
+    """
+    CREATE INDEX chat_reads_by_user ON chat_reads(user_id, at);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -376,13 +381,33 @@ class SqliteStore:
         return await self._run(run)
 
     # chats ---------------------------------------------------------------------------
-    async def set_chat_read(self, chat_id: str, user_id: str, at: float) -> None:
+    async def set_chat_read(self, chat_id: str, user_id: str, at: float,
+                            keep: int | None = None) -> None:
         def run(db: sqlite3.Connection) -> None:
-            db.execute(
-                "INSERT INTO chat_reads (chat_id, user_id, at) VALUES (?, ?, ?)"
-                " ON CONFLICT (chat_id, user_id) DO UPDATE SET at = excluded.at",
-                (chat_id, user_id, at),
-            )
+            with _transaction(db):
+                updated = db.execute(
+                    "UPDATE chat_reads SET at = ? WHERE chat_id = ? AND user_id = ?",
+                    (at, chat_id, user_id),
+                ).rowcount
+                if updated:
+                    return  # not one more marker: nothing to evict
+                db.execute(
+                    "INSERT INTO chat_reads (chat_id, user_id, at) VALUES (?, ?, ?)",
+                    (chat_id, user_id, at),
+                )
+                if keep is None:
+                    return
+                (count,) = db.execute(
+                    "SELECT COUNT(*) FROM chat_reads WHERE user_id = ?", (user_id,)
+                ).fetchone()
+                if count > keep:
+                    # the oldest others (by time, ties by chat id); never the one just set
+                    db.execute(
+                        "DELETE FROM chat_reads WHERE user_id = ?1 AND chat_id IN ("
+                        "  SELECT chat_id FROM chat_reads WHERE user_id = ?1 AND chat_id != ?2"
+                        "  ORDER BY at, chat_id LIMIT ?3)",
+                        (user_id, chat_id, count - keep),
+                    )
 
         await self._run(run)
 

@@ -4,13 +4,14 @@ nodes see one state, and the sessions of a node that stops heartbeating vanish."
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import pytest
 import pytest_asyncio
 
-from rt.backends import PresenceRegistry, StoreError, UsageRegistry
+from rt.backends import PresenceRegistry, StoreError, UsageFull, UsageRegistry
 from rt.backends.memory import MemoryPresence, MemoryUsage
 from rt.backends.redis_conn import AnyRedis, KeySpace, RedisTarget
 from rt.backends.redis_state import RedisPresence, RedisUsage
@@ -184,6 +185,62 @@ async def test_usage_sids_that_prefix_each_other(usage: UsageRegistry) -> None:
     assert await usage.models() == ["m2"]
 
 
+async def test_usage_models_per_session_cap(usage: UsageRegistry) -> None:
+    assert await usage.touch("m1", "s1", 1.0, max_per_sid=2) is True
+    assert await usage.touch("m2", "s1", 1.0, max_per_sid=2) is True
+    with pytest.raises(UsageFull) as refused:
+        await usage.touch("m3", "s1", 2.0, max_per_sid=2)
+    assert refused.value.scope == "connection"
+    assert await usage.models() == ["m1", "m2"]  # nothing changed
+    # refreshing what it holds is always fine; so is a model another session joins
+    assert await usage.touch("m2", "s1", 3.0, max_per_sid=2) is False
+    assert await usage.touch("m3", "s10", 3.0, max_per_sid=2) is True
+    # once one of its entries went, the session may take another model
+    assert await usage.expire(2.5) is True  # s1's m1 (at 1.0) expired
+    assert await usage.touch("m4", "s1", 4.0, max_per_sid=2) is True
+    assert await usage.models() == ["m2", "m3", "m4"]
+
+
+async def test_usage_distinct_models_cap(usage: UsageRegistry) -> None:
+    for i in range(3):
+        assert await usage.touch(f"m{i}", f"s{i}", 1.0, max_models=3) is True
+    with pytest.raises(UsageFull) as refused:
+        await usage.touch("m-new", "s9", 1.0, max_models=3)
+    assert refused.value.scope == "total"
+    # a model already in the set does not grow it: another session may use it
+    assert await usage.touch("m0", "s9", 1.0, max_models=3) is False
+    assert await usage.models() == ["m0", "m1", "m2"]
+    await usage.drop_sid("s1")
+    assert await usage.touch("m-new", "s9", 1.0, max_models=3) is True
+
+
+async def test_usage_version_grows_with_every_change_only(usage: UsageRegistry) -> None:
+    v0, models = await usage.snapshot()
+    assert models == [] and await usage.version() == v0
+    await usage.touch("m1", "s1", 1.0)
+    v1, models = await usage.snapshot()
+    assert v1 > v0 and models == ["m1"]
+    await usage.touch("m1", "s2", 1.0)  # same set
+    await usage.touch("m1", "s1", 2.0)
+    with pytest.raises(UsageFull):
+        await usage.touch("m2", "s1", 2.0, max_per_sid=1)
+    assert await usage.version() == v1
+    await usage.drop_sid("s2")  # m1 stays for s1
+    assert await usage.version() == v1
+    await usage.drop_sid("s1")
+    v2 = await usage.version()
+    assert v2 > v1 and await usage.snapshot() == (v2, [])
+    await usage.touch("m1", "s1", 1.0)
+    await usage.expire(5.0)
+    assert await usage.version() > v2 + 1
+
+
+async def test_usage_clocks_are_decided_by_the_registry() -> None:
+    # one node: monotonic (wall-clock steps change nothing); shared: the common wall clock
+    assert MemoryUsage().clock is time.monotonic and MemoryUsage.shared is False
+    assert RedisUsage.clock is time.time and RedisUsage.shared is True
+
+
 # Redis only: one state for several nodes ---------------------------------------------------
 async def test_nodes_share_presence(redis_env: RedisEnv) -> None:
     a, b = redis_env.presence(), redis_env.presence()
@@ -320,6 +377,22 @@ async def test_nodes_share_usage(redis_env: RedisEnv) -> None:
     results = await asyncio.gather(a.expire(20.0), b.expire(20.0))
     assert sorted(results) == [False, True]
     assert await a.models() == []
+
+
+async def test_nodes_share_the_usage_caps(redis_env: RedisEnv) -> None:
+    a, b = redis_env.usage(), redis_env.usage()
+    # several nodes touching at once never pass the cap together (checked in one script)
+    got = await asyncio.gather(*(node.touch(f"m{i}", f"s{i}", 1.0, max_models=5)
+                                 for i, node in enumerate([a, b] * 10)),
+                               return_exceptions=True)
+    assert sum(r is True for r in got) == 5
+    assert all(isinstance(r, UsageFull) for r in got if r is not True)
+    assert len(await b.models()) == 5
+    # a change on one node is seen in the version every node reads
+    v = await a.version()
+    winner = next(i for i, r in enumerate(got) if r is True)  # any of them may have won
+    assert await b.drop_sid(f"s{winner}") is True
+    assert await a.version() > v
 
 
 async def test_prefixes_isolate_deployments(redis_env: RedisEnv) -> None:

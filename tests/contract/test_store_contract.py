@@ -16,7 +16,13 @@ from pathlib import Path
 import pytest
 
 from rt.backends import ChatMessage, Note, Store, StoreError, User
-from rt.backends.sqlite_store import BUSY_TIMEOUT_MS, SCHEMA_VERSION, SqliteStore, _transaction
+from rt.backends.sqlite_store import (
+    BUSY_TIMEOUT_MS,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    SqliteStore,
+    _transaction,
+)
 
 pytestmark = pytest.mark.asyncio
 
@@ -149,6 +155,67 @@ async def test_chat_read_markers(store: Store) -> None:
     await store.set_chat_read("chat1", "u1", 120.0)
     assert await store.get_chat_read("chat1", "u1") == 120.0
     assert await store.get_chat_read("chat2", "u1") is None
+
+
+async def _reads_of(store: Store, user_id: str, chat_ids) -> dict[str, float]:
+    got = {c: await store.get_chat_read(c, user_id) for c in chat_ids}
+    return {c: at for c, at in got.items() if at is not None}
+
+
+async def test_chat_read_markers_are_bounded_per_user(store: Store) -> None:
+    chats = [f"c{i}" for i in range(10)]
+    for chat, at in (("c1", 10.0), ("c2", 20.0), ("c3", 30.0)):
+        await store.set_chat_read(chat, "u1", at, keep=3)
+    await store.set_chat_read("c1", "u2", 5.0, keep=3)  # another user's markers apart
+    assert await _reads_of(store, "u1", chats) == {"c1": 10.0, "c2": 20.0, "c3": 30.0}
+
+    await store.set_chat_read("c4", "u1", 40.0, keep=3)  # one more: the oldest goes
+    assert await _reads_of(store, "u1", chats) == {"c2": 20.0, "c3": 30.0, "c4": 40.0}
+    await store.set_chat_read("c2", "u1", 50.0, keep=3)  # a refresh is not one more
+    assert await _reads_of(store, "u1", chats) == {"c2": 50.0, "c3": 30.0, "c4": 40.0}
+    await store.set_chat_read("c5", "u1", 45.0, keep=3)  # oldest by time, not by insertion
+    assert await _reads_of(store, "u1", chats) == {"c2": 50.0, "c4": 40.0, "c5": 45.0}
+    # a marker older than all others (a clock step) is kept; the oldest other one goes
+    await store.set_chat_read("c6", "u1", 1.0, keep=3)
+    assert await _reads_of(store, "u1", chats) == {"c2": 50.0, "c5": 45.0, "c6": 1.0}
+    # a lower cap (reload) applies at the next new marker, all at once
+    await store.set_chat_read("c7", "u1", 60.0, keep=1)
+    assert await _reads_of(store, "u1", chats) == {"c7": 60.0}
+    # equal times: the lower chat id goes first
+    await store.set_chat_read("c9", "u1", 60.0, keep=2)
+    await store.set_chat_read("c8", "u1", 60.0, keep=2)
+    assert await _reads_of(store, "u1", chats) == {"c8": 60.0, "c9": 60.0}
+    # without a cap nothing is evicted; the other user was never touched
+    await store.set_chat_read("c0", "u1", 70.0)
+    assert await _reads_of(store, "u1", chats) == {"c0": 70.0, "c8": 60.0, "c9": 60.0}
+    assert await _reads_of(store, "u2", chats) == {"c1": 5.0}
+
+
+async def test_chat_read_markers_bounded_under_concurrent_writes(store: Store) -> None:
+    chats = [f"chat-{i:03d}" for i in range(60)]
+    await asyncio.gather(*(store.set_chat_read(c, "u1", 1000.0 + i, keep=10)
+                           for i, c in enumerate(chats)))
+    kept = await _reads_of(store, "u1", chats)
+    assert len(kept) == 10
+    # whatever order the writes landed in, the newest one is always kept
+    assert kept[chats[-1]] == 1059.0
+
+
+async def test_redis_read_markers_of_the_per_chat_layout_are_read_and_moved(
+        store: Store) -> None:
+    from rt.backends.redis_store import RedisStore
+
+    if not isinstance(store, RedisStore):
+        pytest.skip("a Redis layout question")
+    legacy = store._chat("old", "reads")  # where markers lived before the per-user set
+    await store._run(lambda c: c.hset(legacy, "u1", repr(12.5)))
+    assert await store.get_chat_read("old", "u1") == 12.5
+    await store.set_chat_read("old", "u1", 20.0, keep=2)  # moves it
+    assert await store._run(lambda c: c.hget(legacy, "u1")) is None
+    assert await store.get_chat_read("old", "u1") == 20.0
+    for chat, at in (("a", 30.0), ("b", 40.0)):
+        await store.set_chat_read(chat, "u1", at, keep=2)
+    assert await store.get_chat_read("old", "u1") is None  # evicted, not resurrected
 
 
 async def test_chat_messages_round_trip(store: Store) -> None:
@@ -413,6 +480,34 @@ async def test_sqlite_schema_version_and_pragmas(db_path: Path) -> None:
         db.close()
 
 
+async def test_sqlite_migrates_a_version_1_file(db_path: Path) -> None:
+    # a data directory of the first release: schema 1, read markers without the index
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(db_path)
+    db.executescript(MIGRATIONS[0] + "; PRAGMA user_version = 1;")
+    db.executemany("INSERT INTO chat_reads (chat_id, user_id, at) VALUES (?, 'u1', ?)",
+                   [(f"c{i}", float(i)) for i in range(5)])
+    db.commit()
+    db.close()
+
+    store = SqliteStore(str(db_path))
+    await store.open()
+    try:
+        assert await store.get_chat_read("c4", "u1") == 4.0  # the markers came along
+        await store.set_chat_read("c5", "u1", 5.0, keep=3)  # older files are bounded too
+        assert [await store.get_chat_read(f"c{i}", "u1") for i in range(6)] == [
+            None, None, None, 3.0, 4.0, 5.0]
+    finally:
+        await store.close()
+    db = sqlite3.connect(db_path)
+    try:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert db.execute("SELECT 1 FROM sqlite_master WHERE type = 'index'"
+                          " AND name = 'chat_reads_by_user'").fetchone() == (1,)
+    finally:
+        db.close()
+
+
 async def test_sqlite_refuses_a_newer_schema(db_path: Path) -> None:
     store = SqliteStore(str(db_path))
     await store.open()
@@ -433,6 +528,11 @@ async def test_sqlite_refuses_a_newer_schema(db_path: Path) -> None:
         "DELETE FROM channel_members WHERE user_id = ?",
         "SELECT blob FROM document_updates WHERE document_id = ? ORDER BY seq",
         "DELETE FROM document_updates WHERE document_id = ? AND seq <= ?",
+        # set_chat_read with a cap: counting a user's markers and evicting the oldest
+        "SELECT COUNT(*) FROM chat_reads WHERE user_id = ?",
+        "DELETE FROM chat_reads WHERE user_id = ? AND chat_id IN ("
+        "  SELECT chat_id FROM chat_reads WHERE user_id = ? AND chat_id != ?"
+        "  ORDER BY at, chat_id LIMIT ?)",
     ],
 )
 async def test_sqlite_hot_paths_use_indexes(db_path: Path, sql: str) -> None:

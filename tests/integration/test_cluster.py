@@ -260,3 +260,43 @@ async def test_chat_stream_across_nodes_and_cancel_from_another_node(tmp_path, r
             status, body = await b.api("GET", "/api/v1/chats/chat1/messages/m1")
             assert status == 200 and body["status"] == "cancelled"
             assert body["content"] == "Once upon"
+
+
+async def test_usage_across_nodes_caps_coalescing_and_final_set(tmp_path, redis_server):
+    """Usage (issue 8) in cluster mode: the caps hold cluster-wide, a storm of changes made
+    on both nodes reaches observers on both as a bounded number of `usage` messages, and
+    the last message each observer gets carries the final set."""
+    ini = "[limits]\nusage_ttl = 30\nusage_models_max = 50\n"  # nothing expires meanwhile
+    async with nodes(tmp_path, redis_server, ini=ini) as (procs, (a, b)):
+        await a.user("ann")
+        observers = [await a.connect(a.token("ann")), await b.connect(b.token("ann"))]
+        senders = [await (a if i % 2 else b).connect(a.token("ann")) for i in range(8)]
+        models = sorted(f"model-{i:02d}" for i in range(50))
+        started = time.monotonic()
+        for i, m in enumerate(models):  # a storm over about half a second, on both nodes
+            await senders[i % 8].emit("usage", {"model": m})
+            await asyncio.sleep(0.01)
+        for o in observers:
+            await o.rec.wait_for("usage", lambda d: len(d["models"]) == 50, timeout=WAIT * 2)
+        # the set is full: a new model is refused on either node (the cap is cluster-wide)
+        for s in senders[:2]:
+            ack = await s.call("usage", {"model": "one-too-many"}, timeout=WAIT)
+            assert ack["error"] == "rate_limited"
+        # a broadcast still pending goes out within an interval (a re-check one more):
+        # wait that long, then an API emit through each node as a barrier
+        await asyncio.sleep(2.5)
+        elapsed = time.monotonic() - started
+        for h in (a, b):
+            marker = uuid.uuid4().hex
+            await h.api("POST", "/api/v1/emit", {"event": "barrier", "data": marker,
+                                                  "to": {"all": True}})
+            for o in observers:
+                await o.rec.wait_for("barrier", lambda d, m=marker: d == m, timeout=WAIT)
+        bound = 2 * (3 + int(elapsed))  # per node: leading, one per second, a re-check
+        for o in observers:
+            got = o.rec.of("usage")
+            assert 1 <= len(got) <= bound < 50, (len(got), elapsed)
+            assert got[-1] == {"models": models}
+            assert not any("one-too-many" in d["models"] for d in got)
+        for h in (a, b):
+            assert (await h.api("GET", "/api/v1/usage"))[1] == {"models": models}

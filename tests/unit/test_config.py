@@ -82,6 +82,9 @@ EXPECTED_DEFAULTS = {
     ("limits", "typing_per_second"): 5.0,
     ("limits", "typing_burst"): 10,
     ("limits", "usage_ttl"): 3.0,
+    ("limits", "usage_models_per_connection"): 8,
+    ("limits", "usage_models_max"): 1000,
+    ("limits", "chat_reads_per_user"): 5000,
     ("limits", "call_timeout_max"): 60.0,
     ("limits", "max_connections"): 10000,
     ("limits", "max_connections_per_ip"): 200,
@@ -242,6 +245,15 @@ def test_env_generic_names_win_over_legacy():
     assert s.log.level == "debug"
 
 
+def test_env_sets_the_hostile_client_limits():
+    s = load_settings(NO_FILE, {"RT_LIMITS_USAGE_MODELS_PER_CONNECTION": "2",
+                                "RT_LIMITS_USAGE_MODELS_MAX": "50",
+                                "RT_LIMITS_CHAT_READS_PER_USER": "10"})
+    assert (s.limits.usage_models_per_connection, s.limits.usage_models_max,
+            s.limits.chat_reads_per_user) == (2, 50, 10)
+    assert s.source("limits", "usage_models_max") == "env RT_LIMITS_USAGE_MODELS_MAX"
+
+
 def test_empty_env_variable_counts_as_set(ini):
     # As with os.environ.get() in the original system: WEBSOCKET_MANAGER= means single node.
     s = load_settings(ini("[state]\nmanager = redis\n"), {"WEBSOCKET_MANAGER": ""})
@@ -382,6 +394,13 @@ IN_FILE_ERRORS = [
      "(letters, digits, '_' and '-')"),
     ("[documents]\ncompaction_threshold = 1\n",
      "rt-appliance.ini:2 [documents] compaction_threshold: '1' is out of range (must be >= 2)"),
+    ("[limits]\nusage_models_per_connection = 0\n",
+     "rt-appliance.ini:2 [limits] usage_models_per_connection: '0' is out of range "
+     "(must be >= 1)"),
+    ("[limits]\nusage_models_max = many\n",
+     "rt-appliance.ini:2 [limits] usage_models_max: 'many' is not an integer"),
+    ("[limits]\nchat_reads_per_user = -5\n",
+     "rt-appliance.ini:2 [limits] chat_reads_per_user: '-5' is out of range (must be >= 1)"),
 ]
 
 
@@ -398,6 +417,10 @@ def test_file_errors_name_file_line_and_option(ini, text, message):
     ({"WEBSOCKET_MANAGER": "memcached"},
      "env WEBSOCKET_MANAGER: 'memcached' is not one of '', 'redis'"),
     ({"RT_SERVER_PORT": "-1"}, "env RT_SERVER_PORT: '-1' is out of range 0..65535"),
+    ({"RT_LIMITS_USAGE_MODELS_MAX": "0"},
+     "env RT_LIMITS_USAGE_MODELS_MAX: '0' is out of range (must be >= 1)"),
+    ({"RT_LIMITS_CHAT_READS_PER_USER": "1e3"},
+     "env RT_LIMITS_CHAT_READS_PER_USER: '1e3' is not an integer"),
     ({"RT_AUTH_ALGORITHMS": "RS512"}, "env RT_AUTH_ALGORITHMS: RS512 needs [auth] public_key_file"),
     ({"REDIS_URL": "http://:hunter2@cache:6379"},
      "env REDIS_URL: must start with redis://, rediss:// or unix://"),

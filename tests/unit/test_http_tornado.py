@@ -1,10 +1,24 @@
 """Tornado-level tests of the HTTP surface with pytest-tornado (its `app`, `http_server`,
 `http_client` fixtures): the handlers without any Socket.IO client."""
+import asyncio
+
 import orjson
 import pytest
 
 from rt.app import Appliance
 from tests.support.appliance import API_KEY, settings_for
+
+
+@pytest.fixture(autouse=True)
+def asyncio_loop():
+    """pytest-tornado's IOLoop() asks asyncio.get_event_loop(), which makes the policy
+    create a loop that nobody closes; the next asyncio test replaces it and its garbage
+    collection fails the run (ResourceWarning). Give it one that is closed here."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    yield loop
+    asyncio.set_event_loop(None)
+    loop.close()
 
 
 @pytest.fixture
