@@ -235,6 +235,6 @@ class RedisClientManager(socketio.AsyncRedisManager, FanoutMixin):
             return True
         targets = target if isinstance(target, list) else [target]
         try:
-            return any(t in rooms for t in targets)
+            return any(self.has_room(namespace, t) for t in targets)
         except TypeError:  # an unhashable room name: let python-socketio decide
             return True
