@@ -6,6 +6,7 @@ Every error is JSON `{"error": code, "message": ...}` with the matching status.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -15,7 +16,7 @@ import tornado.web
 
 from . import payloads as p
 from .auth import api_key_matches
-from .backends import Note, Store, StoreError, User
+from .backends import Note, Store, StoreError, User, delivery_required
 from .directory import ROLES, Directory
 from .emitter import CallTimeout, Emitter
 from .presence import PresenceService
@@ -135,10 +136,22 @@ def parse_emit(body: Any) -> dict:
             "skip_sids": p.id_list(body, "skip_sids", required=False), **target}
 
 
+@contextlib.contextmanager
+def delivered_everywhere():
+    """Emits in here that cannot reach the other nodes (Redis slow or down) raise
+    StoreError, answered 503, rather than being acknowledged with a 202 and lost there."""
+    token = delivery_required.set(True)
+    try:
+        yield
+    finally:
+        delivery_required.reset(token)
+
+
 class EmitHandler(ApiHandler):
     async def post(self) -> None:
         emit = parse_emit(self.json_body())
-        await self.ctx.emitter.emit(emit.pop("event"), emit.pop("data"), **emit)
+        with delivered_everywhere():
+            await self.ctx.emitter.emit(emit.pop("event"), emit.pop("data"), **emit)
         self.reply({"queued": 1}, 202)
 
 
@@ -153,8 +166,14 @@ class EmitBatchHandler(ApiHandler):
                 emits.append(parse_emit(item))
             except p.BadRequest as exc:
                 raise p.BadRequest(f"emit #{index}: {exc}") from None
-        for emit in emits:  # in order: each is queued on its sessions before the next
-            await self.ctx.emitter.emit(emit.pop("event"), emit.pop("data"), **emit)
+        with delivered_everywhere():
+            for index, emit in enumerate(emits):  # in order: each queued before the next
+                try:
+                    await self.ctx.emitter.emit(emit.pop("event"), emit.pop("data"), **emit)
+                except StoreError as exc:
+                    raise StoreError(f"emits before #{index} were sent, #{index} {exc}, "
+                                     f"the {len(emits) - index - 1} after it were not sent"
+                                     ) from exc
         self.reply({"queued": len(emits)}, 202)
 
 

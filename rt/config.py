@@ -349,6 +349,12 @@ class StateSettings:
         "WEBSOCKET_SENTINEL_PORT")
     key_prefix: str = opt(
         "open-webui", TEXT, "Prefix of every Redis key and channel.", "REDIS_KEY_PREFIX")
+    redis_timeout: float = opt(
+        "3", POSITIVE, "Seconds one Redis operation may take in all, waiting for a "
+        "connection and retries included; a slower or silent Redis then fails the request "
+        "(API 503, an error in the event's ack, readyz 503) instead of holding it. Keep it "
+        "well above five round trips to Redis: a new connection's first command needs that "
+        "many.")
     node_ttl: float = opt(
         "60", POSITIVE, "Seconds after which the sessions of a node that stopped reporting "
         "vanish.")

@@ -23,6 +23,17 @@ async def every(name: str, interval: float, step: Callable[[], Awaitable[None]],
         except Exception:
             delay = min(max(delay * 2, interval), max_backoff)
             log.exception("%s failed; retrying in %.1f s", name, delay)
+        if cancel_swallowed():
+            raise asyncio.CancelledError
+
+
+def cancel_swallowed() -> bool:
+    """Whether the current task was asked to stop although no CancelledError reached it:
+    Python 3.11's asyncio.wait_for drops a cancel that lands as its inner call finishes,
+    and redis-py wraps every send in one. Without this check a loop so cancelled runs on
+    and the stop that waits for it never ends. (The request is still counted.)"""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 class TaskGroup:

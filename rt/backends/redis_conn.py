@@ -27,6 +27,7 @@ presence, usage); see redis_store.py and redis_state.py for the layouts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import weakref
 from dataclasses import dataclass, field
@@ -71,6 +72,26 @@ def gate(client: object) -> asyncio.Semaphore:
     if sem is None:
         sem = _gates[client] = asyncio.Semaphore(MAX_IN_FLIGHT)
     return sem
+
+
+_timeouts: "weakref.WeakKeyDictionary[object, float]" = weakref.WeakKeyDictionary()
+
+
+def op_timeout(client: object) -> float:
+    """How long one operation on `client` may take in all: the command timeout of the
+    target that built it (`[state] redis_timeout`), else the default."""
+    return _timeouts.get(client, RedisTarget.command_timeout)
+
+
+async def drop_idle(client: object) -> None:
+    """Close the idle pooled connections of `client`, after an operation timed out. A Redis
+    that went silent may have lost them for good (a partition that dropped their state, a
+    replaced host behind the same address): each would cost its next user a whole timeout.
+    They reconnect when next used. (A Cluster has a pool per node and no such attribute.)"""
+    pool = getattr(client, "connection_pool", None)
+    if pool is not None:
+        with contextlib.suppress(*REDIS_ERRORS):
+            await pool.disconnect(inuse_connections=False)
 
 
 async def ensure_ready(client: object) -> None:
@@ -123,8 +144,10 @@ class RedisTarget:
     sentinel_port: int = 26379
     key_prefix: str = "open-webui"
     connect_timeout: float = 5.0
-    # Every command is bounded; pub/sub reads pass their own timeout (see redis_manager).
-    command_timeout: float = 10.0
+    # `[state] redis_timeout`: the socket timeout of every command, and the deadline of
+    # one whole operation of the store and registries (queueing at the gate and retries
+    # included, see `op_timeout`); pub/sub reads pass their own timeout (see redis_manager).
+    command_timeout: float = 3.0
     extra: dict[str, Any] = field(default_factory=dict)  # more client kwargs (tests, TLS)
 
     @classmethod
@@ -136,6 +159,7 @@ class RedisTarget:
             sentinel_hosts=tuple(state.sentinel_hosts),
             sentinel_port=state.sentinel_port,
             key_prefix=state.key_prefix,
+            command_timeout=state.redis_timeout,
             **overrides,
         )
         target.validate()
@@ -210,6 +234,11 @@ class RedisTarget:
 
     def client(self, **overrides: Any) -> AnyRedis:
         """A new client (with its own connection pool); no I/O until first used."""
+        client = self._client(overrides)
+        _timeouts[client] = self._common(overrides)["socket_timeout"]
+        return client
+
+    def _client(self, overrides: dict[str, Any]) -> AnyRedis:
         kw = self._common(overrides)
         if self.cluster:
             # RedisCluster retries MOVED/ASK and failovers itself; commands carry no db.

@@ -18,11 +18,16 @@ pub/sub backends to implement, `_publish` and `_listen`:
   channel's slot instead of being broadcast over the cluster bus to every node;
 - the channel is `<prefix>:socketio`, so two deployments can share one Redis;
 - the listener reconnects after a restart or failover with a jittered backoff from 0.1 s
-  to 5 s, and says whether it is subscribed (`ready()`, for readyz);
+  to 5 s, and says whether it is subscribed (`ready()`, for readyz). It counts as
+  subscribed once Redis confirmed it, and a connection that goes silent is found by its
+  own PING: a Redis that accepts but never answers, or a connection lost without a close,
+  cannot hold it (`timeout` bounds each wait, see `_listen`);
 - `initialize()` is idempotent, so the app can start the listener at start-up (stock
   python-socketio starts it at the first client connection only);
-- a publish is bounded in time and never raises: the local part of an emit has already
-  happened, and cross-node delivery resumes when Redis is back;
+- a publish is bounded in time and does not raise: the local part of an emit has already
+  happened, and cross-node delivery resumes when Redis is back. Only where the caller
+  set `delivery_required` (the HTTP API's emits) a failed publish raises StoreError, so
+  that the backend gets a 503 instead of a 202 for a message other nodes never got;
 - an emit whose target rooms have no member on this node is dropped right after the JSON
   is parsed, before python-socketio decodes binary attachments and walks the rooms. That
   is the per-node cost of traffic for rooms with no local member (see `stats`).
@@ -38,15 +43,20 @@ from typing import Any
 
 import orjson
 import socketio
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..fanout import FanoutMixin
+from ..tasks import cancel_swallowed
 
-from . import StoreError
-from .redis_conn import REDIS_ERRORS, AnyRedis, RedisTarget, close_quietly, ensure_ready
+from . import StoreError, delivery_required
+from .redis_conn import (
+    REDIS_ERRORS, AnyRedis, RedisTarget, close_quietly, drop_idle, ensure_ready,
+)
 
 log = logging.getLogger("rt.backend")
 
 READ_TIMEOUT = 1.0  # seconds one pub/sub read waits before looping (cancellation points)
+SUBSCRIBED = ("subscribe", "ssubscribe")
 
 
 CONTROL = "rt:control"  # method of the appliance's own node-to-node messages
@@ -58,12 +68,15 @@ class RedisClientManager(socketio.AsyncRedisManager, FanoutMixin):
 
     def __init__(self, target: RedisTarget, *, channel: str | None = None,
                  write_only: bool = False, logger=None, json=None,
-                 publish_timeout: float = 2.0, backoff: tuple[float, float] = (0.1, 5.0)):
+                 publish_timeout: float | None = None,
+                 backoff: tuple[float, float] = (0.1, 5.0)):
         super().__init__(url=target.url, channel=channel or target.keys().channel("socketio"),
                          write_only=write_only, logger=logger, json=json)
         self.target = target
         self.sharded = target.cluster
-        self.publish_timeout = publish_timeout
+        # every wait on Redis here is bounded by `[state] redis_timeout`, as in the store
+        self.timeout = target.command_timeout
+        self.publish_timeout = publish_timeout or target.command_timeout
         self.backoff = backoff
         self.listening = False
         self.stats: Counter[str] = Counter()
@@ -103,12 +116,13 @@ class RedisClientManager(socketio.AsyncRedisManager, FanoutMixin):
             pub, self._pub = self._pub, None
             await close_quietly(pub)
 
-    def _log_error(self, what: str, exc: BaseException) -> None:
+    def _log_error(self, what: str, exc: BaseException | str) -> None:
         # At most one line per 5 s: an outage must not flood the journal.
         now = time.monotonic()
         if now - self._last_error_log >= 5.0:
             self._last_error_log = now
-            log.error("%s on %s: %s", what, self.target.describe(), exc or type(exc).__name__)
+            log.error("%s on %s: %s", what, self.target.describe(),
+                      str(exc) or type(exc).__name__)
 
     # ------------------------------------------------------------------ publish
     async def _publish(self, data: Any) -> None:
@@ -129,7 +143,14 @@ class RedisClientManager(socketio.AsyncRedisManager, FanoutMixin):
             self.stats["published"] += 1
         except REDIS_ERRORS as exc:
             self.stats["publish_failed"] += 1
-            self._log_error("cannot publish (message dropped)", exc)
+            reason = str(exc) or type(exc).__name__
+            if isinstance(exc, (asyncio.TimeoutError, RedisTimeoutError)):
+                await drop_idle(pub)  # they may be dead for good (see drop_idle)
+                reason = f"no answer within {self.publish_timeout:g} s"
+            self._log_error("cannot publish (message dropped)", reason)
+            if delivery_required.get():
+                raise StoreError(f"reached this node's sessions only: {self.target.describe()}: "
+                                 f"{reason}") from exc
 
     async def publish_control(self, kind: str, payload: dict) -> None:
         """A control message for the other nodes' handlers (`on_control`)."""
@@ -154,31 +175,51 @@ class RedisClientManager(socketio.AsyncRedisManager, FanoutMixin):
         low, high = self.backoff
         delay = low
         while True:
+            if cancel_swallowed():  # in the backoff or a failed subscribe (see tasks.py)
+                raise asyncio.CancelledError
             client: AnyRedis | None = None
             pubsub = None
             try:
                 client = self.target.client()
                 if self.sharded:
-                    await client.initialize()  # the slot map: which node owns the channel
-                pubsub = client.pubsub(ignore_subscribe_messages=True)
-                if self.sharded:
-                    await pubsub.ssubscribe(self.channel)
-                    read = pubsub.get_sharded_message
-                else:
-                    await pubsub.subscribe(self.channel)
-                    read = pubsub.get_message
-                if not self.listening:
-                    log.info("pub/sub subscribed to %s on %s", self.channel,
-                             self.target.describe())
+                    # the slot map (which node owns the channel); not under the deadline
+                    # below, for the reason given in RedisUser._run
+                    await client.initialize()
+                try:
+                    # connecting, subscribing and Redis's confirmation: one deadline
+                    # (SUBSCRIBE is only sent; a Redis that accepts connections and never
+                    # answers must not count as listening)
+                    async with asyncio.timeout(self.timeout):
+                        pubsub = client.pubsub()  # the confirmation is read below
+                        if self.sharded:
+                            await pubsub.ssubscribe(self.channel)
+                            read = pubsub.get_sharded_message
+                        else:
+                            await pubsub.subscribe(self.channel)
+                            read = pubsub.get_message
+                        while (message := await read(timeout=READ_TIMEOUT)) is None \
+                                or message.get("type") not in SUBSCRIBED:
+                            pass
+                except TimeoutError:
+                    raise TimeoutError(
+                        f"subscribing got no answer within {self.timeout:g} s") from None
+                log.info("pub/sub subscribed to %s on %s", self.channel, self.target.describe())
                 self.listening = True
                 delay = low
+                loop = asyncio.get_running_loop()
+                heard, pinged = loop.time(), None
                 while True:
                     message = await read(ignore_subscribe_messages=True, timeout=READ_TIMEOUT)
-                    if message is None or message.get("type") not in ("message", "smessage"):
+                    if cancel_swallowed():
+                        raise asyncio.CancelledError
+                    if message is None:
+                        pinged = await self._silence(pubsub, heard, pinged)
                         continue
-                    data = self._accept(message.get("data"))
-                    if data is not None:
-                        yield data
+                    heard, pinged = loop.time(), None  # a pong counts too
+                    if message.get("type") in ("message", "smessage"):
+                        data = self._accept(message.get("data"))
+                        if data is not None:
+                            yield data
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a background loop: back off, go on
@@ -198,6 +239,30 @@ class RedisClientManager(socketio.AsyncRedisManager, FanoutMixin):
                     await close_quietly(client)
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, high)
+
+    async def _silence(self, pubsub, heard: float, pinged: float | None) -> float | None:
+        """Called when a read found nothing. After `timeout` seconds without a message
+        (at least READ_TIMEOUT) send a PING; if its pong does not come within `timeout`,
+        raise, and `_listen` reconnects: a connection lost without a close (a partition,
+        a Redis that stopped answering) is found this way only. Returns when the
+        unanswered PING went out, None while none is due."""
+        now = asyncio.get_running_loop().time()
+        if pinged is not None:
+            if now - pinged > self.timeout:
+                raise TimeoutError(f"no answer to PING within {self.timeout:g} s")
+            return pinged
+        if now - heard < max(self.timeout, READ_TIMEOUT):
+            return None
+        try:
+            async with asyncio.timeout(self.timeout):
+                if self.sharded:  # one connection per shard holding the channel
+                    for node in list(pubsub.node_pubsub_mapping.values()):
+                        await node.ping()
+                else:
+                    await pubsub.ping()
+        except TimeoutError:
+            raise TimeoutError(f"PING not sent within {self.timeout:g} s") from None
+        return asyncio.get_running_loop().time()
 
     def _accept(self, raw: Any) -> dict | None:
         """Parse a message; None for what this node has nothing to do with."""

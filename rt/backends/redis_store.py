@@ -50,6 +50,7 @@ from hashlib import sha1
 from typing import Any, TypeVar
 
 from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import ChatMessage, Note, StoredDocument, StoreError, User
 from .redis_conn import (
@@ -58,8 +59,10 @@ from .redis_conn import (
     KeySpace,
     RedisUnavailable,
     close_quietly,
+    drop_idle,
     ensure_ready,
     gate,
+    op_timeout,
     redact,
 )
 
@@ -301,12 +304,22 @@ class RedisUser:
         self.keys = keys
         self.where = where
         self._gate = gate(client)
+        self.timeout = op_timeout(client)
 
     async def _run(self, op: Callable[[AnyRedis], Awaitable[T]]) -> T:
         try:
-            async with self._gate:
-                await ensure_ready(self.client)
-                return await op(self.client)
+            # not under the deadline: a discovery cut short would start over at the same
+            # unreachable node each time; it is bounded by the connect timeout per node
+            await ensure_ready(self.client)
+            # One deadline for the rest: waiting at the gate, reconnecting and redis-py's
+            # retries (each with its own socket timeout) included, so a silent Redis fails
+            # the request after redis_timeout, not a multiple of it.
+            async with asyncio.timeout(self.timeout):
+                async with self._gate:
+                    return await op(self.client)
+        except (asyncio.TimeoutError, RedisTimeoutError) as exc:
+            await drop_idle(self.client)
+            raise StoreError(f"{self.where}: no answer within {self.timeout:g} s") from exc
         except REDIS_ERRORS as exc:
             raise StoreError(f"{self.where}: {exc or type(exc).__name__}") from exc
 

@@ -38,8 +38,9 @@ async def test_target_from_settings() -> None:
     state = SimpleNamespace(
         redis_url="redis://user:p%40ss@mymaster/2", redis_cluster=False,
         sentinel_hosts=("s1", "s2:26380", "[::1]", "[::1]:26381"), sentinel_port=26379,
-        key_prefix="open-webui")
+        key_prefix="open-webui", redis_timeout=2.5)
     t = RedisTarget.from_settings(state)
+    assert t.command_timeout == 2.5
     assert t.sentinels() == [("s1", 26379), ("s2", 26380), ("::1", 26379), ("::1", 26381)]
     assert t.master_name() == "mymaster"
     assert "p@ss" not in t.describe() and "p%40ss" not in t.describe()

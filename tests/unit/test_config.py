@@ -77,6 +77,7 @@ EXPECTED_DEFAULTS = {
     ("state", "sentinel_hosts"): (),
     ("state", "sentinel_port"): 26379,
     ("state", "key_prefix"): "open-webui",
+    ("state", "redis_timeout"): 3.0,
     ("state", "node_ttl"): 60.0,
     ("state", "last_active_flush_interval"): 5.0,
     ("limits", "typing_per_second"): 5.0,

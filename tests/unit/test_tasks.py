@@ -1,0 +1,46 @@
+"""Background loops (rt/tasks.py) stop when cancelled, even when a library swallowed the
+cancellation: Python 3.11's asyncio.wait_for, which redis-py wraps around every send,
+drops a cancel that lands as its inner call finishes. A loop that ran on would hang the
+appliance's stop (found with the Redis fault tests)."""
+import asyncio
+
+import pytest
+
+from rt.tasks import TaskGroup, every
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_a_loop_stops_even_when_its_step_swallowed_the_cancel():
+    entered = asyncio.Event()
+
+    async def swallowing_step() -> None:
+        entered.set()
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            pass  # what the library does: the step ends normally
+
+    group = TaskGroup()
+    task = group.start("swallower", every("swallower", 0.001, swallowing_step))
+    await asyncio.wait_for(entered.wait(), 5)
+    await asyncio.wait_for(group.stop(), 5)
+    assert task.cancelled()
+
+
+async def test_a_failing_step_is_retried_and_cancel_still_stops_the_loop():
+    calls = 0
+
+    async def failing_step() -> None:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("store unavailable")
+
+    group = TaskGroup()
+    group.start("failing", every("failing", 0.001, failing_step, max_backoff=0.002))
+    for _ in range(500):
+        if calls >= 3:
+            break
+        await asyncio.sleep(0.01)
+    assert calls >= 3
+    await asyncio.wait_for(group.stop(), 5)
