@@ -16,7 +16,7 @@ from socketio.exceptions import ConnectionRefusedError as Refused
 from . import payloads as p
 from . import rooms
 from .auth import AuthError, Identity, TokenVerifier
-from .backends import Store, UsageFull
+from .backends import Store, StoreError, UsageFull
 from .channels import ChannelService
 from .directory import can_read
 from .limits import Limits
@@ -71,6 +71,12 @@ class Gateway:
             except p.EventError as exc:
                 log.info("event %s from %s refused: %s %s", name, sid, exc.code, exc)
                 return self._fail(sid, name, exc)
+            except StoreError as exc:
+                # the store is down or too slow (its own timeout bounded the wait): a fault
+                # of ours that the client can retry, not a bug with a traceback
+                log.warning("event %s from %s failed: store unavailable: %s", name, sid, exc)
+                return self._fail(sid, name, p.EventError(
+                    "the store is unavailable, try again", "internal"))
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -105,9 +111,25 @@ class Gateway:
             raise Refused("rate_limited") from None
         token = auth.get("token") if isinstance(auth, dict) else None
         try:
+            await self._register(sid, ip, token, environ)
+        except StoreError as exc:
+            # the store is down or too slow: refuse with a reason (python-socketio would
+            # send nothing for the exception and leave the client waiting) and undo
+            log.warning("connect refused from %s: store unavailable: %s", ip, exc)
+            self.errors["unavailable"] = self.errors.get("unavailable", 0) + 1
+            self.identities.pop(sid, None)
+            self.limits.disconnected(sid)
+            try:
+                await self.presence.disconnected(sid)
+            except StoreError:
+                pass  # an entry half written expires with this node's lease
+            raise Refused("unavailable") from None
+
+    async def _register(self, sid: str, ip: str, token: Any, environ: dict) -> None:
+        try:
             identity = await self.identify(token)
         except AuthError as exc:
-            log.info("connect refused from %s: %s (%s)", environ.get("REMOTE_ADDR"), exc.code, exc)
+            log.info("connect refused from %s: %s (%s)", ip, exc.code, exc)
             self.errors[exc.code] = self.errors.get(exc.code, 0) + 1
             raise Refused(exc.code) from None
         # the connection may have gone while the user was looked up (a close in the same
