@@ -5,6 +5,8 @@ import asyncio
 import logging
 from typing import Awaitable, Callable
 
+from .backends import StoreError
+
 log = logging.getLogger("rt.app")
 
 
@@ -20,6 +22,9 @@ async def every(name: str, interval: float, step: Callable[[], Awaitable[None]],
             delay = interval
         except asyncio.CancelledError:
             raise
+        except StoreError as exc:  # an outage, not a bug: one line per retry
+            delay = min(max(delay * 2, interval), max_backoff)
+            log.warning("%s failed: %s; retrying in %.1f s", name, exc, delay)
         except Exception:
             delay = min(max(delay * 2, interval), max_backoff)
             log.exception("%s failed; retrying in %.1f s", name, delay)

@@ -44,3 +44,23 @@ async def test_a_failing_step_is_retried_and_cancel_still_stops_the_loop():
         await asyncio.sleep(0.01)
     assert calls >= 3
     await asyncio.wait_for(group.stop(), 5)
+
+
+async def test_a_store_outage_is_logged_in_one_line_and_a_bug_with_its_traceback(caplog):
+    from rt.backends import StoreError
+    failures = [StoreError("no answer within 3 s"), RuntimeError("a bug")]
+    done = asyncio.Event()
+
+    async def step() -> None:
+        if failures:
+            raise failures.pop(0)
+        done.set()
+
+    group = TaskGroup()
+    with caplog.at_level("WARNING", logger="rt.app"):
+        group.start("sweep", every("sweep", 0.001, step, max_backoff=0.002))
+        await asyncio.wait_for(done.wait(), 5)
+        await asyncio.wait_for(group.stop(), 5)
+    outage, bug = [r for r in caplog.records if r.name == "rt.app"][:2]
+    assert "no answer within 3 s" in outage.getMessage() and outage.exc_info is None
+    assert "sweep failed" in bug.getMessage() and bug.exc_info is not None
