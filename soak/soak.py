@@ -5,8 +5,10 @@ the load created went away again (issue 8).
     python soak/soak.py --seconds 25 --clients 150      # the short CI version
 
 Load, in waves until the time is up: clients connect (websocket and polling), join their
-channels, send heartbeats and typing events, receive API emits, edit a shared Yjs note (when
-the appliance has documents), then a share of them disconnects and others connect (churn).
+channels, send heartbeats and typing events, receive API emits, edit their team's shared Yjs
+note (when the appliance has documents), then a share of them disconnects and others connect
+(churn). The clients run in `--workers` processes (2): one Python process cannot read what a
+thousand clients are sent, and its own timeouts would be counted as the server's errors.
 After the last client has left the appliance must be back at its baseline: no sessions,
 rooms, presence entries or usage entries; asyncio tasks back to the idle count; resident
 memory within a bound of the warmed-up baseline. The figures are printed as a table.
@@ -71,10 +73,14 @@ class Soak:
         for uid in users:
             status, _ = await self.api("PUT", f"/api/v1/users/{uid}", {"name": uid.upper()})
             assert status == 200
+        # one channel and one shared note per team of clients/CHANNELS users: what a
+        # deployment looks like, and what Python clients on the same 2 cores can read
+        # (one note edited by everybody would send each edit, join and leave to all of them)
         for c in range(CHANNELS):
             members = users[c::CHANNELS]
             await self.api("PUT", f"/api/v1/channels/ch{c}", {"members": members})
-        await self.api("PUT", "/api/v1/notes/soak", {"owner": "u0", "write": users})
+            await self.api("PUT", f"/api/v1/notes/soak{c}", {"owner": members[0],
+                                                              "write": members})
 
     async def one_client(self, i: int, stop_at: float) -> None:
         uid = f"u{i}"
@@ -84,28 +90,33 @@ class Soak:
         def count(*_args):
             self.received += 1
         client.on("*", count)
+        stage = "connect"
         try:
             await client.connect(self.url, socketio_path="/ws/socket.io", transports=transports,
                                  auth={"token": self.verifier.issue(uid, 3600)}, wait_timeout=30)
+            stage = "user-join"
             await client.call("user-join", {}, timeout=30)
-            doc = "note:soak"
+            doc = f"note:soak{i % CHANNELS}"
+            stage = "document join"
             joined = await client.call("ydoc:document:join", {"document_id": doc}, timeout=30)
             has_docs = isinstance(joined, dict) and joined.get("ok")
             # stay for a random share of the run, then leave (churn)
             leave_at = min(stop_at, time.monotonic() + self.rng.uniform(2, max(3, self.seconds / 2)))
             while time.monotonic() < leave_at:
+                stage = "events"
                 await client.emit("heartbeat", {})
-                if self.rng.random() < 0.3:
+                if self.rng.random() < 0.1:
                     await client.emit("events:channel", {
                         "channel_id": f"ch{i % CHANNELS}", "data": {"type": "typing"}})
                 if self.rng.random() < 0.1:
                     await client.emit("usage", {"model": f"m{i % 3}"})
                 if has_docs and self.rng.random() < 0.05:
+                    stage = "document update"
                     await self.doc_edit(client, doc, i)
                 self.sent += 1
                 await asyncio.sleep(self.rng.uniform(0.5, 1.5))
         except Exception as exc:  # a soak counts failures instead of stopping at the first
-            self.errors.append(f"{uid}: {type(exc).__name__}: {exc}")
+            self.errors.append(f"{uid} at {stage}: {type(exc).__name__}: {exc}")
         finally:
             try:
                 await asyncio.wait_for(client.disconnect(), 10)
@@ -131,20 +142,59 @@ class Soak:
             n += 10
             await asyncio.sleep(0.2)
 
-    async def load(self) -> None:
+    async def load(self, workers: int = 0) -> None:
+        """The API emitter here; the clients here too, or split over `workers` processes
+        (one Python process cannot run a thousand socket.io clients on its own: it would
+        be the bottleneck, and its timeouts would count as the server's errors)."""
         stop_at = time.monotonic() + self.seconds
-        tasks = [asyncio.ensure_future(self.emitter(stop_at))]
+        emitter = asyncio.ensure_future(self.emitter(stop_at))
+        if workers <= 1:
+            await self.load_clients(range(self.clients), stop_at)
+        else:
+            procs = [await asyncio.create_subprocess_exec(
+                sys.executable, __file__, "--worker", self.url, str(self.clients),
+                str(self.seconds), str(k), str(workers), stdout=asyncio.subprocess.PIPE)
+                for k in range(workers)]
+            outs = await asyncio.wait_for(
+                asyncio.gather(*(proc.communicate() for proc in procs)), self.seconds + 180)
+            self.sessions_opened = 0
+            for proc, (out, _) in zip(procs, outs):
+                if proc.returncode != 0:
+                    self.errors.append(f"worker exited with {proc.returncode}")
+                    continue
+                part = orjson.loads(out.decode().strip().splitlines()[-1])
+                self.sent += part["sent"]
+                self.received += part["received"]
+                self.errors += part["errors"]
+                self.sessions_opened += part["sessions_opened"]
+        await emitter
+
+    async def load_clients(self, users: range, stop_at: float) -> None:
+        """Keep one client per user of `users` connected until `stop_at`, with churn."""
+        tasks = []
         i = 0
         while time.monotonic() < stop_at:
-            live = sum(not t.done() for t in tasks[1:])
-            for _ in range(max(0, self.clients - live)):
-                tasks.append(asyncio.ensure_future(self.one_client(i % self.clients, stop_at)))
+            live = sum(not t.done() for t in tasks)
+            for _ in range(max(0, len(users) - live)):
+                tasks.append(asyncio.ensure_future(self.one_client(users[i % len(users)], stop_at)))
                 i += 1
                 if i % 50 == 0:
                     await asyncio.sleep(0.05)  # connect in waves, like browsers after a deploy
             await asyncio.sleep(0.5)
         await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 120)
         self.sessions_opened = i
+
+
+def worker(url: str, clients: int, seconds: float, index: int, workers: int) -> int:
+    """One load process: the clients of the users `index`, `index + workers`, ..."""
+    async def go() -> dict:
+        soak = Soak(url, clients, seconds, seed=7 + index)
+        await soak.load_clients(range(index, clients, workers), time.monotonic() + seconds)
+        soak.http.close()
+        return {"sent": soak.sent, "received": soak.received, "errors": soak.errors,
+                "sessions_opened": soak.sessions_opened}
+    print(orjson.dumps(asyncio.run(go())).decode(), flush=True)
+    return 0
 
 
 async def settle(soak: Soak, timeout: float = 60.0) -> dict[str, float]:
@@ -161,7 +211,8 @@ async def settle(soak: Soak, timeout: float = 60.0) -> dict[str, float]:
     raise AssertionError("sessions did not drain after the clients left")
 
 
-async def run(url: str, clients: int, seconds: float, rss_slack_mb: float) -> dict:
+async def run(url: str, clients: int, seconds: float, rss_slack_mb: float,
+              workers: int) -> dict:
     soak = Soak(url, clients, seconds)
     await soak.setup()
     # warm-up wave: allocator pools, imports and caches reach their working size first
@@ -169,7 +220,7 @@ async def run(url: str, clients: int, seconds: float, rss_slack_mb: float) -> di
     await warm.load()
     base = await settle(soak)
     started = time.monotonic()
-    await soak.load()
+    await soak.load(workers)
     elapsed = time.monotonic() - started
     after = await settle(soak)
     _, usage = await soak.api("GET", "/api/v1/usage")
@@ -179,7 +230,8 @@ async def run(url: str, clients: int, seconds: float, rss_slack_mb: float) -> di
     rss_base = base["process_resident_memory_bytes"] / 2**20
     rss_after = after["process_resident_memory_bytes"] / 2**20
     report = {
-        "clients": clients, "seconds": round(elapsed, 1), "sessions_opened": soak.sessions_opened,
+        "clients": clients, "load_processes": max(1, workers), "seconds": round(elapsed, 1),
+        "sessions_opened": soak.sessions_opened,
         "client_events_sent": soak.sent, "events_received": soak.received,
         "errors": len(soak.errors), "first_errors": soak.errors[:5],
         "rss_base_mb": round(rss_base, 1), "rss_after_mb": round(rss_after, 1),
@@ -215,7 +267,13 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--rss-slack-mb", type=float, default=40)
     parser.add_argument("--url", help="an appliance already running (else one is started)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="client processes (each runs clients/workers socket.io clients)")
+    parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker:
+        url, clients, secs, index, workers = args.worker
+        return worker(url, int(clients), float(secs), int(index), int(workers))
     seconds = args.minutes * 60 if args.minutes else args.seconds
 
     proc = None
@@ -230,7 +288,7 @@ def main(argv=None) -> int:
         proc.start()
         url = f"http://127.0.0.1:{proc.port}"
     try:
-        report = asyncio.run(run(url, args.clients, seconds, args.rss_slack_mb))
+        report = asyncio.run(run(url, args.clients, seconds, args.rss_slack_mb, args.workers))
     finally:
         if proc is not None:
             proc.stop()
