@@ -462,7 +462,7 @@ class CollabService:
     def _editor(self, sid: str, document_id: str) -> Editor:
         """The sender's join, checked against its live rooms (revocation removes the room)."""
         editor = self.editors.get(document_id, {}).get(sid)
-        if editor is not None and rooms.document(document_id) in self.sio.rooms(sid):
+        if editor is not None and self.sio.manager.in_room(sid, rooms.document(document_id)):
             return editor
         if editor is not None:
             self._forget(sid, document_id)

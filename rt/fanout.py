@@ -70,6 +70,8 @@ class FanoutMixin(socketio.AsyncManager):
         return list(self._rooms_of.get(sid, ()))
 
     def in_room(self, sid, room) -> bool:
+        """Membership without building the list of `rooms(sid)` (checked on every typing
+        event and document update)."""
         return room in self._rooms_of.get(sid, ())
 
     def has_room(self, namespace, room) -> bool:

@@ -258,7 +258,7 @@ class Gateway:
         message_id = p.ident(data, "message_id", required=False)
         inner = p.obj(data.get("data"), "'data'")
         kind = p.text(inner, "type", max_len=64, required=True)
-        if rooms.channel(channel_id) not in self.sio.rooms(sid):
+        if not self.sio.manager.in_room(sid, rooms.channel(channel_id)):
             raise p.Forbidden("not a member of this channel")
         await self.channels.client_event(sid, identity, channel_id, message_id, kind,
                                          inner.get("data"))

@@ -22,12 +22,12 @@ async def every(name: str, interval: float, step: Callable[[], Awaitable[None]],
             delay = interval
         except asyncio.CancelledError:
             raise
-        except StoreError as exc:  # an outage, not a bug: one line per retry
+        except Exception as exc:
             delay = min(max(delay * 2, interval), max_backoff)
-            log.warning("%s failed: %s; retrying in %.1f s", name, exc, delay)
-        except Exception:
-            delay = min(max(delay * 2, interval), max_backoff)
-            log.exception("%s failed; retrying in %.1f s", name, delay)
+            if isinstance(exc, StoreError):  # an outage, not a bug: one line per retry
+                log.warning("%s failed: %s; retrying in %.1f s", name, exc, delay)
+            else:
+                log.exception("%s failed; retrying in %.1f s", name, delay)
         if cancel_swallowed():
             raise asyncio.CancelledError
 
