@@ -21,6 +21,7 @@ import pytest
 
 from rt.collab import attach
 from tests.support.appliance import WAIT, running
+from tests.support.yjs_wire import var
 
 try:  # an independent Yjs implementation; wheels only up to Python 3.12
     import y_py
@@ -296,7 +297,7 @@ async def test_invalid_updates_are_refused_stored_nowhere_relayed_to_nobody(tmp_
         # a Yjs client deleting half of the emoji (UTF-16 code unit 6 of "good 😀 text"):
         # Yrs would mangle the document, npm yjs would read a different text
         client_id = a.replica.doc.client_id
-        half_emoji = bytes([0, 1]) + _var(client_id) + bytes([1, 6, 1])
+        half_emoji = bytes([0, 1]) + var(client_id) + bytes([1, 6, 1])
         deep = _deep_any(client_id=99, depth=200_000)  # segfaults pycrdt unchecked
         bad = {
             "garbage": b"\x07\x00\xffgarbage",
@@ -584,19 +585,8 @@ async def test_revoking_access_removes_live_sessions(tmp_path):
 
 
 # ---------------------------------------------------------------------- helpers
-def _var(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def _deep_any(client_id: int, depth: int) -> bytes:
     """One item in root 't' whose content is an array nested `depth` times."""
-    content = _var(1) + bytes([117]) + (_var(1) + bytes([117])) * (depth - 1) + _var(0)
-    return (_var(1) + _var(1) + _var(client_id) + _var(0) + bytes([8]) + _var(1) + _var(1)
-            + b"t" + content + _var(0))
+    content = var(1) + bytes([117]) + (var(1) + bytes([117])) * (depth - 1) + var(0)
+    return (var(1) + var(1) + var(client_id) + var(0) + bytes([8]) + var(1) + var(1)
+            + b"t" + content + var(0))

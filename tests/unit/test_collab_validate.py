@@ -18,22 +18,12 @@ from rt import payloads as p
 from rt.collab import (EMPTY_UPDATE, InvalidUpdate, bytes_of, decode_state_vector, inspect_update,
                        integrated, missing_dependencies, splits_pair)
 from tests.support.node_client import NODE_DIR, node_available, node_executable
+from tests.support.yjs_wire import var
 
 try:
     import y_py
 except ImportError:  # pragma: no cover - no wheel for this Python
     y_py = None
-
-
-def var(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
 
 
 def vstr(text: str) -> bytes:
