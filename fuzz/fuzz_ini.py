@@ -42,9 +42,7 @@ def TestOneInput(data: bytes) -> None:
 
 
 def main() -> None:
-    fuzzlib.fuzzing_main()
-    atheris.Setup(sys.argv, TestOneInput)
-    atheris.Fuzz()
+    fuzzlib.fuzz(TestOneInput)
 
 
 if __name__ == "__main__":

@@ -38,8 +38,7 @@ def TestOneInput(data: bytes) -> None:
 
 
 def main() -> None:
-    atheris.Setup(sys.argv, TestOneInput)
-    atheris.Fuzz()
+    fuzzlib.fuzz(TestOneInput)
 
 
 if __name__ == "__main__":

@@ -41,13 +41,7 @@ def TestOneInput(data: bytes) -> None:
 
 
 def main() -> None:
-    fuzzlib.fuzzing_main()
-    atheris.Setup(sys.argv, TestOneInput)
-    try:
-        atheris.Fuzz()
-    finally:
-        if _runner is not None:
-            _runner.close()
+    fuzzlib.fuzz(TestOneInput, done=lambda: _runner is not None and _runner.close())
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import os
 import re
 import shutil
 import sqlite3
+import sys
 import tempfile
 from typing import Any
 
@@ -999,11 +1000,20 @@ def scratch_dir() -> str | None:
     return None
 
 
-def fuzzing_main() -> None:
-    """Called by the harnesses' main(): libFuzzer ends the process without Python's clean-up,
-    so unless run.sh gave a scratch folder (RT_FUZZ_TMP, removed by run.sh), data goes to
-    the ordinary temporary folder rather than to /dev/shm."""
+def fuzz(test_one_input, done=None) -> None:
+    """Every harness's main: libFuzzer on `test_one_input`, then `done` (a harness's own
+    clean-up, such as closing its WorldRunner). libFuzzer ends the process without Python's
+    clean-up, so unless run.sh gave a scratch folder (RT_FUZZ_TMP, removed by run.sh), data
+    goes to the ordinary temporary folder rather than to /dev/shm."""
+    import atheris  # noqa: PLC0415 - only when fuzzing; the harness instrumented its imports
+
     os.environ.setdefault("RT_FUZZ_TMP", tempfile.gettempdir())
+    atheris.Setup(sys.argv, test_one_input)
+    try:
+        atheris.Fuzz()
+    finally:
+        if done is not None:
+            done()
 
 
 class WorldRunner:
