@@ -465,6 +465,44 @@ class UpstreamSettings:
 
 
 @dataclass(frozen=True)
+class OpenWebuiSettings:
+    url: str = opt(
+        "", HTTP_URL, "Base URL of an unmodified open-webui whose users, rights and notes "
+        "the appliance serves (e.g. http://127.0.0.1:8080): identities, channel, note and "
+        "chat access are asked of its HTTP API with each tab's own token, note content is "
+        "written back through it. Empty = the appliance's own directory (the HTTP API "
+        "registers users, channels and notes).", "OPENWEBUI_URL")
+    request_timeout: float = opt(
+        "5", POSITIVE, "Seconds one request to open-webui may take; slower counts as "
+        "unreachable (connect refused with 'unavailable').")
+    cache_ttl: float = opt(
+        "30", POSITIVE, "Seconds an answer of open-webui (who a token is, what it may read) "
+        "is reused before it is asked again.")
+    cache_size: int = opt(
+        "10000", integer(1), "Answers of open-webui kept in the cache at most (the oldest "
+        "are dropped first).")
+    reverify_interval: float = opt(
+        "30", POSITIVE, "Seconds between re-verifications of every live socket's token "
+        "(revoked or signed-out tokens lose their socket within this time).")
+    unbound_per_ip: int = opt(
+        "20", integer(1), "Sockets without a user yet (opened on the sign-in page) allowed "
+        "per client address.")
+    unbound_max: int = opt(
+        "2000", integer(1), "Sockets without a user yet allowed on this node in all.",)
+    pubsub: bool = opt(
+        "true", BOOL, "In Redis mode, also speak python-socketio's own pub/sub protocol with "
+        "open-webui's backend (its emits, calls and room changes reach our browsers).")
+    pubsub_channel: str = opt(
+        "socketio", TEXT, "python-socketio's pub/sub channel (not prefixed, as in "
+        "open-webui).")
+    room_channels: bool = opt(
+        "true", BOOL, "open-webui publishes emits for one room on <pubsub_channel>#/#<room> "
+        "(its default room-channel manager); subscribe to those for rooms with local "
+        "members. false = everything on pubsub_channel (stock AsyncRedisManager).",
+        "WEBSOCKET_REDIS_ROOM_CHANNELS")
+
+
+@dataclass(frozen=True)
 class LogSettings:
     level: str = opt(
         "info", choice("debug", "info", "warning", "error"), "Log level.", reload=True)
@@ -477,6 +515,7 @@ SECTIONS: dict[str, type] = {
     "limits": LimitsSettings,
     "documents": DocumentsSettings,
     "upstream": UpstreamSettings,
+    "openwebui": OpenWebuiSettings,
     "log": LogSettings,
 }
 
@@ -498,6 +537,7 @@ class Settings:
     limits: LimitsSettings
     documents: DocumentsSettings
     upstream: UpstreamSettings
+    openwebui: OpenWebuiSettings
     log: LogSettings
     _sources: Mapping[tuple[str, str], str] = field(repr=False, compare=False)
 

@@ -111,6 +111,16 @@ EXPECTED_DEFAULTS = {
     ("upstream", "emit_interval"): 0.05,
     ("upstream", "max_streams_per_user"): 4,
     ("upstream", "max_streams"): 64,
+    ("openwebui", "url"): "",
+    ("openwebui", "request_timeout"): 5.0,
+    ("openwebui", "cache_ttl"): 30.0,
+    ("openwebui", "cache_size"): 10000,
+    ("openwebui", "reverify_interval"): 30.0,
+    ("openwebui", "unbound_per_ip"): 20,
+    ("openwebui", "unbound_max"): 2000,
+    ("openwebui", "pubsub"): True,
+    ("openwebui", "pubsub_channel"): "socketio",
+    ("openwebui", "room_channels"): True,
     ("log", "level"): "info",
 }
 
