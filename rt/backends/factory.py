@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 import socketio
 
@@ -43,6 +43,9 @@ class Backend:
     loops: list[Loop] = field(default_factory=list)
     # how often to look for sessions of nodes that died (None: there are no other nodes)
     dead_session_interval: float | None = None
+    # the Redis client of the deployment (None on embedded state), shared with services
+    # that keep keys another program reads (open-webui's pools and revocation markers)
+    redis: Any = None
 
     async def start(self) -> None:
         await self.store.open()
@@ -131,4 +134,5 @@ def build_redis_backend(settings, target=None) -> RedisBackend:
         node_id=presence.node_id,
         loops=[Loop("presence heartbeat", presence.heartbeat_interval, presence.heartbeat)],
         dead_session_interval=min(5.0, settings.state.node_ttl / 4),
+        redis=client,
     )
