@@ -26,6 +26,11 @@ from .emitter import Emitter
 from .engine.handler import route as engine_route
 from .engine.server import EngineOptions
 from .gateway import Gateway
+from .identities import DirectoryIdentities
+from .ledger import DirectoryLedger
+from .openwebui.link import OpenWebuiLink
+from .rights import DirectoryRights
+from .typing_gate import TypingGate
 from .limits import Limits
 from .metrics import Metrics
 from .presence import PresenceService
@@ -95,19 +100,35 @@ class Appliance:
         self.presence = PresenceService(self.backend.presence, self.backend.store)
         self.usage = UsageService(self.backend.usage, self.emitter, s.limits.usage_ttl,
                                   s.server.broadcast_usage)
-        self.channels = ChannelService(
-            self.backend.store, self.emitter,
-            Buckets(s.limits.typing_per_second, s.limits.typing_burst))
+        self.typing = TypingGate(Buckets(s.limits.typing_per_second, s.limits.typing_burst))
+        self.channels = ChannelService(self.emitter, self.typing)
         self.directory = Directory(self.backend.store, self.emitter)
         self.limits = Limits(s.limits)
-        self.gateway = Gateway(self.sio, self.verifier, self.backend.store, self.presence,
-                               self.usage, self.channels, self.limits, s.auth.trust_token_claims)
+        # who users are and what they may do: open-webui's API when [openwebui] url is
+        # set, else the appliance's own directory (chosen here, nowhere else)
+        self.openwebui = (OpenWebuiLink(s, self.verifier, self.backend.redis)
+                          if s.openwebui.url else None)
+        if self.openwebui is not None:
+            source, rights, ledger = (self.openwebui.identities, self.openwebui.rights,
+                                      self.openwebui.ledger)
+        else:
+            source = DirectoryIdentities(self.verifier, self.backend.store,
+                                         s.auth.trust_token_claims)
+            rights = DirectoryRights(self.backend.store)
+            ledger = DirectoryLedger(self.backend.store,
+                                     lambda: self.settings.limits.chat_reads_per_user)
+        self.rights = rights
+        self.gateway = Gateway(self.sio, self.verifier, source, rights, ledger, self.presence,
+                               self.usage, self.channels, self.limits, self.typing,
+                               (s.openwebui.unbound_per_ip, s.openwebui.unbound_max))
         self.gateway.register()
         self.tasks = TaskGroup()
         self.metrics = Metrics(self)
         self.recent_errors = admin.RecentErrors()
         # extra live gauges other services contribute: (name, help, callable → number)
         self.gauges: list[tuple[str, str, object]] = []
+        if self.openwebui is not None:
+            self.gauges += self.openwebui.gauges()
         self.reload_hooks: list = []  # services that keep a copy of a reloadable setting
         if not self.backend.node_id:
             self.backend.node_id = f"{socket.gethostname()}-{os.getpid()}"
@@ -152,6 +173,7 @@ class Appliance:
         dropped, services told through the disconnect hooks)."""
         for sid, user_id in await self.backend.dead_sessions():
             await self.usage.drop(sid)
+            await self.gateway.ledger.gone(sid)  # open-webui's session pool entry
             user = await self.backend.store.get_user(user_id)
             identity = Identity(user_id, user.name if user else user_id,
                                 user.role if user else "user")
@@ -227,6 +249,11 @@ class Appliance:
             "last-active flush", s.state.last_active_flush_interval, self.presence.flush))
         self.tasks.start("usage sweep", every(
             "usage sweep", min(1.0, s.limits.usage_ttl / 3), self.usage.sweep))
+        self.tasks.start("re-verification", every(
+            "re-verification", s.openwebui.reverify_interval, self._reverify))
+        if self.openwebui is not None:
+            for name, work in self.openwebui.background():
+                self.tasks.start(name, work)
         for loop in self.backend.loops:
             self.tasks.start(loop.name, every(loop.name, loop.interval, loop.step,
                                               max_backoff=loop.interval))
@@ -242,6 +269,9 @@ class Appliance:
         if watchdog:
             # pinged from the event loop: a hung loop stops the pings and systemd restarts us
             self.tasks.start("watchdog", every("watchdog", watchdog / 2, self._watchdog))
+
+    async def _reverify(self) -> None:
+        await self.gateway.reverify()
 
     async def _watchdog(self) -> None:
         sdnotify.watchdog()
@@ -283,6 +313,9 @@ class Appliance:
             log.error("last-active times not saved at stop: %s", exc)
         if self.collab is not None:
             await self.collab.close()  # the debounced rendered content of documents
+        if self.openwebui is not None:
+            # note contents still owed to open-webui, within what is left of the deadline
+            await self.openwebui.close(deadline=2.0)
         # 5. close idle keep-alive HTTP connections (the store closes in stop())
         if self.http is not None:
             await self.http.close_all_connections()
@@ -316,8 +349,8 @@ class Appliance:
         s = merged
         logs.set_level(s.log.level)
         self.sio.engine.options = engine_options(s)
-        self.channels.typing_buckets.rate = s.limits.typing_per_second
-        self.channels.typing_buckets.burst = s.limits.typing_burst
+        self.typing.buckets.rate = s.limits.typing_per_second
+        self.typing.buckets.burst = s.limits.typing_burst
         self.usage.ttl = s.limits.usage_ttl
         self.limits.configure(s.limits)
         for hook in self.reload_hooks:

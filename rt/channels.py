@@ -1,41 +1,33 @@
-"""Channel events from clients: typing indicators and read markers."""
+"""Channel events from clients: typing indicators (read markers go to the ledger)."""
 from __future__ import annotations
 
-import time
-from typing import Any, Callable
+from typing import Any
 
 from . import rooms
 from .auth import Identity
-from .backends import Store
 from .emitter import Emitter
-from .payloads import BadRequest, RateLimited
-from .ratelimit import Buckets
+from .payloads import BadRequest
+from .typing_gate import TypingGate
 
 
 class ChannelService:
-    def __init__(self, store: Store, emitter: Emitter, typing: Buckets,
-                 clock: Callable[[], float] = time.time):
-        self.store = store
+    def __init__(self, emitter: Emitter, typing: TypingGate):
         self.emitter = emitter
-        self.typing_buckets = typing
-        self.clock = clock
+        self.typing = typing
 
     async def client_event(self, sid: str, identity: Identity, channel_id: str,
                            message_id: str | None, kind: str, data: Any) -> None:
-        if kind == "typing":
-            if not self.typing_buckets.allow(sid):
-                raise RateLimited("typing events are limited per connection")
-            await self.emitter.to_room("events:channel", {
-                "channel_id": channel_id,
-                "message_id": message_id,
-                "data": {"type": "typing", "data": data},
-                # who is typing comes from the verified identity, never from the payload
-                "user": identity.public(),
-            }, rooms.channel(channel_id))
-        elif kind == "last_read_at":
-            await self.store.set_channel_read(channel_id, identity.id, self.clock())
-        else:
+        if kind != "typing":
             raise BadRequest(f"unsupported channel event type {kind!r}")
-
-    def forget(self, sid: str) -> None:
-        self.typing_buckets.forget(sid)
+        room = rooms.channel(channel_id)
+        payload = {
+            "channel_id": channel_id,
+            "message_id": message_id,
+            "data": {"type": "typing", "data": data},
+            # who is typing comes from the verified identity, never from the payload;
+            # open-webui's typing events carry the role too
+            "user": {**identity.public(), "role": identity.role},
+        }
+        # one event per keystroke from open-webui's editor: above the rate, coalesced
+        await self.typing.offer(sid, room, lambda: self.emitter.to_room(
+            "events:channel", payload, room))

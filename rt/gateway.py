@@ -16,32 +16,48 @@ from socketio.exceptions import ConnectionRefusedError as Refused
 from . import payloads as p
 from . import rooms
 from .auth import AuthError, Identity, TokenVerifier
-from .backends import Store, StoreError, UsageFull
+from .backends import StoreError, UsageFull
 from .channels import ChannelService
-from .directory import can_read
+from .identities import IdentitySource
+from .ledger import Ledger
 from .limits import Limits
 from .presence import PresenceService
+from .rights import Rights
 from .sio import SocketServer, ack_requested
+from .typing_gate import TypingGate
 from .usage import UsageService
 
 log = logging.getLogger("rt.conn")
 
 Handler = Callable[[str, Identity, Any], Awaitable[Any]]
 
+# open-webui's chat ids that are not saved chats (temporary, channel threads): no room
+UNSAVED_CHAT_PREFIXES = ("temporary:", "local:", "channel:")
+CHAT_EVENT_TYPES = ("join", "leave", "typing", "last_read_at")
+
 
 class Gateway:
-    def __init__(self, sio: SocketServer, verifier: TokenVerifier, store: Store,
-                 presence: PresenceService, usage: UsageService, channels: ChannelService,
-                 limits: Limits, trust_token_claims: bool = False):
+    def __init__(self, sio: SocketServer, verifier: TokenVerifier, source: IdentitySource,
+                 rights: Rights, ledger: Ledger, presence: PresenceService,
+                 usage: UsageService, channels: ChannelService, limits: Limits,
+                 typing: TypingGate, unbound_limits: tuple[int, int] = (20, 2000)):
         self.sio = sio
         self.verifier = verifier
-        self.store = store
+        self.source = source
+        self.rights = rights
+        self.ledger = ledger
         self.presence = presence
         self.usage = usage
         self.channels = channels
         self.limits = limits
-        self.trust_token_claims = trust_token_claims
+        self.typing = typing
         self.identities: dict[str, Identity] = {}
+        # the token each session proved itself with: open-webui's API is asked with it
+        # (never logged, gone with the session)
+        self.tokens: dict[str, str] = {}
+        # sockets accepted without a user yet (open-webui's sign-in page): sid → address
+        self.unbound: dict[str, str] = {}
+        self.unbound_per_ip, self.unbound_max = unbound_limits
         self.events_in: dict[str, int] = {}
         self.errors: dict[str, int] = {}
         self.disconnect_hooks: list[Callable[[str, Identity], Awaitable[None]]] = []
@@ -63,10 +79,13 @@ class Gateway:
         async def dispatch(sid: str, *args: Any) -> Any:
             self.events_in[name] = self.events_in.get(name, 0) + 1
             identity = self.identities.get(sid)
-            if identity is None:  # cannot happen: refused at connect; kept as a guard
-                return self._fail(sid, name, p.Forbidden("not authenticated"))
             try:
                 self.limits.check_event(sid)
+                if identity is None:
+                    # an unbound socket may only bind itself (open-webui's sign-in page)
+                    if name == "user-join" and sid in self.unbound:
+                        return await self.bind_later(sid, args[0] if args else None)
+                    raise p.Forbidden("not authenticated: send user-join with a token first")
                 return await handler(sid, identity, args[0] if args else None)
             except p.EventError as exc:
                 log.info("event %s from %s refused: %s %s", name, sid, exc.code, exc)
@@ -110,6 +129,9 @@ class Gateway:
             log.info("connect refused from %s: %s", ip, exc)
             raise Refused("rate_limited") from None
         token = auth.get("token") if isinstance(auth, dict) else None
+        if (token is None or token == "") and self.source.allows_unbound:
+            self._accept_unbound(sid, ip)
+            return
         try:
             await self._register(sid, ip, token, environ)
         except StoreError as exc:
@@ -118,12 +140,25 @@ class Gateway:
             log.warning("connect refused from %s: store unavailable: %s", ip, exc)
             self.errors["unavailable"] = self.errors.get("unavailable", 0) + 1
             self.identities.pop(sid, None)
+            self.tokens.pop(sid, None)
             self.limits.disconnected(sid)
             try:
                 await self.presence.disconnected(sid)
             except StoreError:
                 pass  # an entry half written expires with this node's lease
             raise Refused("unavailable") from None
+
+    def _accept_unbound(self, sid: str, ip: str) -> None:
+        """A socket without a token, as open-webui's sign-in page opens one: it joins no
+        room and may only send `user-join`; bounded per address and in all."""
+        if len(self.unbound) >= self.unbound_max:
+            self.limits.refused["unbound"] += 1
+            raise Refused("rate_limited")
+        if sum(1 for at in self.unbound.values() if at == ip) >= self.unbound_per_ip:
+            self.limits.refused["unbound_per_ip"] += 1
+            raise Refused("rate_limited")
+        self.unbound[sid] = ip
+        self.limits.connected(sid, ip)
 
     async def _register(self, sid: str, ip: str, token: Any, environ: dict) -> None:
         try:
@@ -137,15 +172,34 @@ class Gateway:
         # session that never finished connecting, so nothing may be left registered
         if not self._alive(sid):
             raise Refused("gone")
-        self.identities[sid] = identity
         self.limits.connected(sid, ip)
-        await self.sio.save_session(sid, {"identity": identity})
-        await self.sio.enter_room(sid, rooms.user(identity.id))
-        await self.presence.connected(sid, identity)
+        await self._bind(sid, identity, token)
         if not self._alive(sid):  # gone during the presence write
             await self.on_disconnect(sid, "transport close")
             raise Refused("gone")
         log.debug("connect %s user %s via %s", sid, identity.id, environ.get("rt.transport"))
+
+    async def _bind(self, sid: str, identity: Identity, token: str) -> None:
+        self.identities[sid] = identity
+        self.tokens[sid] = token
+        await self.sio.save_session(sid, {"identity": identity})
+        await self.sio.enter_room(sid, rooms.user(identity.id))
+        await self.presence.connected(sid, identity)
+        await self.ledger.bound(sid, identity, token)
+
+    async def bind_later(self, sid: str, data: Any) -> dict:
+        """`user-join` on an unbound socket: the token in the payload names its user."""
+        token = p.token_of(p.obj(data))
+        try:
+            identity = await self.identify(token)
+        except AuthError as exc:
+            self.errors[exc.code] = self.errors.get(exc.code, 0) + 1
+            raise p.EventError(f"user-join refused: {exc}", exc.code) from None
+        if sid not in self.unbound or not self._alive(sid):
+            raise p.EventError("the connection is gone", "gone")
+        del self.unbound[sid]
+        await self._bind(sid, identity, token)  # type: ignore[arg-type]
+        return await self.user_join(sid, identity, data)
 
     def _alive(self, sid: str) -> bool:
         eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
@@ -153,28 +207,45 @@ class Gateway:
         return session is not None and not session.closed
 
     async def identify(self, token: Any) -> Identity:
-        claims = self.verifier.verify(token)
-        user = await self.store.get_user(claims["id"])
-        if user is None:
-            name = claims.get("name")
-            if self.trust_token_claims and isinstance(name, str) and name:
-                role = claims.get("role") if claims.get("role") in ("user", "admin") else "user"
-                return Identity(claims["id"], name, role)
-            raise AuthError("user_unknown")
-        if user.disabled:
-            raise AuthError("user_disabled")
-        if user.role == "pending":
-            raise AuthError("user_pending")
-        return Identity(user.id, user.name, user.role)
+        return await self.source.identify(token)
 
     async def on_disconnect(self, sid: str, reason: str = "") -> None:
         identity = self.identities.pop(sid, None)
+        self.tokens.pop(sid, None)
+        self.unbound.pop(sid, None)
         self.limits.disconnected(sid)
-        self.channels.forget(sid)
+        self.typing.forget(sid)
+        if identity is None:
+            return
+        chats = [r[len("chat:"):] for r in self.sio.rooms(sid) if r.startswith("chat:")]
         await self.presence.disconnected(sid)
         await self.usage.drop(sid)
-        if identity is not None:
-            await self.run_disconnect_hooks(sid, identity)
+        await self.ledger.gone(sid)
+        for chat_id in chats:
+            await self._publish_chat_presence(chat_id, leaving=sid)
+        await self.run_disconnect_hooks(sid, identity)
+
+    async def reverify(self) -> int:
+        """Re-verify every live socket's token (revoked, signed out, expired, role changed):
+        such a socket is disconnected, and the client reconnects with what it has now.
+        open-webui unreachable keeps the sockets. Returns how many were ended."""
+        verdicts: dict[str, Identity | AuthError] = {}
+        ended = 0
+        for sid, token in list(self.tokens.items()):
+            if token not in verdicts:
+                try:
+                    verdicts[token] = await self.identify(token)
+                except AuthError as exc:
+                    verdicts[token] = exc
+            verdict = verdicts[token]
+            if isinstance(verdict, AuthError) and verdict.code == "unavailable":
+                continue
+            if verdict != self.identities.get(sid, verdict):
+                reason = verdict.code if isinstance(verdict, AuthError) else "identity changed"
+                log.info("session %s ended on re-verification: %s", sid, reason)
+                ended += 1
+                await self.sio.disconnect(sid)
+        return ended
 
     async def run_disconnect_hooks(self, sid: str, identity: Identity) -> None:
         """Tell services a session ended (here, or on a node that died)."""
@@ -186,8 +257,9 @@ class Gateway:
             except Exception:
                 log.exception("disconnect hook failed for %s", sid)
 
-    def check_token(self, identity: Identity, data: dict) -> None:
-        """A token inside a payload must be valid and belong to the connection's user."""
+    def check_token(self, sid: str, identity: Identity, data: dict) -> None:
+        """A token inside a payload must be valid and belong to the connection's user; a
+        newer one replaces the session's (open-webui's API is then asked with it)."""
         token = p.token_of(data)
         if token is None:
             return
@@ -197,20 +269,22 @@ class Gateway:
             raise p.Forbidden(f"payload token refused: {exc.code}") from None
         if claims["id"] != identity.id:
             raise p.Forbidden("the payload token belongs to another user")
+        if sid in self.tokens:
+            self.tokens[sid] = token
 
     # ------------------------------------------------------------------ events
     async def user_join(self, sid: str, identity: Identity, data: Any) -> dict:
         data = p.obj(data)
-        self.check_token(identity, data)
-        channel_ids = await self.store.channels_of_user(identity.id)
+        self.check_token(sid, identity, data)
+        channel_ids = await self.rights.channels_of(identity, self.tokens.get(sid))
         await self._enter_rooms(sid, [rooms.user(identity.id)]
                                 + [rooms.channel(c) for c in channel_ids])
         return identity.public()
 
     async def join_channels(self, sid: str, identity: Identity, data: Any) -> dict:
         data = p.obj(data)
-        self.check_token(identity, data)
-        wanted = await self.store.channels_of_user(identity.id)
+        self.check_token(sid, identity, data)
+        wanted = await self.rights.channels_of(identity, self.tokens.get(sid))
         current = {r for r in self.sio.rooms(sid) if r.startswith("channel:")}
         for room in current - {rooms.channel(c) for c in wanted}:
             await self.sio.leave_room(sid, room)
@@ -220,11 +294,8 @@ class Gateway:
     async def join_note(self, sid: str, identity: Identity, data: Any) -> dict:
         data = p.obj(data)
         note_id = p.ident(data, "note_id")
-        self.check_token(identity, data)
-        note = await self.store.get_note(note_id)
-        if note is None:
-            raise p.NotFound(f"note {note_id!r} does not exist")
-        if not can_read(note, identity.id, identity.is_admin):
+        self.check_token(sid, identity, data)
+        if await self.rights.note_access(identity, self.tokens.get(sid), note_id) is None:
             raise p.Forbidden("no read access to this note")
         await self._enter_rooms(sid, [rooms.note(note_id)])
         return {"ok": True}
@@ -241,6 +312,7 @@ class Gateway:
         if data is not None and not isinstance(data, dict):
             raise p.BadRequest("payload must be an object")
         self.presence.heartbeat(identity.id)
+        await self.ledger.heartbeat(sid, identity, self.tokens.get(sid))
 
     async def usage_event(self, sid: str, identity: Identity, data: Any) -> None:
         data = p.obj(data)
@@ -251,6 +323,7 @@ class Gateway:
             await self.usage.touch(model, sid, *self.limits.usage_caps())
         except UsageFull as exc:
             raise self.limits.usage_refused(exc.scope) from None
+        await self.ledger.model_used(sid, model)
 
     async def channel_event(self, sid: str, identity: Identity, data: Any) -> None:
         data = p.obj(data)
@@ -260,16 +333,58 @@ class Gateway:
         kind = p.text(inner, "type", max_len=64, required=True)
         if not self.sio.manager.in_room(sid, rooms.channel(channel_id)):
             raise p.Forbidden("not a member of this channel")
+        if kind == "last_read_at":
+            await self.ledger.channel_read(identity, self.tokens.get(sid), channel_id)
+            return
         await self.channels.client_event(sid, identity, channel_id, message_id, kind,
                                          inner.get("data"))
 
-    async def chat_event(self, sid: str, identity: Identity, data: Any) -> None:
+    async def chat_event(self, sid: str, identity: Identity, data: Any) -> bool | None:
+        """open-webui 0.12 shared chats: join/leave the chat's room (with presence), typing
+        to its other viewers, read markers. join/leave/typing are acked with a boolean like
+        open-webui's (False = refused, e.g. no access)."""
         data = p.obj(data)
         chat_id = p.ident(data, "chat_id")
         inner = p.obj(data.get("data"), "'data'")
         kind = p.text(inner, "type", max_len=64, required=True)
-        if kind != "last_read_at":
+        if kind not in CHAT_EVENT_TYPES:
             raise p.BadRequest(f"unsupported chat event type {kind!r}")
-        # bounded per user: one more chat evicts the user's oldest marker
-        await self.store.set_chat_read(chat_id, identity.id, self.channels.clock(),
-                                       keep=self.limits.s.chat_reads_per_user)
+        token = self.tokens.get(sid)
+        if kind == "last_read_at":
+            await self.ledger.chat_read(identity, token, chat_id)
+            return None
+        if chat_id.startswith(UNSAVED_CHAT_PREFIXES):
+            return False
+        room = rooms.chat(chat_id)
+        if kind == "leave":
+            await self.sio.leave_room(sid, room)
+            await self.ledger.chat_joined(sid, chat_id, False)
+            await self._publish_chat_presence(chat_id)
+            return True
+        if kind == "join":
+            if await self.rights.chat_access(identity, token, chat_id) is None:
+                return False
+            await self._enter_rooms(sid, [room])
+            await self.ledger.chat_joined(sid, chat_id, True)
+            await self._publish_chat_presence(chat_id)
+            return True
+        typing = inner.get("data", {}).get("typing") if isinstance(inner.get("data"), dict) else None
+        if not isinstance(typing, bool) or not self.sio.manager.in_room(sid, room):
+            return False
+        if await self.rights.chat_access(identity, token, chat_id) != "write":
+            return False
+        payload = {"chat_id": chat_id, "user_id": identity.id, "user": identity.public(),
+                   "shared": True, "data": {"type": "typing", "data": {"typing": typing}}}
+        await self.typing.offer(sid, room, lambda: self.sio.emit(
+            "events", payload, room=room, skip_sid=sid))
+        return True
+
+    async def _publish_chat_presence(self, chat_id: str, leaving: str | None = None) -> None:
+        room = rooms.chat(chat_id)
+        members = self.sio.manager.rooms.get("/", {}).get(room, {})
+        local = [(ident.id, ident.name) for sid in list(members) if sid != leaving
+                 and (ident := self.identities.get(sid)) is not None]
+        users = await self.ledger.chat_members(chat_id, local)
+        await self.sio.emit("events", {
+            "chat_id": chat_id, "shared": True,
+            "data": {"type": "chat:presence", "data": {"users": users}}}, room=room)

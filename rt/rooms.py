@@ -27,6 +27,11 @@ def parse(room: str) -> tuple[str, str] | None:
     if room.startswith("doc_"):
         return "document", room[4:]
     kind, sep, ident = room.partition(":")
-    if sep and ident and kind in ("user", "channel", "note"):
+    if sep and ident and kind in ("user", "channel", "note", "chat"):
         return kind, ident
     return None
+
+
+def chat(chat_id: str) -> str:
+    """A shared chat's viewers (open-webui 0.12 `events:chat` join)."""
+    return f"chat:{chat_id}"

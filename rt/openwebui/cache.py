@@ -1,0 +1,95 @@
+"""A bounded cache of open-webui's answers, with loads of one key coalesced.
+
+A thousand tabs of one user connecting at once ask one question: the first caller starts
+the load, the others await the same future. Answers live `ttl` seconds; at most `size` are
+kept, the least recently used dropped first. Refusals are answers too and are cached like
+the rest (a burst of bad tokens costs one request each, not one per tab); failures that
+say nothing (open-webui unreachable) are never cached.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from typing import Awaitable, Callable, Generic, Hashable, TypeVar
+
+V = TypeVar("V")
+
+
+class _Outcome(Generic[V]):
+    __slots__ = ("value", "error", "expires")
+
+    def __init__(self, value: V | None, error: BaseException | None, expires: float):
+        self.value, self.error, self.expires = value, error, expires
+
+
+class TtlCache(Generic[V]):
+    def __init__(self, ttl: float, size: int, *, cache_errors: tuple[type[BaseException], ...] = (),
+                 clock: Callable[[], float] = time.monotonic):
+        self.ttl = ttl
+        self.size = size
+        self.cache_errors = cache_errors
+        self.clock = clock
+        self._items: OrderedDict[Hashable, _Outcome[V]] = OrderedDict()
+        self._loading: dict[Hashable, asyncio.Future] = {}
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    async def get(self, key: Hashable, load: Callable[[], Awaitable[V]]) -> V:
+        outcome = self._items.get(key)
+        if outcome is not None and outcome.expires > self.clock():
+            self._items.move_to_end(key)
+            self.hits += 1
+            if outcome.error is not None:
+                raise outcome.error
+            return outcome.value  # type: ignore[return-value]
+        pending = self._loading.get(key)
+        if pending is not None:
+            self.hits += 1
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                if not pending.cancelled():
+                    raise  # we were cancelled ourselves
+                return await self.get(key, load)  # the loader was: load again
+        self.misses += 1
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._loading[key] = future
+        try:
+            value = await load()
+        except self.cache_errors as exc:
+            self._put(key, _Outcome(None, exc, self.clock() + self.ttl))
+            future.set_exception(exc)
+            future.exception()  # retrieved: no "never retrieved" warning without waiters
+            raise
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()
+            raise
+        else:
+            self._put(key, _Outcome(value, None, self.clock() + self.ttl))
+            future.set_result(value)
+            return value
+        finally:
+            self._loading.pop(key, None)
+
+    def _put(self, key: Hashable, outcome: _Outcome[V]) -> None:
+        self._items[key] = outcome
+        self._items.move_to_end(key)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+    def forget(self, key: Hashable) -> None:
+        self._items.pop(key, None)
+
+    def forget_where(self, pred: Callable[[Hashable, V | None], bool]) -> int:
+        """Drop the answers for which pred(key, value) holds (refusals have value None)."""
+        stale = [key for key, outcome in self._items.items() if pred(key, outcome.value)]
+        for key in stale:
+            del self._items[key]
+        return len(stale)

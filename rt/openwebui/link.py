@@ -1,0 +1,71 @@
+"""open-webui's side of the appliance, built in one piece from `[openwebui]` settings.
+
+The composition root (app.py) builds this when `[openwebui] url` is set and takes from it
+the identity source, the rights and the ledger the gateway uses, the note writer the
+document service hands contents to, and the background work to run.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ..auth import TokenVerifier
+from ..tasks import every
+from .api import NotFound, OpenWebuiApi, Refused
+from .cache import TtlCache
+from .identities import OpenWebuiIdentities
+from .ledger import OpenWebuiLedger
+from .pools import REFRESH_INTERVAL, OpenWebuiPools
+from .rights import OpenWebuiRights
+from .socket_port import OpenWebuiSocket
+from .writeback import NoteWriter, ReadMarkers
+
+
+class OpenWebuiLink:
+    def __init__(self, settings, verifier: TokenVerifier, redis: Any = None):
+        o = settings.openwebui
+        prefix = settings.state.key_prefix
+        self.api = OpenWebuiApi(o.url, o.request_timeout)
+        # refusals are answers (cached); unreachable is not (never cached)
+        self.cache: TtlCache = TtlCache(o.cache_ttl, o.cache_size,
+                                        cache_errors=(Refused, NotFound))
+        self.identities = OpenWebuiIdentities(verifier, self.api, self.cache, redis, prefix)
+        self.rights = OpenWebuiRights(self.api, self.cache)
+        self.pools = OpenWebuiPools(redis, prefix) if redis is not None else None
+        self.markers = ReadMarkers(OpenWebuiSocket(o.url, o.request_timeout))
+        self.ledger = OpenWebuiLedger(self.identities, self.markers, self.pools)
+        self.notes = NoteWriter(self.api)
+
+    def forget_user(self, user_id: str) -> None:
+        """open-webui announced a change for this user: ask it again next time."""
+        self.identities.forget_user(user_id)
+        self.rights.forget_user(user_id)
+        self.ledger.forget_user(user_id)
+
+    def background(self) -> list[tuple[str, Any]]:
+        """(name, coroutine) of the work to run while the appliance runs."""
+        work: list[tuple[str, Any]] = [("open-webui note writer", self.notes.run())]
+        if self.pools is not None:
+            work.append(("open-webui session pool", every(
+                "open-webui session pool", REFRESH_INTERVAL, self.pools.refresh)))
+        return work
+
+    def gauges(self) -> list[tuple[str, str, Any]]:
+        return [
+            ("rt_openwebui_requests", "Requests sent to open-webui's API",
+             lambda: self.api.requests),
+            ("rt_openwebui_cache_entries", "Answers of open-webui cached",
+             lambda: len(self.cache)),
+            ("rt_openwebui_notes_pending", "Note contents waiting to be written to open-webui",
+             lambda: len(self.notes.pending)),
+            ("rt_openwebui_notes_written", "Note contents written to open-webui",
+             lambda: self.notes.written),
+            ("rt_openwebui_notes_failed", "Note content writes that failed and were retried",
+             lambda: self.notes.failed),
+            ("rt_openwebui_read_markers_sent", "Read markers sent to open-webui",
+             lambda: self.markers.sent),
+        ]
+
+    async def close(self, deadline: float) -> None:
+        await self.notes.flush(deadline)
+        await self.markers.close()
+        self.api.close()

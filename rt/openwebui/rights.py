@@ -1,0 +1,75 @@
+"""Rights from open-webui's API, asked with the tab's own token.
+
+Answers are cached per user (`[openwebui] cache_ttl`, bounded by `cache_size`, a burst of
+questions coalesced into one request) and forgotten when open-webui announces a change
+(`forget_user`: `access:updated`, `channel:created`, membership emits).
+"""
+from __future__ import annotations
+
+from .. import payloads as p
+from ..auth import Identity
+from .api import NotFound, OpenWebuiApi, Refused, Unavailable
+from .cache import TtlCache
+
+
+class OpenWebuiRights:
+    def __init__(self, api: OpenWebuiApi, cache: TtlCache):
+        self.api = api
+        self.cache = cache
+
+    async def channels_of(self, identity: Identity, token: str | None) -> list[str]:
+        if not token:
+            return []
+
+        async def load() -> list[str]:
+            try:
+                found = await self.api.channels(token)
+            except Refused:
+                return []  # no channels permission (403): member of none, as open-webui
+            return [c["id"] for c in found if isinstance(c.get("id"), str)]
+
+        return await self._ask(("user", identity.id, "channels"), load)
+
+    async def note_access(self, identity: Identity, token: str | None,
+                          note_id: str) -> str | None:
+        if not token:
+            return None
+
+        async def load() -> str | None:
+            try:
+                note = await self.api.note(token, note_id)
+            except Refused:
+                return None
+            except NotFound:
+                return "missing"
+            return "write" if note.get("write_access") else "read"
+
+        access = await self._ask(("user", identity.id, "note", note_id), load)
+        if access == "missing":
+            raise p.NotFound(f"note {note_id!r} does not exist")
+        return access
+
+    async def chat_access(self, identity: Identity, token: str | None,
+                          chat_id: str) -> str | None:
+        if not token:
+            return None
+
+        async def load() -> str | None:
+            try:
+                found = await self.api.chat(token, chat_id)
+            except (Refused, NotFound):
+                return None
+            chat = found.get("chat") if isinstance(found.get("chat"), dict) else {}
+            # open-webui sets share_mode "continue" exactly when the caller may write
+            return "write" if chat.get("share_mode") == "continue" else "read"
+
+        return await self._ask(("user", identity.id, "chat", chat_id), load)
+
+    def forget_user(self, user_id: str) -> None:
+        self.cache.forget_where(lambda key, value: key[:2] == ("user", user_id))
+
+    async def _ask(self, key: tuple, load):
+        try:
+            return await self.cache.get(key, load)
+        except Unavailable:
+            raise p.EventError("open-webui is unavailable, try again", "unavailable") from None

@@ -1,0 +1,127 @@
+"""What the socket layer owes open-webui's database, written back through open-webui itself.
+
+- Note content: the rendered content editors send with their Yjs updates is posted to
+  `POST /api/v1/notes/{id}/update` with an editor's own token (open-webui checks write
+  access itself), after the document service's debounce. Per note only the newest content
+  waits (a queue bounded by the number of notes being edited, itself bounded by `max_notes`);
+  a failure that says nothing about the editor (open-webui down, 5xx) is retried with a
+  backoff up to 30 s, so nothing acknowledged to an editor is lost while open-webui is
+  briefly away (the content is also durable in the appliance's own store). A refusal (the
+  editor lost write access) drops that content with a warning.
+- Read markers (`events:chat` / `events:channel` `last_read_at`): sent through
+  `OpenWebuiSocket` as the tab would have sent them to open-webui; coalesced per user.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import OrderedDict
+from typing import Any
+
+from tornado.httpclient import HTTPClientError
+from tornado.websocket import WebSocketError
+
+from .api import OpenWebuiApi, Refused, NotFound, Unavailable
+from .socket_port import OpenWebuiSocket, SocketPortError
+
+log = logging.getLogger("rt.openwebui")
+
+
+class NoteWriter:
+    def __init__(self, api: OpenWebuiApi, max_notes: int = 10000,
+                 backoff: tuple[float, float] = (0.5, 30.0)):
+        self.api = api
+        self.max_notes = max_notes
+        self.backoff = backoff
+        self.pending: OrderedDict[str, tuple[dict, str]] = OrderedDict()  # note → (data, token)
+        self._wake = asyncio.Event()
+        self.written = self.failed = self.dropped = 0
+
+    def submit(self, note_id: str, data: dict, token: str) -> None:
+        """Queue the newest content of a note (replacing an older one still waiting)."""
+        self.pending.pop(note_id, None)
+        self.pending[note_id] = (data, token)
+        while len(self.pending) > self.max_notes:
+            lost, _ = self.pending.popitem(last=False)
+            self.dropped += 1
+            log.error("note %s: content not written to open-webui, %d notes waiting",
+                      lost, self.max_notes)
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Write queued contents until cancelled (a background task of the app)."""
+        delay = self.backoff[0]
+        while True:
+            if not self.pending:
+                self._wake.clear()
+                await self._wake.wait()
+            note_id, (data, token) = next(iter(self.pending.items()))
+            try:
+                await self.api.update_note(token, note_id, data)
+            except Unavailable as exc:
+                self.failed += 1
+                log.warning("note %s: open-webui unavailable (%s); retrying in %.1f s",
+                            note_id, exc, delay)
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, self.backoff[1])
+                continue
+            except (Refused, NotFound) as exc:
+                log.warning("note %s: open-webui refused the content: %s", note_id, exc)
+                self.dropped += 1
+            else:
+                self.written += 1
+            delay = self.backoff[0]
+            # drop it unless a newer content arrived while this one was being written
+            if self.pending.get(note_id, (None, None))[0] is data:
+                del self.pending[note_id]
+
+    async def flush(self, deadline: float) -> None:
+        """At stop: give the writer up to `deadline` seconds to empty the queue."""
+        try:
+            async with asyncio.timeout(deadline):
+                while self.pending:
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            log.error("%d note contents not written to open-webui at stop", len(self.pending))
+
+
+class ReadMarkers:
+    """`last_read_at` of chats and channels, sent to open-webui's own socket handlers."""
+
+    def __init__(self, port: OpenWebuiSocket):
+        self.port = port
+        self.pending: dict[str, tuple[str, dict[tuple[str, str], Any]]] = {}  # user → (token, events)
+        self._tasks: set[asyncio.Task] = set()
+        self.sent = self.failed = 0
+
+    def mark(self, user_id: str, token: str, event: str, target_id: str, payload: Any) -> None:
+        token_events = self.pending.get(user_id)
+        if token_events is None:
+            self.pending[user_id] = (token, {(event, target_id): payload})
+            task = asyncio.get_running_loop().create_task(self._send(user_id))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            token_events[1][(event, target_id)] = payload  # same marker again: once
+
+    async def _send(self, user_id: str) -> None:
+        await asyncio.sleep(0)  # markers of the same moment go in one session
+        token, events = self.pending.pop(user_id)
+        batch: list[tuple[str, Any]] = []
+        if any(event == "events:channel" for event, _ in events):
+            # open-webui takes a channel's marker only from a socket in the channel's room
+            batch.append(("user-join", {"auth": {"token": token}}))
+        batch += [(event, payload) for (event, _), payload in events.items()]
+        try:
+            await self.port.send(token, batch)
+            self.sent += len(events)
+        except (OSError, SocketPortError, asyncio.TimeoutError, WebSocketError,
+                HTTPClientError) as exc:
+            self.failed += len(events)
+            log.warning("read markers of user %s not sent to open-webui: %s", user_id, exc)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,66 @@
+"""Typing indicators at a bounded rate, coalesced silently.
+
+open-webui's editor sends one typing event per keystroke. Above the rate a refusal would be
+noise (the user did nothing wrong, and open-webui answers none): the newest state is kept
+and sent when the session's bucket allows it, so the room sees at most `rate` events per
+second per session and room, and always the last state (typing stopped included).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Awaitable, Callable
+
+from .ratelimit import Buckets
+
+log = logging.getLogger("rt.conn")
+
+Send = Callable[[], Awaitable[Any]]
+
+
+class TypingGate:
+    def __init__(self, buckets: Buckets):
+        self.buckets = buckets
+        self._waiting: dict[tuple[str, str], Send] = {}  # (sid, room) → newest send
+        self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task] = set()  # releases running (kept referenced)
+        self.coalesced = 0  # events folded into a later one (rt_limited_total{limit=typing})
+
+    async def offer(self, sid: str, room: str, send: Send) -> None:
+        key = (sid, room)
+        if key not in self._timers and self.buckets.allow(sid):
+            await send()
+            return
+        self.coalesced += 1
+        self._waiting[key] = send
+        if key not in self._timers:
+            self._schedule(key)
+
+    def _schedule(self, key: tuple[str, str]) -> None:
+        def start() -> None:
+            task = asyncio.ensure_future(self._release(key))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        delay = 1.0 / self.buckets.rate if self.buckets.rate > 0 else 1.0
+        self._timers[key] = asyncio.get_running_loop().call_later(delay, start)
+
+    async def _release(self, key: tuple[str, str]) -> None:
+        self._timers.pop(key, None)
+        send = self._waiting.pop(key, None)
+        if send is None:
+            return
+        if not self.buckets.allow(key[0]):
+            self._waiting[key] = send  # still over: wait one more interval
+            self._schedule(key)
+            return
+        try:
+            await send()
+        except Exception:
+            log.exception("delayed typing event for %s failed", key[1])
+
+    def forget(self, sid: str) -> None:
+        self.buckets.forget(sid)
+        for key in [k for k in self._timers if k[0] == sid]:
+            self._timers.pop(key).cancel()
+            self._waiting.pop(key, None)
