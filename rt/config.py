@@ -670,6 +670,7 @@ def load_settings(
         take(option, text, f"flag {option.flag}")
 
     if not errors:
+        _apply_profiles(chosen)
         _check_together(chosen, errors)
     if errors:
         raise ConfigError(errors)
@@ -678,6 +679,24 @@ def load_settings(
         for section, cls in SECTIONS.items()
     }
     return Settings(**sections, _sources=MappingProxyType({k: s for k, (_, s) in chosen.items()}))
+
+
+# Defaults that follow open-webui 0.12.4 when the appliance stands in for its socket
+# server ([openwebui] url set): its 16 MiB inbound message limit (large notes) and its 2 MiB
+# limit per Yjs document. Only options nobody set are changed.
+OPENWEBUI_PROFILE: dict[tuple[str, str], str] = {
+    ("server", "max_message_bytes"): str(16 * 1024 * 1024),
+    ("documents", "max_document_bytes"): str(2 * 1024 * 1024),
+    ("documents", "max_update_bytes"): str(2 * 1024 * 1024),
+}
+
+
+def _apply_profiles(chosen: dict[tuple[str, str], tuple[Any, str]]) -> None:
+    if not chosen["openwebui", "url"][0]:
+        return
+    for key, text in OPENWEBUI_PROFILE.items():
+        if chosen[key][1] == "default":
+            chosen[key] = (_BY_KEY[key].type.parse(text), "default (open-webui profile)")
 
 
 def _check_together(chosen: dict[tuple[str, str], tuple[Any, str]], errors: list[str]) -> None:

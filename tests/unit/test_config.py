@@ -592,3 +592,14 @@ def test_reload_diff_splits_live_changes_from_restarts():
     assert applied == ["server.ping_interval", "auth.api_key", "limits.typing_burst",
                        "documents.namespaces", "upstream.base_url", "log.level"]
     assert need_restart == ["server.port", "auth.secret_key", "state.manager"]
+
+
+def test_open_webui_profile_follows_its_limits_unless_set():
+    s = load_settings(NO_FILE, {"OPENWEBUI_URL": "http://127.0.0.1:8080"})
+    assert s.server.max_message_bytes == 16 * 1024 * 1024
+    assert s.documents.max_document_bytes == 2 * 1024 * 1024
+    assert s.source("server", "max_message_bytes") == "default (open-webui profile)"
+    s = load_settings(NO_FILE, {"OPENWEBUI_URL": "http://127.0.0.1:8080",
+                                "RT_SERVER_MAX_MESSAGE_BYTES": "2000000"})
+    assert s.server.max_message_bytes == 2000000
+    assert load_settings(NO_FILE, {}).server.max_message_bytes == 1000000
