@@ -124,6 +124,12 @@ class Store(Protocol):
         """Append one update durably (on disk before returning); returns its sequence
         number. Sequence numbers of one document strictly increase."""
 
+    async def append_first_update(self, document_id: str, update: bytes) -> int | None:
+        """Append `update` only if the document has never had one (it is unknown, or only
+        its rendered content is stored): its sequence number then, else None and nothing
+        changed. Atomic, so of any number of concurrent calls for one document, from any
+        node, exactly one stores its update (the first write wins a seeding race)."""
+
     async def load_document(self, document_id: str) -> StoredDocument | None: ...
     async def compact_document(self, document_id: str, upto_seq: int, snapshot: bytes) -> None:
         """Atomically replace the snapshot and every update with seq <= upto_seq by

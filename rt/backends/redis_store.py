@@ -214,8 +214,12 @@ return extra
 """)
 
 # --- documents ----------------------------------------------------------------------------
-# KEYS: meta, log, stats; ARGV: update, now
+# KEYS: meta, log, stats; ARGV: update, now, only_first ('1': append only if the document
+# never had an update, else answer 0 and change nothing)
 APPEND = Lua("""
+if ARGV[3] == '1' and tonumber(redis.call('HGET', KEYS[1], 'last_seq') or '0') > 0 then
+  return 0
+end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('HSET', KEYS[1], 'base', 0, 'bytes', 0)
   redis.call('HINCRBY', KEYS[3], 'count', 1)
@@ -527,11 +531,22 @@ class RedisStore(RedisUser):
 
     # documents -----------------------------------------------------------------------
     async def append_update(self, document_id: str, update: bytes) -> int:
+        return await self._append(document_id, update, only_first=False)
+
+    async def append_first_update(self, document_id: str, update: bytes) -> int | None:
+        # the check and the append are one script: atomic whichever node runs it
+        return await self._append(document_id, update, only_first=True) or None
+
+    async def _append(self, document_id: str, update: bytes, only_first: bool) -> int:
+        """The seq of the appended update; 0 when `only_first` and the document had one."""
         meta, log_key, _, stats = self._doc(document_id)
-        keys, args = [meta, log_key, stats], [bytes(update), _t(time.time())]
+        keys = [meta, log_key, stats]
+        args = [bytes(update), _t(time.time()), "1" if only_first else "0"]
         if not self.wait_replicas:
             return int(await self._lua(APPEND, keys, args))
         seq, acked = await self._run(lambda c: self._append_and_wait(c, keys, args))
+        if not seq:
+            return 0  # nothing written: nothing to wait for
         if acked < self.wait_replicas:
             raise StoreError(
                 f"{self.where}: update {seq} of {document_id!r} reached {acked} of "

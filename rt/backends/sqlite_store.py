@@ -495,21 +495,21 @@ class SqliteStore:
         def run(db: sqlite3.Connection) -> int:
             # Committed (and, with synchronous=FULL, fsynced) before the seq is returned.
             with _transaction(db):
-                db.execute(
-                    "INSERT INTO documents (id, updated_at, last_seq, stored_bytes)"
-                    " VALUES (?1, ?2, 1, ?3)"
-                    " ON CONFLICT (id) DO UPDATE SET updated_at = ?2,"
-                    " last_seq = last_seq + 1, stored_bytes = stored_bytes + ?3",
-                    (document_id, time.time(), len(update)),
-                )
-                (seq,) = db.execute(
+                return _append(db, document_id, update)
+
+        return await self._run(run)
+
+    async def append_first_update(self, document_id: str, update: bytes) -> int | None:
+        def run(db: sqlite3.Connection) -> int | None:
+            # BEGIN IMMEDIATE holds the write lock from the check to the append: no other
+            # connection, in this process or another, appends in between.
+            with _transaction(db):
+                row = db.execute(
                     "SELECT last_seq FROM documents WHERE id = ?", (document_id,)
                 ).fetchone()
-                db.execute(
-                    "INSERT INTO document_updates (document_id, seq, blob) VALUES (?, ?, ?)",
-                    (document_id, seq, update),
-                )
-            return seq
+                if row is not None and row[0] > 0:
+                    return None
+                return _append(db, document_id, update)
 
         return await self._run(run)
 
@@ -577,6 +577,24 @@ class SqliteStore:
             return count, total
 
         return await self._run(run)
+
+
+
+def _append(db: sqlite3.Connection, document_id: str, update: bytes) -> int:
+    """Inside a write transaction: one more update in the log; returns its seq."""
+    db.execute(
+        "INSERT INTO documents (id, updated_at, last_seq, stored_bytes)"
+        " VALUES (?1, ?2, 1, ?3)"
+        " ON CONFLICT (id) DO UPDATE SET updated_at = ?2,"
+        " last_seq = last_seq + 1, stored_bytes = stored_bytes + ?3",
+        (document_id, time.time(), len(update)),
+    )
+    (seq,) = db.execute("SELECT last_seq FROM documents WHERE id = ?", (document_id,)).fetchone()
+    db.execute(
+        "INSERT INTO document_updates (document_id, seq, blob) VALUES (?, ?, ?)",
+        (document_id, seq, update),
+    )
+    return seq
 
 
 def _channel_exists(db: sqlite3.Connection, channel_id: str) -> bool:

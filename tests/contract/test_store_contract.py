@@ -289,6 +289,53 @@ async def test_concurrent_appends_get_distinct_increasing_seqs(store: Store) -> 
     assert doc.last_seq == max(seqs)
 
 
+async def test_first_update_only_into_a_document_that_never_had_one(store: Store) -> None:
+    first = await store.append_first_update("note:a", b"seed")
+    assert first is not None
+    assert await store.append_first_update("note:a", b"other seed") is None  # nothing changed
+    doc = await store.load_document("note:a")
+    assert (doc.snapshot, doc.updates, doc.last_seq) == (None, [b"seed"], first)
+    assert await store.document_stats() == (1, 4)
+    # the log goes on as usual after it
+    later = await store.append_update("note:a", b"u1")
+    assert later > first
+    assert (await store.load_document("note:a")).updates == [b"seed", b"u1"]
+
+    # rendered content alone is no update: a seed is still taken, the content kept
+    await store.set_document_content("note:b", "early")
+    seq = await store.append_first_update("note:b", b"seed-b")
+    assert seq is not None
+    doc = await store.load_document("note:b")
+    assert (doc.updates, doc.last_seq, doc.content) == ([b"seed-b"], seq, "early")
+
+    # a compacted document has had updates, even with an empty log
+    await store.compact_document("note:a", later, b"snap")
+    assert (await store.load_document("note:a")).updates == []
+    assert await store.append_first_update("note:a", b"late seed") is None
+    doc = await store.load_document("note:a")
+    assert (doc.snapshot, doc.updates, doc.last_seq) == (b"snap", [], later)
+
+    # a deleted document starts afresh
+    assert await store.delete_document("note:a") is True
+    assert await store.append_first_update("note:a", b"new seed") is not None
+    assert (await store.load_document("note:a")).updates == [b"new seed"]
+    assert await store.document_stats() == (2, len(b"seed-b") + len(b"new seed"))
+
+
+async def test_concurrent_first_updates_store_exactly_one(store: Store) -> None:
+    async def seed(i: int) -> tuple[int | None, bytes]:
+        await asyncio.sleep(0)
+        update = f"seed-{i}".encode()
+        return await store.append_first_update("note:race", update), update
+
+    results = await asyncio.gather(*(seed(i) for i in range(50)))
+    won = [(seq, update) for seq, update in results if seq is not None]
+    assert len(won) == 1
+    doc = await store.load_document("note:race")
+    assert doc.updates == [won[0][1]] and doc.last_seq == won[0][0]
+    assert await store.document_stats() == (1, len(won[0][1]))
+
+
 async def test_compaction_keeps_later_updates(store: Store) -> None:
     seqs = [await store.append_update("note:a", f"u{i}".encode()) for i in range(5)]
     await store.compact_document("note:a", seqs[2], b"snapshot-0-2")
@@ -457,6 +504,25 @@ async def test_sqlite_data_survives_close_and_reopen(db_path: Path) -> None:
         assert await reopened.document_stats() == (1, len(b"snap") + 4)
     finally:
         await reopened.close()
+
+
+async def test_sqlite_first_update_race_between_two_stores_on_one_file(db_path: Path) -> None:
+    """Two stores (threads, connections) on one file, as two processes would be: the
+    check and the append are one write transaction, so exactly one seed is stored."""
+    one, two = SqliteStore(str(db_path)), SqliteStore(str(db_path))
+    await one.open()
+    await two.open()
+    try:
+        for n in range(20):
+            doc = f"note:{n}"
+            results = await asyncio.gather(one.append_first_update(doc, b"one"),
+                                           two.append_first_update(doc, b"two"))
+            assert sorted(r is None for r in results) == [False, True]
+            stored = await two.load_document(doc)
+            assert stored.updates == ([b"one"] if results[0] is not None else [b"two"])
+    finally:
+        await one.close()
+        await two.close()
 
 
 async def test_sqlite_schema_version_and_pragmas(db_path: Path) -> None:
