@@ -29,6 +29,14 @@ in-memory document, the stored log and the order of relays always agree:
 Past `[documents] compaction_threshold` stored updates, the log is merged into one snapshot
 (`Store.compact_document`, atomic); a document stays stored when its editors leave and
 across restarts, and leaves memory when nobody uses it.
+
+open-webui 0.12's editor seeds an empty document with `initialize`: the first seed stored
+wins (`Store.append_first_update`, atomic across nodes) and every seeder is answered with
+the state that won, never with a `{ok}` it would try to apply as an update.
+
+Two seams for other sources of truth: every access decision goes through `note_access`
+(default: the note ACLs of the appliance's directory) and every rendered content stored
+is also handed to `on_content` with the identity of its last editor.
 """
 from __future__ import annotations
 
@@ -40,13 +48,15 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import orjson
 import pycrdt
 
 from . import payloads as p
 from . import rooms
+from .auth import Identity
+from .backends import Store, StoreError
 from .backends.memory import MemoryEditors
 from .directory import can_read, can_write, note_document_id
 
@@ -58,6 +68,12 @@ MAX_DEPTH = 64  # nesting of Any values and JSON in an update (Yrs's JSON stops 
 NOTE = "note"
 EMPTY_UPDATE = b"\x00\x00"  # what y-py sends for a transaction that changed nothing
 _FATAL = (KeyboardInterrupt, SystemExit, asyncio.CancelledError, GeneratorExit)
+_MISSING = object()  # a payload field that was not sent (None is JSON null)
+
+# (identity, note id) → "write", "read" or None (no access); may raise p.NotFound
+NoteAccess = Callable[[Identity, str], Awaitable[str | None]]
+# (document id, rendered content as JSON text, identity of its last editor)
+ContentHook = Callable[[str, str, Identity], Awaitable[None]]
 
 
 # =========================================================================== update grammar
@@ -383,6 +399,19 @@ def bytes_of(value: Any, what: str, limit: int) -> bytes:
     raise p.BadRequest(f"'{what}' must be binary or a list of integers 0..255")
 
 
+def _content_text(content: Any, limit: int) -> str | None:
+    """`data.content` as the JSON text that is stored; None when the payload had none."""
+    if content is _MISSING:
+        return None
+    try:
+        text = orjson.dumps(content).decode()
+    except TypeError:  # binary or out-of-range numbers: not JSON
+        raise p.BadRequest("'data.content' must be a JSON value") from None
+    if len(text) > limit:
+        raise p.TooLarge("'data.content' is larger than max_document_bytes")
+    return text
+
+
 # =========================================================================== service
 @dataclass
 class Editor:
@@ -390,7 +419,7 @@ class Editor:
     user_id: str
     user_name: str
     user_color: str | None
-    is_admin: bool
+    identity: Identity  # access is re-checked with it when rights change
 
 
 class _Document:
@@ -417,12 +446,27 @@ class _Document:
         return self.snapshot_bytes + self.log_bytes
 
 
-_MISSING = object()
+def directory_note_access(store: Store) -> NoteAccess:
+    """Note rights from the appliance's own directory: the owner and `write` grantees
+    write, `read` grantees read, admins both."""
+
+    async def access(identity: Identity, note_id: str) -> str | None:
+        note = await store.get_note(note_id)
+        if note is None:
+            raise p.NotFound(f"note {note_id!r} does not exist")
+        if can_write(note, identity.id, identity.is_admin):
+            return "write"
+        if can_read(note, identity.id, identity.is_admin):
+            return "read"
+        return None
+
+    return access
 
 
 class CollabService:
-    def __init__(self, emitter, store, settings: Callable[[], Any], limits=None,
-                 clock: Callable[[], float] = time.time, registry=None):
+    def __init__(self, emitter, store: Store, settings: Callable[[], Any], limits=None,
+                 clock: Callable[[], float] = time.time, registry=None,
+                 note_access: NoteAccess | None = None, on_content: ContentHook | None = None):
         self.emitter = emitter
         # cluster-wide editors (the `sessions` of a state, leaves of sessions whose node
         # died); `editors` below is this node's own view, used for access decisions
@@ -432,16 +476,20 @@ class CollabService:
         self.settings = settings  # → the [documents] section, read per use (reloadable)
         self.limits = limits
         self.clock = clock
+        # the one place rights to a note are decided; the one place stored content goes
+        self.note_access = note_access or directory_note_access(store)
+        self.on_content = on_content
         self.docs: dict[str, _Document] = {}
         self.editors: dict[str, dict[str, Editor]] = {}  # document → sid → editor
         self.joined: dict[str, set[str]] = {}  # sid → documents (the per-sid index)
         self.pending_content: dict[str, str] = {}  # document → JSON text not yet stored
+        self._content_editor: dict[str, Identity] = {}  # document → who sent that text
         self._content_timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task] = set()
         self.counts: Counter[str] = Counter()  # accepted / refused updates, compactions
 
     # ------------------------------------------------------------------ access
-    async def access(self, identity, document_id: str) -> str:
+    async def access(self, identity: Identity, document_id: str) -> str:
         """'write' or 'read' for this identity; raises when it has neither."""
         namespace, sep, key = document_id.partition(":")
         if not sep or not namespace or not key:
@@ -450,14 +498,16 @@ class CollabService:
             raise p.Forbidden(f"unknown document namespace {namespace!r}")
         if namespace != NOTE:
             return "write"  # a namespace the operator opened without an ACL
-        note = await self.store.get_note(key)
-        if note is None:
-            raise p.NotFound(f"note {key!r} does not exist")
-        if can_write(note, identity.id, identity.is_admin):
-            return "write"
-        if can_read(note, identity.id, identity.is_admin):
-            return "read"
+        level = await self.note_access(identity, key)
+        if level in ("write", "read"):
+            return level
         raise p.Forbidden("no access to this document")
+
+    async def _writer(self, sid: str, identity: Identity, document_id: str) -> None:
+        """The sender joined the document and may write to it now."""
+        self._editor(sid, document_id)
+        if await self.access(identity, document_id) != "write":
+            raise p.Forbidden("read-only access to this document")
 
     def _editor(self, sid: str, document_id: str) -> Editor:
         """The sender's join, checked against its live rooms (revocation removes the room)."""
@@ -486,7 +536,7 @@ class CollabService:
             # in the room before the state is taken: every later update reaches it
             await self.sio.enter_room(sid, room)
             editors = self.editors.setdefault(document_id, {})
-            editors[sid] = Editor(sid, identity.id, identity.name, color, identity.is_admin)
+            editors[sid] = Editor(sid, identity.id, identity.name, color, identity)
             self.joined.setdefault(sid, set()).add(document_id)
             await self.registry.add(document_id, sid, {
                 "user_id": identity.id, "user_name": identity.name, "user_color": color})
@@ -504,41 +554,30 @@ class CollabService:
             await self._send_state(sid, doc)
 
     async def _send_state(self, sid: str, doc: _Document) -> None:
+        # `content` lets open-webui's editor seed an empty document from the last rendered
+        # content when its own copy of the note is older (0.12.4 sends it on join)
         await self.emitter.emit("ydoc:document:state", {
             "document_id": doc.id, "state": list(doc.ydoc.get_update()),
-            "sessions": await self.registry.sessions(doc.id)}, sids=[sid])
+            "sessions": await self.registry.sessions(doc.id),
+            "content": self._latest_content(doc)}, sids=[sid])
 
-    async def update(self, sid: str, identity, document_id: str, wire: Any,
+    async def update(self, sid: str, identity: Identity, document_id: str, wire: Any,
                      content: Any = _MISSING) -> dict:
         s = self.settings()
         update = bytes_of(wire, "update", s.max_update_bytes)
-        self._editor(sid, document_id)
-        if await self.access(identity, document_id) != "write":
-            raise p.Forbidden("read-only access to this document")
-        text = None
-        if content is not _MISSING:
-            try:
-                text = orjson.dumps(content).decode()
-            except TypeError:  # binary or out-of-range numbers: not JSON
-                raise p.BadRequest("'data.content' must be a JSON value") from None
-            if len(text) > s.max_document_bytes:
-                raise p.TooLarge("'data.content' is larger than max_document_bytes")
+        await self._writer(sid, identity, document_id)
+        text = _content_text(content, s.max_document_bytes)
         if update == EMPTY_UPDATE:  # changes nothing: neither stored nor relayed
             if text is not None:
-                await self._set_content(document_id, text)
+                await self._set_content(document_id, text, identity)
             return {"ok": True}
-        try:
-            shape = inspect_update(update)
-        except InvalidUpdate as exc:
-            self.counts["refused"] += 1
-            raise p.BadRequest(f"invalid update: {exc}") from None
+        shape = self._inspect(update)
         async with self._use(document_id) as doc, doc.lock:
             await self._load(doc)
             self._editor(sid, document_id)  # still joined after the waits
             if doc.stored_bytes + len(update) > s.max_document_bytes and doc.log_count:
                 await self._compact(doc)  # merged, the log is often much smaller
-            if doc.stored_bytes + len(update) > s.max_document_bytes:
-                raise p.TooLarge("the document would be larger than max_document_bytes")
+            self._check_size(doc, update)
             if missing_dependencies(shape, doc.sv) is not None:
                 # in cluster mode another node may have stored what this update builds on
                 await self._load(doc, fresh=True)
@@ -548,24 +587,81 @@ class CollabService:
             except BaseException:
                 doc.ydoc = None  # holds an update the store may not have: reload
                 raise
-            if seq != doc.last_seq + 1:
-                doc.ydoc = None  # other nodes appended meanwhile: catch up at next use
-            doc.exists = True
-            doc.last_seq = seq
-            doc.log_count += 1
-            doc.log_bytes += len(update)
-            doc.updated_at = self.clock()
-            self.counts["accepted"] += 1
-            # relayed in the order accepted, before any later update or join
-            await self.emitter.to_room("ydoc:document:update", {
-                "document_id": document_id, "user_id": identity.id, "update": wire,
-                "socket_id": sid}, rooms.document(document_id), skip_sid=sid)
-            if doc.log_count > s.compaction_threshold and not doc.compacting:
-                doc.compacting = True
-                self._background(self._compact_soon(document_id), f"compact {document_id}")
+            await self._accepted(sid, identity, doc, seq, update, wire)
         if text is not None:
-            await self._set_content(document_id, text)
+            await self._set_content(document_id, text, identity)
         return {"ok": True}
+
+    async def initialize(self, sid: str, identity: Identity, document_id: str, wire: Any,
+                         content: Any = _MISSING) -> bytes:
+        """open-webui 0.12's seed of a document its editor found empty: the first write
+        wins. Returns the stored state when the document has had updates (the seed is
+        dropped: applying it too would duplicate the text), else stores the seed, relays
+        it like an update and returns it. Refusals raise, as for updates."""
+        s = self.settings()
+        update = bytes_of(wire, "update", s.max_update_bytes)
+        await self._writer(sid, identity, document_id)
+        text = _content_text(content, s.max_document_bytes)
+        shape = None if update == EMPTY_UPDATE else self._inspect(update)
+        async with self._use(document_id) as doc, doc.lock:
+            await self._load(doc, fresh=True)  # another node may have seeded it already
+            self._editor(sid, document_id)
+            if doc.last_seq or shape is None:
+                return doc.ydoc.get_update()
+            self._check_size(doc, update)
+            self._apply(doc, update, shape)
+            try:
+                seq = await self.store.append_first_update(document_id, update)
+            except BaseException:
+                doc.ydoc = None
+                raise
+            if seq is None:  # another node seeded it since the load: its seed won
+                await self._load(doc, fresh=True)
+                return doc.ydoc.get_update()
+            await self._accepted(sid, identity, doc, seq, update, wire)
+        if text is not None:
+            await self._set_content(document_id, text, identity)
+        return update
+
+    async def set_content(self, sid: str, identity: Identity, document_id: str,
+                          content: Any) -> dict:
+        """A rendered content without an update (open-webui 0.12 sends one after merging
+        edits it received): stored like the content that comes with an update."""
+        await self._writer(sid, identity, document_id)
+        text = _content_text(content, self.settings().max_document_bytes)
+        await self._set_content(document_id, text, identity)
+        return {"ok": True}
+
+    def _inspect(self, update: bytes) -> UpdateShape:
+        try:
+            return inspect_update(update)
+        except InvalidUpdate as exc:
+            self.counts["refused"] += 1
+            raise p.BadRequest(f"invalid update: {exc}") from None
+
+    def _check_size(self, doc: _Document, update: bytes) -> None:
+        if doc.stored_bytes + len(update) > self.settings().max_document_bytes:
+            raise p.TooLarge("the document would be larger than max_document_bytes")
+
+    async def _accepted(self, sid: str, identity: Identity, doc: _Document, seq: int,
+                        update: bytes, wire: Any) -> None:
+        """Under doc.lock, once the store has the update as `seq`: bookkeeping, the relay
+        and, past the threshold, a compaction."""
+        if seq != doc.last_seq + 1:
+            doc.ydoc = None  # other nodes appended meanwhile: catch up at next use
+        doc.exists = True
+        doc.last_seq = seq
+        doc.log_count += 1
+        doc.log_bytes += len(update)
+        doc.updated_at = self.clock()
+        self.counts["accepted"] += 1
+        # relayed in the order accepted, before any later update or join
+        await self.emitter.to_room("ydoc:document:update", {
+            "document_id": doc.id, "user_id": identity.id, "update": wire,
+            "socket_id": sid}, rooms.document(doc.id), skip_sid=sid)
+        if doc.log_count > self.settings().compaction_threshold and not doc.compacting:
+            doc.compacting = True
+            self._background(self._compact_soon(doc.id), f"compact {doc.id}")
 
     def _apply(self, doc: _Document, update: bytes, shape: UpdateShape) -> None:
         why = missing_dependencies(shape, doc.sv)
@@ -634,15 +730,35 @@ class CollabService:
         self._maybe_evict(document_id)
         return editor
 
-    # ------------------------------------------------------------------ directory changes
-    async def note_changed(self, note_id: str, note) -> None:
-        """A note's ACL changed (`note`) or the note was deleted (None): its editors who
-        lost read access leave the document."""
-        document_id = note_document_id(note_id)
+    # ------------------------------------------------------------------ rights changes
+    async def recheck_access(self, document_id: str) -> None:
+        """Rights to the document may have changed (an ACL edited, the note deleted): this
+        node's editors who may no longer read it leave it. Whoever learns of a change
+        calls this; the directory does through `note_changed`."""
+        allowed: dict[Identity, bool] = {}  # one decision per user, not per tab
         for sid, editor in list(self.editors.get(document_id, {}).items()):
-            if note is None or not can_read(note, editor.user_id, editor.is_admin):
+            if editor.identity not in allowed:
+                allowed[editor.identity] = await self._may_read(editor.identity, document_id)
+            if not allowed[editor.identity]:
                 await self.sio.leave_room(sid, rooms.document(document_id))
                 await self._left(sid, document_id)
+
+    async def _may_read(self, identity: Identity, document_id: str) -> bool:
+        try:
+            await self.access(identity, document_id)
+            return True
+        except p.EventError:
+            return False
+        except StoreError as exc:
+            # rights that cannot be confirmed are not kept: a wrong leave costs a re-join,
+            # a wrong stay would leak what the user may no longer see
+            log.warning("re-checking access to %s failed, the editor leaves: %s",
+                        document_id, exc)
+            return False
+
+    async def note_changed(self, note_id: str, note) -> None:
+        """The directory's hook: a note's ACL changed (`note`) or it was deleted (None)."""
+        await self.recheck_access(note_document_id(note_id))
 
     # ------------------------------------------------------------------ HTTP API
     async def get_document(self, document_id: str) -> dict | None:
@@ -651,10 +767,9 @@ class CollabService:
             if not doc.exists:
                 return None
             state = doc.ydoc.get_update()
-            content = self.pending_content.get(document_id, doc.content)
             return {"document_id": document_id,
                     "state_b64": base64.b64encode(state).decode(),
-                    "content": orjson.loads(content) if content is not None else None,
+                    "content": self._latest_content(doc),
                     "updated_at": doc.updated_at}
 
     async def delete_document(self, document_id: str) -> bool:
@@ -739,13 +854,19 @@ class CollabService:
         log.debug("compacted %s into %d bytes", doc.id, len(snapshot))
 
     # ------------------------------------------------------------------ rendered content
-    async def _set_content(self, document_id: str, text: str) -> None:
+    def _latest_content(self, doc: _Document) -> Any:
+        """The rendered content last sent (stored or still debounced), None when none."""
+        text = self.pending_content.get(doc.id, doc.content)
+        return orjson.loads(text) if text is not None else None
+
+    async def _set_content(self, document_id: str, text: str, editor: Identity) -> None:
         delay = self.settings().content_debounce
         if delay <= 0:
             self._drop_content(document_id)
-            await self._store_content(document_id, text)
+            await self._store_content(document_id, text, editor)
             return
         self.pending_content[document_id] = text
+        self._content_editor[document_id] = editor
         if document_id not in self._content_timers:  # at most one write per delay
             loop = asyncio.get_running_loop()
             self._content_timers[document_id] = loop.call_later(
@@ -754,6 +875,7 @@ class CollabService:
 
     def _drop_content(self, document_id: str) -> None:
         self.pending_content.pop(document_id, None)
+        self._content_editor.pop(document_id, None)
         timer = self._content_timers.pop(document_id, None)
         if timer is not None:
             timer.cancel()
@@ -761,20 +883,30 @@ class CollabService:
     async def _flush_content(self, document_id: str) -> None:
         self._content_timers.pop(document_id, None)
         text = self.pending_content.pop(document_id, None)
-        if text is not None:
-            await self._store_content(document_id, text)
+        editor = self._content_editor.pop(document_id, None)
+        if text is not None and editor is not None:
+            await self._store_content(document_id, text, editor)
 
-    async def _store_content(self, document_id: str, text: str) -> None:
+    async def _store_content(self, document_id: str, text: str, editor: Identity) -> None:
         try:
             await self.store.set_document_content(document_id, text)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("storing the rendered content of %s failed", document_id)
+        else:
+            doc = self.docs.get(document_id)
+            if doc is not None and doc.ydoc is not None:
+                doc.content, doc.updated_at, doc.exists = text, self.clock(), True
+        if self.on_content is None:
             return
-        doc = self.docs.get(document_id)
-        if doc is not None and doc.ydoc is not None:
-            doc.content, doc.updated_at, doc.exists = text, self.clock(), True
+        # told even when the store failed: the hook's destination is a copy of its own
+        try:
+            await self.on_content(document_id, text, editor)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("the content hook failed for %s", document_id)
 
     async def flush(self) -> None:
         """Store every debounced content now (graceful stop)."""
@@ -833,13 +965,15 @@ def _replay(ydoc: pycrdt.Doc, document_id: str, parts: list[bytes]) -> None:
 
 
 # =========================================================================== wiring
-def attach(appliance) -> CollabService:
+def attach(appliance, note_access: NoteAccess | None = None,
+           on_content: ContentHook | None = None) -> CollabService:
     """Build the document service from the appliance's parts and wire it in: the ydoc:*
     events, the disconnect hook, `GET/DELETE /api/v1/documents/{id}` on the running
     Tornado application (`appliance.web`), the note-ACL hook of the directory, a gauge,
     and a lifetime task that stores debounced content at stop. Call it from
-    `Appliance.start()` after `self.web` is built. Idempotent: a second call returns the
-    same service."""
+    `Appliance.start()` after `self.web` is built. `note_access` and `on_content` replace
+    the directory's note rights and add a destination for rendered content (both stay
+    attributes of the service). Idempotent: a second call returns the same service."""
     existing = getattr(appliance, "collab", None)
     if isinstance(existing, CollabService):
         return existing
@@ -849,7 +983,8 @@ def attach(appliance) -> CollabService:
         raise RuntimeError("attach() needs the Tornado application: call it after web_app()")
     service = CollabService(appliance.emitter, appliance.backend.store,
                             lambda: appliance.settings.documents,
-                            limits=appliance.limits, registry=appliance.backend.editors)
+                            limits=appliance.limits, registry=appliance.backend.editors,
+                            note_access=note_access, on_content=on_content)
     collab_events.register(appliance.gateway, service)
     # the ApiContext the rest of /api/v1 uses
     appliance.web.add_handlers(r".*", collab_api.routes(appliance.api_ctx, service))

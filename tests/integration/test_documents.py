@@ -173,7 +173,8 @@ async def test_join_sends_state_sessions_and_identity_not_payload(tmp_path):
             "document_id": DOC, "user_id": "b", "user_name": "Mallory", "user_color": "#123456"},
             timeout=WAIT) == {"ok": True}
         state = await a.rec.wait_for("ydoc:document:state")
-        assert state == {"document_id": DOC, "state": [0, 0], "sessions": [a.get_sid()]}
+        assert state == {"document_id": DOC, "state": [0, 0], "sessions": [a.get_sid()],
+                         "content": None}
         await b.call("ydoc:document:join", {"document_id": DOC, "user_id": "a",
                                             "user_name": "Ann", "user_color": 42}, timeout=WAIT)
         state_b = await b.rec.wait_for("ydoc:document:state")

@@ -1,18 +1,36 @@
 """Documents with real browser-side clients: Node socket.io-client 4.8 + npm yjs 13.6
 (tests/node/driver.mjs), next to python-socketio clients whose replicas are y-py and
 pycrdt. Three Yjs implementations edit one note through the appliance and must converge;
-the state the appliance returns must load in npm yjs and in y-py."""
+the state the appliance returns must load in npm yjs and in y-py. open-webui 0.12's seed
+of an empty note (`initialize`) is applied exactly as its editor applies it, on one node
+and by two editors racing on two nodes that share a Redis."""
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import uuid
+from pathlib import Path
 
 import pycrdt
 import pytest
 
-from tests.integration.test_documents import DOC, Editor, PyReplica, documents, setup_note, y_py
-from tests.support.appliance import WAIT
+from rt.app import Appliance
+from rt.backends.factory import build_redis_backend
+from rt.backends.redis_conn import RedisTarget
+from tests.integration.test_documents import (
+    DOC,
+    FAST,
+    Editor,
+    PyReplica,
+    documents,
+    eventually,
+    setup_note,
+    y_py,
+)
+from tests.support.appliance import WAIT, Harness, settings_for
 from tests.support.node_fixtures import node_driver, node_driver_factory  # noqa: F401
+from tests.support.redis_servers import redis_server  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.asyncio
 
@@ -153,3 +171,108 @@ async def test_updates_made_offline_by_ypy_and_yjs_merge_in_the_appliance(tmp_pa
         doc = pycrdt.Doc()
         doc.apply_update(state)
         assert str(doc.get("t", type=pycrdt.Text)) == text
+
+
+# ---------------------------------------------------------------------- initialize
+def paragraph(text: str) -> str:
+    """The editor's XmlFragment 'prosemirror' holding one paragraph of `text`."""
+    return f"<paragraph>{text}</paragraph>"
+
+
+async def test_open_webui_editors_seed_an_empty_note_and_apply_the_stored_state(
+        tmp_path, node_driver):
+    async with documents(tmp_path) as h:
+        tok = {u: await h.user(u) for u in ("n1", "n2", "late")}
+        await setup_note(h, owner="n1", write=["n2"], read=["late"])
+        n1 = await NodeEditor.start(node_driver, h, "n1", tok["n1"])
+        n2 = await NodeEditor.start(node_driver, h, "n2", tok["n2"])
+        for editor in (n1, n2):
+            await editor.join()
+        (state,) = n1.sock.received("ydoc:document:state")[0]
+        assert state["state"] == [0, 0] and state["content"] is None  # empty: both seed
+
+        # the first seed is stored; its ack is the seed itself, which the editor applies
+        first = await node_driver.ydoc_initialize("n1", "n1", DOC, "Seeded by n1")
+        assert first["apply_error"] is None and first["applied"] is True
+        assert first["ack"] == list(first["seed"])  # a list of ints, as open-webui sends
+        assert await node_driver.ydoc_xml("n1") == paragraph("Seeded by n1")
+
+        # the second seed loses: its ack is the stored state, applied without error and
+        # without doubling the text, also once the relayed seed is applied on top
+        second = await node_driver.ydoc_initialize("n2", "n2", DOC, "Seeded by n2")
+        assert second["apply_error"] is None and second["applied"] is True
+        assert await node_driver.ydoc_xml("n2") == paragraph("Seeded by n1")
+        await n2.sock.wait_for("ydoc:document:update", timeout=WAIT)
+        await n2.pull()
+        assert await node_driver.ydoc_xml("n2") == paragraph("Seeded by n1")
+        assert len((await h.app.backend.store.load_document(DOC)).updates) == 1
+
+        # the snapshot of the merged content, as the editor sends it (no update, no ack)
+        content = {"md": "Seeded by n1", "html": "<p>Seeded by n1</p>", "json": {"type": "doc"}}
+        await n2.sock.emit("ydoc:document:update", {"document_id": DOC,
+                                                     "data": {"content": content}}, ack=False)
+        await eventually(lambda: h.collab.pending_content.get(DOC) is not None)
+        assert n2.sock.received("error") == []
+
+        # a late joiner gets the seeded state and the content
+        late = await NodeEditor.start(node_driver, h, "late", tok["late"])
+        await late.join()
+        (state,) = late.sock.received("ydoc:document:state")[0]
+        assert state["content"] == content
+        assert await node_driver.ydoc_xml("late") == paragraph("Seeded by n1")
+
+
+@contextlib.asynccontextmanager
+async def redis_node(tmp_path: Path, target: RedisTarget):
+    """An in-process appliance on the Redis backend (one of several sharing `target`)."""
+    settings = settings_for(tmp_path, FAST)
+    app = Appliance(settings, backend=build_redis_backend(settings, target))
+    await app.start()
+    h = Harness(app)
+    h.collab = app.collab
+    try:
+        yield h
+    finally:
+        await h.close()
+        await app.stop()
+
+
+async def test_two_editors_on_two_nodes_racing_to_seed_store_one_seed(
+        tmp_path, node_driver, redis_server):
+    target = RedisTarget(url=redis_server.url, key_prefix=f"rt-it-{uuid.uuid4().hex[:10]}")
+    async with redis_node(tmp_path / "a", target) as a, redis_node(tmp_path / "b", target) as b:
+        tokens = {"x": await a.user("x"), "y": await a.user("y")}
+        for round_ in range(5):  # several documents: the seeds interleave differently
+            note = f"race{round_}"
+            document_id = f"note:{note}"
+            await setup_note(b, owner="x", write=["y"], note=note)
+            editors = {}
+            for user, h in (("x", a), ("y", b)):
+                name = f"{user}{round_}"
+                sock = await node_driver.connect(name, h.url, path=h.path,
+                                                 transports=["websocket"],
+                                                 auth={"token": tokens[user]},
+                                                 reconnection=False, forceNew=True)
+                await node_driver.ydoc_new(name)
+                ack = await sock.emit("ydoc:document:join", {"document_id": document_id},
+                                      timeout=WAIT)
+                assert ack == [{"ok": True}]
+                (state,) = await sock.wait_for("ydoc:document:state", timeout=WAIT)
+                assert state["state"] == [0, 0]
+                editors[user] = name
+
+            results = await asyncio.gather(*(
+                node_driver.ydoc_initialize(name, name, document_id, f"seed of {user}")
+                for user, name in editors.items()))
+
+            stored = await a.app.backend.store.load_document(document_id)
+            assert stored.snapshot is None and len(stored.updates) == 1  # exactly one seed
+            winners = [r for r in results if r["ack"] == list(r["seed"])]
+            assert len(winners) == 1 and stored.updates[0] == winners[0]["seed"]
+            texts = set()
+            for result, name in zip(results, editors.values()):
+                assert result["apply_error"] is None and result["applied"] is True
+                texts.add(await node_driver.ydoc_xml(name))
+            # both editors hold the winning seed, once
+            assert len(texts) == 1 and texts.pop() in {paragraph("seed of x"),
+                                                       paragraph("seed of y")}

@@ -299,6 +299,46 @@ function captureUpdate(doc, fn) {
   return { update: encode(update), empty: updates.length === 0 };
 }
 
+// What open-webui 0.12's note editor does when it finds a document empty
+// (RichTextInput/Collaboration.ts initializeContent): its content goes into a
+// fresh Y.Doc (a <paragraph> in the XmlFragment 'prosemirror'), whose state is
+// sent as a list of ints with `initialize: true`; the ack is applied to the
+// editor's own doc with Y.applyUpdate(doc, new Uint8Array(ack)) unless it is
+// null. Replies with the seed, the ack and whether applying it threw.
+function cmdInitialize(msg) {
+  const socket = socketFor(msg);
+  const doc = docFor(msg);
+  const documentId = need(msg, "document_id", "string");
+  const text = need(msg, "text", "string");
+  const timeoutMs = msg.timeout_ms ?? 5000;
+  const seedDoc = new Y.Doc();
+  const paragraph = new Y.XmlElement("paragraph");
+  paragraph.insert(0, [new Y.XmlText(text)]);
+  seedDoc.getXmlFragment("prosemirror").insert(0, [paragraph]);
+  const update = Array.from(Y.encodeStateAsUpdate(seedDoc));
+  seedDoc.destroy();
+  return new Promise((resolve, reject) => {
+    socket
+      .timeout(timeoutMs)
+      .emit("ydoc:document:update", { document_id: documentId, update, initialize: true }, (err, state) => {
+        if (err) {
+          reject(new Error(`initialize ack: ${errText(err)}`));
+          return;
+        }
+        const reply = { seed: { $bytes: update }, ack: encode(state), applied: false, apply_error: null };
+        if (state) {
+          try {
+            Y.applyUpdate(doc, new Uint8Array(state), "server");
+            reply.applied = true;
+          } catch (e) {
+            reply.apply_error = errText(e);
+          }
+        }
+        resolve(reply);
+      });
+  });
+}
+
 const commands = {
   ping: () => ({ pong: true }),
   versions: () => ({
@@ -363,6 +403,12 @@ const commands = {
     const doc = docFor(msg);
     const sv = msg.state_vector == null ? undefined : bytesArg(msg.state_vector, "state_vector");
     return { update: encode(Y.encodeStateAsUpdate(doc, sv)) };
+  },
+  ydoc_initialize: cmdInitialize,
+  // The editor's text as open-webui's XmlFragment 'prosemirror' holds it.
+  ydoc_xml: (msg) => {
+    const doc = docFor(msg);
+    return { xml: doc.getXmlFragment("prosemirror").toString() };
   },
   ydoc_state_vector: (msg) => {
     const doc = docFor(msg);

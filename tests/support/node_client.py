@@ -584,6 +584,19 @@ class NodeDriver:
     async def ydoc_state_vector(self, doc: str) -> bytes:
         return (await self.request("ydoc_state_vector", doc=doc))["state_vector"]
 
+    async def ydoc_initialize(self, name: str, doc: str, document_id: str, text: str,
+                              timeout: float = 5) -> dict:
+        """open-webui 0.12's seed of an empty note from client ``name``: ``text`` in a
+        fresh doc's XmlFragment 'prosemirror', sent with ``initialize: true``; the ack
+        applied to ``doc`` as the editor does. Returns ``{seed, ack, applied,
+        apply_error}`` (``ack`` as received: a list of ints, bytes or None)."""
+        return await self.request("ydoc_initialize", name=name, doc=doc, document_id=document_id,
+                                  text=text, timeout_ms=int(timeout * 1000), timeout=timeout + 5)
+
+    async def ydoc_xml(self, doc: str) -> str:
+        """``doc.getXmlFragment('prosemirror').toString()``."""
+        return (await self.request("ydoc_xml", doc=doc))["xml"]
+
 
 # ------------------------------------------------- reference Node server ---
 
