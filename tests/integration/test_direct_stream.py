@@ -30,8 +30,8 @@ FAST = "[limits]\nevents_per_second = 100000\nevents_burst = 100000\n"
 def stream_of(app: Appliance) -> DirectStream:
     """The appliance's stream, offered every event the gateway does not know, the way the
     gateway's catch-all does it: taken by the stream, or refused like any unknown event."""
-    stream = getattr(app, "direct_stream", None)
-    if stream is not None:
+    stream = getattr(app.gateway, "direct_stream", None)
+    if stream is not None:  # the gateway offers unknown events to it itself
         return stream
     stream = DirectStream.for_backend(app.backend, app.settings.state.key_prefix)
     gateway = app.gateway
