@@ -25,6 +25,7 @@ from .directory import Directory
 from .emitter import Emitter
 from .engine.handler import route as engine_route
 from .engine.server import EngineOptions
+from .direct_stream import DirectStream
 from .gateway import Gateway
 from .identities import DirectoryIdentities
 from .ledger import DirectoryLedger
@@ -122,6 +123,7 @@ class Appliance:
                                self.usage, self.channels, self.limits, self.typing,
                                (s.openwebui.unbound_per_ip, s.openwebui.unbound_max))
         self.gateway.register()
+        self.gateway.direct_stream = DirectStream.for_backend(self.backend, s.state.key_prefix)
         self.tasks = TaskGroup()
         self.metrics = Metrics(self)
         self.recent_errors = admin.RecentErrors()
@@ -227,7 +229,10 @@ class Appliance:
         await self.backend.start()
         self.web = self.web_app()
         self.relay = attach_relay(self)
-        self.collab = attach_collab(self)
+        self.collab = attach_collab(
+            self, note_access=self._note_access,
+            on_content=self.openwebui.content_hook(self.gateway.token_for)
+            if self.openwebui is not None else None)
         self.http = NoDelayHTTPServer(
             self.web, xheaders=s.server.trust_proxy_headers,
             # the API's own limit (reloadable) is checked per request; this one bounds reads
@@ -269,6 +274,10 @@ class Appliance:
         if watchdog:
             # pinged from the event loop: a hung loop stops the pings and systemd restarts us
             self.tasks.start("watchdog", every("watchdog", watchdog / 2, self._watchdog))
+
+    async def _note_access(self, identity: Identity, note_id: str) -> str | None:
+        return await self.rights.note_access(identity, self.gateway.token_for(identity.id),
+                                             note_id)
 
     async def _reverify(self) -> None:
         await self.gateway.reverify()

@@ -58,7 +58,8 @@ from . import rooms
 from .auth import Identity
 from .backends import Store, StoreError
 from .backends.memory import MemoryEditors
-from .directory import can_read, can_write, note_document_id
+from .directory import note_document_id
+from .rights import DirectoryRights
 
 log = logging.getLogger("rt.collab")
 
@@ -447,18 +448,11 @@ class _Document:
 
 
 def directory_note_access(store: Store) -> NoteAccess:
-    """Note rights from the appliance's own directory: the owner and `write` grantees
-    write, `read` grantees read, admins both."""
+    """Note rights from the appliance's own directory (`rights.DirectoryRights`)."""
+    rights = DirectoryRights(store)
 
     async def access(identity: Identity, note_id: str) -> str | None:
-        note = await store.get_note(note_id)
-        if note is None:
-            raise p.NotFound(f"note {note_id!r} does not exist")
-        if can_write(note, identity.id, identity.is_admin):
-            return "write"
-        if can_read(note, identity.id, identity.is_admin):
-            return "read"
-        return None
+        return await rights.note_access(identity, None, note_id)
 
     return access
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from typing import Any, Awaitable, Callable
 
 from socketio.exceptions import ConnectionRefusedError as Refused
@@ -17,6 +18,7 @@ from . import payloads as p
 from . import rooms
 from .auth import AuthError, Identity, TokenVerifier
 from .backends import StoreError, UsageFull
+from .direct_stream import DirectStream
 from .channels import ChannelService
 from .identities import IdentitySource
 from .ledger import Ledger
@@ -30,6 +32,8 @@ from .usage import UsageService
 log = logging.getLogger("rt.conn")
 
 Handler = Callable[[str, Identity, Any], Awaitable[Any]]
+
+MAX_USER_TOKENS = 10000
 
 # open-webui's chat ids that are not saved chats (temporary, channel threads): no room
 UNSAVED_CHAT_PREFIXES = ("temporary:", "local:", "channel:")
@@ -55,8 +59,13 @@ class Gateway:
         # the token each session proved itself with: open-webui's API is asked with it
         # (never logged, gone with the session)
         self.tokens: dict[str, str] = {}
+        # the newest token of each user, kept after their sessions end (bounded): a note's
+        # content debounced after its editor left is still written with it
+        self.user_tokens: OrderedDict[str, str] = OrderedDict()
         # sockets accepted without a user yet (open-webui's sign-in page): sid → address
         self.unbound: dict[str, str] = {}
+        # events named `{user_id}:{session_id}:{request_id}` (direct connections), if any
+        self.direct_stream: DirectStream | None = None
         self.unbound_per_ip, self.unbound_max = unbound_limits
         self.events_in: dict[str, int] = {}
         self.errors: dict[str, int] = {}
@@ -116,7 +125,12 @@ class Gateway:
     async def unknown_event(self, event: str, sid: str, *args: Any) -> dict | None:
         try:
             self.limits.check_event(sid)  # unknown events cost the sender like known ones
-        except p.RateLimited as exc:
+            identity = self.identities.get(sid)
+            # a direct connection's completion stream, named by its owner
+            if (identity is not None and self.direct_stream is not None
+                    and await self.direct_stream.handle(sid, identity, event, args)):
+                return None
+        except p.EventError as exc:
             return self._fail(sid, event, exc)
         return self._fail(sid, event, p.BadRequest(f"unknown event {event[:64]!r}"))
 
@@ -179,9 +193,20 @@ class Gateway:
             raise Refused("gone")
         log.debug("connect %s user %s via %s", sid, identity.id, environ.get("rt.transport"))
 
+    def _remember_token(self, sid: str, user_id: str, token: str) -> None:
+        self.tokens[sid] = token
+        self.user_tokens[user_id] = token
+        self.user_tokens.move_to_end(user_id)
+        while len(self.user_tokens) > MAX_USER_TOKENS:
+            self.user_tokens.popitem(last=False)
+
+    def token_for(self, user_id: str) -> str | None:
+        """The newest token a session of this user proved itself with."""
+        return self.user_tokens.get(user_id)
+
     async def _bind(self, sid: str, identity: Identity, token: str) -> None:
         self.identities[sid] = identity
-        self.tokens[sid] = token
+        self._remember_token(sid, identity.id, token)
         await self.sio.save_session(sid, {"identity": identity})
         await self.sio.enter_room(sid, rooms.user(identity.id))
         await self.presence.connected(sid, identity)
@@ -270,7 +295,7 @@ class Gateway:
         if claims["id"] != identity.id:
             raise p.Forbidden("the payload token belongs to another user")
         if sid in self.tokens:
-            self.tokens[sid] = token
+            self._remember_token(sid, identity.id, token)
 
     # ------------------------------------------------------------------ events
     async def user_join(self, sid: str, identity: Identity, data: Any) -> dict:

@@ -6,9 +6,11 @@ document service hands contents to, and the background work to run.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
-from ..auth import TokenVerifier
+import orjson
+
+from ..auth import Identity, TokenVerifier
 from ..tasks import every
 from .api import NotFound, OpenWebuiApi, Refused
 from .cache import TtlCache
@@ -34,6 +36,19 @@ class OpenWebuiLink:
         self.markers = ReadMarkers(OpenWebuiSocket(o.url, o.request_timeout))
         self.ledger = OpenWebuiLedger(self.identities, self.markers, self.pools)
         self.notes = NoteWriter(self.api)
+
+    def content_hook(self, token_for: Callable[[str], str | None]):
+        """The document service's `on_content`: a note's rendered content goes to open-webui
+        with its last editor's token (other documents are the appliance's own)."""
+
+        async def to_openwebui(document_id: str, text: str, editor: Identity) -> None:
+            kind, _, note_id = document_id.partition(":")
+            token = token_for(editor.id)
+            if kind != "note" or not note_id or token is None:
+                return
+            self.notes.submit(note_id, {"content": orjson.loads(text)}, token)
+
+        return to_openwebui
 
     def forget_user(self, user_id: str) -> None:
         """open-webui announced a change for this user: ask it again next time."""

@@ -61,7 +61,7 @@ async def test_open_webui_flow(tmp_path, node_driver, websocket_only):
                                         "data": {"type": "typing", "data": {"typing": True}}},
                      ack=False)
         got = await b.wait_for("events:channel")
-        assert got[0]["user"] == {"id": "a", "name": "Ann"}
+        assert got[0]["user"] == {"id": "a", "name": "Ann", "role": "user"}
         assert got[0]["data"] == {"type": "typing", "data": {"typing": True}}
         # a backend streams a chat completion to the user's tabs
         for i, text in enumerate(("Hel", "Hello", "Hello!")):

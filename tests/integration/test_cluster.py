@@ -87,7 +87,7 @@ async def cross_node_smoke(a: Harness, b: Harness) -> None:
     # typing on A reaches the member on B, with the name from the identity
     await ann.emit("events:channel", {"channel_id": "ch", "data": {"type": "typing"}})
     got = await bob.rec.wait_for("events:channel")
-    assert got["user"] == {"id": "ann", "name": "Ann"}
+    assert got["user"] == {"id": "ann", "name": "Ann", "role": "user"}
 
     # a backend call on B reaches a user on A; a batch keeps its order across nodes
     batch = [{"event": "events", "data": {"i": i}, "to": {"users": ["ann"]}} for i in range(50)]

@@ -271,3 +271,45 @@ async def test_directory_mode_keeps_refusing_unknown_users(tmp_path):
     async with running(tmp_path) as h:
         assert await h.refused(None) == "token_missing"
         assert await h.refused(h.token("nobody")) == "user_unknown"
+
+
+async def test_note_rights_and_content_go_through_open_webui(tmp_path):
+    from tests.integration.test_documents import PyReplica
+    async with serve_standin() as ow:
+        ow.add("a", "Ann")
+        ow.add("r", "Rob")
+        ow.notes["n1"] = {"a": "write", "r": "read"}
+        ini = INI + "[documents]\ncontent_debounce = 0.05\n"
+        async with running(tmp_path, ini, env_for(ow)) as h:
+            a = await h.connect(session_token(h, "a"))
+            r = await h.connect(session_token(h, "r"))
+            x = await h.connect(session_token(h, "a"))
+            doc = {"document_id": "note:n1"}
+            for client in (a, r):
+                ack = await client.call("ydoc:document:join", doc, timeout=WAIT)
+                assert "error" not in (ack or {}), ack
+            content = {"md": "hi", "html": "<p>hi</p>", "json": {"type": "doc"}}
+            update = list(PyReplica().insert(0, "hi"))
+            ack = await a.call("ydoc:document:update", {**doc, "update": update,
+                                                        "data": {"content": content}},
+                               timeout=WAIT)
+            assert ack == {"ok": True}
+            ack = await r.call("ydoc:document:update", {**doc, "update": update}, timeout=WAIT)
+            assert ack["error"] == "forbidden"  # read access only, from open-webui
+            await until(lambda: ow.note_updates, "content written to open-webui")
+            assert ow.note_updates[0] == ("n1", "a", {"content": content})
+            # open-webui away for a while: the newest content waits and is written after
+            ow.down = True
+            newer = {**content, "md": "hi there"}
+            await x.call("ydoc:document:join", doc, timeout=WAIT)
+            await x.call("ydoc:document:update", {**doc, "data": {"content": newer}},
+                         timeout=WAIT)
+            await until(lambda: h.app.openwebui.notes.failed > 0, "a write failed")
+            ow.down = False
+            await until(lambda: ow.note_updates[-1] == ("n1", "a", {"content": newer}),
+                        "content written once open-webui was back", timeout=10)
+            # no access at all: the join is refused by open-webui's answer
+            ow.add("z")
+            z = await h.connect(session_token(h, "z"))
+            ack = await z.call("ydoc:document:join", doc, timeout=WAIT)
+            assert ack["error"] == "forbidden"
