@@ -313,3 +313,29 @@ async def test_note_rights_and_content_go_through_open_webui(tmp_path):
             z = await h.connect(session_token(h, "z"))
             ack = await z.call("ydoc:document:join", doc, timeout=WAIT)
             assert ack["error"] == "forbidden"
+
+
+async def test_session_pool_entries_of_a_dead_node_are_removed(tmp_path, redis_server):  # noqa: F811
+    import orjson
+    import signal
+    from tests.support.appliance import ApplianceProcess, Harness
+    async with serve_standin() as ow:
+        ow.add("a", "Ann")
+        env = env_for(ow, redis_server)
+        prefix = env["REDIS_KEY_PREFIX"]
+        r = redis_server.processes[0].client()
+        ini = "[state]\nnode_ttl = 2\n[log]\nlevel = warning\n"
+        dying = ApplianceProcess(tmp_path / "dying", ini, env)
+        dying.start()
+        try:
+            async with running(tmp_path / "survivor", ini, env) as h:
+                remote = Harness(None, f"http://127.0.0.1:{dying.port}")
+                client = await remote.connect(session_token(h, "a"))
+                sid = client.get_sid()
+                assert orjson.loads(r.hget(f"{prefix}:session_pool", sid))["id"] == "a"
+                dying.stop(signal.SIGKILL)
+                await until(lambda: not r.hexists(f"{prefix}:session_pool", sid),
+                            "the dead node's session left open-webui's pool", timeout=15)
+                await remote.close()
+        finally:
+            dying.kill()
