@@ -85,6 +85,18 @@ class OpenWebuiApi:
         found = await self.request("GET", "/api/v1/channels/", token)
         return [c for c in found if isinstance(c, dict)] if isinstance(found, list) else []
 
+    async def channel(self, token: str, channel_id: str) -> dict:
+        found = await self.request("GET", f"/api/v1/channels/{quote(channel_id, safe='')}", token)
+        if not isinstance(found, dict):
+            raise NotFound(channel_id)
+        return found
+
+    async def features(self, token: str) -> dict:
+        """The deployment's feature switches as the user's browser gets them."""
+        config = await self.request("GET", "/api/config", token)
+        features = config.get("features") if isinstance(config, dict) else None
+        return features if isinstance(features, dict) else {}
+
     async def note(self, token: str, note_id: str) -> dict:
         note = await self.request("GET", f"/api/v1/notes/{quote(note_id, safe='')}", token)
         if not isinstance(note, dict):

@@ -65,6 +65,40 @@ class OpenWebuiRights:
 
         return await self._ask(("user", identity.id, "chat", chat_id), load)
 
+    async def may_encrypt(self, identity: Identity, token: str | None, channel_id: str) -> bool:
+        """Whether this user may take part in the encrypted relay of a channel, by
+        open-webui's rule (socket/encryption.py): channels and encrypted channels enabled,
+        an admin or a user with both `features.channels` and `features.encrypted_channels`,
+        a member of a DM or of a private group. Raises EventError `unavailable` when
+        open-webui cannot answer."""
+        if not token:
+            return False
+
+        async def features() -> dict:
+            return await self.api.features(token)
+
+        async def permissions() -> dict:
+            user = await self.api.session_user(token)
+            return user.get("permissions") if isinstance(user.get("permissions"), dict) else {}
+
+        async def channel() -> dict | None:
+            try:
+                return await self.api.channel(token, channel_id)
+            except (Refused, NotFound):
+                return None  # not a member (403) or no such channel
+
+        switches = await self._ask(("user", identity.id, "features"), features)
+        if not (switches.get("enable_channels") and switches.get("enable_encrypted_channels")):
+            return False
+        if identity.role != "admin":
+            granted = (await self._ask(("user", identity.id, "permissions"), permissions)
+                       ).get("features", {})
+            if not (granted.get("channels") and granted.get("encrypted_channels")):
+                return False
+        found = await self._ask(("user", identity.id, "channel", channel_id), channel)
+        return bool(found) and (found.get("type") == "dm" or (
+            found.get("type") == "group" and found.get("is_private") is True))
+
     def forget_user(self, user_id: str) -> None:
         self.cache.forget_where(lambda key, value: key[:2] == ("user", user_id))
 
