@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test install node-deps binary soak bench fuzz clean
+.PHONY: serve test install node-deps binary soak bench fuzz e2e clean
 
 $(STAMP): pyproject.toml constraints.txt fuzz/requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,16 @@ serve: $(STAMP)
 test: $(STAMP)
 	@if command -v npm >/dev/null 2>&1 && [ -f tests/node/package-lock.json ]; then $(MAKE) --no-print-directory node-deps; fi
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# End-to-end tier (tests/e2e/README.md): unmodified open-webui 0.12.4 (its own cached venv),
+# redis-server, nginx and two appliance nodes, in Debian's headless Chromium; every flow
+# against open-webui alone, then through the appliance. Needs the Debian packages
+# redis-server, nginx(-light), chromium, nodejs, npm. One flow in one mode:
+#   make e2e PYTEST_ARGS="-k 'alone and chat_stream'"
+e2e: $(STAMP)
+	PYTHON=$(PYTHON) bash tests/e2e/install_openwebui.sh >/dev/null
+	@if command -v npm >/dev/null 2>&1 && [ -f tests/node/package-lock.json ]; then $(MAKE) --no-print-directory node-deps; fi
+	$(PY) -m pytest -m e2e tests/e2e $(PYTEST_ARGS)
 
 # A bounded long run (5 min, 1000 clients with churn) that checks everything returns to its
 # baseline afterwards; SOAK_ARGS="--seconds 60 --clients 300" for a shorter one.

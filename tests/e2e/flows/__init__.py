@@ -1,0 +1,22 @@
+"""The end-to-end flows, in the order they run on each deployment.
+
+A flow is `flow(run: FlowRun) -> None`: it drives the browser through run (flowrun.py),
+asserts what a person would see, and screenshots each state. To add one, write it in a
+module here (first checked against open-webui alone, where it must pass) and list it
+below; test_flows.py runs every flow listed here in every mode.
+"""
+from __future__ import annotations
+
+from tests.e2e.flows import accounts, channel, chat, note, signout
+
+FLOWS = [
+    accounts.sign_up,  # first: the first account becomes the admin
+    chat.chat_stream,
+    chat.second_tab,
+    chat.model_in_use,
+    channel.channel_live,
+    note.note_collaboration,
+    signout.sign_out,  # last: it revokes a token of the admin
+]
+
+BY_NAME = {flow.__name__: flow for flow in FLOWS}
