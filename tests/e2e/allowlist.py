@@ -32,6 +32,11 @@ ALLOWED: list[Allowed] = [
             "calls to open-webui (the chat and channel lists it reloads when its socket "
             "reconnects, or the signed-out page's last requests) are refused, as they must be",
             kinds=("console", "page"), flows=("sign_out",)),
+    Allowed(r'^44\{"message":"token_revoked"\}$',
+            "the other tab's session ends as soon as the token is revoked, before the "
+            "signing-out tab removed the token from localStorage; open-webui's client "
+            "reconnects with it and is refused: the revocation working",
+            kinds=("socket",), flows=("sign_out",), modes=("appliance",)),
 ]
 
 

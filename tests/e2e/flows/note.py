@@ -8,13 +8,14 @@ from __future__ import annotations
 import re
 import time
 
-from tests.e2e.browser import Page
+from tests.e2e.browser import BrowserError, Page
 from tests.e2e.flowrun import FlowRun
 from tests.e2e.flows.accounts import accounts
 
 EDITOR = ".ProseMirror[contenteditable=true]"
 SYNC_TIMEOUT = 15.0
 SAVE_TIMEOUT = 15.0  # open-webui saves the note content debounced
+SEED_SENT_WITHIN = 2.0  # seconds: the editor seeds the document as it handles the state
 
 ADA_WORDS = " alpha bravo charlie"
 BOB_WORDS = " delta echo foxtrot"
@@ -31,22 +32,48 @@ TEXT_JS = """() => {
 }"""
 
 
-def open_note(page: Page, note_id: str, first: bool) -> None:
-    """Open the note and wait until its editor accepts keys. The `first` editor of a new
-    note seeds the empty document (`initialize: true`) and takes keys only once the server
-    acknowledged that with the stored state; a later one takes keys with the state the
-    server sends on joining. (Typing earlier races the seeding, where even open-webui
-    alone can duplicate the first key.)"""
+def wait_text(page: Page, expected: str, what: str) -> None:
+    try:
+        page.wait_function(f"() => ({TEXT_JS})() === {expected!r}", None, SYNC_TIMEOUT)
+    except BrowserError:
+        raise AssertionError(f"{what}: the editor of {page.name} shows "
+                             f"{page.evaluate(TEXT_JS)!r}, not {expected!r}") from None
+
+
+def open_note(page: Page, note_id: str) -> None:
+    """Open the note and wait until its editor accepts keys.
+
+    On joining, the server sends the document's state (and the note's content). When the
+    state is empty and a content came with it, open-webui's editor seeds the document from
+    that content (`initialize: true`) and takes keys only once the server acknowledged the
+    seed with the stored state; otherwise it takes keys at once. (Typing before the ack
+    races the seeding, where even open-webui alone can duplicate the first key.)"""
     page.goto(f"/notes/{note_id}")
     page.wait_for(EDITOR)
     page.wait_socket_connected()
-    page.wait_frame(r'^4[25]\d*-?\["ydoc:document:state"', timeout=SYNC_TIMEOUT)
-    if first:
-        seed = page.wait_frame(r'^42\d+\["ydoc:document:update".*"initialize":true',
-                               direction="out", timeout=SYNC_TIMEOUT)
-        ack_id = re.match(r"^42(\d+)", seed["text"]).group(1)
-        # the ack: a plain one (43<id>[…]) or one with binary attachments (46<n>-<id>[…])
-        page.wait_frame(rf"^4(3|6\d+-){ack_id}\[", timeout=SYNC_TIMEOUT)
+    state = page.wait_frame(r'^4[25]\d*-?\["ydoc:document:state"', timeout=SYNC_TIMEOUT)
+    text = state["text"]
+    if '"_placeholder":true' in text:
+        # the state came as a binary attachment: whether it is empty is not in the frame,
+        # so a seed, if any, is recognised by the page sending it (it does so at once)
+        seeds = _seed_sent(page, state["t"], timeout=SEED_SENT_WITHIN)
+    elif '"state":[0,0]' in text and '"content":null' not in text:
+        seeds = _seed_sent(page, state["t"], timeout=SYNC_TIMEOUT)
+    else:
+        return
+    if seeds is None:
+        return
+    ack_id = re.match(r"^42(\d+)", seeds["text"]).group(1)
+    # the ack: a plain one (43<id>[…]) or one with binary attachments (46<n>-<id>[…])
+    page.wait_frame(rf"^4(3|6\d+-){ack_id}\[", since_ms=seeds["t"], timeout=SYNC_TIMEOUT)
+
+
+def _seed_sent(page: Page, since_ms: float, timeout: float) -> dict | None:
+    try:
+        return page.wait_frame(r'^42\d+\["ydoc:document:update".*"initialize":true',
+                               direction="out", since_ms=since_ms, timeout=timeout)
+    except BrowserError:
+        return None
 
 
 def note_collaboration(run: FlowRun) -> None:
@@ -57,14 +84,14 @@ def note_collaboration(run: FlowRun) -> None:
     api.share_note(note["id"], user.id, "write")
     a = run.page(run.signed_in(admin), "admin-note")
     u = run.page(run.signed_in(user), "user-note")
-    open_note(a, note["id"], first=True)
-    open_note(u, note["id"], first=False)
+    open_note(a, note["id"])
+    open_note(u, note["id"])
 
     # the admin writes two lines; the user's editor shows them as they are typed
     a.type(EDITOR, "Ada:", delay_ms=30)
     a.press("Enter")
     a.type(None, "Bob:", delay_ms=30)
-    u.wait_function(f"() => ({TEXT_JS})() === 'Ada:\\nBob:'", None, SYNC_TIMEOUT)
+    wait_text(u, "Ada:\nBob:", "the admin's lines did not reach the user")
     run.shot(u, "user-sees-admin-typing")
 
     # then both type at once, each on a line of their own: the same text must result in
@@ -81,7 +108,7 @@ def note_collaboration(run: FlowRun) -> None:
     expected = f"Ada:{ADA_WORDS}\nBob:{BOB_WORDS}"
     try:
         for page in (a, u):
-            page.wait_function(f"() => ({TEXT_JS})() === {expected!r}", None, SYNC_TIMEOUT)
+            wait_text(page, expected, "the editors did not converge")
     finally:
         run.shot(a, "admin-editor-both-typed")
         run.shot(u, "user-editor-both-typed")
@@ -96,5 +123,7 @@ def note_collaboration(run: FlowRun) -> None:
         f"open-webui's note holds {saved!r}, the editors {expected!r}")
     u.reload()
     u.wait_for(EDITOR)
-    u.wait_function(f"() => ({TEXT_JS})() === {expected!r}", None, SYNC_TIMEOUT)
-    run.shot(u, "user-after-reload")
+    try:
+        wait_text(u, expected, "after a reload of the note page")
+    finally:
+        run.shot(u, "user-after-reload")
