@@ -68,6 +68,10 @@ class FlowRun:
 
     # --- evidence ----------------------------------------------------------------------------
 
+    @property
+    def pages(self) -> list[Page]:
+        return list(self._pages)
+
     def shot(self, page: Page, label: str) -> Path:
         name = re.sub(r"[^a-z0-9]+", "-", f"{self.flow}-{next(self._shots):02d}-{label}".lower())
         path = self.artifacts / f"{name}.png"

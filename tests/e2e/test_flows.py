@@ -28,6 +28,7 @@ def test_flow(deployment, browser, flow, request):
         errors = run.errors()
         assert not errors, "the pages showed errors:\n" + "\n".join(errors)
     except BaseException:
+        _save_frames(run)
         request.node.add_report_section("call", "pages", _pages_report(run))
         request.node.add_report_section("call", "logs", deployment.log_tails())
         raise
@@ -35,12 +36,22 @@ def test_flow(deployment, browser, flow, request):
         run.close()
 
 
+def _save_frames(run: FlowRun) -> None:
+    """Every websocket frame the flow's pages kept, to artifacts/e2e/<mode>/<flow>-frames.json
+    (the report below shows the last ones only)."""
+    try:
+        frames = {page.name: page.sockets(frames=100_000)["sockets"] for page in run.pages}
+    except Exception:
+        return
+    (run.artifacts / f"{run.flow}-frames.json").write_text(json.dumps(frames, indent=1))
+
+
 def _pages_report(run: FlowRun) -> str:
     try:
         diagnostics, sockets = run.diagnostics(), run.sockets()
     except Exception as exc:  # the browser itself failed: its log says why
         return f"pages unreadable: {exc}\n{run.browser.stderr_tail()}"
-    lines = [f"screenshots: {run.artifacts}"]
+    lines = [f"screenshots and every frame ({run.flow}-frames.json): {run.artifacts}"]
     for page, diag in diagnostics.items():
         lines.append(f"== {page}: {json.dumps(diag)[:3000]}")
         for sock in sockets.get(page, []):
