@@ -144,10 +144,11 @@ class Api:
         return self.call("POST", "/api/v1/channels/create",
                          {"name": name, "type": "group", "user_ids": member_ids})
 
-    def create_note(self, title: str) -> dict:
-        # the shape open-webui's own "New Note" button creates
+    def create_note(self, title: str, md: str = "", html: str = "") -> dict:
+        # the shape open-webui's own "New Note" button creates (md/html: a note written
+        # before anyone opened it collaboratively, e.g. imported)
         return self.call("POST", "/api/v1/notes/create", {
-            "title": title, "data": {"content": {"json": None, "html": "", "md": ""}},
+            "title": title, "data": {"content": {"json": None, "html": html, "md": md}},
             "meta": None, "access_grants": []})
 
     def note(self, note_id: str) -> dict:

@@ -14,8 +14,10 @@ FLOWS = [
     chat.chat_stream,
     chat.second_tab,
     chat.model_in_use,
+    chat.reload_mid_answer,
     channel.channel_live,
     note.note_collaboration,
+    note.note_seeded,
     signout.sign_out,  # last: it revokes a token of the admin
 ]
 

@@ -147,3 +147,24 @@ def model_in_use(run: FlowRun) -> None:
         f"/api/usage does not list {MODEL} while the page reports it: {usage}; "
         f"the page reported: {reported[0]['text']}")
     wait_final(page)
+
+
+def reload_mid_answer(run: FlowRun) -> None:
+    """A tab reloaded in the middle of a slow answer shows the answer so far again (open-webui
+    0.12 sends it to the chat's room when the reloaded tab joins it) and follows the rest
+    live."""
+    admin, _ = accounts(run)
+    page = run.page(run.signed_in(admin), "reload")
+    open_new_chat(page)
+    send(page, "Reload me midway [delay=0.25]")
+    before = tokens_in(wait_partial(page, has="tok05"))
+    run.shot(page, "before-reload")
+    page.reload()
+    page.wait_for("#response-content-container")
+    # still streaming, with at least what was shown before the reload
+    again = page.wait_function(PARTIAL_JS, {"has": before[-1], "not": LAST}, STREAM_TIMEOUT)
+    run.shot(page, "after-reload")
+    assert tokens_in(again)[:len(before)] == before, (before, again)
+    final = wait_final(page)
+    seen = [int(t[3:]) for t in tokens_in(final)]
+    assert seen == sorted(set(seen)) and seen[-1] == TOKENS, final

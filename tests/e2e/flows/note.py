@@ -127,3 +127,28 @@ def note_collaboration(run: FlowRun) -> None:
         wait_text(u, expected, "after a reload of the note page")
     finally:
         run.shot(u, "user-after-reload")
+
+
+def note_seeded(run: FlowRun) -> None:
+    """A note that has content but no collaborative document yet (written through the API):
+    the first editor to open it seeds the document from that content (`initialize`, acked
+    with the stored state), the second editor joins and gets the same text once, and an
+    edit of the second reaches the first."""
+    admin, user = accounts(run)
+    api = run.dep.api.as_user(admin.token)
+    seed = "Seeded before anyone opened it"
+    note = api.create_note(f"Seeded note ({run.dep.mode})", md=seed, html=f"<p>{seed}</p>")
+    api.share_note(note["id"], user.id, "write")
+    a = run.page(run.signed_in(admin), "admin-note")
+    open_note(a, note["id"])
+    wait_text(a, seed, "the first editor did not show the note's content")
+    run.shot(a, "first-editor-seeded")
+    u = run.page(run.signed_in(user), "user-note")
+    open_note(u, note["id"])
+    wait_text(u, seed, "the second editor did not get the seeded document")
+    run.shot(u, "second-editor-joined")
+    u.click(f"{EDITOR} p", nth=0)
+    u.press("End")
+    u.type(None, " and edited", delay_ms=30)
+    wait_text(a, seed + " and edited", "the second editor's keys did not reach the first")
+    run.shot(a, "first-editor-sees-edit")
