@@ -9,6 +9,9 @@ prints `listening <port>` once it accepts connections, then serves:
   (`tok01 tok02 … tokNN`, one chunk every `delay` seconds) so that a browser can be seen
   rendering a partial answer before the stream ends; a prompt containing `[tokens=N]` or
   `[delay=S]` changes those for one answer;
+- a prompt containing `[tool=NAME]`, in a request offering a tool NAME: a streamed call of
+  that tool (no arguments); once the request carries the tool's result, an answer quoting
+  it (`tool said: <result>`) followed by the tokens;
 - the same without `stream`: one quick answer (open-webui's background tasks: titles, tags,
   follow-ups, when they are not switched off);
 - `GET /standin/requests`: every request received so far (path, headers that matter, body),
@@ -51,6 +54,20 @@ def _last_user_text(body: dict) -> str:
                 return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
             return str(content or "")
     return ""
+
+
+def _tool_step(body: dict, prompt: str) -> tuple[str | None, str | None]:
+    """(tool to call, its result): the tool a `[tool=NAME]` prompt asks for when the
+    request offers it, and the result once a tool message follows the prompt."""
+    m = re.search(r"\[tool=([A-Za-z0-9_]+)\]", prompt)
+    offered = {t.get("function", {}).get("name") for t in body.get("tools") or []}
+    if not m or m.group(1) not in offered:
+        return None, None
+    messages = body.get("messages") or []
+    last_user = max((i for i, msg in enumerate(messages) if msg.get("role") == "user"),
+                    default=-1)
+    results = [msg for msg in messages[last_user + 1:] if msg.get("role") == "tool"]
+    return m.group(1), (str(results[-1].get("content")) if results else None)
 
 
 def _override(text: str, name: str, default, kind):
@@ -110,7 +127,19 @@ class Completions(Base):
                 "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
+        tool, result = _tool_step(body, prompt)
         try:
+            if tool is not None and result is None:
+                await self._chunk(cid, body, {"role": "assistant", "tool_calls": [{
+                    "index": 0, "id": "call_" + uuid.uuid4().hex[:8], "type": "function",
+                    "function": {"name": tool, "arguments": "{}"}}]})
+                await self._chunk(cid, body, {}, finish="tool_calls")
+                self.write("data: [DONE]\n\n")
+                await self.flush()
+                return self.finish()
+            if result is not None:
+                await self._chunk(cid, body, {"role": "assistant",
+                                              "content": f"tool said: {result}. "})
             for i in range(1, tokens + 1):
                 await self._chunk(cid, body, {"role": "assistant", "content": token_text(i)}
                                   if i == 1 else {"content": token_text(i)})
