@@ -7,7 +7,7 @@ below; test_flows.py runs every flow listed here in every mode.
 """
 from __future__ import annotations
 
-from tests.e2e.flows import accounts, channel, chat, note, signout, tools
+from tests.e2e.flows import accounts, channel, chat, note, shared_chat, signout, tools
 
 FLOWS = [
     accounts.sign_up,  # first: the first account becomes the admin
@@ -16,6 +16,7 @@ FLOWS = [
     chat.model_in_use,
     chat.reload_mid_answer,
     tools.tool_confirmation,
+    shared_chat.shared_chat,
     channel.channel_live,
     note.note_collaboration,
     note.note_seeded,
