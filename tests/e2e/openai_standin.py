@@ -14,6 +14,7 @@ prints `listening <port>` once it accepts connections, then serves:
   it (`tool said: <result>`) followed by the tokens;
 - the same without `stream`: one quick answer (open-webui's background tasks: titles, tags,
   follow-ups, when they are not switched off);
+- CORS for every origin: open-webui's direct connections call it from the page;
 - `GET /standin/requests`: every request received so far (path, headers that matter, body),
   so a test can see what open-webui asked; `DELETE /standin/requests` forgets them.
 
@@ -84,6 +85,8 @@ class Recorder:
             "time": time.time(), "method": handler.request.method,
             "path": handler.request.path,
             "authorization": handler.request.headers.get("Authorization", ""),
+            # a browser calling us itself (open-webui's direct connections) sends its origin
+            "origin": handler.request.headers.get("Origin", ""),
             "body": body,
         })
 
@@ -91,6 +94,16 @@ class Recorder:
 class Base(web.RequestHandler):
     def initialize(self, state: dict) -> None:
         self.state = state
+
+    def set_default_headers(self) -> None:
+        # open-webui's direct connections call the API from the page, cross-origin
+        self.set_header("Access-Control-Allow-Origin", "*")
+        self.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type")
+        self.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+
+    def options(self) -> None:
+        self.set_status(204)
+        self.finish()
 
     def write_json(self, obj, status: int = 200) -> None:
         self.set_status(status)

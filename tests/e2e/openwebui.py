@@ -64,6 +64,8 @@ def environment(data_dir: Path, secret: str, redis_url: str, standin_url: str) -
         "DEFAULT_USER_ROLE": "user",
         "ENABLE_SIGNUP": "true",
         "ENABLE_CHANNELS": "true",
+        # users may add their own OpenAI connection, called from their browser
+        "ENABLE_DIRECT_CONNECTIONS": "true",
         "ENABLE_NOTES": "true",
         # background tasks would add requests (and log lines) to every chat: off
         "ENABLE_TITLE_GENERATION": "false",
@@ -136,6 +138,16 @@ class Api:
 
     def me(self) -> dict:
         return self.call("GET", "/api/v1/auths/")
+
+    def add_direct_connection(self, base_url: str, prefix: str) -> None:
+        """Settings > Connections > "+" of the signed-in user: an OpenAI API the browser
+        itself calls, its models listed as `<prefix>.<model>`."""
+        settings = self.call("GET", "/api/v1/users/user/settings") or {}
+        ui = dict(settings.get("ui") or {})
+        ui["directConnections"] = {"OPENAI_API_BASE_URLS": [base_url], "OPENAI_API_KEYS": ["x"],
+                                   "OPENAI_API_CONFIGS": {"0": {"enable": True,
+                                                                "prefix_id": prefix}}}
+        self.call("POST", "/api/v1/users/user/settings/update", {**settings, "ui": ui})
 
     def usage(self) -> dict:
         return self.call("GET", "/api/usage")

@@ -15,6 +15,7 @@ FLOWS = [
     chat.second_tab,
     chat.model_in_use,
     chat.reload_mid_answer,
+    chat.direct_connection,
     tools.tool_confirmation,
     shared_chat.shared_chat,
     channel.channel_live,

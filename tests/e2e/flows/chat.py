@@ -17,6 +17,7 @@ from tests.e2e.openai_standin import MODEL, TOKENS, full_answer
 LAST = f"tok{TOKENS:02d}"
 STREAM_TIMEOUT = 30.0
 USAGE_WINDOW = 4.0  # seconds the page reports the model in model_in_use
+DIRECT_PREFIX = "direct"  # the user's own connection's models: direct.<model>
 
 # the text of the newest answer in the page
 ANSWER_JS = """() => {
@@ -168,3 +169,26 @@ def reload_mid_answer(run: FlowRun) -> None:
     final = wait_final(page)
     seen = [int(t[3:]) for t in tokens_in(final)]
     assert seen == sorted(set(seen)) and seen[-1] == TOKENS, final
+
+
+def direct_connection(run: FlowRun) -> None:
+    """The user's own OpenAI connection, called from the browser: open-webui asks the tab
+    to run the completion (a Socket.IO call), the tab calls the API itself and sends each
+    line of the stream back as `{user_id}:{session_id}:{request_id}` events, and the answer
+    streams into the page like any other."""
+    _, user = accounts(run)
+    run.dep.api.as_user(user.token).add_direct_connection(run.dep.standin_url, DIRECT_PREFIX)
+    page = run.page(run.signed_in(user), "direct")
+    page.goto(f"/?models={DIRECT_PREFIX}.{MODEL}")
+    page.wait_for("#chat-input")
+    page.wait_socket_connected()
+    page.wait_for(f"text={DIRECT_PREFIX}.{MODEL}", nth=0)
+    send(page, "Through my own connection [delay=0.1]")
+    wait_partial(page)
+    run.shot(page, "direct-partial-answer")
+    final = wait_final(page)
+    run.shot(page, "direct-final-answer")
+    assert final.strip() == full_answer(TOKENS), final
+    from_browser = [r for r in run.dep.standin_requests()
+                    if r["path"] == "/v1/chat/completions" and r["origin"] == run.dep.url]
+    assert from_browser, "the completion did not come from the browser"
