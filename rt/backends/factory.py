@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import socketio
 
 from ..fanout import FanoutManager
 from . import EditorRegistry, PresenceRegistry, Store, UsageRegistry
 from .memory import MemoryEditors, MemoryPresence, MemoryUsage
+
+if TYPE_CHECKING:
+    from .socketio_bridge import SocketioBridge
 
 
 class BackendError(Exception):
@@ -43,6 +46,9 @@ class Backend:
     loops: list[Loop] = field(default_factory=list)
     # how often to look for sessions of nodes that died (None: there are no other nodes)
     dead_session_interval: float | None = None
+    # python-socketio's pub/sub with open-webui's backend (Redis mode, [openwebui] pubsub);
+    # its `stats` are the counters to export
+    bridge: SocketioBridge | None = None
     # the Redis client of the deployment (None on embedded state), shared with services
     # that keep keys another program reads (open-webui's pools and revocation markers)
     redis: Any = None
@@ -71,6 +77,8 @@ class RedisBackend(Backend):
         # listen for cross-node messages now, not at the first client: a node without
         # clients must still answer `call` acks and room changes for other nodes
         self.client_manager.initialize()
+        if self.bridge is not None:
+            await self.bridge.start()
         await self.presence.heartbeat()
 
     async def stop(self) -> None:
@@ -79,6 +87,8 @@ class RedisBackend(Backend):
             await self.presence.retire()
         finally:
             try:
+                if self.bridge is not None:
+                    await self.bridge.close()
                 await self.client_manager.close()
             finally:
                 await self.store.close()
@@ -86,6 +96,8 @@ class RedisBackend(Backend):
     async def ready(self) -> None:
         await self.store.ping()
         await self.client_manager.ready()
+        if self.bridge is not None:
+            await self.bridge.ready()
 
     async def dead_sessions(self) -> list[tuple[str, str]]:
         return await self.presence.dead_sessions()
@@ -116,6 +128,7 @@ def build_redis_backend(settings, target=None) -> RedisBackend:
     from .redis_manager import RedisClientManager
     from .redis_state import RedisEditors, RedisPresence, RedisUsage
     from .redis_store import RedisStore
+    from .socketio_bridge import SocketioBridge
 
     try:
         target = target or RedisTarget.from_settings(settings.state)
@@ -124,12 +137,21 @@ def build_redis_backend(settings, target=None) -> RedisBackend:
     client = target.client()  # one connection pool for store, presence and usage
     keys, where = target.keys(), target.describe()
     presence = RedisPresence(client, keys, node_ttl=settings.state.node_ttl, where=where)
+    manager = RedisClientManager(target)
+    openwebui, bridge = settings.openwebui, None
+    if openwebui.pubsub:
+        try:
+            bridge = SocketioBridge(manager, target, channel=openwebui.pubsub_channel,
+                                    room_channels=openwebui.room_channels)
+        except ValueError as exc:
+            raise BackendError(f"[openwebui] pubsub_channel: {exc}") from None
     return RedisBackend(
         name="redis",
         store=RedisStore(client, keys, where=where),
         presence=presence,
         usage=RedisUsage(client, keys, where=where),
-        client_manager=RedisClientManager(target),
+        client_manager=manager,
+        bridge=bridge,
         editors=RedisEditors(client, keys, presence, where=where),
         node_id=presence.node_id,
         loops=[Loop("presence heartbeat", presence.heartbeat_interval, presence.heartbeat)],

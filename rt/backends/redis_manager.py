@@ -30,7 +30,10 @@ pub/sub backends to implement, `_publish` and `_listen`:
   that the backend gets a 503 instead of a 202 for a message other nodes never got;
 - an emit whose target rooms have no member on this node is dropped right after the JSON
   is parsed, before python-socketio decodes binary attachments and walks the rooms. That
-  is the per-node cost of traffic for rooms with no local member (see `stats`).
+  is the per-node cost of traffic for rooms with no local member (see `stats`);
+- every change of local room membership is reported to `room_watch` (the bridge to
+  open-webui's per-room channels, socketio_bridge.py, when it is on), and a local room
+  entry or connect returns once that bridge is subscribed to the room's channel.
 """
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ import logging
 import random
 import time
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import socketio
@@ -52,6 +55,9 @@ from . import StoreError, delivery_required
 from .redis_conn import (
     REDIS_ERRORS, AnyRedis, RedisTarget, close_quietly, drop_idle, ensure_ready,
 )
+
+if TYPE_CHECKING:
+    from .socketio_bridge import SocketioBridge
 
 log = logging.getLogger("rt.backend")
 
@@ -84,6 +90,10 @@ class RedisClientManager(socketio.AsyncRedisManager, FanoutMixin):
         self._last_error_log = 0.0
         self._initialized = False
         self._control_tasks: set[asyncio.Task] = set()
+        # the bridge to open-webui's per-room channels (socketio_bridge.py), when on: told
+        # of every room whose local membership may have changed, and waited for before an
+        # entry completes, so that it hears what is published to the room from then on
+        self.room_watch: "SocketioBridge | None" = None
 
     def initialize(self) -> None:
         """Start listening (once). python-socketio calls this only when the first client
@@ -94,6 +104,35 @@ class RedisClientManager(socketio.AsyncRedisManager, FanoutMixin):
             return
         self._initialized = True
         super().initialize()
+
+    # ------------------------------------------------------------------ rooms
+    # FanoutMixin's basic_* methods are where every membership change passes (connects,
+    # room entries, leaves, closes and disconnects, local or sent by other nodes)
+    def basic_enter_room(self, sid, namespace, room, eio_sid=None):
+        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+        if self.room_watch is not None and room is not None:
+            self.room_watch.room_changed(namespace, room)
+
+    def basic_leave_room(self, sid, namespace, room):
+        super().basic_leave_room(sid, namespace, room)
+        if self.room_watch is not None:
+            # leaving the None room is the end of the session: its sid room is gone too
+            self.room_watch.room_changed(namespace, sid if room is None else room)
+
+    async def connect(self, sid, namespace):
+        sid = await super().connect(sid, namespace)
+        if sid is not None and self.room_watch is not None:
+            # the channel of the sid's own room, entered at pre_connect (usually confirmed
+            # already by the connect handler's first enter_room). Waited for here, after
+            # the handler accepted the session: a refusal (e.g. the store is unavailable)
+            # must not wait for Redis twice
+            await self.room_watch.settled()
+        return sid
+
+    async def enter_room(self, sid, namespace, room, eio_sid=None):
+        await super().enter_room(sid, namespace, room, eio_sid=eio_sid)
+        if self.room_watch is not None:
+            await self.room_watch.settled()
 
     # ------------------------------------------------------------------ state
     async def ready(self) -> None:
@@ -284,12 +323,12 @@ class RedisClientManager(socketio.AsyncRedisManager, FanoutMixin):
         if method == CONTROL:
             self._control(data)  # ours, not python-socketio's
             return None
-        if method == "emit" and not self._has_local_target(data):
+        if method == "emit" and not self.has_local_target(data):
             self.stats["skipped_no_local_member"] += 1
             return None
         return data
 
-    def _has_local_target(self, data: dict) -> bool:
+    def has_local_target(self, data: dict) -> bool:
         """Whether an emit can reach a session of this node: its namespace has sessions
         here and (for a room emit) one of its rooms, or sids, has a member here."""
         namespace = data.get("namespace") or "/"

@@ -1,0 +1,592 @@
+"""python-socketio's own pub/sub protocol, spoken with open-webui's backend on the Redis the
+appliance shares with it (Redis mode, `[openwebui] pubsub`).
+
+open-webui runs python-socketio with a Redis client manager and keeps its own Socket.IO
+server, which has no browsers when the appliance serves them. What its backend emits, the
+calls it makes and the room changes it asks for travel as python-socketio 5.x pub/sub
+messages, JSON objects with a `method`, on channels *without* the appliance's key prefix:
+
+- `<pubsub_channel>` (default `socketio`): everything with the stock `AsyncRedisManager`
+  (`room_channels = false`); with open-webui 0.12's default room-channel manager
+  (`room_channels = true`) everything except emits aimed at one room;
+- `<pubsub_channel>#<namespace>#<room>`: with room channels, an emit to one room (a sid is
+  a room too), so that a node hears only about rooms it has members of.
+
+This bridge listens there beside the appliance's own cluster channel (redis_manager.py,
+`<prefix>:socketio`, untouched) and acts for the sessions of this node only:
+
+- `emit` (room, list of rooms or everybody; `skip_sid` as a string or a list; binary
+  attachments base64-encoded under `binary`, as python-socketio encodes them; `callback`
+  for a foreign `call`) goes out through the appliance's own local fan-out, the path of a
+  local emit. A client's ack of a foreign call is published back as
+  `{"method": "callback", "host_id": <the caller's>, "sid", "namespace", "id", "args"}`
+  on `<pubsub_channel>`, so open-webui's `sio.call(...)` returns the browser's answer;
+- `disconnect`, `enter_room`, `leave_room`, `close_room` act on local sessions and rooms;
+- `callback` addressed to this bridge completes a call made through it.
+
+With room channels it subscribes exactly the rooms (and sids) that have a member here, as
+open-webui 0.12's manager does: the client manager reports every room whose local
+membership may have changed (`room_changed`), a sync task SUBSCRIBEs or UNSUBSCRIBEs and
+then sends a numbered PING, and the reader sees the PONG once Redis has applied everything
+before it. `settled()` waits for that, so an `enter_room` (or a connect: the sid's room)
+returns only when an emit published after it cannot be missed.
+
+Only JSON is accepted: a message that is not a JSON object (a pickle, as older
+python-socketio versions sent, or garbage), has fields of the wrong type or is larger than
+`max_message_bytes` is dropped and counted in `stats`; nothing is unpickled, and nothing
+is decoded beyond the JSON parse. Plain PUBLISH/SUBSCRIBE also on a Redis Cluster, where
+open-webui uses them too (a plain PUBLISH reaches every node of a Cluster). After a
+connection loss the bridge reconnects with a jittered backoff and subscribes again every
+channel a local room needs; each retry is one log line.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import collections
+import functools
+import json
+import logging
+import random
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from socketio.packet import Packet
+
+from ..tasks import cancel_swallowed
+from . import StoreError
+from .redis_conn import REDIS_ERRORS, AnyRedis, RedisTarget, close_quietly
+
+if TYPE_CHECKING:
+    from .redis_manager import RedisClientManager
+
+log = logging.getLogger("rt.backend")
+
+READ_TIMEOUT = 1.0  # seconds one read waits before looking for silence (and cancellation)
+# open-webui 0.12's inbound limit is 16 MiB; nothing bigger can be a sensible emit, and a
+# bigger message is not parsed (Redis's default pub/sub output limit is 32 MiB anyway)
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+SUBSCRIBE_CHUNK = 500  # channels per SUBSCRIBE/UNSUBSCRIBE command
+SYNC_PING = b"rt-bridge-sync:"  # + sequence number: the barrier after (un)subscribing
+ALIVE_PING = b"rt-bridge-alive"
+PICKLE_PROTO = 0x80  # first byte of every pickle of protocol 2 or later
+METHODS = ("emit", "callback", "disconnect", "enter_room", "leave_room", "close_room")
+
+
+class Malformed(ValueError):
+    """A message of python-socketio's protocol whose fields have the wrong type."""
+
+
+class SocketioBridge:
+    """python-socketio's pub/sub with a foreign server (open-webui's) for this node's
+    sessions; started and stopped by the Redis backend, `ready()` counts for readyz."""
+
+    def __init__(self, manager: "RedisClientManager", target: RedisTarget, *,
+                 channel: str = "socketio", room_channels: bool = True,
+                 max_message_bytes: int = MAX_MESSAGE_BYTES,
+                 backoff: tuple[float, float] = (0.1, 5.0)) -> None:
+        if not channel:
+            raise ValueError("the pub/sub channel name must not be empty")
+        self.manager = manager
+        self.target = target
+        self.channel = channel
+        self.room_channels = room_channels
+        self.max_message_bytes = max_message_bytes
+        self.backoff = backoff
+        self.timeout = target.command_timeout
+        # who we are in python-socketio's protocol: callbacks for calls made through the
+        # bridge come back addressed to it (the cluster channel has its own host id)
+        self.host_id = uuid.uuid4().hex
+        self.listening = False
+        # counters the integrator exports (see `counters`): received; one per method
+        # handled (emit, callback, disconnect, enter_room, leave_room, close_room);
+        # ignored (callbacks for other hosts, methods python-socketio 5.18 does not have);
+        # skipped_no_local_member;
+        # refused_{pickle,not_json,malformed,too_large}; callbacks_published,
+        # callbacks_failed; channels_subscribed, channels_unsubscribed; listen_errors,
+        # handler_errors, subscribe_wait_timeouts
+        self.stats: collections.Counter[str] = collections.Counter()
+        self._task: asyncio.Task | None = None
+        self._pub: AnyRedis | None = None
+        self._first_subscribe: asyncio.Event = asyncio.Event()
+        # room channels: what changed since the last sync, what is subscribed on the live
+        # connection, and the barrier's sequence numbers (requested by room changes,
+        # confirmed by the PONG that follows the (un)subscriptions they caused)
+        self._dirty: set[tuple[str, str]] = set()
+        self._changed = asyncio.Event()
+        self._subscribed: set[str] = set()
+        self._full_sync = True
+        self._requested = 0
+        self._confirmed = 0
+        self._ready_at = 0  # the sequence number whose PONG makes a new connection ready
+        self._waiters: collections.deque[tuple[int, asyncio.Future]] = collections.deque()
+        self._last_log: dict[str, float] = {}
+        if room_channels:
+            manager.room_watch = self
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self, wait: float | None = None) -> None:
+        """Start listening and wait (at most `wait`, default `[state] redis_timeout`) for
+        the first subscription, so that a node starts taking connections with the bridge
+        working. Not being subscribed by then is not fatal: the listener keeps trying and
+        `ready()` reports it."""
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+            self._task.set_name("openwebui pub/sub")
+        try:
+            await asyncio.wait_for(self._first_subscribe.wait(), wait or self.timeout)
+        except asyncio.TimeoutError:
+            log.warning("open-webui pub/sub on %s not subscribed yet; retrying in the "
+                        "background", self.target.describe())
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        self.listening = False
+        self._release_waiters()
+        if self._pub is not None:
+            pub, self._pub = self._pub, None
+            await close_quietly(pub)
+
+    async def ready(self) -> None:
+        """Raise StoreError while not subscribed: open-webui's emits are not arriving."""
+        if not self.listening:
+            raise StoreError(f"open-webui pub/sub ({self.channel}) on "
+                             f"{self.target.describe()} is not subscribed")
+
+    def counters(self) -> dict[str, int]:
+        return dict(self.stats)
+
+    @property
+    def subscriptions(self) -> int:
+        """Channels subscribed now (the main channel and the room channels)."""
+        return len(self._subscribed)
+
+    # ------------------------------------------------------------------ room channels
+    def room_channel(self, namespace: str, room: str) -> str:
+        # open-webui's layout; unambiguous while namespaces hold no '#' (ours is '/')
+        return f"{self.channel}#{namespace}#{room}"
+
+    def room_changed(self, namespace: str, room: Any) -> None:
+        """Called by the client manager whenever the local membership of `room` (a named
+        room or a sid) may have changed; cheap, synchronous, never fails."""
+        if isinstance(room, str) and isinstance(namespace, str):
+            self._dirty.add((namespace, room))
+            self._requested += 1
+            self._changed.set()
+
+    async def settled(self) -> None:
+        """Return once every room change reported so far is in effect in Redis (subscribed
+        or unsubscribed), so nothing published from now on for those rooms is missed.
+        Returns at once while not connected (the reconnect subscribes everything), and
+        after `[state] redis_timeout` at most."""
+        if not self.listening or self._confirmed >= self._requested:
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.append((self._requested, future))
+        try:
+            await asyncio.wait_for(asyncio.shield(future), self.timeout)
+        except asyncio.TimeoutError:
+            self.stats["subscribe_wait_timeouts"] += 1
+            self._log("wait", logging.WARNING, "room channel subscription not confirmed "
+                      "within %g s on %s", self.timeout, self.target.describe())
+
+    def _confirm(self, seq: int) -> None:
+        if seq > self._confirmed:
+            self._confirmed = seq
+        waiters = self._waiters
+        while waiters and waiters[0][0] <= seq:
+            _, future = waiters.popleft()
+            if not future.done():
+                future.set_result(None)
+        if not self.listening and seq >= self._ready_at:
+            self.listening = True
+            self._first_subscribe.set()
+            log.info("open-webui pub/sub subscribed to %s (%d channels) on %s", self.channel,
+                     len(self._subscribed), self.target.describe())
+
+    def _release_waiters(self) -> None:
+        while self._waiters:
+            _, future = self._waiters.popleft()
+            if not future.done():
+                future.set_result(None)
+
+    def _wanted(self, namespace: str, room: str) -> bool:
+        return self.manager.has_room(namespace, room)
+
+    def _all_local_rooms(self) -> set[str]:
+        channels = set()
+        for namespace, rooms in list(self.manager.rooms.items()):
+            for room in list(rooms):
+                if room is None:
+                    channels.update(self.room_channel(namespace, sid)
+                                    for sid in list(rooms[None]) if isinstance(sid, str))
+                elif isinstance(room, str):
+                    channels.add(self.room_channel(namespace, room))
+        return channels
+
+    async def _sync(self, pubsub) -> None:
+        """Bring the subscriptions in line with the local rooms, then PING with the
+        sequence number of the last change covered; runs until the connection fails."""
+        while True:
+            # redis-py's sends may swallow a cancel (see tasks.py): look before waiting
+            if cancel_swallowed():
+                raise asyncio.CancelledError
+            await self._changed.wait()
+            self._changed.clear()
+            seq = self._requested
+            if self._full_sync:  # a new connection: everything this node needs
+                self._full_sync = False
+                self._dirty.clear()
+                self._ready_at = seq
+                wanted = {self.channel} | (self._all_local_rooms() if self.room_channels
+                                           else set())
+                add, remove = wanted - self._subscribed, set()
+            else:
+                dirty, self._dirty = self._dirty, set()
+                add, remove = set(), set()
+                for namespace, room in dirty:
+                    channel = self.room_channel(namespace, room)
+                    if self._wanted(namespace, room):
+                        if channel not in self._subscribed:
+                            add.add(channel)
+                    elif channel in self._subscribed:
+                        remove.add(channel)
+            self._subscribed |= add
+            self._subscribed -= remove
+            self.stats["channels_subscribed"] += len(add)
+            self.stats["channels_unsubscribed"] += len(remove)
+            for chunk in _chunks(add):
+                await pubsub.subscribe(*chunk)
+            for chunk in _chunks(remove):
+                await pubsub.unsubscribe(*chunk)
+            await pubsub.ping(SYNC_PING + str(seq).encode())
+
+    # ------------------------------------------------------------------ listening
+    async def _run(self) -> None:
+        low, high = self.backoff
+        delay = low
+        while True:
+            if cancel_swallowed():  # see tasks.py
+                raise asyncio.CancelledError
+            client: AnyRedis | None = None
+            pubsub = None
+            try:
+                # no silent reconnects inside redis-py: after a loss this loop builds a new
+                # connection and subscribes everything again, and the barrier's PONGs are
+                # never lost on a connection replaced underneath
+                client = self.target.client(retry=Retry(NoBackoff(), 0))
+                if self.target.cluster:
+                    await client.initialize()  # the node map; see RedisClientManager._listen
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        await pubsub.subscribe(self.channel)  # the connection the reader reads
+                except TimeoutError:
+                    raise TimeoutError(f"subscribing got no answer within {self.timeout:g} s"
+                                       ) from None
+                self._subscribed = {self.channel}
+                self._full_sync = True
+                self._changed.set()
+                delay = low
+                await self._session(pubsub)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a background loop: back off, go on
+                self.stats["listen_errors"] += 1
+                if not isinstance(exc, REDIS_ERRORS):
+                    log.exception("open-webui pub/sub listener failed unexpectedly")
+                # one line per retry (the backoff bounds their rate)
+                log.warning("open-webui pub/sub on %s lost: %s; reconnecting in %.1f s",
+                            self.target.describe(), str(exc) or type(exc).__name__, delay)
+            finally:
+                self.listening = False
+                self._subscribed = set()
+                self._release_waiters()
+                if pubsub is not None:
+                    try:
+                        await pubsub.aclose()
+                    except REDIS_ERRORS:
+                        pass
+                if client is not None:
+                    await close_quietly(client)
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, high)
+
+    async def _session(self, pubsub) -> None:
+        """The reader and the subscription sync on one connection, until either fails."""
+        sync = asyncio.ensure_future(self._sync(pubsub))
+        read = asyncio.ensure_future(self._read(pubsub))
+        try:
+            done, _ = await asyncio.wait((sync, read), return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # raises what ended it
+            raise ConnectionError("pub/sub session ended")  # not reached: both loop forever
+        finally:
+            for task in (sync, read):
+                task.cancel()
+            await asyncio.gather(sync, read, return_exceptions=True)
+
+    async def _read(self, pubsub) -> None:
+        loop = asyncio.get_running_loop()
+        heard, pinged = loop.time(), None
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True,
+                                               timeout=READ_TIMEOUT)
+            if cancel_swallowed():
+                raise asyncio.CancelledError
+            now = loop.time()
+            if message is None:
+                # silence: a PING must come back within `timeout`, or the connection is
+                # dead without having said so (a partition, a frozen Redis)
+                if pinged is not None:
+                    if now - pinged > self.timeout:
+                        raise TimeoutError(f"no answer to PING within {self.timeout:g} s")
+                elif now - heard >= max(self.timeout, READ_TIMEOUT):
+                    async with asyncio.timeout(self.timeout):
+                        await pubsub.ping(ALIVE_PING)
+                    pinged = now
+                continue
+            heard, pinged = now, None
+            kind = message.get("type")
+            if kind == "message":
+                await self.handle(message.get("data"))
+            elif kind == "pong":
+                data = message.get("data")
+                if isinstance(data, bytes) and data.startswith(SYNC_PING):
+                    self._confirm(int(data[len(SYNC_PING):]))
+
+    # ------------------------------------------------------------------ messages
+    async def handle(self, raw: Any) -> None:
+        """One message from the channels: parsed, checked, acted on for local sessions.
+        Never raises for what the message holds."""
+        self.stats["received"] += 1
+        data = self._parse(raw)
+        if data is None:
+            return
+        method = data["method"]
+        try:
+            if method == "callback":
+                if data.get("host_id") != self.host_id:
+                    # an answer to somebody else's call (the ones this bridge publishes
+                    # come back to it too)
+                    self.stats["ignored"] += 1
+                    return
+                await self._on_callback(data)
+            elif data.get("host_id") == self.host_id:
+                return  # our own
+            elif method == "emit":
+                await self._on_emit(data)
+            elif method == "disconnect":
+                await self._on_disconnect(data)
+            elif method in ("enter_room", "leave_room"):
+                self._on_room_member(data, method == "enter_room")
+            else:
+                self._on_close_room(data)
+            self.stats[method] += 1
+        except Malformed as exc:
+            self._refuse("malformed", f"{method}: {exc}")
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - one message must not stop the listener
+            self.stats["handler_errors"] += 1
+            log.exception("open-webui pub/sub: handling a %r message failed", method)
+
+    def _parse(self, raw: Any) -> dict | None:
+        if not isinstance(raw, (bytes, str)):
+            self._refuse("malformed", "not a string")
+            return None
+        if len(raw) > self.max_message_bytes:
+            self._refuse("too_large", f"{len(raw)} bytes (limit {self.max_message_bytes})")
+            return None
+        if isinstance(raw, bytes) and raw[:1] == bytes((PICKLE_PROTO,)):
+            # python-socketio before 5.x pickled its messages; never unpickle Redis input
+            self._refuse("pickle", "a pickle, not JSON")
+            return None
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            # python's json module (open-webui's default codec) writes NaN and Infinity,
+            # which orjson refuses; anything else that fails here is not JSON at all
+            try:
+                data = json.loads(raw)
+            except (ValueError, RecursionError):
+                self._refuse("not_json", "not JSON")
+                return None
+        if not isinstance(data, dict) or data.get("method") not in METHODS:
+            if isinstance(data, dict) and isinstance(data.get("method"), str):
+                self.stats["ignored"] += 1  # somebody else's business (a newer protocol)
+                return None
+            self._refuse("malformed", "not an object with a known method")
+            return None
+        return data
+
+    def _refuse(self, reason: str, detail: str) -> None:
+        self.stats[f"refused_{reason}"] += 1
+        self._log(reason, logging.WARNING, "open-webui pub/sub: message dropped (%s): %s",
+                  reason, detail)
+
+    def _log(self, key: str, level: int, fmt: str, *args: Any) -> None:
+        # at most one line per kind per 5 s: a flood of bad messages must not flood the log
+        now = time.monotonic()
+        if now - self._last_log.get(key, -10.0) >= 5.0:
+            self._last_log[key] = now
+            log.log(level, fmt, *args)
+
+    async def _on_emit(self, data: dict) -> None:
+        namespace = _namespace(data)
+        event = data.get("event")
+        if not isinstance(event, str) or not event:
+            raise Malformed("event is not a non-empty string")
+        room = _rooms(data.get("room"), "room")
+        skip_sid = _rooms(data.get("skip_sid"), "skip_sid")
+        # the cheap look first: most emits are for rooms without a member on this node
+        if not self.manager.has_local_target({"namespace": namespace, "room": room}):
+            self.stats["skipped_no_local_member"] += 1
+            return
+        args = data.get("data")
+        if not isinstance(args, list):
+            raise Malformed("data is not a list")
+        if data.get("binary"):
+            args = _reconstruct_binary(args)
+        callback = None
+        remote = data.get("callback")
+        if remote is not None:
+            if not (isinstance(remote, list) and len(remote) == 3
+                    and isinstance(remote[0], str) and isinstance(remote[1], str)
+                    and type(remote[2]) is int and isinstance(data.get("host_id"), str)):
+                raise Malformed("callback is not [sid, namespace, id] with a host_id")
+            callback = functools.partial(self._answer, data["host_id"], *remote)
+        payload: Any = args[0] if len(args) == 1 else tuple(args)
+        await self.manager.emit(event, payload, namespace=namespace, room=room,
+                                skip_sid=skip_sid, callback=callback, ignore_queue=True)
+
+    async def _answer(self, host_id: str, sid: str, namespace: str, callback_id: int,
+                      *args: Any) -> None:
+        """A local client acked a foreign call: the answer goes back to the caller."""
+        try:
+            payload = orjson.dumps({"method": "callback", "host_id": host_id, "sid": sid,
+                                    "namespace": namespace, "id": callback_id,
+                                    "args": list(args)})
+        except TypeError as exc:  # e.g. binary in the ack: the protocol has no form for it
+            self.stats["callbacks_failed"] += 1
+            self._log("answer", logging.WARNING, "open-webui pub/sub: ack of call %s for %s "
+                      "cannot be sent as JSON: %s", callback_id, sid, exc)
+            return
+        if await self.publish(payload):
+            self.stats["callbacks_published"] += 1
+        else:
+            self.stats["callbacks_failed"] += 1
+
+    async def publish(self, payload: bytes) -> bool:
+        """PUBLISH on the main channel, bounded by `[state] redis_timeout`; False (logged)
+        when Redis did not take it."""
+        if self._pub is None:
+            self._pub = self.target.client()
+        try:
+            await asyncio.wait_for(self._pub.publish(self.channel, payload), self.timeout)
+            return True
+        except REDIS_ERRORS as exc:
+            self._log("publish", logging.ERROR, "open-webui pub/sub: cannot publish on %s: %s",
+                      self.target.describe(), str(exc) or type(exc).__name__)
+            return False
+
+    async def _on_callback(self, data: dict) -> None:
+        sid, callback_id, args = data.get("sid"), data.get("id"), data.get("args")
+        if not isinstance(sid, str) or type(callback_id) is not int \
+                or not isinstance(args, list):
+            raise Malformed("callback needs sid, id and args")
+        await self.manager.trigger_callback(sid, callback_id, args)
+
+    async def _on_disconnect(self, data: dict) -> None:
+        sid, namespace = _sid(data), _namespace(data)
+        if self.manager.is_connected(sid, namespace):
+            await self.manager.server.disconnect(sid, namespace=namespace, ignore_queue=True)
+
+    def _on_room_member(self, data: dict, enter: bool) -> None:
+        sid, namespace, room = _sid(data), _namespace(data), _room(data)
+        manager = self.manager
+        if not (manager.is_connected(sid, namespace) or manager.is_pre_connected(sid, namespace)):
+            return
+        # the local part only, and without waiting for the subscription: this runs in the
+        # reader, which is what reads the confirmation
+        if enter:
+            try:
+                manager.basic_enter_room(sid, namespace, room)
+            except ValueError as exc:  # e.g. another session's sid as the room
+                raise Malformed(str(exc)) from None
+        else:
+            manager.basic_leave_room(sid, namespace, room)
+
+    def _on_close_room(self, data: dict) -> None:
+        namespace, room = _namespace(data), _room(data)
+        try:
+            self.manager.basic_close_room(room, namespace)
+        except ValueError as exc:  # a sid room cannot be closed
+            raise Malformed(str(exc)) from None
+
+
+# ---------------------------------------------------------------------- field checks
+def _namespace(data: dict) -> str:
+    namespace = data.get("namespace")
+    if namespace is None:
+        return "/"
+    if not isinstance(namespace, str):
+        raise Malformed("namespace is not a string")
+    return namespace
+
+
+def _sid(data: dict) -> str:
+    sid = data.get("sid")
+    if not isinstance(sid, str):
+        raise Malformed("sid is not a string")
+    return sid
+
+
+def _room(data: dict) -> str:
+    room = data.get("room")
+    if not isinstance(room, str):
+        raise Malformed("room is not a string")
+    return room
+
+
+def _rooms(value: Any, name: str) -> str | list[str] | None:
+    """A room / skip_sid field: absent, one name or a list of names."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    raise Malformed(f"{name} is not a string or a list of strings")
+
+
+def _reconstruct_binary(args: list) -> list:
+    """python-socketio's binary form: [args with placeholders, base64 attachment, ...]."""
+    if not args or not all(isinstance(a, str) for a in args[1:]):
+        raise Malformed("binary data is not [payload, base64 attachments...]")
+    try:
+        attachments = [base64.b64decode(a, validate=True) for a in args[1:]]
+    except (binascii.Error, ValueError):
+        raise Malformed("an attachment is not base64") from None
+    try:
+        rebuilt = Packet.reconstruct_binary(args[0], attachments)
+    except (IndexError, KeyError, TypeError, RecursionError):
+        raise Malformed("a placeholder names no attachment") from None
+    if not isinstance(rebuilt, list):
+        raise Malformed("binary payload is not a list")
+    return rebuilt
+
+
+def _chunks(channels: set[str]):
+    items = sorted(channels)
+    for i in range(0, len(items), SUBSCRIBE_CHUNK):
+        yield items[i:i + SUBSCRIBE_CHUNK]
