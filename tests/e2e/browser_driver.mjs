@@ -38,9 +38,11 @@ function frameText(payload) {
 }
 
 // Socket.IO over websocket: engine.io "4" (message) + socket.io packet type; "44" is a
-// CONNECT_ERROR, "42[\"error\"" an error event of the default namespace.
+// CONNECT_ERROR, "42[\"error\"" an error event of the default namespace, and an ack whose
+// data is {"error": code, …} the appliance refusing an event (open-webui's own acks are
+// booleans, states or {ok, …}).
 function socketError(text) {
-  return text.startsWith("44") || text.startsWith('42["error"');
+  return text.startsWith("44") || text.startsWith('42["error"') || /^43\d+\[\{"error":"/.test(text);
 }
 
 function watch(name, page) {

@@ -64,6 +64,8 @@ def environment(data_dir: Path, secret: str, redis_url: str, standin_url: str) -
         "DEFAULT_USER_ROLE": "user",
         "ENABLE_SIGNUP": "true",
         "ENABLE_CHANNELS": "true",
+        "ENABLE_ENCRYPTED_CHANNELS": "true",
+        "USER_PERMISSIONS_FEATURES_ENCRYPTED_CHANNELS": "true",
         # users may add their own OpenAI connection, called from their browser
         "ENABLE_DIRECT_CONNECTIONS": "true",
         "ENABLE_NOTES": "true",

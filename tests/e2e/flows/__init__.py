@@ -7,7 +7,8 @@ below; test_flows.py runs every flow listed here in every mode.
 """
 from __future__ import annotations
 
-from tests.e2e.flows import accounts, channel, chat, note, shared_chat, signout, tools
+from tests.e2e.flows import (accounts, channel, chat, encrypted_dm, note, shared_chat, signout,
+                             tools)
 
 FLOWS = [
     accounts.sign_up,  # first: the first account becomes the admin
@@ -19,6 +20,7 @@ FLOWS = [
     tools.tool_confirmation,
     shared_chat.shared_chat,
     channel.channel_live,
+    encrypted_dm.encrypted_dm,
     note.note_collaboration,
     note.note_seeded,
     signout.sign_out,  # last: it revokes a token of the admin
