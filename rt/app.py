@@ -25,7 +25,10 @@ from .directory import Directory
 from .emitter import Emitter
 from .engine.handler import route as engine_route
 from .engine.server import EngineOptions
+from . import encryption_events
 from .direct_stream import DirectStream
+from .encryption_delivery import SidDelivery
+from .encryption_relay import SWEEP_INTERVAL, EncryptionRelay
 from .gateway import Gateway
 from .identities import DirectoryIdentities
 from .ledger import DirectoryLedger
@@ -129,8 +132,25 @@ class Appliance:
         self.recent_errors = admin.RecentErrors()
         # extra live gauges other services contribute: (name, help, callable → number)
         self.gauges: list[tuple[str, str, object]] = []
+        bridge = self.backend.bridge  # python-socketio's pub/sub with open-webui (Redis)
         if self.openwebui is not None:
             self.gauges += self.openwebui.gauges()
+            if bridge is not None:
+                bridge.observers.append(self.openwebui.observer(self.gateway.identities))
+        # encrypted channels (open-webui 0.12 DMs and private groups): who may take part
+        # is open-webui's to say; the directory knows no such channels
+        self.encryption = EncryptionRelay(
+            self.sio, self.backend.encryption,
+            may_join=self._may_encrypt if self.openwebui is not None else None,
+            delivery=SidDelivery(self.sio, local=self.gateway.identities,
+                                 presence=self.backend.presence,
+                                 publish=bridge.publish if bridge is not None else None,
+                                 host_id=bridge.host_id if bridge is not None else ""),
+            protocol_logging=lambda: self.settings.server.protocol_logging)
+        encryption_events.register(self.gateway, self.encryption)
+        self.gauges.append(("rt_encryption_participants",
+                            "Participants of encrypted channels on this node",
+                            self.encryption.local_count))
         self.reload_hooks: list = []  # services that keep a copy of a reloadable setting
         if not self.backend.node_id:
             self.backend.node_id = f"{socket.gethostname()}-{os.getpid()}"
@@ -254,6 +274,8 @@ class Appliance:
             "last-active flush", s.state.last_active_flush_interval, self.presence.flush))
         self.tasks.start("usage sweep", every(
             "usage sweep", min(1.0, s.limits.usage_ttl / 3), self.usage.sweep))
+        self.tasks.start("encryption sweep", every(
+            "encryption sweep", SWEEP_INTERVAL, self.encryption.sweep))
         self.tasks.start("re-verification", every(
             "re-verification", s.openwebui.reverify_interval, self._reverify))
         if self.openwebui is not None:
@@ -278,6 +300,11 @@ class Appliance:
     async def _note_access(self, identity: Identity, note_id: str) -> str | None:
         return await self.rights.note_access(identity, self.gateway.token_for(identity.id),
                                              note_id)
+
+    async def _may_encrypt(self, sid: str, identity: Identity, channel_id: str) -> bool:
+        assert self.openwebui is not None
+        return await self.openwebui.rights.may_encrypt(identity, self.gateway.tokens.get(sid),
+                                                        channel_id)
 
     async def _reverify(self) -> None:
         await self.gateway.reverify()

@@ -94,8 +94,17 @@ class _Live:
                        "event", app.emitter.counts)
         yield _counter("rt_errors", "Refused or failed client events and connects, by code",
                        "code", app.gateway.errors)
-        yield _counter("rt_limited", "Requests refused by a limit, by limit name", "limit",
-                       {**app.limits.refused, "outbound_bytes": app.sio.engine.slow_consumers})
+        yield _counter("rt_limited", "Requests refused (or typing events coalesced) by a "
+                       "limit, by limit name", "limit",
+                       {**app.limits.refused, "outbound_bytes": app.sio.engine.slow_consumers,
+                        "typing": app.typing.coalesced})
+        if app.backend.bridge is not None:
+            yield _counter("rt_openwebui_pubsub_messages", "Messages of open-webui's pub/sub "
+                           "(python-socketio protocol), by what became of them", "result",
+                           app.backend.bridge.stats)
+            yield GaugeMetricFamily("rt_openwebui_pubsub_channels",
+                                    "open-webui pub/sub channels subscribed",
+                                    value=app.backend.bridge.subscriptions)
         yield GaugeMetricFamily("rt_store_up", "1 when the store (SQLite or Redis) answers",
                                 value=snap.get("store_up", 0))
         yield GaugeMetricFamily("rt_documents", "Stored Yjs documents",

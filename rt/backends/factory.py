@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 import socketio
 
 from ..fanout import FanoutManager
+from ..encryption_state import MemoryRelayState, RelayState
 from . import EditorRegistry, PresenceRegistry, Store, UsageRegistry
 from .memory import MemoryEditors, MemoryPresence, MemoryUsage
 
@@ -46,6 +47,8 @@ class Backend:
     loops: list[Loop] = field(default_factory=list)
     # how often to look for sessions of nodes that died (None: there are no other nodes)
     dead_session_interval: float | None = None
+    # where the encrypted-channel relay keeps its state (open-webui's keys in Redis mode)
+    encryption: RelayState = field(default_factory=MemoryRelayState)
     # python-socketio's pub/sub with open-webui's backend (Redis mode, [openwebui] pubsub);
     # its `stats` are the counters to export
     bridge: SocketioBridge | None = None
@@ -127,6 +130,7 @@ def build_redis_backend(settings, target=None) -> RedisBackend:
     from .redis_conn import RedisConfigError, RedisTarget
     from .redis_manager import RedisClientManager
     from .redis_state import RedisEditors, RedisPresence, RedisUsage
+    from ..encryption_state import RedisRelayState
     from .redis_store import RedisStore
     from .socketio_bridge import SocketioBridge
 
@@ -152,6 +156,7 @@ def build_redis_backend(settings, target=None) -> RedisBackend:
         usage=RedisUsage(client, keys, where=where),
         client_manager=manager,
         bridge=bridge,
+        encryption=RedisRelayState(client, target.key_prefix, where=where),
         editors=RedisEditors(client, keys, presence, where=where),
         node_id=presence.node_id,
         loops=[Loop("presence heartbeat", presence.heartbeat_interval, presence.heartbeat)],

@@ -51,7 +51,7 @@ import logging
 import random
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import orjson
 from redis.asyncio.retry import Retry
@@ -126,6 +126,9 @@ class SocketioBridge:
         self._ready_at = 0  # the sequence number whose PONG makes a new connection ready
         self._waiters: collections.deque[tuple[int, asyncio.Future]] = collections.deque()
         self._last_log: dict[str, float] = {}
+        # told of every accepted message from open-webui before it is acted on (the
+        # open-webui link forgets cached rights when open-webui announces a change)
+        self.observers: list[Callable[[dict], None]] = []
         if room_channels:
             manager.room_watch = self
 
@@ -383,9 +386,13 @@ class SocketioBridge:
                     self.stats["ignored"] += 1
                     return
                 await self._on_callback(data)
-            elif data.get("host_id") == self.host_id:
+                self.stats[method] += 1
+                return
+            if data.get("host_id") == self.host_id:
                 return  # our own
-            elif method == "emit":
+            for observe in self.observers:
+                observe(data)
+            if method == "emit":
                 await self._on_emit(data)
             elif method == "disconnect":
                 await self._on_disconnect(data)

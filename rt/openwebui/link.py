@@ -6,7 +6,7 @@ document service hands contents to, and the background work to run.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import orjson
 
@@ -50,6 +50,32 @@ class OpenWebuiLink:
 
         return to_openwebui
 
+    def observer(self, identities: Mapping[str, Identity]) -> Callable[[dict], None]:
+        """Watches open-webui's pub/sub messages (the bridge's `observers`) for what
+        announces a change of rights: a room entered or left for one of our sessions
+        (channel membership), `access:updated` to a session, `channel:created` to a user.
+        The user's cached answers are forgotten, so the next question asks open-webui."""
+
+        def observe(message: dict) -> None:
+            method = message.get("method")
+            if method in ("enter_room", "leave_room"):
+                identity = identities.get(message.get("sid"))  # type: ignore[arg-type]
+                if identity is not None:
+                    self.forget_user(identity.id)
+                return
+            if method != "emit":
+                return
+            event, room = message.get("event"), message.get("room")
+            if event == "access:updated" and isinstance(room, str):
+                identity = identities.get(room)
+                if identity is not None:
+                    self.forget_user(identity.id)
+            elif (event == "events:channel" and isinstance(room, str)
+                  and room.startswith("user:") and _kind(message.get("data")) == "channel:created"):
+                self.forget_user(room[len("user:"):])
+
+        return observe
+
     def forget_user(self, user_id: str) -> None:
         """open-webui announced a change for this user: ask it again next time."""
         self.identities.forget_user(user_id)
@@ -84,3 +110,10 @@ class OpenWebuiLink:
         await self.notes.flush(deadline)
         await self.markers.close()
         self.api.close()
+
+
+def _kind(data: Any) -> Any:
+    """The `data.type` of an emit's first argument (python-socketio sends a list)."""
+    first = data[0] if isinstance(data, list) and data else data
+    inner = first.get("data") if isinstance(first, dict) else None
+    return inner.get("type") if isinstance(inner, dict) else None

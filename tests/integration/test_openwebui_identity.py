@@ -339,3 +339,39 @@ async def test_session_pool_entries_of_a_dead_node_are_removed(tmp_path, redis_s
                 await remote.close()
         finally:
             dying.kill()
+
+
+async def test_open_webui_announcements_refresh_cached_rights(tmp_path, redis_server):  # noqa: F811
+    import socketio
+    async with serve_standin() as ow:
+        user = ow.add("u1", channels=["c1"])
+        env = env_for(ow, redis_server)
+        async with running(tmp_path, "[openwebui]\ncache_ttl = 600\n", env) as h:
+            token = session_token(h, "u1")
+            client = await h.connect(token)
+            sid = client.get_sid()
+            await client.call("user-join", {"auth": {"token": token}}, timeout=WAIT)
+            foreign = socketio.AsyncRedisManager(redis_server.url, write_only=True)
+            try:
+                # open-webui adds the user to a channel: enter_room_for_users, as its backend
+                # publishes it (python-socketio's own protocol)
+                user.channels = ["c1", "c2"]
+                await foreign.enter_room(sid, "/", "channel:c2")
+                await until(lambda: "channel:c2" in h.app.sio.rooms(sid), "entered c2")
+                # the cached channel list was forgotten: join-channels keeps c2
+                assert await client.call("join-channels", {}, timeout=WAIT) == {
+                    "channels": ["c1", "c2"]}
+                assert "channel:c2" in h.app.sio.rooms(sid)
+                # access:updated to the session: its rights are asked again
+                ow.notes["n1"] = {"u1": "read"}
+                assert await client.call("join-note", {"note_id": "n1"}, timeout=WAIT) == {
+                    "ok": True}
+                del ow.notes["n1"]["u1"]
+                before = ow.requests["/api/v1/notes/n1"]
+                await foreign.emit("access:updated", {}, room=sid, namespace="/")
+                await client.rec.wait_for("access:updated")
+                ack = await client.call("join-note", {"note_id": "n1"}, timeout=WAIT)
+                assert ack["error"] == "forbidden"
+                assert ow.requests["/api/v1/notes/n1"] == before + 1
+            finally:
+                await foreign.redis.aclose()
