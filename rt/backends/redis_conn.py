@@ -311,6 +311,18 @@ async def close_quietly(client: AnyRedis) -> None:
         pass
 
 
+async def close_subscription(pubsub: Any, client: AnyRedis | None) -> None:
+    """End a pub/sub listener's connection and its client after a loss (both may be
+    half-open; errors closing them say nothing new)."""
+    if pubsub is not None:
+        try:
+            await pubsub.aclose()
+        except REDIS_ERRORS:
+            pass
+    if client is not None:
+        await close_quietly(client)
+
+
 def _reason(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return redact(text)

@@ -53,7 +53,8 @@ from ..tasks import cancel_swallowed
 
 from . import StoreError, delivery_required
 from .redis_conn import (
-    REDIS_ERRORS, AnyRedis, RedisTarget, close_quietly, drop_idle, ensure_ready,
+    REDIS_ERRORS, AnyRedis, RedisTarget, close_quietly, close_subscription, drop_idle,
+    ensure_ready,
 )
 
 if TYPE_CHECKING:
@@ -269,13 +270,7 @@ class RedisClientManager(socketio.AsyncRedisManager, FanoutMixin):
                 self._log_error(f"pub/sub lost; reconnecting in {delay:.1f} s", exc)
             finally:
                 self.listening = False
-                if pubsub is not None:
-                    try:
-                        await pubsub.aclose()
-                    except REDIS_ERRORS:
-                        pass
-                if client is not None:
-                    await close_quietly(client)
+                await close_subscription(pubsub, client)
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, high)
 

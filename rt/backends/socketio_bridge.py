@@ -60,7 +60,9 @@ from socketio.packet import Packet
 
 from ..tasks import cancel_swallowed
 from . import StoreError
-from .redis_conn import REDIS_ERRORS, AnyRedis, RedisTarget, close_quietly
+from .redis_conn import (
+    REDIS_ERRORS, AnyRedis, RedisTarget, close_quietly, close_subscription,
+)
 
 if TYPE_CHECKING:
     from .redis_manager import RedisClientManager
@@ -316,13 +318,7 @@ class SocketioBridge:
                 self.listening = False
                 self._subscribed = set()
                 self._release_waiters()
-                if pubsub is not None:
-                    try:
-                        await pubsub.aclose()
-                    except REDIS_ERRORS:
-                        pass
-                if client is not None:
-                    await close_quietly(client)
+                await close_subscription(pubsub, client)
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, high)
 
