@@ -301,7 +301,7 @@ class Gateway:
     async def user_join(self, sid: str, identity: Identity, data: Any) -> dict:
         data = p.obj(data)
         self.check_token(sid, identity, data)
-        channel_ids = await self.rights.channels_of(identity, self.tokens.get(sid))
+        channel_ids = await self.rights.channels_of(identity, self.tokens.get(sid), fresh=True)
         await self._enter_rooms(sid, [rooms.user(identity.id)]
                                 + [rooms.channel(c) for c in channel_ids])
         return identity.public()
@@ -309,7 +309,7 @@ class Gateway:
     async def join_channels(self, sid: str, identity: Identity, data: Any) -> dict:
         data = p.obj(data)
         self.check_token(sid, identity, data)
-        wanted = await self.rights.channels_of(identity, self.tokens.get(sid))
+        wanted = await self.rights.channels_of(identity, self.tokens.get(sid), fresh=True)
         current = {r for r in self.sio.rooms(sid) if r.startswith("channel:")}
         for room in current - {rooms.channel(c) for c in wanted}:
             await self.sio.leave_room(sid, room)
@@ -342,7 +342,8 @@ class Gateway:
     async def usage_event(self, sid: str, identity: Identity, data: Any) -> None:
         data = p.obj(data)
         model = p.ident(data, "model")
-        p.ident(data, "chat_id", required=False)
+        # open-webui sends chat_id "" for a chat not saved yet
+        p.text(data, "chat_id", max_len=p.MAX_ID)
         p.text(data, "action", max_len=64)
         try:
             await self.usage.touch(model, sid, *self.limits.usage_caps())

@@ -19,7 +19,8 @@ from .directory import can_read, can_write
 
 
 class Rights(Protocol):
-    async def channels_of(self, identity: Identity, token: str | None) -> list[str]: ...
+    async def channels_of(self, identity: Identity, token: str | None,
+                          fresh: bool = False) -> list[str]: ...
 
     async def note_access(self, identity: Identity, token: str | None,
                           note_id: str) -> str | None: ...
@@ -34,7 +35,8 @@ class DirectoryRights:
     def __init__(self, store: Store):
         self.store = store
 
-    async def channels_of(self, identity: Identity, token: str | None) -> list[str]:
+    async def channels_of(self, identity: Identity, token: str | None,
+                          fresh: bool = False) -> list[str]:
         return list(await self.store.channels_of_user(identity.id))
 
     async def note_access(self, identity: Identity, token: str | None,

@@ -17,10 +17,10 @@ V = TypeVar("V")
 
 
 class _Outcome(Generic[V]):
-    __slots__ = ("value", "error", "expires")
+    __slots__ = ("value", "error", "expires", "at")
 
-    def __init__(self, value: V | None, error: BaseException | None, expires: float):
-        self.value, self.error, self.expires = value, error, expires
+    def __init__(self, value: V | None, error: BaseException | None, expires: float, at: float):
+        self.value, self.error, self.expires, self.at = value, error, expires, at
 
 
 class TtlCache(Generic[V]):
@@ -37,9 +37,14 @@ class TtlCache(Generic[V]):
     def __len__(self) -> int:
         return len(self._items)
 
-    async def get(self, key: Hashable, load: Callable[[], Awaitable[V]]) -> V:
+    async def get(self, key: Hashable, load: Callable[[], Awaitable[V]],
+                  max_age: float | None = None) -> V:
+        """The cached answer, or a new one; `max_age` asks for one at most that old (an
+        explicit refresh by the client: its load is still coalesced with others')."""
         outcome = self._items.get(key)
-        if outcome is not None and outcome.expires > self.clock():
+        now = self.clock()
+        if (outcome is not None and outcome.expires > now
+                and (max_age is None or now - outcome.at <= max_age)):
             self._items.move_to_end(key)
             self.hits += 1
             if outcome.error is not None:
@@ -53,14 +58,15 @@ class TtlCache(Generic[V]):
             except asyncio.CancelledError:
                 if not pending.cancelled():
                     raise  # we were cancelled ourselves
-                return await self.get(key, load)  # the loader was: load again
+                return await self.get(key, load, max_age)  # the loader was: load again
         self.misses += 1
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         self._loading[key] = future
         try:
             value = await load()
         except self.cache_errors as exc:
-            self._put(key, _Outcome(None, exc, self.clock() + self.ttl))
+            now = self.clock()
+            self._put(key, _Outcome(None, exc, now + self.ttl, now))
             future.set_exception(exc)
             future.exception()  # retrieved: no "never retrieved" warning without waiters
             raise
@@ -72,7 +78,8 @@ class TtlCache(Generic[V]):
             future.exception()
             raise
         else:
-            self._put(key, _Outcome(value, None, self.clock() + self.ttl))
+            now = self.clock()
+            self._put(key, _Outcome(value, None, now + self.ttl, now))
             future.set_result(value)
             return value
         finally:

@@ -11,13 +11,20 @@ from ..auth import Identity
 from .api import NotFound, OpenWebuiApi, Refused, Unavailable
 from .cache import TtlCache
 
+FRESH_S = 2.0  # how old a channel list may be when the browser asks to (re)join
+
 
 class OpenWebuiRights:
     def __init__(self, api: OpenWebuiApi, cache: TtlCache):
         self.api = api
         self.cache = cache
 
-    async def channels_of(self, identity: Identity, token: str | None) -> list[str]:
+    async def channels_of(self, identity: Identity, token: str | None,
+                          fresh: bool = False) -> list[str]:
+        """The user's channels; `fresh` (user-join, join-channels: the browser asks because
+        it just loaded or was told of a change) takes an answer at most FRESH_S old. Nodes
+        without a session of the user never hear open-webui's announcements, and
+        open-webui enters only its own sockets into a new channel's room."""
         if not token:
             return []
 
@@ -28,7 +35,8 @@ class OpenWebuiRights:
                 return []  # no channels permission (403): member of none, as open-webui
             return [c["id"] for c in found if isinstance(c.get("id"), str)]
 
-        return await self._ask(("user", identity.id, "channels"), load)
+        return await self._ask(("user", identity.id, "channels"), load,
+                               FRESH_S if fresh else None)
 
     async def note_access(self, identity: Identity, token: str | None,
                           note_id: str) -> str | None:
@@ -102,8 +110,8 @@ class OpenWebuiRights:
     def forget_user(self, user_id: str) -> None:
         self.cache.forget_where(lambda key, value: key[:2] == ("user", user_id))
 
-    async def _ask(self, key: tuple, load):
+    async def _ask(self, key: tuple, load, max_age: float | None = None):
         try:
-            return await self.cache.get(key, load)
+            return await self.cache.get(key, load, max_age)
         except Unavailable:
             raise p.EventError("open-webui is unavailable, try again", "unavailable") from None
