@@ -120,9 +120,10 @@ def dismiss_changelog(page: Page) -> None:
 
 
 def open_sidebar(page: Page) -> None:
-    """The sidebar (chat list, channels) stays open on the next page loads of the profile:
-    open-webui keeps that choice in localStorage."""
-    page.evaluate("() => { localStorage.sidebar = 'true'; }")
+    """The sidebar, and its Channels section, stay open on the next page loads of the
+    profile: open-webui keeps those choices in localStorage."""
+    page.evaluate("() => { localStorage.sidebar = 'true';"
+                  " localStorage['sidebar-channels-folder-state'] = 'true'; }")
 
 
 def sign_in(page: Page, account: Account) -> None:

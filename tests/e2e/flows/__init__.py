@@ -23,7 +23,5 @@ FLOWS = [
     encrypted_dm.encrypted_dm,
     note.note_collaboration,
     note.note_seeded,
-    signout.sign_out,  # last: it revokes a token of the admin
+    signout.sign_out,  # revokes a token of its own: the saved profiles stay signed in
 ]
-
-BY_NAME = {flow.__name__: flow for flow in FLOWS}

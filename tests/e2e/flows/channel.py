@@ -1,4 +1,5 @@
-"""A channel of the admin with the user as member: each sees the other typing ("… is
+"""A channel created by the admin while both people are online, with the user as member:
+it appears in the user's sidebar at once, and in it each sees the other typing ("… is
 typing...") and the other's messages arrive live, without a reload."""
 from __future__ import annotations
 
@@ -42,14 +43,23 @@ def say(run: FlowRun, speaker: Page, speaker_name: str, listener: Page, text: st
 
 def channel_live(run: FlowRun) -> None:
     admin, user = accounts(run)
-    name = f"e2e-{run.dep.mode}-{secrets.token_hex(3)}"
-    # a group channel created by the admin with the user as member (its sidebar "+" does
-    # the same call)
-    channel = run.dep.api.as_user(admin.token).create_group_channel(name, [user.id])
     a = run.page(run.signed_in(admin), "admin-channel")
     u = run.page(run.signed_in(user), "user-channel")
+    for page in (a, u):
+        page.goto("/")
+        page.wait_for("#chat-input")
+        page.wait_socket_connected()
+    # a group channel with the user as member, as the sidebar's "+" creates it
+    name = f"e2e-{run.dep.mode}-{secrets.token_hex(3)}"
+    channel = run.dep.api.as_user(admin.token).create_group_channel(name, [user.id])
+    link = f'a[href="/channels/{channel["id"]}"]'
+    # open-webui tells the members' tabs (`channel:created`) and their sidebars list it
+    u.wait_for(link, timeout=LIVE_TIMEOUT, nth=0)
+    run.shot(u, "channel-appears-in-user-sidebar")
     open_channel(a, channel["id"])
-    open_channel(u, channel["id"])
+    u.click(link, nth=0)
+    u.wait_function(f"() => location.pathname === '/channels/{channel['id']}'")
+    u.wait_for("#chat-input")
     run.shot(u, "user-in-channel")
     say(run, a, admin.name, u, "Hello Bob, the channel is live", "user")
     say(run, u, user.name, a, "Hello Ada, I read you", "admin")

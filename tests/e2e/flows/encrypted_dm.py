@@ -48,6 +48,10 @@ def encrypted_dm(run: FlowRun) -> None:
     # the user's DM page learns of it (encryption:available) and offers to join
     u.click('button[aria-label="Join encrypted chat"]', timeout=LIVE_TIMEOUT)
     wait_active(u)
+    # both are members of the group: keys typed before the admin admitted the user would
+    # be encrypted for the admin alone
+    for page in (a, u):
+        page.wait_for('button[aria-label="2 participants"]', timeout=JOIN_TIMEOUT)
     run.shot(u, "user-joined-encrypted-chat")
 
     texts = ("Only we can read this", "And only we can read the answer")
