@@ -23,7 +23,8 @@ class Allowed:
 
     def matches(self, kind: str, text: str, flow: str, mode: str) -> bool:
         return (kind in self.kinds and mode in self.modes
-                and (not self.flows or flow in self.flows) and re.search(self.pattern, text) is not None)
+                and (not self.flows or flow in self.flows)
+                and re.search(self.pattern, text) is not None)
 
 
 ALLOWED: list[Allowed] = [

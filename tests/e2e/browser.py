@@ -57,8 +57,9 @@ class Pending:
         try:
             reply = self.replies.get(timeout=self.wait)
         except queue.Empty:
-            raise BrowserError(f"no answer from the browser driver within {self.wait} s to "
-                               f"{self.cmd}; driver stderr:\n{self.browser.stderr_tail()}") from None
+            raise BrowserError(
+                f"no answer from the browser driver within {self.wait} s to {self.cmd}; "
+                f"driver stderr:\n{self.browser.stderr_tail()}") from None
         if not reply.get("ok"):
             raise BrowserError(f"{self.cmd['cmd']} {self._what()}: {reply.get('error')}")
         return reply

@@ -94,7 +94,7 @@ class Deployment:
             self.redis.stop()
 
 
-def start_standin(root: Path, log: Path) -> tuple[Process, str]:
+def start_standin(log: Path) -> tuple[Process, str]:
     port = free_port()
     proc = Process("openai-standin", [sys.executable, "-m", "tests.e2e.openai_standin",
                                       "--port", str(port)], log, cwd=ROOT,
@@ -139,7 +139,7 @@ def start_deployment(mode: str, root: Path, venv: Path) -> Deployment:
     dep = Deployment(mode, root, secret=secrets.token_hex(32))
     try:
         dep.redis = start_standalone(root / "redis")
-        standin, dep.standin_url = start_standin(root, logs / "openai-standin.log")
+        standin, dep.standin_url = start_standin(logs / "openai-standin.log")
         dep.processes.append(standin)
         port = free_port()
         data = root / "open-webui"

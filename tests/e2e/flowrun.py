@@ -3,8 +3,8 @@ numbered screenshots under artifacts/e2e/<mode>/, and the error check at the end
 
 A flow is a function `flow(run: FlowRun) -> None` (see flows/__init__.py): it opens pages
 through `run`, acts like a person would, asserts what the pages show, and takes a
-screenshot of each state. `run.finish()` then fails it when any page showed an error that
-allowlist.py does not accept.
+screenshot of each state. test_flows.py then fails it when any page showed an error that
+allowlist.py does not accept (`run.errors()`).
 """
 from __future__ import annotations
 

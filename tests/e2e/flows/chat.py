@@ -54,7 +54,8 @@ def send(page: Page, prompt: str) -> str:
     """Type the prompt, send it, and return the chat's id once the page moved to it."""
     page.type("#chat-input", prompt, delay_ms=5)
     page.press("Enter")
-    url = page.wait_function("() => /\\/c\\/[0-9a-f-]{36}/.test(location.pathname) && location.pathname")
+    url = page.wait_function(
+        "() => /\\/c\\/[0-9a-f-]{36}/.test(location.pathname) && location.pathname")
     return url.rsplit("/", 1)[1]
 
 

@@ -41,7 +41,8 @@ def encrypted_dm(run: FlowRun) -> None:
         page.wait_for("#chat-input")
         page.wait_socket_connected()
 
-    a.click('button[aria-label="Conversation options"] >> visible=true')
+    # the menu of the conversation's header (the sidebar's entry has one too)
+    a.click('#channel-container button[aria-label="Conversation options"]')
     a.click("text=Encrypted Chat")
     wait_active(a)
     run.shot(a, "admin-started-encrypted-chat")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from tests.e2e.flowrun import FlowRun
 from tests.e2e.flows.accounts import accounts
-from tests.e2e.flows.chat import open_new_chat, send, wait_final
+from tests.e2e.flows.chat import send, wait_final
 
 TOOL_ID = "e2e_confirm"
 TOOL_FUNCTION = "ask_confirmation"
