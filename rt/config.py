@@ -500,6 +500,11 @@ class OpenWebuiSettings:
         "(its default room-channel manager); subscribe to those for rooms with local "
         "members. false = everything on pubsub_channel (stock AsyncRedisManager).",
         "WEBSOCKET_REDIS_ROOM_CHANNELS")
+    mirror_emits: bool = opt(
+        "true", BOOL, "With pubsub: also publish what the appliance emits where open-webui's "
+        "own socket server listens, so tabs still connected to open-webui (a deployment "
+        "moving over) get it too. Costs one more Redis publish per emit; false when no "
+        "browser uses open-webui's socket.")
 
 
 @dataclass(frozen=True)

@@ -149,6 +149,8 @@ def build_redis_backend(settings, target=None) -> RedisBackend:
                                     room_channels=openwebui.room_channels)
         except ValueError as exc:
             raise BackendError(f"[openwebui] pubsub_channel: {exc}") from None
+        if openwebui.mirror_emits:
+            manager.mirror = bridge.mirror
     return RedisBackend(
         name="redis",
         store=RedisStore(client, keys, where=where),

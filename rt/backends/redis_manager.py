@@ -42,7 +42,7 @@ import logging
 import random
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import orjson
 import socketio
@@ -91,6 +91,9 @@ class RedisClientManager(socketio.AsyncRedisManager, FanoutMixin):
         self._last_error_log = 0.0
         self._initialized = False
         self._control_tasks: set[asyncio.Task] = set()
+        # set by the open-webui bridge ([openwebui] mirror_emits): emits published for the
+        # other nodes are also copied where open-webui's own socket server listens
+        self.mirror: Callable[[dict], Awaitable[None]] | None = None
         # the bridge to open-webui's per-room channels (socketio_bridge.py), when on: told
         # of every room whose local membership may have changed, and waited for before an
         # entry completes, so that it hears what is published to the room from then on
@@ -181,6 +184,9 @@ class RedisClientManager(socketio.AsyncRedisManager, FanoutMixin):
         try:
             await asyncio.wait_for(send(), self.publish_timeout)
             self.stats["published"] += 1
+            if (self.mirror is not None and data.get("method") == "emit"
+                    and data.get("callback") is None):
+                await self.mirror(data)
         except REDIS_ERRORS as exc:
             self.stats["publish_failed"] += 1
             reason = str(exc) or type(exc).__name__

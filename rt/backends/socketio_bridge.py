@@ -78,6 +78,9 @@ SYNC_PING = b"rt-bridge-sync:"  # + sequence number: the barrier after (un)subsc
 ALIVE_PING = b"rt-bridge-alive"
 PICKLE_PROTO = 0x80  # first byte of every pickle of protocol 2 or later
 METHODS = ("emit", "callback", "disconnect", "enter_room", "leave_room", "close_room")
+# host ids of the copies appliance nodes publish for open-webui's listeners (`mirror`):
+# every appliance bridge ignores them, their sessions got the original on the cluster channel
+MIRROR_HOST_PREFIX = "rt-appliance-mirror-"
 
 
 class Malformed(ValueError):
@@ -104,6 +107,7 @@ class SocketioBridge:
         # who we are in python-socketio's protocol: callbacks for calls made through the
         # bridge come back addressed to it (the cluster channel has its own host id)
         self.host_id = uuid.uuid4().hex
+        self.mirror_host_id = MIRROR_HOST_PREFIX + self.host_id
         self.listening = False
         # counters the integrator exports (see `counters`): received; one per method
         # handled (emit, callback, disconnect, enter_room, leave_room, close_room);
@@ -384,8 +388,11 @@ class SocketioBridge:
                 await self._on_callback(data)
                 self.stats[method] += 1
                 return
-            if data.get("host_id") == self.host_id:
-                return  # our own
+            host = data.get("host_id")
+            if host == self.host_id or (isinstance(host, str)
+                                        and host.startswith(MIRROR_HOST_PREFIX)):
+                self.stats["ignored"] += 1
+                return  # our own, or an appliance's copy for open-webui's listeners
             for observe in self.observers:
                 observe(data)
             if method == "emit":
@@ -491,13 +498,29 @@ class SocketioBridge:
         else:
             self.stats["callbacks_failed"] += 1
 
-    async def publish(self, payload: bytes) -> bool:
-        """PUBLISH on the main channel, bounded by `[state] redis_timeout`; False (logged)
-        when Redis did not take it."""
+    async def mirror(self, message: dict) -> None:
+        """A copy of an emit of the appliance (python-socketio's message, as published on
+        the cluster channel) where open-webui's own socket server listens, so that tabs
+        still connected to open-webui (a deployment moving over) get what the appliance's
+        get: on the room's channel with room channels, else on the main channel. Other
+        appliance nodes ignore it by its host id."""
+        room = message.get("room")
+        if isinstance(room, list) and len(room) == 1:
+            room = room[0]  # one room: open-webui's managers listen on its channel
+        copy = {**message, "room": room, "host_id": self.mirror_host_id}
+        channel = (self.room_channel(message.get("namespace") or "/", room)
+                   if self.room_channels and isinstance(room, str) else self.channel)
+        if await self.publish(orjson.dumps(copy), channel):
+            self.stats["mirrored"] += 1
+
+    async def publish(self, payload: bytes, channel: str | None = None) -> bool:
+        """PUBLISH on the main channel (or `channel`), bounded by `[state] redis_timeout`;
+        False (logged) when Redis did not take it."""
         if self._pub is None:
             self._pub = self.target.client()
         try:
-            await asyncio.wait_for(self._pub.publish(self.channel, payload), self.timeout)
+            await asyncio.wait_for(self._pub.publish(channel or self.channel, payload),
+                                   self.timeout)
             return True
         except REDIS_ERRORS as exc:
             self._log("publish", logging.ERROR, "open-webui pub/sub: cannot publish on %s: %s",

@@ -375,3 +375,57 @@ async def test_open_webui_announcements_refresh_cached_rights(tmp_path, redis_se
                 assert ow.requests["/api/v1/notes/n1"] == before + 1
             finally:
                 await foreign.redis.aclose()
+
+
+@pytest.mark.parametrize("room_channels", [False, True])
+async def test_appliance_emits_reach_tabs_on_open_webuis_own_socket(tmp_path, redis_server,  # noqa: F811
+                                                                   room_channels):
+    """A deployment moving over: one tab still on open-webui's socket server, one on the
+    appliance. What the appliance emits reaches both, each once. (The stand-in's server
+    listens like python-socketio's stock manager, on `socketio` only: with room channels
+    the copy is checked on the room's channel, where open-webui's own manager listens.)"""
+    import redis.asyncio as aioredis
+    from tests.support.appliance import Client
+    async with serve_standin(redis_url=redis_server.url) as ow:
+        ow.add("a", "Ann", channels=["c1"])
+        env = env_for(ow, redis_server)
+        ini = INI + f"room_channels = {'true' if room_channels else 'false'}\n"
+        r = aioredis.from_url(redis_server.url)
+        pubsub = r.pubsub()
+        await pubsub.subscribe("socketio#/#user:a" if room_channels else "socketio")
+        try:
+            async with running(tmp_path / "a", ini, env) as h, \
+                    running(tmp_path / "b", ini, env) as other:
+                token = session_token(h, "a")
+                on_appliance = await h.connect(token)
+                on_other_node = await other.connect(token)
+                on_openwebui = Client()
+                await on_openwebui.connect(ow.url, socketio_path="/ws/socket.io",
+                                           auth={"token": token}, transports=["websocket"],
+                                           wait_timeout=WAIT)
+                try:
+                    status, _ = await h.api("POST", "/api/v1/emit", {
+                        "event": "events", "data": {"n": 1}, "to": {"users": ["a"]}})
+                    assert status == 202
+                    tabs = [on_appliance, on_other_node] + ([] if room_channels
+                                                            else [on_openwebui])
+                    for client in tabs:
+                        assert await client.rec.wait_for("events") == {"n": 1}
+                    await asyncio.sleep(0.3)  # a duplicate would have arrived by now
+                    for client in tabs:
+                        assert client.rec.of("events") == [{"n": 1}]
+                    # the copy names the appliance as its host, so appliance bridges skip it
+                    while True:
+                        message = await pubsub.get_message(timeout=WAIT)
+                        assert message is not None, "no copy published for open-webui"
+                        if message["type"] == "message":
+                            break
+                    import orjson
+                    copy = orjson.loads(message["data"])
+                    assert copy["event"] == "events" and copy["room"] in ("user:a", ["user:a"])
+                    assert copy["host_id"].startswith("rt-appliance-mirror-")
+                finally:
+                    await on_openwebui.disconnect()
+        finally:
+            await pubsub.aclose()
+            await r.aclose()

@@ -43,6 +43,7 @@ class StandinOpenWebui:
     requests: Counter = field(default_factory=Counter)
     down: bool = False
     port: int = 0
+    sio: Any = None  # its python-socketio server, once serving
 
     def add(self, user_id: str, name: str | None = None, role: str = "user",
             channels: list[str] | None = None) -> StandinUser:
@@ -131,9 +132,12 @@ class Chat(_Handler):
 
 
 @contextlib.asynccontextmanager
-async def serve_standin(standin: StandinOpenWebui | None = None):
+async def serve_standin(standin: StandinOpenWebui | None = None, redis_url: str | None = None):
+    """With `redis_url`, its socket server sits on Redis as open-webui's does
+    (`WEBSOCKET_MANAGER=redis` with the stock manager): its sockets enter `user:{id}`."""
     standin = standin or StandinOpenWebui()
-    sio = socketio.AsyncServer(async_mode="tornado")
+    manager = socketio.AsyncRedisManager(redis_url) if redis_url else None
+    sio = socketio.AsyncServer(async_mode="tornado", client_manager=manager)
 
     @sio.event
     async def connect(sid, environ, auth):
@@ -141,6 +145,7 @@ async def serve_standin(standin: StandinOpenWebui | None = None):
         if user is None:
             return False
         await sio.save_session(sid, {"user": user.id})
+        await sio.enter_room(sid, f"user:{user.id}")
 
     @sio.on("*")
     async def any_event(event, sid, data=None):
@@ -161,8 +166,16 @@ async def serve_standin(standin: StandinOpenWebui | None = None):
     sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
     server.add_sockets(sockets)
     standin.port = sockets[0].getsockname()[1]
+    standin.sio = sio
     try:
         yield standin
     finally:
         server.stop()
         await asyncio.wait_for(server.close_all_connections(), 5)
+        if manager is not None:
+            task = getattr(manager, "thread", None)
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await manager.redis.aclose()

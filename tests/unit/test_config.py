@@ -121,6 +121,7 @@ EXPECTED_DEFAULTS = {
     ("openwebui", "pubsub"): True,
     ("openwebui", "pubsub_channel"): "socketio",
     ("openwebui", "room_channels"): True,
+    ("openwebui", "mirror_emits"): True,
     ("log", "level"): "info",
 }
 
