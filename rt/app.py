@@ -136,7 +136,9 @@ class Appliance:
         if self.openwebui is not None:
             self.gauges += self.openwebui.gauges()
             if bridge is not None:
-                bridge.observers.append(self.openwebui.observer(self.gateway.identities))
+                bridge.observers.append(self.openwebui.observer(
+                    self.gateway.identities, lambda user_id: self.tasks.spawn(
+                        "channel refresh", self.gateway.refresh_channels(user_id))))
         # encrypted channels (open-webui 0.12 DMs and private groups): who may take part
         # is open-webui's to say; the directory knows no such channels
         self.encryption = EncryptionRelay(

@@ -325,6 +325,22 @@ class Gateway:
         await self._enter_rooms(sid, [rooms.note(note_id)])
         return {"ok": True}
 
+    async def refresh_channels(self, user_id: str) -> None:
+        """open-webui created a channel with this user in it (or added them): enter their
+        sessions here into the channels they are now in. open-webui's own
+        `enter_room_for_users` reaches only its own sockets, and the browser does not send
+        `join-channels` for it."""
+        members = self.sio.manager.rooms.get("/", {}).get(rooms.user(user_id), {})
+        for sid in list(members):
+            identity = self.identities.get(sid)
+            if identity is None:
+                continue
+            try:
+                wanted = await self.rights.channels_of(identity, self.tokens.get(sid), fresh=True)
+                await self._enter_rooms(sid, [rooms.channel(c) for c in wanted])
+            except p.EventError as exc:
+                log.info("channels of %s not refreshed for %s: %s", user_id, sid, exc)
+
     async def _enter_rooms(self, sid: str, wanted: list[str]) -> None:
         """Enter rooms within the per-connection room limit (all or none)."""
         current = set(self.sio.rooms(sid))

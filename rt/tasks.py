@@ -53,6 +53,19 @@ class TaskGroup:
         self._tasks.append(task)
         return task
 
+    def spawn(self, name: str, coro) -> asyncio.Task:
+        """A short task (a piece of work, then done): dropped from the group when it ends,
+        its failure logged; cancelled at stop like the others if still running."""
+        task = self.start(name, coro)
+        task.add_done_callback(self._finished)
+        return task
+
+    def _finished(self, task: asyncio.Task) -> None:
+        if task in self._tasks:
+            self._tasks.remove(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s failed: %r", task.get_name(), task.exception())
+
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()

@@ -50,11 +50,14 @@ class OpenWebuiLink:
 
         return to_openwebui
 
-    def observer(self, identities: Mapping[str, Identity]) -> Callable[[dict], None]:
+    def observer(self, identities: Mapping[str, Identity],
+                 channels_changed: Callable[[str], None]) -> Callable[[dict], None]:
         """Watches open-webui's pub/sub messages (the bridge's `observers`) for what
         announces a change of rights: a room entered or left for one of our sessions
         (channel membership), `access:updated` to a session, `channel:created` to a user.
-        The user's cached answers are forgotten, so the next question asks open-webui."""
+        The user's cached answers are forgotten, so the next question asks open-webui; for
+        `channel:created`, `channels_changed(user_id)` enters the user's sessions into the
+        new channel."""
 
         def observe(message: dict) -> None:
             method = message.get("method")
@@ -73,6 +76,7 @@ class OpenWebuiLink:
             elif (event == "events:channel" and isinstance(room, str)
                   and room.startswith("user:") and _kind(message.get("data")) == "channel:created"):
                 self.forget_user(room[len("user:"):])
+                channels_changed(room[len("user:"):])
 
         return observe
 

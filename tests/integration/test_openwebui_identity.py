@@ -362,6 +362,14 @@ async def test_open_webui_announcements_refresh_cached_rights(tmp_path, redis_se
                 assert await client.call("join-channels", {}, timeout=WAIT) == {
                     "channels": ["c1", "c2"]}
                 assert "channel:c2" in h.app.sio.rooms(sid)
+                # a channel created with the user in it: open-webui tells the user's room
+                # (emit_to_users) and enters only its own sockets; ours enter here
+                user.channels = ["c1", "c2", "c3"]
+                await foreign.emit("events:channel", {"data": {"type": "channel:created"}},
+                                   room="user:u1", namespace="/")
+                await client.rec.wait_for("events:channel")
+                await until(lambda: "channel:c3" in h.app.sio.rooms(sid),
+                            "entered the new channel without join-channels")
                 # access:updated to the session: its rights are asked again
                 ow.notes["n1"] = {"u1": "read"}
                 assert await client.call("join-note", {"note_id": "n1"}, timeout=WAIT) == {
