@@ -136,6 +136,7 @@ class Appliance:
         if self.openwebui is not None:
             self.gauges += self.openwebui.gauges()
             if bridge is not None:
+                bridge.filters.append(self.openwebui.echoes.strip_echo)
                 bridge.observers.append(self.openwebui.observer(
                     self.gateway.identities, lambda user_id: self.tasks.spawn(
                         "channel refresh", self.gateway.refresh_channels(user_id))))

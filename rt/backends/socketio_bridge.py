@@ -51,7 +51,7 @@ import logging
 import random
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import orjson
 from redis.asyncio.retry import Retry
@@ -135,6 +135,9 @@ class SocketioBridge:
         # told of every accepted message from open-webui before it is acted on (the
         # open-webui link forgets cached rights when open-webui announces a change)
         self.observers: list[Callable[[dict], None]] = []
+        # may rewrite a message before it is acted on (the open-webui link strips the echo
+        # of note contents the appliance wrote itself)
+        self.filters: list[Callable[[dict], Awaitable[dict]]] = []
         if room_channels:
             manager.room_watch = self
 
@@ -395,6 +398,8 @@ class SocketioBridge:
                 return  # our own, or an appliance's copy for open-webui's listeners
             for observe in self.observers:
                 observe(data)
+            for rewrite in self.filters:
+                data = await rewrite(data)
             if method == "emit":
                 await self._on_emit(data)
             elif method == "disconnect":

@@ -19,7 +19,7 @@ from .ledger import OpenWebuiLedger
 from .pools import REFRESH_INTERVAL, OpenWebuiPools
 from .rights import OpenWebuiRights
 from .socket_port import OpenWebuiSocket
-from .writeback import NoteWriter, ReadMarkers
+from .writeback import EchoMarks, NoteWriter, ReadMarkers
 
 
 class OpenWebuiLink:
@@ -35,7 +35,8 @@ class OpenWebuiLink:
         self.pools = OpenWebuiPools(redis, prefix) if redis is not None else None
         self.markers = ReadMarkers(OpenWebuiSocket(o.url, o.request_timeout))
         self.ledger = OpenWebuiLedger(self.identities, self.markers, self.pools)
-        self.notes = NoteWriter(self.api)
+        self.echoes = EchoMarks(redis, prefix)
+        self.notes = NoteWriter(self.api, self.echoes)
 
     def content_hook(self, token_for: Callable[[str], str | None]):
         """The document service's `on_content`: a note's rendered content goes to open-webui
@@ -108,6 +109,8 @@ class OpenWebuiLink:
              lambda: self.notes.failed),
             ("rt_openwebui_read_markers_sent", "Read markers sent to open-webui",
              lambda: self.markers.sent),
+            ("rt_openwebui_note_echoes_stripped", "open-webui's echoes of note contents we "
+             "wrote, delivered without the content", lambda: self.echoes.stripped),
         ]
 
     async def close(self, deadline: float) -> None:

@@ -14,24 +14,91 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
+import time
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Callable
+
+import orjson
 
 from tornado.httpclient import HTTPClientError
 from tornado.websocket import WebSocketError
 
+from ..backends.redis_conn import KeySpace
 from .api import OpenWebuiApi, Refused, NotFound, Unavailable
 from .socket_port import OpenWebuiSocket, SocketPortError
 
 log = logging.getLogger("rt.openwebui")
 
 
+class EchoMarks:
+    """Note contents this deployment wrote to open-webui, remembered `ttl` seconds
+    (cluster-wide in Redis, else on this node).
+
+    open-webui answers a note update over HTTP with `events:note` carrying the content to
+    the note's room, and its editor replaces its whole content with such an "external"
+    change. For a content the editors themselves produced that echo is at best useless and,
+    arriving after a newer edit, it would write old text back into the shared document; so
+    echoes of what we wrote are delivered without their content (`strip_echo`)."""
+
+    def __init__(self, redis: Any = None, prefix: str = "open-webui", ttl: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.redis = redis
+        self.keys = KeySpace(prefix)
+        self.ttl = ttl
+        self.clock = clock
+        self._local: OrderedDict[str, float] = OrderedDict()
+        self.stripped = 0
+
+    def _key(self, note_id: str, content: Any) -> str:
+        digest = hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        return self.keys.key("note-echo", note_id, digest)
+
+    async def mark(self, note_id: str, content: Any) -> None:
+        key = self._key(note_id, content)
+        if self.redis is not None:
+            await self.redis.set(key, 1, ex=max(1, int(self.ttl)))
+            return
+        now = self.clock()
+        self._local[key] = now + self.ttl
+        self._local.move_to_end(key)
+        while self._local and next(iter(self._local.values())) < now:
+            self._local.popitem(last=False)
+
+    async def seen(self, note_id: str, content: Any) -> bool:
+        key = self._key(note_id, content)
+        if self.redis is not None:
+            return bool(await self.redis.exists(key))
+        return self._local.get(key, 0.0) >= self.clock()
+
+    async def strip_echo(self, message: dict) -> dict:
+        """The bridge's filter: an `events:note` whose content we wrote, without it."""
+        if message.get("method") != "emit" or message.get("event") != "events:note":
+            return message
+        args = message.get("data")
+        first = args[0] if isinstance(args, list) and args else None
+        inner = first.get("data") if isinstance(first, dict) else None
+        if not isinstance(inner, dict) or "content" not in inner:
+            return message
+        try:
+            echo = await self.seen(str(first.get("id")), inner["content"])
+        except Exception as exc:  # Redis away: deliver it as open-webui sent it
+            log.warning("note echo check failed: %s", exc)
+            return message
+        if not echo:
+            return message
+        self.stripped += 1
+        rest = {k: v for k, v in inner.items() if k != "content"}
+        return {**message, "data": [{**first, "data": rest}, *args[1:]]}
+
+
 class NoteWriter:
-    def __init__(self, api: OpenWebuiApi, max_notes: int = 10000,
-                 backoff: tuple[float, float] = (0.5, 30.0)):
+    def __init__(self, api: OpenWebuiApi, echoes: EchoMarks | None = None,
+                 max_notes: int = 10000, backoff: tuple[float, float] = (0.5, 30.0)):
         self.api = api
+        self.echoes = echoes or EchoMarks()
         self.max_notes = max_notes
         self.backoff = backoff
         self.pending: OrderedDict[str, tuple[dict, str]] = OrderedDict()  # note → (data, token)
@@ -58,6 +125,8 @@ class NoteWriter:
                 await self._wake.wait()
             note_id, (data, token) = next(iter(self.pending.items()))
             try:
+                if "content" in data:
+                    await self._mark_echo(note_id, data["content"])
                 await self.api.update_note(token, note_id, data)
             except Unavailable as exc:
                 self.failed += 1
@@ -75,6 +144,12 @@ class NoteWriter:
             # drop it unless a newer content arrived while this one was being written
             if self.pending.get(note_id, (None, None))[0] is data:
                 del self.pending[note_id]
+
+    async def _mark_echo(self, note_id: str, content: Any) -> None:
+        try:
+            await self.echoes.mark(note_id, content)
+        except Exception as exc:  # Redis away: the write matters more than its echo
+            log.warning("note %s: echo mark not kept: %s", note_id, exc)
 
     async def flush(self, deadline: float) -> None:
         """At stop: give the writer up to `deadline` seconds to empty the queue."""

@@ -437,3 +437,44 @@ async def test_appliance_emits_reach_tabs_on_open_webuis_own_socket(tmp_path, re
         finally:
             await pubsub.aclose()
             await r.aclose()
+
+
+async def test_echoes_of_written_note_content_reach_editors_without_it(tmp_path,
+                                                                      redis_server):  # noqa: F811
+    """open-webui answers a note update with `events:note` carrying the content, and its
+    editor replaces everything it shows with such a change: the echo of a content the
+    editors wrote comes without it; an external change (another writer) keeps it."""
+    import socketio
+    from tests.integration.test_documents import PyReplica
+    async with serve_standin(redis_url=redis_server.url) as ow:
+        ow.add("a", "Ann")
+        ow.notes["n1"] = {"a": "write"}
+        env = env_for(ow, redis_server)
+        ini = INI + "room_channels = false\n[documents]\ncontent_debounce = 0.05\n"
+        async with running(tmp_path / "a", ini, env) as h, \
+                running(tmp_path / "b", ini, env) as other:
+            token = session_token(h, "a")
+            writer = await h.connect(token)
+            watcher = await other.connect(token)
+            for client in (writer, watcher):
+                assert await client.call("join-note", {"note_id": "n1"}, timeout=WAIT) == {
+                    "ok": True}
+            await writer.call("ydoc:document:join", {"document_id": "note:n1"}, timeout=WAIT)
+            content = {"md": "mine", "html": "<p>mine</p>", "json": {"type": "doc"}}
+            await writer.call("ydoc:document:update", {
+                "document_id": "note:n1", "update": list(PyReplica().insert(0, "mine")),
+                "data": {"content": content}}, timeout=WAIT)
+            for client in (writer, watcher):
+                echo = await client.rec.wait_for("events:note")
+                assert echo == {"id": "n1", "data": {}}
+            external = {"md": "from elsewhere"}
+            foreign = socketio.AsyncRedisManager(redis_server.url, write_only=True)
+            try:
+                await foreign.emit("events:note", {"id": "n1", "data": {"content": external}},
+                                   room="note:n1", namespace="/")
+                for client in (writer, watcher):
+                    got = await client.rec.wait_for("events:note", lambda e: e["data"])
+                    assert got["data"]["content"] == external
+            finally:
+                await foreign.redis.aclose()
+            assert h.app.openwebui.echoes.stripped + other.app.openwebui.echoes.stripped == 2

@@ -112,12 +112,16 @@ class Note(_Handler):
 
 
 class NoteUpdate(_Handler):
-    def post(self, note_id: str) -> None:
+    async def post(self, note_id: str) -> None:
         if self.standin.notes.get(note_id, {}).get(self.user.id) != "write":
             self.answer(403, {"detail": "forbidden"})
             return
         data = orjson.loads(self.request.body)["data"]
         self.standin.note_updates.append((note_id, self.user.id, data))
+        if self.standin.sio is not None:
+            # as open-webui's router does: the saved keys go to the note's room
+            await self.standin.sio.emit("events:note", {"id": note_id, "data": data},
+                                        to=f"note:{note_id}")
         self.answer(200, {"id": note_id})
 
 
