@@ -41,6 +41,15 @@ def cancel_swallowed() -> bool:
     return task is not None and task.cancelling() > 0
 
 
+async def cancel_and_wait(task: asyncio.Task | None) -> None:
+    """Cancel a task of ours and wait until it has ended (its cancellation swallowed here,
+    a cancellation of the caller still propagates)."""
+    if task is None or task.done():
+        return
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
 class TaskGroup:
     """Named long-running tasks of the app, cancelled together at stop."""
 

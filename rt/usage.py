@@ -24,6 +24,7 @@ from typing import Callable
 
 from .backends import UsageRegistry
 from .emitter import Emitter
+from .tasks import cancel_and_wait
 
 log = logging.getLogger("rt.app")
 
@@ -118,7 +119,4 @@ class UsageService:
 
     async def close(self) -> None:
         """Stop a pending broadcast (at shutdown: the clients are going anyway)."""
-        task = self._task
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await cancel_and_wait(self._task)

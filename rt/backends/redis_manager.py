@@ -49,7 +49,7 @@ import socketio
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..fanout import FanoutMixin
-from ..tasks import cancel_swallowed
+from ..tasks import cancel_and_wait, cancel_swallowed
 
 from . import StoreError, delivery_required
 from .redis_conn import (
@@ -148,12 +148,7 @@ class RedisClientManager(socketio.AsyncRedisManager, FanoutMixin):
     async def close(self) -> None:
         """Stop listening and close the connections (at the app's stop)."""
         task = getattr(self, "thread", None)
-        if isinstance(task, asyncio.Task) and not task.done():
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(task if isinstance(task, asyncio.Task) else None)
         self.listening = False
         if self._pub is not None:
             pub, self._pub = self._pub, None

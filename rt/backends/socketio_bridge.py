@@ -58,7 +58,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from socketio.packet import Packet
 
-from ..tasks import cancel_swallowed
+from ..tasks import cancel_and_wait, cancel_swallowed
 from . import StoreError
 from .redis_conn import (
     REDIS_ERRORS, AnyRedis, RedisTarget, close_quietly, close_subscription,
@@ -158,12 +158,7 @@ class SocketioBridge:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(task)
         self.listening = False
         self._release_waiters()
         if self._pub is not None:

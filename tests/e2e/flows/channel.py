@@ -27,10 +27,10 @@ def open_channel(page: Page, channel_id: str) -> None:
 
 
 def say(run: FlowRun, speaker: Page, speaker_name: str, listener: Page, text: str,
-        label: str) -> None:
+        label: str, delay_ms: int = 60) -> None:
     """The speaker types `text` key by key while the listener watches: first the typing
     indicator, then the message once sent."""
-    typing = speaker.begin_type("#chat-input", text, delay_ms=60)
+    typing = speaker.begin_type("#chat-input", text, delay_ms=delay_ms)
     try:
         listener.wait_function(typing_of(speaker_name), None, LIVE_TIMEOUT)
         run.shot(listener, f"{label}-sees-typing")

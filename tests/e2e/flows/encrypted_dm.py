@@ -7,7 +7,7 @@ from __future__ import annotations
 from tests.e2e.browser import Page
 from tests.e2e.flowrun import FlowRun
 from tests.e2e.flows.accounts import accounts
-from tests.e2e.flows.channel import LIVE_TIMEOUT, has_text, typing_of
+from tests.e2e.flows.channel import LIVE_TIMEOUT, say
 
 JOIN_TIMEOUT = 30.0  # key packages and the group's welcome, through the relay
 
@@ -15,19 +15,6 @@ JOIN_TIMEOUT = 30.0  # key packages and the group's welcome, through the relay
 def wait_active(page: Page) -> None:
     """The conversation is set up: its input takes text."""
     page.wait_for("#chat-input[contenteditable=true]", timeout=JOIN_TIMEOUT)
-
-
-def say(run: FlowRun, speaker: Page, speaker_name: str, listener: Page, text: str,
-        label: str) -> None:
-    typing = speaker.begin_type("#chat-input", text, delay_ms=40)
-    try:
-        listener.wait_function(typing_of(speaker_name), None, LIVE_TIMEOUT)
-        run.shot(listener, f"{label}-sees-typing")
-    finally:
-        typing.result()
-    speaker.press("Enter")
-    listener.wait_function(has_text(text), None, LIVE_TIMEOUT)
-    run.shot(listener, f"{label}-sees-message")
 
 
 def encrypted_dm(run: FlowRun) -> None:
@@ -56,8 +43,8 @@ def encrypted_dm(run: FlowRun) -> None:
     run.shot(u, "user-joined-encrypted-chat")
 
     texts = ("Only we can read this", "And only we can read the answer")
-    say(run, a, admin.name, u, texts[0], "user")
-    say(run, u, user.name, a, texts[1], "admin")
+    say(run, a, admin.name, u, texts[0], "user", delay_ms=40)
+    say(run, u, user.name, a, texts[1], "admin", delay_ms=40)
     # what went over the sockets was ciphertext only
     for page in (a, u):
         for sock in page.sockets(frames=100_000)["sockets"]:
