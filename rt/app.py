@@ -279,9 +279,12 @@ class Appliance:
             "usage sweep", min(1.0, s.limits.usage_ttl / 3), self.usage.sweep))
         self.tasks.start("encryption sweep", every(
             "encryption sweep", SWEEP_INTERVAL, self.encryption.sweep))
-        self.tasks.start("re-verification", every(
-            "re-verification", s.openwebui.reverify_interval, self._reverify))
         if self.openwebui is not None:
+            # open-webui revokes tokens behind our back (sign-out, password change); in
+            # directory mode the backend ends sessions itself through the API
+            # (POST /api/v1/users/{id}/disconnect)
+            self.tasks.start("re-verification", every(
+                "re-verification", s.openwebui.reverify_interval, self._reverify))
             for name, work in self.openwebui.background():
                 self.tasks.start(name, work)
         for loop in self.backend.loops:

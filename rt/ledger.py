@@ -16,6 +16,12 @@ from .auth import Identity
 from .backends import Store
 
 
+def people(pairs: list[tuple[str, str]]) -> list[dict]:
+    """(id, name) pairs as `chat:presence` lists them: one per user, sorted by id."""
+    return sorted(({"id": i, "name": n} for i, n in dict(pairs).items()),
+                  key=lambda person: person["id"])
+
+
 class Ledger(Protocol):
     async def bound(self, sid: str, identity: Identity, token: str | None) -> None: ...
 
@@ -56,8 +62,7 @@ class DirectoryLedger:
         pass
 
     async def chat_members(self, chat_id: str, local: list[tuple[str, str]]) -> list[dict]:
-        return sorted(({"id": i, "name": n} for i, n in dict(local).items()),
-                      key=lambda person: person["id"])
+        return people(local)
 
     async def chat_read(self, identity: Identity, token: str | None, chat_id: str) -> None:
         # bounded per user: one more chat evicts the user's oldest marker

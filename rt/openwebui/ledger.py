@@ -12,9 +12,13 @@ import time
 from typing import Callable
 
 from ..auth import Identity
+from ..ledger import people
 from .identities import OpenWebuiIdentities
 from .pools import OpenWebuiPools
 from .writeback import ReadMarkers
+
+
+MAX_TOUCHED = 100_000  # users remembered for the last-active throttle before pruning
 
 
 class OpenWebuiLedger:
@@ -39,6 +43,9 @@ class OpenWebuiLedger:
         now = self.clock()
         if token and now - self._touched.get(identity.id, 0.0) >= self.touch_interval:
             self._touched[identity.id] = now
+            if len(self._touched) > MAX_TOUCHED:  # bounded: forget who was heard long ago
+                self._touched = {u: at for u, at in self._touched.items()
+                                 if now - at < self.touch_interval}
             await self.identities.touch(token)
 
     async def model_used(self, sid: str, model: str) -> None:
@@ -51,8 +58,7 @@ class OpenWebuiLedger:
 
     async def chat_members(self, chat_id: str, local: list[tuple[str, str]]) -> list[dict]:
         if self.pools is None:
-            return sorted(({"id": i, "name": n} for i, n in dict(local).items()),
-                          key=lambda person: person["id"])
+            return people(local)
         return await self.pools.chat_members(chat_id)
 
     async def chat_read(self, identity: Identity, token: str | None, chat_id: str) -> None:
