@@ -4,11 +4,18 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test install node-deps binary soak bench fuzz e2e clean
+.PHONY: serve test lint install node-deps binary soak bench fuzz e2e clean
 
-$(STAMP): pyproject.toml constraints.txt fuzz/requirements.txt
+# Two installs: the runtime alone (make serve) and, on top, what the tests, linters and the
+# fuzz tier need (make test and the other developer targets).
+RUNTIME := $(VENV)/.runtime
+$(RUNTIME): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e .
+	touch $(RUNTIME)
+
+$(STAMP): $(RUNTIME) fuzz/requirements.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	$(PY) -m pip install --quiet -r fuzz/requirements.txt   # atheris, for the fuzz tier
 	touch $(STAMP)
@@ -19,10 +26,15 @@ install: $(STAMP)
 node-deps: tests/node/package.json
 	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
 
-serve: $(STAMP)
+serve: $(RUNTIME)
 	$(PY) appliance.py serve $(ARGS)
 
-test: $(STAMP)
+# ruff (lint and import order) and mypy (strict on core/, engine/ and backends/)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check rt tests fuzz bench soak packaging appliance.py
+	$(VENV)/bin/mypy
+
+test: $(STAMP) lint
 	@if command -v npm >/dev/null 2>&1 && [ -f tests/node/package-lock.json ]; then $(MAKE) --no-print-directory node-deps; fi
 	$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -238,7 +238,7 @@ class Server:
                 [] if self.kind == "pysio-deflate" else ["--no-deflate"])
         return ["node", str(BENCH / "peers" / "node_server.mjs"), "--port", "0"]
 
-    def start(self, timeout: float = 30.0) -> "Server":
+    def start(self, timeout: float = 30.0) -> Server:
         env = {**os.environ, "WEBUI_SECRET_KEY": SECRET, "RT_API_KEY": API_KEY,
                "PYTHONUNBUFFERED": "1"}
         logf = open(self.log_path, "w")
@@ -400,7 +400,7 @@ class Meter:
     """CPU over one phase: the server's process tree, each load process, this runner and the
     rest of the machine (other work on a shared machine shows up there)."""
 
-    def __init__(self, server: "Server", workers: list["Worker"]):
+    def __init__(self, server: Server, workers: list[Worker]):
         self.server_pids = server.pids()
         self.workers = workers
         self.t0 = time.monotonic()

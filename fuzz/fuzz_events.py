@@ -24,9 +24,10 @@ except ImportError:
 
 if atheris is not None and __name__ == "__main__":  # instrumented when fuzzing only
     with atheris.instrument_imports(include=["rt", "fuzzlib"]):
+        import fuzzlib
+
         import rt.app  # noqa: F401  (the whole appliance, instrumented: World imports it late)
         import rt.collab_events  # noqa: F401
-        import fuzzlib
 else:
     import fuzzlib
 

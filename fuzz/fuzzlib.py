@@ -41,11 +41,9 @@ import socketio.packet as sio_packet
 
 from rt import config
 from rt.auth import AuthError, TokenVerifier
-from rt.collab import (EMPTY_UPDATE, InvalidUpdate, _Reader, decode_state_vector,
-                       inspect_update)
-from rt.engine.protocol import (MESSAGE, SEPARATOR, ProtocolError, decode_packet,
-                                decode_payload)
-from rt.sio import MalformedPacket, RESERVED_EVENTS
+from rt.collab import EMPTY_UPDATE, InvalidUpdate, _Reader, decode_state_vector, inspect_update
+from rt.engine.protocol import MESSAGE, SEPARATOR, ProtocolError, decode_packet, decode_payload
+from rt.sio import RESERVED_EVENTS, MalformedPacket
 from rt.sio import decode_packet as decode_sio
 from rt.sse import SSEError, SSEEvent, SSEParser
 
@@ -505,7 +503,7 @@ class ErrorLog(logging.Handler):
 class Conn:
     """A real long-polling Engine.IO session with a connected Socket.IO client."""
 
-    def __init__(self, world: "World", session, sid: str, user: str):
+    def __init__(self, world: World, session, sid: str, user: str):
         self.world, self.session, self.sid, self.user = world, session, sid, user
         self.ack_id = 0
 
@@ -565,7 +563,7 @@ class World:
         self.late_dispatches: list[tuple] = []  # packets handled after that close
 
     @classmethod
-    async def create(cls, directory: str, ini: str = WORLD_INI) -> "World":
+    async def create(cls, directory: str, ini: str = WORLD_INI) -> World:
         world = cls(directory, ini)
         await world._start()
         return world
@@ -1026,7 +1024,7 @@ class WorldRunner:
         self.world: World | None = None
         self.runs = 0
 
-    def __enter__(self) -> "WorldRunner":
+    def __enter__(self) -> WorldRunner:
         return self
 
     def __exit__(self, *exc) -> None:

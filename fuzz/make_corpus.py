@@ -16,6 +16,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import fuzzlib  # noqa: E402
+
 from rt import config  # noqa: E402
 
 

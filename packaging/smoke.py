@@ -120,7 +120,7 @@ class NotifyListener:
         while not self._stop.is_set():
             try:
                 self.messages.append(self.sock.recv(4096).decode())
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return

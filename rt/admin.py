@@ -11,7 +11,7 @@ import base64
 import binascii
 import collections
 import logging
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from .api import BaseHandler
 from .auth import api_key_matches

@@ -8,15 +8,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 import tornado.web
 
 from . import payloads as p
 from .auth import api_key_matches
-from .backends import Note, Store, StoreError, User, delivery_required
+from .backends import Note, Store, User
+from .core.errors import StoreError, delivery_required
 from .directory import ROLES, Directory
 from .emitter import CallTimeout, Emitter
 from .presence import PresenceService
@@ -355,7 +357,8 @@ class ReadyHandler(BaseHandler):
         try:
             await asyncio.wait_for(self.ctx.ready(), timeout=5)
         except Exception as exc:  # any failure means not ready; say which
-            return self.reply({"status": "unavailable", "reason": str(exc) or type(exc).__name__}, 503)
+            reason = str(exc) or type(exc).__name__
+            return self.reply({"status": "unavailable", "reason": reason}, 503)
         self.reply({"status": "ready"})
 
 

@@ -16,36 +16,35 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
-from . import __version__, admin, api, logs, sdnotify
+from . import __version__, admin, api, encryption_events, logs, sdnotify
 from .auth import Identity, TokenVerifier
-from .backends import StoreError
 from .backends.factory import Backend, build_backend
 from .channels import ChannelService
+from .collab import attach as attach_collab
+from .config import reload_diff
+from .core.errors import StoreError
+from .core.tasks import TaskGroup, every
+from .direct_stream import DirectStream
 from .directory import Directory
 from .emitter import Emitter
-from .engine.handler import route as engine_route
-from .engine.server import EngineOptions
-from . import encryption_events
-from .direct_stream import DirectStream
 from .encryption_delivery import SidDelivery
 from .encryption_relay import SWEEP_INTERVAL, EncryptionRelay
+from .engine.handler import route as engine_route
+from .engine.server import EngineOptions
 from .gateway import Gateway
 from .identities import DirectoryIdentities
+from .keyfiles import ensure_secret
 from .ledger import DirectoryLedger
-from .openwebui.link import OpenWebuiLink
-from .rights import DirectoryRights
-from .typing_gate import TypingGate
 from .limits import Limits
 from .metrics import Metrics
+from .openwebui.link import OpenWebuiLink
 from .presence import PresenceService
 from .ratelimit import Buckets
 from .relay import attach as attach_relay
-from .collab import attach as attach_collab
-from .secrets import ensure_secret
+from .rights import DirectoryRights
 from .sio import SocketServer
-from .tasks import TaskGroup, every
+from .typing_gate import TypingGate
 from .usage import UsageService
-from .config import reload_diff
 
 log = logging.getLogger("rt.app")
 
@@ -324,7 +323,7 @@ class Appliance:
         sdnotify.stopping(f"draining {len(self.gateway.identities)} sessions")
         try:
             await asyncio.wait_for(self._drain(), timeout=deadline)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("graceful stop took longer than %.1f s; closing now", deadline)
         finally:
             await self.tasks.stop()

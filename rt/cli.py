@@ -87,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serve(settings, reload_settings) -> int:
     from .app import Appliance
-    from .backends import StoreError
     from .backends.factory import BackendError
+    from .core.errors import StoreError
 
     logs.setup(settings.log.level)
     try:
@@ -137,8 +137,9 @@ def _serve(settings, reload_settings) -> int:
 def _token(settings, args) -> int:
     from .app import resolve_secrets
     from .auth import TokenVerifier
-    from .backends import StoreError, User
+    from .backends import User
     from .backends.factory import BackendError, build_backend
+    from .core.errors import StoreError
 
     try:
         expires = parse_duration(args.expires)

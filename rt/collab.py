@@ -47,8 +47,9 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import orjson
 import pycrdt
@@ -56,8 +57,9 @@ import pycrdt
 from . import payloads as p
 from . import rooms
 from .auth import Identity
-from .backends import Store, StoreError
+from .backends import Store
 from .backends.memory import MemoryEditors
+from .core.errors import StoreError
 from .directory import note_document_id
 from .rights import DirectoryRights
 

@@ -17,8 +17,8 @@ from typing import Any
 
 from . import payloads as p
 from .auth import Identity
-from .backends import StoreError
 from .collab import _MISSING, CollabService
+from .core.errors import StoreError
 
 log = logging.getLogger("rt.conn")
 

@@ -13,9 +13,10 @@ import math
 import os
 import re
 import textwrap
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Iterator, Mapping, Self
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h

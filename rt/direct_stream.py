@@ -26,9 +26,9 @@ import orjson
 
 from . import payloads as p
 from .auth import Identity
-from .backends import StoreError
 from .backends.redis_conn import KeySpace
 from .backends.redis_store import RedisUser
+from .core.errors import StoreError
 
 log = logging.getLogger("rt.conn")
 
@@ -68,7 +68,7 @@ class DirectStream:
         self.published = 0
 
     @classmethod
-    def for_backend(cls, backend, key_prefix: str) -> "DirectStream":
+    def for_backend(cls, backend, key_prefix: str) -> DirectStream:
         """Publishes through the backend's Redis client, under `key_prefix` (`[state]
         key_prefix`: open-webui's backend shares both); refuses without Redis."""
         if backend.redis is None:

@@ -6,7 +6,7 @@ is disconnected, a user who loses read access to a note leaves its rooms.
 """
 from __future__ import annotations
 
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from . import rooms
 from .backends import Note, Store, User

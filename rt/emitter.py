@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from . import rooms
 from .backends import PresenceRegistry
@@ -84,7 +85,7 @@ class Emitter:
         await self.sio.emit(event, data, to=sid, callback=on_ack)
         try:
             await asyncio.wait_for(answered.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise CallTimeout(f"no answer from {sid} within {timeout:g} s") from None
         args = answer[0]
         return args[0] if len(args) == 1 else (list(args) if args else None)

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Container
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable, Container
+from typing import Any
 
 from .backends import PresenceRegistry
 

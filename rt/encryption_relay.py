@@ -36,13 +36,14 @@ import json
 import logging
 import time
 import uuid
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from . import rooms
 from .auth import Identity
-from .backends import StoreError
+from .backends.encryption_state import MAX_PACKET, Lease, RelayState
+from .core.errors import StoreError
 from .encryption_delivery import SidDelivery
-from .encryption_state import MAX_PACKET, Lease, RelayState
 
 log = logging.getLogger("rt.encryption")
 

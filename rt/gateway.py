@@ -10,16 +10,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from socketio.exceptions import ConnectionRefusedError as Refused
 
 from . import payloads as p
 from . import rooms
 from .auth import AuthError, Identity, TokenVerifier
-from .backends import StoreError, UsageFull
-from .direct_stream import DirectStream
 from .channels import ChannelService
+from .core.errors import StoreError, UsageFull
+from .direct_stream import DirectStream
 from .identities import IdentitySource
 from .ledger import Ledger
 from .limits import Limits

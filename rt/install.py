@@ -25,9 +25,9 @@ import shlex
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from . import __version__, config
 
@@ -285,7 +285,7 @@ def uninstall(prefix: str | os.PathLike = "/", purge: bool = False,
               say: Callable[[str], None] = print) -> int:
     layout = Layout(Path(prefix))
     say("uninstalling rt-appliance" + ("" if layout.is_root_fs else f" from {layout.prefix}"))
-    for what, target in (("binary", Layout.BINARY), ("unit", Layout.UNIT)):
+    for _what, target in (("binary", Layout.BINARY), ("unit", Layout.UNIT)):
         path = layout.at(target)
         if path.exists() or path.is_symlink():
             path.unlink()

@@ -10,7 +10,8 @@ markers; where that goes depends on who owns the users:
 from __future__ import annotations
 
 import time
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from .auth import Identity
 from .backends import Store

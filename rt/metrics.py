@@ -11,7 +11,11 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
-    CollectorRegistry, Counter, Gauge, ProcessCollector, generate_latest,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    ProcessCollector,
+    generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 

@@ -29,15 +29,15 @@ import logging
 import math
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 from tornado.httpclient import HTTPClientError, HTTPRequest, HTTPResponse
 from tornado.httputil import HTTPInputError
 from tornado.iostream import IOStream, StreamClosedError
-from tornado.simple_httpclient import (HTTPStreamClosedError, HTTPTimeoutError,
-                                       SimpleAsyncHTTPClient)
+from tornado.simple_httpclient import HTTPStreamClosedError, HTTPTimeoutError, SimpleAsyncHTTPClient
 from tornado.tcpclient import TCPClient
 
 from . import payloads as p
@@ -186,7 +186,7 @@ def http_failure(code: int, body: bytes) -> Failure:
 
 # ---------------------------------------------------------------------- one stream
 class RelayStream:
-    def __init__(self, service: "RelayService", identity: Identity, request: ChatRequest,
+    def __init__(self, service: RelayService, identity: Identity, request: ChatRequest,
                  upstream: Any, listen: bool) -> None:
         self.service = service
         self.user_id = identity.id
@@ -343,7 +343,7 @@ class RelayStream:
                 if timeout > 0:
                     try:
                         item = await asyncio.wait_for(self._inbox.get(), timeout)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         pass
             if item is not None:
                 await self._handle(*item)
@@ -651,7 +651,7 @@ class RelayService:
         stream.cancel(reason)
         try:
             await asyncio.wait_for(stream.finished.wait(), wait)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         return stream.outcome
 

@@ -15,8 +15,9 @@
 """
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import orjson
 from tornado.iostream import StreamClosedError

@@ -23,7 +23,7 @@ import os
 import socket
 import sys
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
 log = logging.getLogger("rt.app")
 

@@ -20,11 +20,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from .backends import UsageRegistry
+from .core.tasks import cancel_and_wait
 from .emitter import Emitter
-from .tasks import cancel_and_wait
 
 log = logging.getLogger("rt.app")
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import sys
 import time
@@ -31,8 +30,8 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.appliance import API_KEY, SECRET, ApplianceProcess  # noqa: E402
 from rt.auth import TokenVerifier  # noqa: E402
+from tests.support.appliance import API_KEY, SECRET, ApplianceProcess  # noqa: E402
 
 CHANNELS = 20
 

@@ -8,14 +8,15 @@ the sessions of dead nodes). The rest of the appliance never asks which one it r
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import socketio
 
-from ..fanout import FanoutManager
-from ..encryption_state import MemoryRelayState, RelayState
 from . import EditorRegistry, PresenceRegistry, Store, UsageRegistry
+from .encryption_state import MemoryRelayState, RelayState
+from .fanout import FanoutManager
 from .memory import MemoryEditors, MemoryPresence, MemoryUsage
 
 if TYPE_CHECKING:
@@ -127,10 +128,10 @@ def build_backend(settings) -> Backend:
 
 
 def build_redis_backend(settings, target=None) -> RedisBackend:
+    from .encryption_state import RedisRelayState
     from .redis_conn import RedisConfigError, RedisTarget
     from .redis_manager import RedisClientManager
     from .redis_state import RedisEditors, RedisPresence, RedisUsage
-    from ..encryption_state import RedisRelayState
     from .redis_store import RedisStore
     from .socketio_bridge import SocketioBridge
 

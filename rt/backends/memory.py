@@ -6,9 +6,9 @@ nothing here ever scans all sessions on a hot path.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
-from . import UsageFull
+from ..core.errors import UsageFull
 
 
 class MemoryPresence:

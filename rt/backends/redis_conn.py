@@ -41,7 +41,7 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisClusterException, RedisError
 
-from . import StoreError
+from ..core.errors import StoreError
 
 AnyRedis = Union[Redis, RedisCluster]
 
@@ -63,7 +63,7 @@ class RedisUnavailable(StoreError):
 # (100 connections by default, per node in a Cluster) instead of waiting; every component
 # sharing a client waits at this gate instead, so a burst queues instead of failing.
 MAX_IN_FLIGHT = 64
-_gates: "weakref.WeakKeyDictionary[object, asyncio.Semaphore]" = weakref.WeakKeyDictionary()
+_gates: weakref.WeakKeyDictionary[object, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
 
 def gate(client: object) -> asyncio.Semaphore:
@@ -74,7 +74,7 @@ def gate(client: object) -> asyncio.Semaphore:
     return sem
 
 
-_timeouts: "weakref.WeakKeyDictionary[object, float]" = weakref.WeakKeyDictionary()
+_timeouts: weakref.WeakKeyDictionary[object, float] = weakref.WeakKeyDictionary()
 
 
 def op_timeout(client: object) -> float:
@@ -151,7 +151,7 @@ class RedisTarget:
     extra: dict[str, Any] = field(default_factory=dict)  # more client kwargs (tests, TLS)
 
     @classmethod
-    def from_settings(cls, state, **overrides: Any) -> "RedisTarget":
+    def from_settings(cls, state, **overrides: Any) -> RedisTarget:
         """From `settings.state` ([state] section)."""
         target = cls(
             url=state.redis_url,

@@ -42,18 +42,23 @@ import logging
 import random
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import socketio
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..fanout import FanoutMixin
-from ..tasks import cancel_and_wait, cancel_swallowed
-
-from . import StoreError, delivery_required
+from ..core.errors import StoreError, delivery_required
+from ..core.tasks import cancel_and_wait, cancel_swallowed
+from .fanout import FanoutMixin
 from .redis_conn import (
-    REDIS_ERRORS, AnyRedis, RedisTarget, close_quietly, close_subscription, drop_idle,
+    REDIS_ERRORS,
+    AnyRedis,
+    RedisTarget,
+    close_quietly,
+    close_subscription,
+    drop_idle,
     ensure_ready,
 )
 
@@ -97,7 +102,7 @@ class RedisClientManager(socketio.AsyncRedisManager, FanoutMixin):
         # the bridge to open-webui's per-room channels (socketio_bridge.py), when on: told
         # of every room whose local membership may have changed, and waited for before an
         # entry completes, so that it hears what is published to the room from then on
-        self.room_watch: "SocketioBridge | None" = None
+        self.room_watch: SocketioBridge | None = None
 
     def initialize(self) -> None:
         """Start listening (once). python-socketio calls this only when the first client

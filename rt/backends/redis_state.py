@@ -45,9 +45,10 @@ import time
 import uuid
 from typing import Any
 
-from . import StoreError, UsageFull
+from ..core.errors import StoreError, UsageFull
 from .redis_conn import AnyRedis, KeySpace
-from .redis_store import Lua, RedisUser as _RedisUser
+from .redis_store import Lua
+from .redis_store import RedisUser as _RedisUser
 
 log = logging.getLogger("rt.backend")
 
@@ -498,7 +499,7 @@ class RedisEditors(_RedisUser):
     idempotent and a reader never trusts an entry whose session is not alive in presence
     (a dead node's sessions vanish from there first)."""
 
-    def __init__(self, client: AnyRedis, keys: KeySpace, presence: "RedisPresence", *,
+    def __init__(self, client: AnyRedis, keys: KeySpace, presence: RedisPresence, *,
                  where: str = "Redis") -> None:
         super().__init__(client, keys, where)
         self.presence = presence

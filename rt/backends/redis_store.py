@@ -52,7 +52,8 @@ from typing import Any, TypeVar
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import ChatMessage, Note, StoredDocument, StoreError, User
+from ..core.errors import StoreError
+from . import ChatMessage, Note, StoredDocument, User
 from .redis_conn import (
     REDIS_ERRORS,
     AnyRedis,
@@ -321,7 +322,7 @@ class RedisUser:
             async with asyncio.timeout(self.timeout):
                 async with self._gate:
                     return await op(self.client)
-        except (asyncio.TimeoutError, RedisTimeoutError) as exc:
+        except (TimeoutError, RedisTimeoutError) as exc:
             await drop_idle(self.client)
             raise StoreError(f"{self.where}: no answer within {self.timeout:g} s") from exc
         except REDIS_ERRORS as exc:

@@ -51,17 +51,22 @@ import logging
 import random
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from socketio.packet import Packet
 
-from ..tasks import cancel_and_wait, cancel_swallowed
-from . import StoreError
+from ..core.errors import StoreError
+from ..core.tasks import cancel_and_wait, cancel_swallowed
 from .redis_conn import (
-    REDIS_ERRORS, AnyRedis, RedisTarget, close_quietly, close_subscription,
+    REDIS_ERRORS,
+    AnyRedis,
+    RedisTarget,
+    close_quietly,
+    close_subscription,
 )
 
 if TYPE_CHECKING:
@@ -91,7 +96,7 @@ class SocketioBridge:
     """python-socketio's pub/sub with a foreign server (open-webui's) for this node's
     sessions; started and stopped by the Redis backend, `ready()` counts for readyz."""
 
-    def __init__(self, manager: "RedisClientManager", target: RedisTarget, *,
+    def __init__(self, manager: RedisClientManager, target: RedisTarget, *,
                  channel: str = "socketio", room_channels: bool = True,
                  max_message_bytes: int = MAX_MESSAGE_BYTES,
                  backoff: tuple[float, float] = (0.1, 5.0)) -> None:
@@ -152,7 +157,7 @@ class SocketioBridge:
             self._task.set_name("openwebui pub/sub")
         try:
             await asyncio.wait_for(self._first_subscribe.wait(), wait or self.timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("open-webui pub/sub on %s not subscribed yet; retrying in the "
                         "background", self.target.describe())
 
@@ -203,7 +208,7 @@ class SocketioBridge:
         self._waiters.append((self._requested, future))
         try:
             await asyncio.wait_for(asyncio.shield(future), self.timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.stats["subscribe_wait_timeouts"] += 1
             self._log("wait", logging.WARNING, "room channel subscription not confirmed "
                       "within %g s on %s", self.timeout, self.target.describe())

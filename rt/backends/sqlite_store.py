@@ -19,7 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TypeVar
 
-from . import ChatMessage, Note, StoredDocument, StoreError, User
+from ..core.errors import StoreError
+from . import ChatMessage, Note, StoredDocument, User
 
 T = TypeVar("T")
 

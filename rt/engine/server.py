@@ -12,8 +12,9 @@ import asyncio
 import base64
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from engineio.base_server import BaseServer as _EioBase
 

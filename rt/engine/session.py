@@ -19,9 +19,21 @@ from typing import TYPE_CHECKING, Any
 from engineio.base_server import BaseServer as _EioBase
 
 from .protocol import (
-    CLOSE, MESSAGE, NOOP, OPEN, PING, PONG, UPGRADE,
-    HandshakeError, Packet, ProtocolError, decode_packet, decode_payload, encode_payload,
-    websocket_frame, wire,
+    CLOSE,
+    MESSAGE,
+    NOOP,
+    OPEN,
+    PING,
+    PONG,
+    UPGRADE,
+    HandshakeError,
+    Packet,
+    ProtocolError,
+    decode_packet,
+    decode_payload,
+    encode_payload,
+    websocket_frame,
+    wire,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -34,7 +46,7 @@ _PONG_PROBE = "3probe"
 _CLOSED = object()  # inbox sentinel: the disconnect handler runs after earlier messages
 # the session whose messages the current task is handling (each consumer is its own task):
 # a protocol error found while handling one must reach its session even once it is closed
-consuming: contextvars.ContextVar["EngineSession | None"] = contextvars.ContextVar(
+consuming: contextvars.ContextVar[EngineSession | None] = contextvars.ContextVar(
     "consuming", default=None)
 
 def ws_frame_of(pkt: Packet) -> bytes:

@@ -18,7 +18,7 @@ import hashlib
 import logging
 import socket
 import struct
-from typing import Callable
+from collections.abc import Callable
 
 from tornado.util import _websocket_mask  # Tornado's C speed-up where it is built
 
@@ -31,7 +31,8 @@ _DATA_OPS = (OP_CONTINUATION, OP_TEXT, OP_BINARY)
 _CONTROL_OPS = (OP_CLOSE, OP_PING, OP_PONG)
 
 # close codes (RFC 6455 §7.4.1)
-NORMAL, GOING_AWAY, PROTOCOL_ERROR, INVALID_DATA, POLICY, TOO_BIG = 1000, 1001, 1002, 1007, 1008, 1009
+NORMAL, GOING_AWAY, PROTOCOL_ERROR = 1000, 1001, 1002
+INVALID_DATA, POLICY, TOO_BIG = 1007, 1008, 1009
 
 # after our close frame, how long the client has to answer before the connection is dropped
 CLOSE_TIMEOUT_S = 5.0
@@ -247,7 +248,8 @@ class WebSocket(asyncio.Protocol):
         elif self._fragments is not None:
             return self._fail(PROTOCOL_ERROR, "new message inside a fragmented one")
         elif not fin:
-            self._fragments, self._fragment_op, self._fragment_size = [payload], opcode, len(payload)
+            self._fragments, self._fragment_op = [payload], opcode
+            self._fragment_size = len(payload)
             return
         if opcode == OP_TEXT:
             try:

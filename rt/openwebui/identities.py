@@ -21,7 +21,7 @@ import logging
 from typing import Any
 
 from ..auth import AuthError, Identity, TokenVerifier
-from .api import OpenWebuiApi, Refused, Unavailable, NotFound
+from .api import NotFound, OpenWebuiApi, Refused, Unavailable
 from .cache import TtlCache
 
 log = logging.getLogger("rt.openwebui")

@@ -9,14 +9,13 @@ keep: open-webui's backend cannot reach this appliance's sessions then anyway.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from ..auth import Identity
 from ..ledger import people
 from .identities import OpenWebuiIdentities
 from .pools import OpenWebuiPools
 from .writeback import ReadMarkers
-
 
 MAX_TOUCHED = 100_000  # users remembered for the last-active throttle before pruning
 

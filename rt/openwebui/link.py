@@ -6,12 +6,13 @@ document service hands contents to, and the background work to run.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import orjson
 
 from ..auth import Identity, TokenVerifier
-from ..tasks import every
+from ..core.tasks import every
 from .api import NotFound, OpenWebuiApi, Refused
 from .cache import TtlCache
 from .identities import OpenWebuiIdentities

@@ -19,15 +19,15 @@ import logging
 import random
 import time
 from collections import OrderedDict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import orjson
-
 from tornado.httpclient import HTTPClientError
 from tornado.websocket import WebSocketError
 
 from ..backends.redis_conn import KeySpace
-from .api import OpenWebuiApi, Refused, NotFound, Unavailable
+from .api import NotFound, OpenWebuiApi, Refused, Unavailable
 from .socket_port import OpenWebuiSocket, SocketPortError
 
 log = logging.getLogger("rt.openwebui")
@@ -103,12 +103,15 @@ class NoteWriter:
         self.backoff = backoff
         self.pending: OrderedDict[str, tuple[dict, str]] = OrderedDict()  # note → (data, token)
         self._wake = asyncio.Event()
+        self._empty = asyncio.Event()  # set whenever nothing waits (the stop's flush)
+        self._empty.set()
         self.written = self.failed = self.dropped = 0
 
     def submit(self, note_id: str, data: dict, token: str) -> None:
         """Queue the newest content of a note (replacing an older one still waiting)."""
         self.pending.pop(note_id, None)
         self.pending[note_id] = (data, token)
+        self._empty.clear()
         while len(self.pending) > self.max_notes:
             lost, _ = self.pending.popitem(last=False)
             self.dropped += 1
@@ -121,6 +124,7 @@ class NoteWriter:
         delay = self.backoff[0]
         while True:
             if not self.pending:
+                self._empty.set()
                 self._wake.clear()
                 await self._wake.wait()
             note_id, (data, token) = next(iter(self.pending.items()))
@@ -155,8 +159,7 @@ class NoteWriter:
         """At stop: give the writer up to `deadline` seconds to empty the queue."""
         try:
             async with asyncio.timeout(deadline):
-                while self.pending:
-                    await asyncio.sleep(0.05)
+                await self._empty.wait()
         except TimeoutError:
             log.error("%d note contents not written to open-webui at stop", len(self.pending))
 
@@ -166,7 +169,8 @@ class ReadMarkers:
 
     def __init__(self, port: OpenWebuiSocket):
         self.port = port
-        self.pending: dict[str, tuple[str, dict[tuple[str, str], Any]]] = {}  # user → (token, events)
+        # user → (token, events)
+        self.pending: dict[str, tuple[str, dict[tuple[str, str], Any]]] = {}
         self._tasks: set[asyncio.Task] = set()
         self.sent = self.failed = 0
 
@@ -191,8 +195,7 @@ class ReadMarkers:
         try:
             await self.port.send(token, batch)
             self.sent += len(events)
-        except (OSError, SocketPortError, asyncio.TimeoutError, WebSocketError,
-                HTTPClientError) as exc:
+        except (TimeoutError, OSError, SocketPortError, WebSocketError, HTTPClientError) as exc:
             self.failed += len(events)
             log.warning("read markers of user %s not sent to open-webui: %s", user_id, exc)
 

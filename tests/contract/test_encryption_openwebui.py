@@ -30,9 +30,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from rt.app import Appliance
+from rt.backends.encryption_state import state_key
 from rt.backends.factory import build_redis_backend
 from rt.backends.redis_conn import RedisTarget
-from rt.encryption_state import state_key
 from tests.support.appliance import SECRET, WAIT, Client, Harness, settings_for
 from tests.support.encryption import ChannelTable, ask, attach, event
 from tests.support.redis_servers import _die_with_parent, require_redis, start_standalone
@@ -102,7 +102,7 @@ async def openwebui(tmp_path: Path, redis_url: str):
             proc.terminate()
             try:
                 await asyncio.wait_for(proc.wait(), 10)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 proc.kill()
                 await proc.wait()
 

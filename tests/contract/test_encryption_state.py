@@ -10,11 +10,16 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from rt.backends import StoreError
-from rt.backends.redis_conn import RedisTarget, close_quietly
-from rt.encryption_state import (
-    MAX_PACKET, TTL, LeaseLost, MemoryRelayState, RedisRelayState, state_key,
+from rt.backends.encryption_state import (
+    MAX_PACKET,
+    TTL,
+    LeaseLost,
+    MemoryRelayState,
+    RedisRelayState,
+    state_key,
 )
+from rt.backends.redis_conn import RedisTarget, close_quietly
+from rt.core.errors import StoreError
 
 from .conftest import unique_prefix
 

@@ -18,9 +18,9 @@ import pytest
 import pytest_asyncio
 import socketio
 
-from rt.backends import StoreError
 from rt.backends.redis_conn import RedisTarget
 from rt.backends.redis_manager import RedisClientManager
+from rt.core.errors import StoreError
 from tests.support.redis_servers import free_port, start_standalone
 
 from .conftest import unique_prefix

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 from redis.cluster import key_slot
 
-from rt.backends import StoreError, User
+from rt.backends import User
 from rt.backends.redis_conn import (
     KeySpace,
     RedisConfigError,
@@ -22,6 +22,7 @@ from rt.backends.redis_conn import (
 )
 from rt.backends.redis_state import RedisPresence, RedisUsage
 from rt.backends.redis_store import DOC_BUCKETS, RedisStore
+from rt.core.errors import StoreError
 from tests.support.redis_servers import free_port, start_standalone
 
 from .conftest import unique_prefix

@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 import pytest
 import pytest_asyncio
 
-from rt.backends import PresenceRegistry, StoreError, UsageFull, UsageRegistry
+from rt.backends import PresenceRegistry, UsageRegistry
 from rt.backends.memory import MemoryPresence, MemoryUsage
 from rt.backends.redis_conn import AnyRedis, KeySpace, RedisTarget
 from rt.backends.redis_state import RedisPresence, RedisUsage
+from rt.core.errors import StoreError, UsageFull
 
 from .conftest import require_fakeredis_lua, unique_prefix
 

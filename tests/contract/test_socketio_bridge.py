@@ -25,10 +25,10 @@ import redis.asyncio as aioredis
 import socketio
 
 from rt.app import Appliance
-from rt.backends import StoreError
 from rt.backends.factory import BackendError, build_redis_backend
 from rt.backends.redis_conn import RedisTarget
 from rt.backends.socketio_bridge import SocketioBridge
+from rt.core.errors import StoreError
 from tests.support.appliance import WAIT, Client, Harness, settings_for
 from tests.support.redis_servers import Cluster, start_standalone
 
@@ -157,7 +157,7 @@ class ForeignServer:
         self.manager = manager_class(room_channels)(topology.url, channel=channel)
         self.sio = socketio.AsyncServer(client_manager=self.manager, async_mode="asgi")
 
-    async def start(self) -> "ForeignServer":
+    async def start(self) -> ForeignServer:
         before = await subscribers(self.topology, self.channel)
         self.manager.initialize()  # its listener (AsyncServer starts it at a first client)
         await eventually(lambda: self._counted(before), "the foreign server subscribed")

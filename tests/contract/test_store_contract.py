@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from rt.backends import ChatMessage, Note, Store, StoreError, User
+from rt.backends import ChatMessage, Note, Store, User
 from rt.backends.sqlite_store import (
     BUSY_TIMEOUT_MS,
     MIGRATIONS,
@@ -23,6 +23,7 @@ from rt.backends.sqlite_store import (
     SqliteStore,
     _transaction,
 )
+from rt.core.errors import StoreError
 
 pytestmark = pytest.mark.asyncio
 

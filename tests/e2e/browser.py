@@ -49,7 +49,7 @@ class BrowserError(RuntimeError):
 
 
 class Pending:
-    def __init__(self, browser: "Browser", cmd: dict, wait: float) -> None:
+    def __init__(self, browser: Browser, cmd: dict, wait: float) -> None:
         self.browser, self.cmd, self.wait = browser, cmd, wait
         self.replies: queue.Queue = queue.Queue(maxsize=1)
 
@@ -79,7 +79,7 @@ class Browser:
         self._reader.start()
 
     @classmethod
-    def start(cls, log: Path) -> "Browser":
+    def start(cls, log: Path) -> Browser:
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as err:
             proc = subprocess.Popen([shutil.which("node"), str(DRIVER)], stdin=subprocess.PIPE,
@@ -88,7 +88,7 @@ class Browser:
                                     start_new_session=True, preexec_fn=_die_with_parent)
         return cls(proc, log)
 
-    def __enter__(self) -> "Browser":
+    def __enter__(self) -> Browser:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -126,7 +126,7 @@ class Browser:
     def call(self, cmd: str, timeout: float = DEFAULT_TIMEOUT, **fields: Any) -> dict:
         return self.begin(cmd, timeout, **fields).result()
 
-    def context(self, name: str, base_url: str, storage_state: dict | None = None) -> "Context":
+    def context(self, name: str, base_url: str, storage_state: dict | None = None) -> Context:
         self.call("newContext", ctx=name, baseURL=base_url, storageState=storage_state)
         return Context(self, name)
 
@@ -156,7 +156,7 @@ class Context:
     browser: Browser
     name: str
 
-    def page(self, name: str) -> "Page":
+    def page(self, name: str) -> Page:
         self.browser.call("newPage", ctx=self.name, page=name)
         return Page(self.browser, name)
 
@@ -202,7 +202,7 @@ class Page:
         self.begin_type(selector, text, delay_ms, **kw).result()
 
     def begin_type(self, selector: str | None, text: str, delay_ms: int = 30,
-                   **kw: Any) -> "Pending":
+                   **kw: Any) -> Pending:
         """`type` without waiting for it to finish: `.result()` does."""
         fields = {"selector": selector} if selector else {}
         return self.begin("type", DEFAULT_TIMEOUT + len(text) * delay_ms / 1000, text=text,

@@ -120,7 +120,7 @@ class Api:
             raise AssertionError(f"{method} {path}: {resp.status_code} {resp.text[:500]}")
         return resp.json() if resp.content else None
 
-    def as_user(self, token: str) -> "Api":
+    def as_user(self, token: str) -> Api:
         return Api(self.base, token)
 
     # --- calls the flows use --------------------------------------------------------------

@@ -30,7 +30,7 @@ class Process:
         self.name, self.args, self.log, self.env, self.cwd = name, args, log, env, cwd
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Process":
+    def start(self) -> Process:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(

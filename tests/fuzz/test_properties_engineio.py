@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import base64
 
+import fuzzlib
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-import fuzzlib
-from rt.engine.protocol import (CLOSE, MESSAGE, NOOP, PING, PONG, SEPARATOR, UPGRADE, Packet,
-                                ProtocolError, decode_packet, decode_payload, encode_payload)
+from rt.engine.protocol import (
+    CLOSE,
+    MESSAGE,
+    NOOP,
+    PING,
+    PONG,
+    SEPARATOR,
+    UPGRADE,
+    Packet,
+    ProtocolError,
+    decode_packet,
+    decode_payload,
+    encode_payload,
+)
 
 FAST = settings(max_examples=300, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow])

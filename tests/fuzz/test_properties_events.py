@@ -5,12 +5,11 @@ lives, and a refused event changes no state (rooms, sessions, presence, usage, d
 editors, store rows, document states)."""
 from __future__ import annotations
 
+import fuzzlib
 import pycrdt
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-
-import fuzzlib
 
 TOKENS = fuzzlib.tokens()
 SCALARS = (st.none() | st.booleans() | st.integers(-2**64, 2**64)

@@ -3,11 +3,11 @@ Settings or ConfigError, nothing else; no credential in an error or in print-con
 print-config shows reads back as the same configuration; the environment beats the file."""
 from __future__ import annotations
 
+import fuzzlib
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-import fuzzlib
 from rt import config
 
 FAST = settings(max_examples=150, deadline=None,

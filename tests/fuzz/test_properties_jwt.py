@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import math
 
+import fuzzlib
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-import fuzzlib
 from rt.auth import AuthError
 
 FAST = settings(max_examples=200, deadline=None,

@@ -8,11 +8,10 @@ import asyncio
 import base64
 import json
 
+import fuzzlib
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-
-import fuzzlib
 
 FAST = settings(max_examples=300, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow])

@@ -4,10 +4,10 @@ reading of the WHATWG rules; with limits, every chunking agrees on whether SSEEr
 the stream and what came before it."""
 from __future__ import annotations
 
+import fuzzlib
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-import fuzzlib
 from rt.sse import SSEParser
 
 FAST = settings(max_examples=200, deadline=None,

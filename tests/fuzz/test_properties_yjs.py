@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import random
 
+import fuzzlib
 import pycrdt
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-
-import fuzzlib
 
 SETTINGS = settings(max_examples=60, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow,

@@ -15,7 +15,11 @@ import pytest
 
 from tests.support.appliance import WAIT, ApplianceProcess, Harness
 from tests.support.redis_servers import (  # noqa: F401 (fixtures)
-    free_port, redis_cluster, redis_sentinel, redis_server, start_standalone,
+    free_port,
+    redis_cluster,
+    redis_sentinel,
+    redis_server,
+    start_standalone,
 )
 
 pytestmark = pytest.mark.asyncio
@@ -240,7 +244,12 @@ async def test_unreachable_redis_stops_start_up(tmp_path):
 
 async def test_chat_stream_across_nodes_and_cancel_from_another_node(tmp_path, redis_server):
     from tests.integration.test_relay import (
-        Upstream, chat_body, is_final, post_chat, progress, stalls_after,
+        Upstream,
+        chat_body,
+        is_final,
+        post_chat,
+        progress,
+        stalls_after,
     )
     async with Upstream(stalls_after(["Once upon"])) as up:
         upstream = f"[upstream]\nbase_url = {up.base_url}\nemit_interval = 0\n"

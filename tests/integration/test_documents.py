@@ -14,7 +14,8 @@ import base64
 import contextlib
 import random
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pycrdt
 import pytest

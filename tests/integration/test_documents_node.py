@@ -43,7 +43,7 @@ class NodeEditor:
         self.applied = 0
 
     @classmethod
-    async def start(cls, driver, h, name: str, token: str) -> "NodeEditor":
+    async def start(cls, driver, h, name: str, token: str) -> NodeEditor:
         sock = await driver.connect(name, h.url, path=h.path, transports=["websocket"],
                                     auth={"token": token}, reconnection=False, forceNew=True)
         await driver.ydoc_new(name)

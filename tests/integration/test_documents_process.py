@@ -17,8 +17,16 @@ from hypothesis import strategies as st
 
 from rt.auth import TokenVerifier
 from rt.collab import EMPTY_UPDATE
-from tests.integration.test_documents import (DOC, FAST, Editor, PyReplica, _deep_any,
-                                              eventually, setup_note, y_py)
+from tests.integration.test_documents import (
+    DOC,
+    FAST,
+    Editor,
+    PyReplica,
+    _deep_any,
+    eventually,
+    setup_note,
+    y_py,
+)
 from tests.support.appliance import API_KEY, SECRET, WAIT, ApplianceProcess, Harness
 
 QUIET = "[log]\nlevel = warning\n"  # thousands of refusals are logged at INFO

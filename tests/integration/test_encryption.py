@@ -19,10 +19,10 @@ import pytest_asyncio
 import redis.asyncio as aioredis
 
 from rt.app import Appliance
+from rt.backends.encryption_state import MAX_PACKET, MemoryRelayState, state_key
 from rt.backends.factory import build_redis_backend
 from rt.backends.redis_conn import RedisTarget
 from rt.encryption_relay import ENDED, UNAVAILABLE, EncryptionRelay
-from rt.encryption_state import MAX_PACKET, MemoryRelayState, state_key
 from tests.support.appliance import WAIT, Client, Harness, running, settings_for
 from tests.support.encryption import ChannelTable, ask, attach, event
 from tests.support.redis_servers import redis_server  # noqa: F401 (fixture)

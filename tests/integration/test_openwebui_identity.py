@@ -316,8 +316,10 @@ async def test_note_rights_and_content_go_through_open_webui(tmp_path):
 
 
 async def test_session_pool_entries_of_a_dead_node_are_removed(tmp_path, redis_server):  # noqa: F811
-    import orjson
     import signal
+
+    import orjson
+
     from tests.support.appliance import ApplianceProcess, Harness
     async with serve_standin() as ow:
         ow.add("a", "Ann")
@@ -393,6 +395,7 @@ async def test_appliance_emits_reach_tabs_on_open_webuis_own_socket(tmp_path, re
     listens like python-socketio's stock manager, on `socketio` only: with room channels
     the copy is checked on the room's channel, where open-webui's own manager listens.)"""
     import redis.asyncio as aioredis
+
     from tests.support.appliance import Client
     async with serve_standin(redis_url=redis_server.url) as ow:
         ow.add("a", "Ann", channels=["c1"])
@@ -445,6 +448,7 @@ async def test_echoes_of_written_note_content_reach_editors_without_it(tmp_path,
     editor replaces everything it shows with such a change: the echo of a content the
     editors wrote comes without it; an external change (another writer) keeps it."""
     import socketio
+
     from tests.integration.test_documents import PyReplica
     async with serve_standin(redis_url=redis_server.url) as ow:
         ow.add("a", "Ann")

@@ -7,8 +7,9 @@ import asyncio
 import contextlib
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import orjson
 import pytest
@@ -56,7 +57,7 @@ class UpstreamRequest:
         """True when the relay closed the connection within `timeout`."""
         try:
             await asyncio.wait_for(self.reader.read(), timeout)  # reads until EOF
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         except ConnectionError:
             pass
@@ -76,7 +77,7 @@ class Upstream:
         self._arrived = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
 
-    async def __aenter__(self) -> "Upstream":
+    async def __aenter__(self) -> Upstream:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.port = self.server.sockets[0].getsockname()[1]
         return self

@@ -13,7 +13,16 @@ import orjson
 import pytest
 
 from tests.integration.test_engineio_conformance import (
-    ECHO, FAST, SEP, T, connect_packet, error_body, eventually, install_echo, raw_appliance, recv,
+    ECHO,
+    FAST,
+    SEP,
+    T,
+    connect_packet,
+    error_body,
+    eventually,
+    install_echo,
+    raw_appliance,
+    recv,
     recv_closed,
 )
 

@@ -4,7 +4,6 @@ import signal
 import socket
 import time
 
-
 from tests.support.appliance import ApplianceProcess
 
 

@@ -68,7 +68,7 @@ class Recorder:
                 await self._changed.wait()
         try:
             return await asyncio.wait_for(scan(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise AssertionError(
                 f"no {event!r} event within {timeout} s; got {[e for e, _ in self.events]}"
             ) from None

@@ -33,9 +33,10 @@ import itertools
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 NODE_DIR = Path(__file__).resolve().parent.parent / "node"
 DRIVER_SCRIPT = NODE_DIR / "driver.mjs"
@@ -149,7 +150,7 @@ class NodeSocket:
     ``sid`` and ``connect_transport`` are from the connect reply.
     """
 
-    driver: "NodeDriver"
+    driver: NodeDriver
     name: str
     url: str
     sid: str | None = None
@@ -199,11 +200,11 @@ class NodeSocket:
         self._waiters.append(probe)
         try:
             return await asyncio.wait_for(probe.future, timeout)
-        except (asyncio.TimeoutError, TimeoutError):
+        except TimeoutError:
             what = f"{kind} {ev!r}" if ev is not None else kind
             if predicate is not None:
                 what += " matching the predicate"
-            raise asyncio.TimeoutError(
+            raise TimeoutError(
                 f"node client {self.name!r}: no {what} within {timeout}s; "
                 f"got so far: {self._summary()}"
             ) from None
@@ -324,7 +325,7 @@ class NodeDriver:
         script: Path | str = DRIVER_SCRIPT,
         env: dict | None = None,
         startup_timeout: float = 15,
-    ) -> "NodeDriver":
+    ) -> NodeDriver:
         hint = node_available() if node is None else None
         if hint is not None:
             raise RuntimeError(hint)
@@ -342,9 +343,9 @@ class NodeDriver:
         drv = cls(proc)
         try:
             ready = await asyncio.wait_for(asyncio.shield(drv._ready), startup_timeout)
-        except (asyncio.TimeoutError, TimeoutError):
+        except TimeoutError:
             await drv.close()
-            raise asyncio.TimeoutError(
+            raise TimeoutError(
                 f"node driver sent no 'ready' line within {startup_timeout}s; "
                 f"stderr: {drv._stderr_text()}"
             ) from None
@@ -354,7 +355,7 @@ class NodeDriver:
         drv.versions = ready.get("versions", {})
         return drv
 
-    async def __aenter__(self) -> "NodeDriver":
+    async def __aenter__(self) -> NodeDriver:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -375,7 +376,7 @@ class NodeDriver:
             proc.stdin.close()
         try:
             await asyncio.wait_for(proc.wait(), timeout)
-        except (asyncio.TimeoutError, TimeoutError):
+        except TimeoutError:
             if proc.returncode is None:
                 proc.kill()
             await proc.wait()
@@ -437,7 +438,7 @@ class NodeDriver:
         # EOF: let stderr finish so the message has the crash text.
         try:
             await asyncio.wait_for(asyncio.shield(self._stderr_task), 1)
-        except (asyncio.TimeoutError, TimeoutError, asyncio.CancelledError):
+        except (TimeoutError, asyncio.CancelledError):
             pass
         except Exception:
             pass
@@ -492,8 +493,8 @@ class NodeDriver:
             raise NodeDriverError(f"node driver stdin closed ({exc!r}); stderr: {self._stderr_text()}") from exc
         try:
             reply = await asyncio.wait_for(fut, timeout)
-        except (asyncio.TimeoutError, TimeoutError):
-            raise asyncio.TimeoutError(
+        except TimeoutError:
+            raise TimeoutError(
                 f"node driver: no reply to {cmd!r} (id {rid}) within {timeout}s; "
                 f"fields: {_short(fields)}"
             ) from None
@@ -625,7 +626,7 @@ class NodeReferenceServer:
         port: int = 0,
         *,
         startup_timeout: float = 15,
-    ) -> "NodeReferenceServer":
+    ) -> NodeReferenceServer:
         node = node_executable()
         if node is None or not (NODE_DIR / "node_modules" / "socket.io" / "package.json").is_file():
             raise RuntimeError("socket.io (server) missing. " + INSTALL_HINT)
@@ -642,7 +643,7 @@ class NodeReferenceServer:
         try:
             line = await asyncio.wait_for(proc.stdout.readline(), startup_timeout)
             info = json.loads(line) if line else None
-        except (asyncio.TimeoutError, TimeoutError, ValueError):
+        except (TimeoutError, ValueError):
             info = None
         if not isinstance(info, dict) or "port" not in info:
             err = b""
@@ -667,7 +668,7 @@ class NodeReferenceServer:
             proc.stdin.close()  # the server exits on stdin EOF
         try:
             await asyncio.wait_for(proc.wait(), timeout)
-        except (asyncio.TimeoutError, TimeoutError):
+        except TimeoutError:
             if proc.returncode is None:
                 proc.kill()
             await proc.wait()
@@ -676,7 +677,7 @@ class NodeReferenceServer:
         if self._stderr_task is not None:
             try:
                 await asyncio.wait_for(self._stderr_task, timeout)
-            except (asyncio.TimeoutError, TimeoutError):
+            except TimeoutError:
                 self._stderr_task.cancel()
         if proc.stdin is not None:
             try:
@@ -684,7 +685,7 @@ class NodeReferenceServer:
             except Exception:
                 pass
 
-    async def __aenter__(self) -> "NodeReferenceServer":
+    async def __aenter__(self) -> NodeReferenceServer:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:

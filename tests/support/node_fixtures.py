@@ -16,7 +16,7 @@ install hint, except under CI=true, where they fail: CI must have run
 from __future__ import annotations
 
 import os
-from typing import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import pytest_asyncio

@@ -32,7 +32,7 @@ class RawWebSocket:
 
     @classmethod
     async def handshake(cls, port: int, path: str, query: str = "EIO=4&transport=websocket",
-                        rcvbuf: int | None = 4096) -> "RawWebSocket":
+                        rcvbuf: int | None = 4096) -> RawWebSocket:
         """The HTTP upgrade only; the Engine.IO open packet is the first frame to read."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf:
@@ -49,7 +49,7 @@ class RawWebSocket:
         return cls(reader, writer)
 
     @classmethod
-    async def open(cls, port: int, path: str, token: str, **kw) -> "RawWebSocket":
+    async def open(cls, port: int, path: str, token: str, **kw) -> RawWebSocket:
         """Handshake, Engine.IO open, Socket.IO connect with the token."""
         ws = await cls.handshake(port, path, **kw)
         assert (await ws.recv())[:1] == "0"  # Engine.IO open

@@ -109,7 +109,7 @@ class RedisProcess:
         return redis.Redis(HOST, self.port, socket_timeout=5, socket_connect_timeout=2,
                            retry=Retry(NoBackoff(), 0), **kw)
 
-    def start(self) -> "RedisProcess":
+    def start(self) -> RedisProcess:
         self.dir.mkdir(parents=True, exist_ok=True)
         conf = self.dir / ("sentinel.conf" if self.sentinel else "redis.conf")
         base = [f"port {self.port}", f"bind {HOST}", f"dir {self.dir}", "daemonize no",
@@ -165,7 +165,7 @@ class RedisProcess:
         if proc.stderr is not None:
             proc.stderr.close()
 
-    def restart(self) -> "RedisProcess":
+    def restart(self) -> RedisProcess:
         """Kill and start again on the same port with the same files (data is lost:
         nothing is persisted)."""
         self.kill()

@@ -62,7 +62,7 @@ class StallProxy:
         self._server: asyncio.AbstractServer | None = None
 
     # ------------------------------------------------------------------ control
-    def start(self) -> "StallProxy":
+    def start(self) -> StallProxy:
         self._thread.start()
         self._server = self._call(asyncio.start_server(self._accept, HOST, 0))
         self.port = self._server.sockets[0].getsockname()[1]
@@ -92,7 +92,7 @@ class StallProxy:
         if not self._thread.is_alive():
             self._loop.close()
 
-    def __enter__(self) -> "StallProxy":
+    def __enter__(self) -> StallProxy:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -133,7 +133,7 @@ class StallProxy:
             try:
                 up_reader, conn.upstream = await asyncio.wait_for(
                     asyncio.open_connection(*self.target), WAIT)
-            except (OSError, asyncio.TimeoutError):
+            except (TimeoutError, OSError):
                 return
             await asyncio.gather(self._pipe(reader, conn.upstream, conn),
                                  self._pipe(up_reader, writer, conn))

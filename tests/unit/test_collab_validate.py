@@ -15,8 +15,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rt import payloads as p
-from rt.collab import (EMPTY_UPDATE, InvalidUpdate, bytes_of, decode_state_vector, inspect_update,
-                       integrated, missing_dependencies, splits_pair)
+from rt.collab import (
+    EMPTY_UPDATE,
+    InvalidUpdate,
+    bytes_of,
+    decode_state_vector,
+    inspect_update,
+    integrated,
+    missing_dependencies,
+    splits_pair,
+)
 from tests.support.node_client import NODE_DIR, node_available, node_executable
 from tests.support.yjs_wire import var
 

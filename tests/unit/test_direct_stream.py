@@ -12,7 +12,6 @@ import pytest
 from rt import payloads as p
 from rt.auth import Identity
 from rt.backends.redis_conn import KeySpace
-from rt.backends.redis_store import RedisStore
 from rt.direct_stream import DirectStream, RedisPublisher
 
 pytestmark = pytest.mark.asyncio
@@ -114,9 +113,9 @@ async def test_refusals_publish_nothing(fake):
 
 async def test_for_backend_publishes_only_with_redis(fake, tmp_path):
     from rt.backends.factory import Backend
+    from rt.backends.fanout import FanoutManager
     from rt.backends.memory import MemoryPresence, MemoryUsage
     from rt.backends.sqlite_store import SqliteStore
-    from rt.fanout import FanoutManager
 
     server, client = fake
 

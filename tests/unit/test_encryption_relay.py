@@ -10,9 +10,9 @@ import json
 import pytest
 from socketio.async_pubsub_manager import AsyncPubSubManager
 
+from rt.backends.encryption_state import MAX_PACKET, TTL, MemoryRelayState, bucket_of, state_key
 from rt.encryption_delivery import socketio_emit
 from rt.encryption_relay import Rejected, packet, view
-from rt.encryption_state import MAX_PACKET, TTL, MemoryRelayState, bucket_of, state_key
 
 
 class Clock:

@@ -8,8 +8,16 @@ import json
 import pytest
 
 from rt.engine.protocol import (
-    MESSAGE, NOOP, PING, PONG, Packet, ProtocolError, decode_packet, decode_payload,
-    encode_payload, wire,
+    MESSAGE,
+    NOOP,
+    PING,
+    PONG,
+    Packet,
+    ProtocolError,
+    decode_packet,
+    decode_payload,
+    encode_payload,
+    wire,
 )
 from rt.sio import MalformedPacket
 from rt.sio import decode_packet as decode_sio
@@ -38,7 +46,7 @@ def test_decode_engine_packet_refuses(raw):
 
 
 def test_decode_payload():
-    assert decode_payload("4a\x1e4b\x1ebAQ==\x1e3".encode()) == [
+    assert decode_payload(b"4a\x1e4b\x1ebAQ==\x1e3") == [
         (MESSAGE, "a"), (MESSAGE, "b"), (MESSAGE, b"\x01"), (PONG, "")]
     assert decode_payload("4h\u00e9".encode()) == [(MESSAGE, "h\u00e9")]
     for bad in (b"", b"4a\x1e", b"\x1e4a", b"\xff", b"4a\x1e\x1e4b"):

@@ -2,7 +2,7 @@
 import pytest
 import socketio
 
-from rt.fanout import FanoutManager
+from rt.backends.fanout import FanoutManager
 
 pytestmark = pytest.mark.asyncio
 

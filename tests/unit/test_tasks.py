@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from rt.tasks import TaskGroup, every
+from rt.core.tasks import TaskGroup, every
 
 pytestmark = pytest.mark.asyncio
 
@@ -47,7 +47,7 @@ async def test_a_failing_step_is_retried_and_cancel_still_stops_the_loop():
 
 
 async def test_a_store_outage_is_logged_in_one_line_and_a_bug_with_its_traceback(caplog):
-    from rt.backends import StoreError
+    from rt.core.errors import StoreError
     failures = [StoreError("no answer within 3 s"), RuntimeError("a bug")]
     done = asyncio.Event()
 

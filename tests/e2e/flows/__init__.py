@@ -7,8 +7,7 @@ below; test_flows.py runs every flow listed here in every mode.
 """
 from __future__ import annotations
 
-from tests.e2e.flows import (accounts, channel, chat, encrypted_dm, note, shared_chat, signout,
-                             tools)
+from tests.e2e.flows import accounts, channel, chat, encrypted_dm, note, shared_chat, signout, tools
 
 FLOWS = [
     accounts.sign_up,  # first: the first account becomes the admin

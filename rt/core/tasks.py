@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
-from .backends import StoreError
+from .errors import StoreError
 
 log = logging.getLogger("rt.app")
 

@@ -27,11 +27,12 @@ import hashlib
 import json
 import time
 import uuid
-from typing import Any, AsyncIterator, Callable, Protocol
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
 
-from .backends import StoreError
-from .backends.redis_conn import AnyRedis, KeySpace
-from .backends.redis_store import Lua, RedisUser
+from ..core.errors import StoreError
+from .redis_conn import AnyRedis, KeySpace
+from .redis_store import Lua, RedisUser
 
 TTL = 90  # seconds a state lives without a save
 LOCK_TIMEOUT = 10.0  # seconds a lease lasts (redis-py Lock `timeout`)
