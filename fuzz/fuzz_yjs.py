@@ -24,7 +24,7 @@ if atheris is not None and __name__ == "__main__":  # instrumented when fuzzing 
         import fuzzlib
 
         import rt.app  # noqa: F401  (the whole appliance, instrumented: World imports it late)
-        import rt.collab_events  # noqa: F401
+        import rt.documents.events  # noqa: F401
 else:
     import fuzzlib
 

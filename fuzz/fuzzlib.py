@@ -41,7 +41,13 @@ import socketio.packet as sio_packet
 
 from rt import config
 from rt.auth import AuthError, TokenVerifier
-from rt.collab import EMPTY_UPDATE, InvalidUpdate, _Reader, decode_state_vector, inspect_update
+from rt.documents.yjs import (
+    EMPTY_UPDATE,
+    InvalidUpdate,
+    _Reader,
+    decode_state_vector,
+    inspect_update,
+)
 from rt.engine.protocol import MESSAGE, SEPARATOR, ProtocolError, decode_packet, decode_payload
 from rt.sio import RESERVED_EVENTS, MalformedPacket
 from rt.sio import decode_packet as decode_sio
@@ -571,7 +577,6 @@ class World:
     async def _start(self) -> None:
         from rt.app import Appliance
         from rt.backends import Note, User
-        from rt.collab import attach
 
         path = os.path.join(self.directory, "rt-appliance.ini")
         with open(path, "w") as fh:
@@ -583,7 +588,7 @@ class World:
         self.app = app = Appliance(settings, announce=lambda _msg: None)
         await app.backend.start()
         app.web = app.web_app()
-        self.collab = attach(app)
+        self.collab = app.documents
         self._watch_dispatch()
         self._lifetime = set(asyncio.all_tasks()) - {asyncio.current_task()}
         store = app.backend.store
@@ -615,7 +620,7 @@ class World:
             for conn in self.conns.values():
                 await self._settle(conn.session)
             await app.tasks.stop()
-            await app.collab.close()
+            await app.documents.close()
         finally:
             await app.backend.stop()
             self.errors.remove()

@@ -11,8 +11,12 @@ import base64
 import binascii
 import collections
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
+from . import __version__
 from .api import BaseHandler
 from .auth import api_key_matches
 from .metrics import CONTENT_TYPE, Metrics
@@ -32,6 +36,55 @@ class RecentErrors(logging.Handler):
             message = str(record.msg)
         self.items.append({"at": record.created, "level": record.levelname,
                            "logger": record.name, "message": message[:500]})
+
+
+@dataclass
+class StatusSources:
+    """Where /admin's figures come from, handed over by the composition root. Every one
+    only reads (an /admin poll never writes)."""
+
+    metrics: Metrics
+    backend: str
+    node_id: str
+    started_at: Callable[[], float | None]
+    users: Callable[[], Awaitable[dict[str, int]]]  # cluster-wide: user → sessions
+    nodes: Callable[[], Awaitable[list[str]]]
+    channels: Callable[[], list[tuple[str, int]]]  # this node: (channel id, members)
+    relay: Callable[[], dict[str, int]]
+    errors: RecentErrors
+
+
+async def status(src: StatusSources) -> dict[str, Any]:
+    """What /admin shows: live figures of this node and of the cluster."""
+    cluster = await src.metrics.refresh()
+    values = src.metrics.values()
+
+    def total(name: str) -> float:
+        value = values.get(name, 0)
+        return sum(value.values()) if isinstance(value, dict) else value
+
+    users = await src.users() if cluster.store_up else {}
+    nodes = await src.nodes() if cluster.store_up else [src.node_id]
+    started = src.started_at()
+    channels = sorted(src.channels(), key=lambda c: -c[1])[:50]
+    return {
+        "time": time.time(),
+        "version": __version__,
+        "backend": src.backend,
+        "node": src.node_id,
+        "uptime": time.time() - (started or time.time()),
+        "connections": values.get("rt_connections", {}),
+        "sessions": total("rt_sessions"),
+        "users": [{"id": uid, "sessions": n} for uid, n in sorted(users.items())][:200],
+        "channels": [{"id": cid, "members": n} for cid, n in channels],
+        "documents": {"count": cluster.documents, "bytes": cluster.documents_bytes,
+                      "open": total("rt_documents_open")},
+        "nodes": [{"id": node, "self": node == src.node_id} for node in nodes],
+        "health": {"store": cluster.store_up},
+        "events": {"in": total("rt_events_in"), "out": total("rt_events_out")},
+        "relay": src.relay(),
+        "errors": list(src.errors.items),
+    }
 
 
 def admin_key_ok(expected: str, authorization: str | None) -> bool:

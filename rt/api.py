@@ -21,8 +21,8 @@ from .backends import Note, Store, User
 from .core.errors import StoreError, delivery_required
 from .directory import ROLES, Directory
 from .emitter import CallTimeout, Emitter
-from .presence import PresenceService
-from .usage import UsageService
+from .presence.service import PresenceService
+from .usage.service import UsageService
 
 log = logging.getLogger("rt.api")
 

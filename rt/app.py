@@ -1,55 +1,67 @@
 """Composition root: builds the appliance from Settings, starts it, stops it.
 
-Nothing here runs at import. `Appliance(settings)` wires the parts; `start()` opens the
-store and listens; `stop()` drains under one deadline. Two appliances can live in one
-process (the tests do that).
+Nothing here runs at import. `Appliance(settings)` builds every service, every socket
+feature and every HTTP route (the only place they are wired); `start()` opens the store
+and listens; `stop()` drains under one deadline. Two appliances can live in one process
+(the tests do that).
 """
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import socket
 import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
-from . import __version__, admin, api, encryption_events, logs, sdnotify
+from . import admin, api, logs, rooms, sdnotify
 from .auth import Identity, TokenVerifier
 from .backends.factory import Backend, build_backend
-from .channels import ChannelService
-from .collab import attach as attach_collab
+from .channels.events import ChannelEvents
+from .channels.service import ChannelService
+from .chats.events import ChatEvents
 from .config import reload_diff
 from .core.errors import StoreError
 from .core.tasks import TaskGroup, every
-from .direct_stream import DirectStream
+from .direct.service import DirectStream
 from .directory import Directory
+from .documents.events import DocumentEvents
+from .documents.http import routes as document_routes
+from .documents.service import CollabService
 from .emitter import Emitter
-from .encryption_delivery import SidDelivery
-from .encryption_relay import SWEEP_INTERVAL, EncryptionRelay
+from .encryption.delivery import SidDelivery
+from .encryption.events import EncryptionEvents
+from .encryption.service import SWEEP_INTERVAL, EncryptionRelay
 from .engine.handler import route as engine_route
 from .engine.server import EngineOptions
 from .gateway import Gateway
-from .identities import DirectoryIdentities
+from .identities import DirectoryIdentities, IdentitySource
 from .keyfiles import ensure_secret
-from .ledger import DirectoryLedger
+from .ledger import DirectoryLedger, Ledger
 from .limits import Limits
-from .metrics import Metrics
+from .metrics import ClusterFigures, Figure, Figures, Metrics
 from .openwebui.link import OpenWebuiLink
-from .presence import PresenceService
-from .ratelimit import Buckets
-from .relay import attach as attach_relay
-from .rights import DirectoryRights
+from .presence.events import PresenceEvents
+from .presence.service import PresenceService
+from .relay.http import RelayContext
+from .relay.http import routes as relay_routes
+from .relay.service import RelayService
+from .rights import DirectoryRights, Rights
 from .sio import SocketServer
 from .typing_gate import TypingGate
-from .usage import UsageService
+from .usage.events import UsageEvents
+from .usage.service import UsageService
 
 log = logging.getLogger("rt.app")
 
 
-def engine_options(settings) -> EngineOptions:
+def engine_options(settings: Any) -> EngineOptions:
     s = settings.server
     origins = tuple(s.cors_allow_origin)
     return EngineOptions(
@@ -63,7 +75,7 @@ def engine_options(settings) -> EngineOptions:
     )
 
 
-def resolve_secrets(settings, announce=None):
+def resolve_secrets(settings: Any, announce: Callable[[str], None] | None = None) -> Any:
     """Fill empty secret_key / api_key from files in the data dir, generated once."""
     for name, file in (("secret_key", "secret_key"), ("api_key", "api_key")):
         if getattr(settings.auth, name):
@@ -75,21 +87,49 @@ def resolve_secrets(settings, announce=None):
     return settings
 
 
-class NoDelayHTTPServer(tornado.httpserver.HTTPServer):
+class ProxyAwareHTTPServer(tornado.httpserver.HTTPServer):
     """Every accepted connection gets TCP_NODELAY: without it small frames wait ~40 ms
-    for the peer's delayed ACK (Nagle)."""
+    for the peer's delayed ACK (Nagle). X-Forwarded-For / X-Real-IP are believed only
+    from the proxies of `[server] forwarded_allow_ips` (nginx on the same box by default),
+    so that behind nginx every browser counts under its own address while a client that
+    connects directly cannot claim one."""
 
-    def handle_stream(self, stream, address):
+    # (Tornado builds its servers through `initialize`; the owner sets this afterwards)
+    trusted: Callable[[], tuple[str, ...]] = staticmethod(lambda: ())
+
+    def handle_stream(self, stream: Any, address: Any) -> None:
         stream.set_nodelay(True)
-        return super().handle_stream(stream, address)
+        super().handle_stream(stream, address)
+
+    def start_request(self, server_conn: Any, request_conn: Any) -> Any:
+        # Tornado reads the headers of a request when `xheaders` is set as the request
+        # starts; it is set here per request, from the address of the peer (one thread)
+        self.xheaders = proxy_trusted(self.trusted(), getattr(request_conn.context,
+                                                              "remote_ip", ""))
+        return super().start_request(server_conn, request_conn)
+
+
+def proxy_trusted(allowed: tuple[str, ...], peer: str) -> bool:
+    if "*" in allowed:
+        return True
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:  # a unix socket: only a local proxy can be on the other end
+        return bool(allowed)
+    return any(address in ipaddress.ip_network(net, strict=False) for net in allowed)
 
 
 class Appliance:
-    def __init__(self, settings, backend: Backend | None = None, announce=None):
+    def __init__(self, settings: Any, backend: Backend | None = None,
+                 announce: Callable[[str], None] | None = None):
         self.announce = announce or (lambda msg: log.info("%s", msg))
         self.settings = resolve_secrets(settings, self.announce)
         s = self.settings
         self.backend = backend or build_backend(s)
+        if not self.backend.node_id:
+            self.backend.node_id = f"{socket.gethostname()}-{os.getpid()}"
+        self.node_id = self.backend.node_id
+        self.tasks = TaskGroup()
         self.verifier = TokenVerifier(
             s.auth.secret_key, tuple(s.auth.algorithms),
             _read_key(s.auth.public_key_file), s.auth.leeway)
@@ -99,18 +139,21 @@ class Appliance:
         protocol_log.setLevel(logging.INFO if s.server.protocol_logging else logging.WARNING)
         self.sio = SocketServer(engine_options(s), client_manager=self.backend.client_manager,
                                 logger=protocol_log, engineio_logger=protocol_log)
+        self.limits = Limits(s.limits)
         self.emitter = Emitter(self.sio, self.backend.presence)
         self.presence = PresenceService(self.backend.presence, self.backend.store)
         self.usage = UsageService(self.backend.usage, self.emitter, s.limits.usage_ttl,
                                   s.server.broadcast_usage)
-        self.typing = TypingGate(Buckets(s.limits.typing_per_second, s.limits.typing_burst))
-        self.channels = ChannelService(self.emitter, self.typing)
+        self.typing = TypingGate(self.limits, self.tasks)
         self.directory = Directory(self.backend.store, self.emitter)
-        self.limits = Limits(s.limits)
+
         # who users are and what they may do: open-webui's API when [openwebui] url is
         # set, else the appliance's own directory (chosen here, nowhere else)
         self.openwebui = (OpenWebuiLink(s, self.verifier, self.backend.redis)
                           if s.openwebui.url else None)
+        source: IdentitySource
+        rights: Rights
+        ledger: Ledger
         if self.openwebui is not None:
             source, rights, ledger = (self.openwebui.identities, self.openwebui.rights,
                                       self.openwebui.ledger)
@@ -121,24 +164,20 @@ class Appliance:
             ledger = DirectoryLedger(self.backend.store,
                                      lambda: self.settings.limits.chat_reads_per_user)
         self.rights = rights
+
+        # ---------------------------------------------------------------- socket features
         self.gateway = Gateway(self.sio, self.verifier, source, rights, ledger, self.presence,
-                               self.usage, self.channels, self.limits, self.typing,
+                               self.usage, self.limits, self.typing, self.tasks,
                                (s.openwebui.unbound_per_ip, s.openwebui.unbound_max))
-        self.gateway.register()
-        self.gateway.direct_stream = DirectStream.for_backend(self.backend, s.state.key_prefix)
-        self.tasks = TaskGroup()
-        self.metrics = Metrics(self)
-        self.recent_errors = admin.RecentErrors()
-        # extra live gauges other services contribute: (name, help, callable → number)
-        self.gauges: list[tuple[str, str, object]] = []
+        self.channels = ChannelEvents(self.gateway, ChannelService(self.emitter, self.typing))
+        self.documents = CollabService(
+            self.emitter, self.backend.store, lambda: self.settings.documents,
+            limits=self.limits, registry=self.backend.editors,
+            note_access=self._note_access,
+            on_content=(self.openwebui.content_hook(self.gateway.token_for)
+                        if self.openwebui is not None else None))
+        self.directory.note_hooks.append(self.documents.note_changed)
         bridge = self.backend.bridge  # python-socketio's pub/sub with open-webui (Redis)
-        if self.openwebui is not None:
-            self.gauges += self.openwebui.gauges()
-            if bridge is not None:
-                bridge.filters.append(self.openwebui.echoes.strip_echo)
-                bridge.observers.append(self.openwebui.observer(
-                    self.gateway.identities, lambda user_id: self.tasks.spawn(
-                        "channel refresh", self.gateway.refresh_channels(user_id))))
         # encrypted channels (open-webui 0.12 DMs and private groups): who may take part
         # is open-webui's to say; the directory knows no such channels
         self.encryption = EncryptionRelay(
@@ -149,45 +188,117 @@ class Appliance:
                                  publish=bridge.publish if bridge is not None else None,
                                  host_id=bridge.host_id if bridge is not None else ""),
             protocol_logging=lambda: self.settings.server.protocol_logging)
-        encryption_events.register(self.gateway, self.encryption)
-        self.gauges.append(("rt_encryption_participants",
-                            "Participants of encrypted channels on this node",
-                            self.encryption.local_count))
-        self.reload_hooks: list = []  # services that keep a copy of a reloadable setting
-        if not self.backend.node_id:
-            self.backend.node_id = f"{socket.gethostname()}-{os.getpid()}"
-        self.node_id = self.backend.node_id
-        self.web: tornado.web.Application | None = None
-        self.relay = None  # the chat streaming relay, attached at start
-        self.collab = None  # the collaborative documents (ydoc:*), attached at start
-        self.http: tornado.httpserver.HTTPServer | None = None
-        self.metrics_http: tornado.httpserver.HTTPServer | None = None
-        self.port: int | None = None
-        self.started_at: float | None = None
+        self.direct_stream = DirectStream.for_backend(self.backend, s.state.key_prefix)
+        for feature in (PresenceEvents(self.gateway), self.channels, ChatEvents(self.gateway),
+                        UsageEvents(self.gateway), DocumentEvents(self.gateway, self.documents),
+                        EncryptionEvents(self.encryption)):
+            self.gateway.add(feature)
+        self.gateway.catch_alls.append(self.direct_stream.handle)
+        if self.openwebui is not None and bridge is not None:
+            bridge.filters.append(self.openwebui.echoes.strip_echo)
+            bridge.observers.append(self.openwebui.observer(
+                self.gateway.identities, lambda user_id: self.tasks.spawn(
+                    "channel refresh", self.channels.refresh_channels(user_id))))
 
-    # ------------------------------------------------------------------ wiring
-    def web_app(self) -> tornado.web.Application:
-        ctx = api.ApiContext(
+        # ---------------------------------------------------------------- HTTP features
+        self.relay = RelayService(self.emitter, self.backend.store, lambda: self.settings.upstream)
+        self.recent_errors = admin.RecentErrors()
+        self.started_at: float | None = None
+        self.metrics = Metrics(self._figure_sources(), self._cluster_figures,
+                               backend=self.backend.name, started_at=lambda: self.started_at)
+        self.api_ctx = api.ApiContext(
             store=self.backend.store, emitter=self.emitter, directory=self.directory,
             presence=self.presence, usage=self.usage,
             api_key=lambda: self.settings.auth.api_key,
             call_timeout_max=lambda: self.settings.limits.call_timeout_max,
             ready=self.backend.ready,
             has_session=self._has_session,
-            observe=lambda handler, code: self.metrics.api_requests.labels(handler, code).inc(),
+            observe=self.metrics.observe_request,
             check_api=self.limits.check_api,
         )
-        self.api_ctx = ctx
-        handlers = [engine_route(self.settings.server.socketio_path, self.sio.engine)]
+        self.web = self.web_app()
+        self.http: tornado.httpserver.HTTPServer | None = None
+        self.metrics_http: tornado.httpserver.HTTPServer | None = None
+        self.port: int | None = None
+
+    # ------------------------------------------------------------------ wiring
+    def web_app(self) -> tornado.web.Application:
+        """Every HTTP route of the appliance, in one list."""
+        s = self.settings
+        ctx = self.api_ctx
+        handlers: list[Any] = [engine_route(s.server.socketio_path, self.sio.engine)]
         handlers += api.routes(ctx)
+        handlers += document_routes(ctx, self.documents)
+        handlers += relay_routes(self._relay_context())
         handlers += admin.routes(self.metrics, lambda: self.settings.auth.api_key, self.status,
-                                 with_metrics=not self.settings.server.metrics_listen)
+                                 with_metrics=not s.server.metrics_listen)
         return tornado.web.Application(
             handlers, default_handler_class=api.NotFoundHandler,
             default_handler_args={"ctx": ctx}, compress_response=False,
             log_function=logs.log_request,
-            websocket_max_message_size=self.settings.server.max_message_bytes,
+            websocket_max_message_size=s.server.max_message_bytes,
         )
+
+    def _relay_context(self) -> RelayContext:
+        manager = self.sio.manager
+        cancel_elsewhere = None
+        if manager.multi_node:  # a cancel may reach another node than the one streaming
+            relay = self.relay
+
+            async def publish_cancel(message_id: str, owner: str | None) -> None:
+                await manager.publish_control("relay:cancel",
+                                              {"message_id": message_id, "user_id": owner})
+
+            async def on_cancel(payload: dict[str, Any]) -> None:
+                if isinstance(payload.get("message_id"), str):
+                    await relay.cancel(payload["message_id"], payload.get("user_id"),
+                                       reason="cancelled by request")
+
+            manager.on_control("relay:cancel", on_cancel)
+            cancel_elsewhere = publish_cancel
+        return RelayContext(
+            service=self.relay, store=self.backend.store, identify=self.gateway.identify,
+            api_key=lambda: self.settings.auth.api_key, observe=self.metrics.observe_request,
+            check_api=self.limits.check_api, cancel_elsewhere=cancel_elsewhere)
+
+    def _figure_sources(self) -> list[Any]:
+        """Every part that reports figures in /metrics and /admin (metrics.py)."""
+        sources: list[Any] = [self.limits, self.sio, self.gateway, self.emitter,
+                              self.documents, self.relay, self.encryption]
+        bridge = self.backend.bridge
+        if bridge is not None:
+            def pubsub() -> Iterator[Figure]:
+                yield Figure("rt_openwebui_pubsub_messages", "Messages of open-webui's pub/sub "
+                             "(python-socketio protocol), by what became of them",
+                             dict(bridge.stats), label="result", counter=True)
+                yield Figure("rt_openwebui_pubsub_channels",
+                             "open-webui pub/sub channels subscribed", bridge.subscriptions)
+            sources.append(Figures(pubsub))
+        if self.openwebui is not None:
+            sources.append(self.openwebui)
+        return sources
+
+    async def _cluster_figures(self) -> ClusterFigures:
+        """The figures that need the store; reads only (backend.ready is read-only)."""
+        await self.backend.ready()
+        users = await self.backend.presence.users()
+        documents, documents_bytes = await self.backend.store.document_stats()
+        return ClusterFigures(store_up=True, users_online=len(users), documents=documents,
+                              documents_bytes=documents_bytes)
+
+    async def status(self) -> dict[str, Any]:
+        """What /admin shows (admin.status, from explicit sources)."""
+        return await admin.status(admin.StatusSources(
+            metrics=self.metrics, backend=self.backend.name, node_id=self.node_id,
+            started_at=lambda: self.started_at, users=self.backend.presence.users,
+            nodes=self.backend.nodes, channels=self._channel_sizes,
+            relay=self.relay.metrics, errors=self.recent_errors))
+
+    def _channel_sizes(self) -> list[tuple[str, int]]:
+        members = self.sio.manager.rooms.get("/", {})
+        return [(parsed[1], len(sids)) for name, sids in members.items()
+                if isinstance(name, str) and (parsed := rooms.parse(name)) is not None
+                and parsed[0] == "channel"]
 
     async def _has_session(self, sid: str) -> bool:
         return await self.backend.presence.user_of(sid) is not None
@@ -204,44 +315,14 @@ class Appliance:
             await self.gateway.run_disconnect_hooks(sid, identity)
             log.info("session %s of user %s ended with its node", sid, user_id)
 
-    def extra_gauges(self):
-        return [(name, help_, fn()) for name, help_, fn in self.gauges]
+    async def _note_access(self, identity: Identity, note_id: str) -> str | None:
+        return await self.rights.note_access(identity, self.gateway.token_for(identity.id),
+                                             note_id)
 
-    async def status(self) -> dict:
-        """What /admin shows: live figures of this node and of the cluster."""
-        await self.metrics.refresh()
-        snap = self.metrics.snapshot
-        users = await self.backend.presence.users() if snap.get("store_up") else {}
-        rooms = self.sio.manager.rooms.get("/", {})
-        channels = sorted(
-            ({"id": name[len("channel:"):], "members": len(members)}
-             for name, members in rooms.items()
-             if isinstance(name, str) and name.startswith("channel:")),
-            key=lambda c: -c["members"])[:50]
-        return {
-            "time": time.time(),
-            "version": __version__,
-            "backend": self.backend.name,
-            "node": self.node_id,
-            "uptime": time.time() - (self.started_at or time.time()),
-            "connections": dict(self.sio.engine.counts),
-            "sessions": len(self.gateway.identities),
-            "users": [{"id": uid, "sessions": n} for uid, n in sorted(users.items())][:200],
-            "channels": channels,
-            "documents": {"count": snap.get("documents", 0), "bytes": snap.get("documents_bytes", 0),
-                          "open": self.open_documents()},
-            "nodes": [{"id": node, "self": node == self.node_id}
-                      for node in (await self.backend.nodes() if snap.get("store_up")
-                                   else [self.node_id])],
-            "health": {"store": bool(snap.get("store_up"))},
-            "events": {"in": sum(self.gateway.events_in.values()),
-                       "out": sum(self.emitter.counts.values())},
-            "relay": self.relay.metrics() if self.relay is not None else {},
-            "errors": list(self.recent_errors.items),
-        }
-
-    def open_documents(self) -> int:
-        return self.collab.open_count() if self.collab is not None else 0
+    async def _may_encrypt(self, sid: str, identity: Identity, channel_id: str) -> bool:
+        assert self.openwebui is not None
+        return await self.openwebui.rights.may_encrypt(identity, self.gateway.tokens.get(sid),
+                                                        channel_id)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -249,18 +330,13 @@ class Appliance:
         if self.verifier.short_secret:
             log.warning("secret_key is shorter than 64 bytes; use a long random secret")
         await self.backend.start()
-        self.web = self.web_app()
-        self.relay = attach_relay(self)
-        self.collab = attach_collab(
-            self, note_access=self._note_access,
-            on_content=self.openwebui.content_hook(self.gateway.token_for)
-            if self.openwebui is not None else None)
-        self.http = NoDelayHTTPServer(
-            self.web, xheaders=s.server.trust_proxy_headers,
+        self.http = ProxyAwareHTTPServer(
+            self.web,
             # the API's own limit (reloadable) is checked per request; this one bounds reads
             max_body_size=max(s.server.max_message_bytes, s.limits.api_max_body_bytes) + 65536,
             idle_connection_timeout=max(60.0, s.server.ping_interval + s.server.ping_timeout),
         )
+        self.http.trusted = self._trusted_proxies
         sockets = tornado.netutil.bind_sockets(s.server.port, s.server.host,
                                                family=socket.AF_UNSPEC)
         self.http.add_sockets(sockets)
@@ -295,21 +371,16 @@ class Appliance:
         self.started_at = time.time()
         self.announce(
             f"rt-appliance listening on http://{s.server.host}:{self.port}"
-            f"{s.server.socketio_path} (state: {self.backend.name}, data: {s.state.data_dir})")
+            f"{s.server.socketio_path} ({getattr(self.backend, 'description', self.backend.name)})")
         sdnotify.ready(f"listening on {s.server.host}:{self.port}")
         watchdog = sdnotify.watchdog_interval()
         if watchdog:
             # pinged from the event loop: a hung loop stops the pings and systemd restarts us
             self.tasks.start("watchdog", every("watchdog", watchdog / 2, self._watchdog))
 
-    async def _note_access(self, identity: Identity, note_id: str) -> str | None:
-        return await self.rights.note_access(identity, self.gateway.token_for(identity.id),
-                                             note_id)
-
-    async def _may_encrypt(self, sid: str, identity: Identity, channel_id: str) -> bool:
-        assert self.openwebui is not None
-        return await self.openwebui.rights.may_encrypt(identity, self.gateway.tokens.get(sid),
-                                                        channel_id)
+    def _trusted_proxies(self) -> tuple[str, ...]:
+        server = self.settings.server
+        return ("*",) if server.trust_proxy_headers else tuple(server.forwarded_allow_ips)
 
     async def _reverify(self) -> None:
         await self.gateway.reverify()
@@ -327,6 +398,7 @@ class Appliance:
             log.warning("graceful stop took longer than %.1f s; closing now", deadline)
         finally:
             await self.tasks.stop()
+            await self.documents.close()  # content still debounced if the drain timed out
             await self.usage.close()  # a coalesced usage broadcast still pending
             await self.backend.stop()
             if self.metrics_http is not None:
@@ -339,28 +411,25 @@ class Appliance:
         if self.http is not None:
             self.http.stop()
         # 2. end running chat streams: each is stored, and its tabs and caller see the end
-        if self.relay is not None:
-            await self.relay.stop()
+        await self.relay.stop()
         # 3. tell clients, paced (drain_rate per second) so that they reconnect to other
         #    nodes spread over time rather than all in the same instant
         await self.drain_sessions(self.settings.server.drain_rate)
         await self.sio.engine.shutdown()
         await asyncio.sleep(0)  # let the close frames go out
         # 4. flush what is pending: coalesced last-active times (a store that cannot take
-        #    them now is logged, never a reason to hang or fail the stop)
+        #    them now is logged, never a reason to hang or fail the stop), the debounced
+        #    content of documents, note contents owed to open-webui
         try:
             await self.presence.flush()
         except StoreError as exc:
             log.error("last-active times not saved at stop: %s", exc)
-        if self.collab is not None:
-            await self.collab.close()  # the debounced rendered content of documents
+        await self.documents.close()
         if self.openwebui is not None:
-            # note contents still owed to open-webui, within what is left of the deadline
             await self.openwebui.close(deadline=2.0)
         # 5. close idle keep-alive HTTP connections (the store closes in stop())
         if self.http is not None:
             await self.http.close_all_connections()
-
 
     async def drain_sessions(self, rate: float) -> None:
         sids = list(self.gateway.identities)
@@ -375,7 +444,7 @@ class Appliance:
                 await asyncio.sleep(batch / rate)
 
     # ------------------------------------------------------------------ reload
-    def reload(self, new) -> tuple[list[str], list[str]]:
+    def reload(self, new: Any) -> tuple[list[str], list[str]]:
         """Apply a re-read configuration (SIGHUP). Options that can change live take effect
         now (new connections get the new ping settings); the others keep their running
         value and are named so the operator knows a restart is needed."""
@@ -390,12 +459,8 @@ class Appliance:
         s = merged
         logs.set_level(s.log.level)
         self.sio.engine.options = engine_options(s)
-        self.typing.buckets.rate = s.limits.typing_per_second
-        self.typing.buckets.burst = s.limits.typing_burst
         self.usage.ttl = s.limits.usage_ttl
         self.limits.configure(s.limits)
-        for hook in self.reload_hooks:
-            hook(s)
         if applied:
             log.info("reloaded: %s", ", ".join(applied))
         if need_restart:

@@ -6,9 +6,14 @@ and whether it may change on reload. The loader, `print-config`, the shipped INI
 SIGHUP diff are all derived from that declaration, so they cannot drift apart.
 
 Importing this module reads no environment and touches no file.
+
+Longer than the other modules because the schema is: every option of every section with
+its default, type, help text and environment names, in one place an operator can read
+top to bottom (the shipped INI file is rendered from it).
 """
 
 import dataclasses
+import ipaddress
 import math
 import os
 import re
@@ -155,6 +160,19 @@ def _listen(text: str) -> str:
     return text
 
 
+def _addresses(text: str) -> tuple[str, ...]:
+    """IP addresses and networks (CIDR), or * for any."""
+    items = tuple(_split(text))
+    if "*" in items:
+        return ("*",)
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or network") from None
+    return items
+
+
 def _socketio_path(text: str) -> str:
     text = text.strip()
     if not text.startswith("/"):
@@ -222,6 +240,8 @@ BOOL = Type("boolean", _bool, lambda b: "true" if b else "false")
 POSITIVE = number(above=0)
 NON_NEGATIVE = number(at_least=0)
 ORIGINS = Type("list of origins separated by ';', ',' or spaces; * = any", _origins, _join)
+ADDRESSES = Type("list of IP addresses or networks (CIDR) separated by ',' or spaces; * = any",
+                 _addresses, _join)
 REDIS_URL = Type("redis://, rediss:// or unix:// URL", _redis_url, _redact_userinfo)
 HTTP_URL = Type("empty or http(s) URL", _http_url, _redact_userinfo)
 
@@ -285,9 +305,16 @@ class ServerSettings:
     max_message_bytes: int = opt(
         "1000000", integer(1024), "Largest inbound message a client may send, in bytes.",
         reload=True)
+    forwarded_allow_ips: tuple[str, ...] = opt(
+        "127.0.0.1, ::1", ADDRESSES, "Proxies whose X-Forwarded-For / X-Real-IP are believed: "
+        "requests from these addresses count under the client address the proxy names (the "
+        "per-address limits, logs). The default fits nginx on the same box; a client "
+        "connecting from elsewhere cannot claim an address. * = any (only when no client "
+        "can reach the appliance except through the proxy).", "FORWARDED_ALLOW_IPS")
     trust_proxy_headers: bool = opt(
-        "false", BOOL, "Take the client address from X-Forwarded-For / X-Real-IP. Turn on only "
-        "behind a reverse proxy that sets them, or clients can claim any address.")
+        "false", BOOL, "Believe X-Forwarded-For / X-Real-IP from any address (same as "
+        "forwarded_allow_ips = *). Turn on only behind a reverse proxy that sets them, or "
+        "clients can claim any address.")
     protocol_logging: bool = opt(
         "false", BOOL, "Log every Engine.IO / Socket.IO packet (very verbose, for debugging).",
         "WEBSOCKET_SERVER_LOGGING")
@@ -392,8 +419,8 @@ class LimitsSettings:
         "10000", integer(1), "Sessions this node accepts in all; more are refused "
         "(rate_limited).", reload=True)
     max_connections_per_ip: int = opt(
-        "200", integer(1), "Sessions from one client address (behind a proxy: set "
-        "trust_proxy_headers so the real address counts).", reload=True)
+        "200", integer(1), "Sessions from one client address (behind a proxy, the address "
+        "it names: see [server] forwarded_allow_ips).", reload=True)
     connects_per_second_per_ip: float = opt(
         "20", POSITIVE, "Sustained rate of new connections from one address; checked before "
         "the token is verified, so a flood costs no signature checks.", reload=True)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from . import rooms
 from .backends import PresenceRegistry
+from .metrics import Figure
 
 
 class CallTimeout(Exception):
@@ -21,6 +22,10 @@ class CallTimeout(Exception):
 
 
 class Emitter:
+    def figures(self) -> Iterator[Figure]:
+        yield Figure("rt_events_out", "Events emitted (once per emit, not per recipient)",
+                     dict(self.counts), label="event", counter=True)
+
     def __init__(self, sio, presence: PresenceRegistry):
         self.sio = sio
         self.presence = presence

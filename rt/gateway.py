@@ -1,4 +1,7 @@
-"""The Socket.IO event table: parse the payload, check the identity's rights, call a service.
+"""The socket edge: connections (bound to a user, or unbound until `user-join`) and the one
+error boundary every client event goes through. Features bring their own handlers
+(`SocketFeature`: an object whose `handlers()` maps event names to methods, and which may
+be told of every ended session with `disconnected`); the composition root adds them.
 
 `dispatch` is the one error boundary for client events. A malformed payload or a forbidden
 action is answered with an error (in the ack when the client asked for one, else as an
@@ -10,42 +13,48 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Any, Protocol
 
 from socketio.exceptions import ConnectionRefusedError as Refused
 
 from . import payloads as p
 from . import rooms
 from .auth import AuthError, Identity, TokenVerifier
-from .channels import ChannelService
-from .core.errors import StoreError, UsageFull
-from .direct_stream import DirectStream
+from .core.errors import StoreError
+from .core.tasks import TaskGroup
 from .identities import IdentitySource
 from .ledger import Ledger
 from .limits import Limits
-from .presence import PresenceService
+from .metrics import Figure
+from .presence.service import PresenceService
 from .rights import Rights
 from .sio import SocketServer, ack_requested
 from .typing_gate import TypingGate
-from .usage import UsageService
+from .usage.service import UsageService
 
 log = logging.getLogger("rt.conn")
 
+# (sid, identity of the connection, the event's first argument) → the ack's value
 Handler = Callable[[str, Identity, Any], Awaitable[Any]]
+# (sid, identity, event name, arguments) → whether it handled an event no feature names
+CatchAll = Callable[[str, Identity, str, tuple[Any, ...]], Awaitable[bool]]
+DisconnectHook = Callable[[str, Identity], Awaitable[None]]
 
 MAX_USER_TOKENS = 10000
 
-# open-webui's chat ids that are not saved chats (temporary, channel threads): no room
-UNSAVED_CHAT_PREFIXES = ("temporary:", "local:", "channel:")
-CHAT_EVENT_TYPES = ("join", "leave", "typing", "last_read_at")
+
+class SocketFeature(Protocol):
+    """What a feature's socket edge (`<feature>/events.py`) gives the gateway."""
+
+    def handlers(self) -> Mapping[str, Handler]: ...
 
 
 class Gateway:
     def __init__(self, sio: SocketServer, verifier: TokenVerifier, source: IdentitySource,
                  rights: Rights, ledger: Ledger, presence: PresenceService,
-                 usage: UsageService, channels: ChannelService, limits: Limits,
-                 typing: TypingGate, unbound_limits: tuple[int, int] = (20, 2000)):
+                 usage: UsageService, limits: Limits, typing: TypingGate, tasks: TaskGroup,
+                 unbound_limits: tuple[int, int] = (20, 2000)):
         self.sio = sio
         self.verifier = verifier
         self.source = source
@@ -53,9 +62,9 @@ class Gateway:
         self.ledger = ledger
         self.presence = presence
         self.usage = usage
-        self.channels = channels
         self.limits = limits
         self.typing = typing
+        self.tasks = tasks  # the `error` events of refused events without an ack
         self.identities: dict[str, Identity] = {}
         # the token each session proved itself with: open-webui's API is asked with it
         # (never logged, gone with the session)
@@ -65,27 +74,39 @@ class Gateway:
         self.user_tokens: OrderedDict[str, str] = OrderedDict()
         # sockets accepted without a user yet (open-webui's sign-in page): sid → address
         self.unbound: dict[str, str] = {}
-        # events named `{user_id}:{session_id}:{request_id}` (direct connections), if any
-        self.direct_stream: DirectStream | None = None
+        # events no feature names (direct connections' `{user}:{session}:{request}`)
+        self.catch_alls: list[CatchAll] = []
         self.unbound_per_ip, self.unbound_max = unbound_limits
         self.events_in: dict[str, int] = {}
         self.errors: dict[str, int] = {}
-        self.disconnect_hooks: list[Callable[[str, Identity], Awaitable[None]]] = []
-
-    def register(self) -> None:
+        self.disconnect_hooks: list[DisconnectHook] = []
+        self.handlers: dict[str, Handler] = {}
         self.sio.on("connect", self.on_connect)
         self.sio.on("disconnect", self.on_disconnect)
-        self.event("user-join", self.user_join)
-        self.event("join-channels", self.join_channels)
-        self.event("join-note", self.join_note)
-        self.event("heartbeat", self.heartbeat)
-        self.event("usage", self.usage_event)
-        self.event("events:channel", self.channel_event)
-        self.event("events:chat", self.chat_event)
         self.sio.on("*", self.unknown_event)
+
+    def figures(self) -> Iterator[Figure]:
+        yield Figure("rt_sessions", "Authenticated Socket.IO sessions on this node",
+                     len(self.identities))
+        yield Figure("rt_events_in", "Client events received, by event name", self.events_in,
+                     label="event", counter=True)
+        yield Figure("rt_errors", "Refused or failed client events and connects, by code",
+                     self.errors, label="code", counter=True)
+
+    def add(self, feature: SocketFeature) -> None:
+        """A feature's events, and its `disconnected(sid, identity)` if it has one."""
+        for name, handler in feature.handlers().items():
+            self.event(name, handler)
+        hook = getattr(feature, "disconnected", None)
+        if hook is not None:
+            self.disconnect_hooks.append(hook)
 
     # ------------------------------------------------------------------ boundary
     def event(self, name: str, handler: Handler) -> None:
+        if name in self.handlers:
+            raise ValueError(f"event {name!r} has a handler already")
+        self.handlers[name] = handler
+
         async def dispatch(sid: str, *args: Any) -> Any:
             self.events_in[name] = self.events_in.get(name, 0) + 1
             identity = self.identities.get(sid)
@@ -114,23 +135,28 @@ class Gateway:
 
         self.sio.on(name, dispatch)
 
-    def _fail(self, sid: str, name: str, exc: p.EventError) -> dict | None:
-        self.errors[exc.code] = self.errors.get(exc.code, 0) + 1
+    def _fail(self, sid: str, name: str, exc: p.EventError) -> dict[str, Any] | None:
         if ack_requested.get():
+            self.errors[exc.code] = self.errors.get(exc.code, 0) + 1
             return exc.payload()
         # no ack to answer in: tell the sender with an `error` event
-        asyncio.ensure_future(self.sio.emit(
-            "error", {"message": str(exc), "error": exc.code, "event": name}, to=sid))
+        self.tasks.spawn("error event", self.report(sid, name, exc))
         return None
+
+    async def report(self, sid: str, name: str, exc: p.EventError) -> None:
+        """Count a refusal and tell the sender with an `error` event."""
+        self.errors[exc.code] = self.errors.get(exc.code, 0) + 1
+        await self.sio.emit("error", {"message": str(exc), "error": exc.code, "event": name},
+                            to=sid)
 
     async def unknown_event(self, event: str, sid: str, *args: Any) -> dict | None:
         try:
             self.limits.check_event(sid)  # unknown events cost the sender like known ones
             identity = self.identities.get(sid)
-            # a direct connection's completion stream, named by its owner
-            if (identity is not None and self.direct_stream is not None
-                    and await self.direct_stream.handle(sid, identity, event, args)):
-                return None
+            if identity is not None:
+                for catch_all in self.catch_alls:
+                    if await catch_all(sid, identity, event, args):
+                        return None
         except p.EventError as exc:
             return self._fail(sid, event, exc)
         return self._fail(sid, event, p.BadRequest(f"unknown event {event[:64]!r}"))
@@ -224,8 +250,9 @@ class Gateway:
         if sid not in self.unbound or not self._alive(sid):
             raise p.EventError("the connection is gone", "gone")
         del self.unbound[sid]
-        await self._bind(sid, identity, token)  # type: ignore[arg-type]
-        return await self.user_join(sid, identity, data)
+        assert isinstance(token, str)  # identify() accepted it
+        await self._bind(sid, identity, token)
+        return await self.handlers["user-join"](sid, identity, data)
 
     def _alive(self, sid: str) -> bool:
         eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
@@ -243,12 +270,10 @@ class Gateway:
         self.typing.forget(sid)
         if identity is None:
             return
-        chats = [r[len("chat:"):] for r in self.sio.rooms(sid) if r.startswith("chat:")]
         await self.presence.disconnected(sid)
         await self.usage.drop(sid)
         await self.ledger.gone(sid)
-        for chat_id in chats:
-            await self._publish_chat_presence(chat_id, leaving=sid)
+        # features still see the session's rooms: python-socketio empties them afterwards
         await self.run_disconnect_hooks(sid, identity)
 
     async def reverify(self) -> int:
@@ -298,51 +323,7 @@ class Gateway:
         if sid in self.tokens:
             self._remember_token(sid, identity.id, token)
 
-    # ------------------------------------------------------------------ events
-    async def user_join(self, sid: str, identity: Identity, data: Any) -> dict:
-        data = p.obj(data)
-        self.check_token(sid, identity, data)
-        channel_ids = await self.rights.channels_of(identity, self.tokens.get(sid), fresh=True)
-        await self._enter_rooms(sid, [rooms.user(identity.id)]
-                                + [rooms.channel(c) for c in channel_ids])
-        return identity.public()
-
-    async def join_channels(self, sid: str, identity: Identity, data: Any) -> dict:
-        data = p.obj(data)
-        self.check_token(sid, identity, data)
-        wanted = await self.rights.channels_of(identity, self.tokens.get(sid), fresh=True)
-        current = {r for r in self.sio.rooms(sid) if r.startswith("channel:")}
-        for room in current - {rooms.channel(c) for c in wanted}:
-            await self.sio.leave_room(sid, room)
-        await self._enter_rooms(sid, [rooms.channel(c) for c in wanted])
-        return {"channels": sorted(wanted)}
-
-    async def join_note(self, sid: str, identity: Identity, data: Any) -> dict:
-        data = p.obj(data)
-        note_id = p.ident(data, "note_id")
-        self.check_token(sid, identity, data)
-        if await self.rights.note_access(identity, self.tokens.get(sid), note_id) is None:
-            raise p.Forbidden("no read access to this note")
-        await self._enter_rooms(sid, [rooms.note(note_id)])
-        return {"ok": True}
-
-    async def refresh_channels(self, user_id: str) -> None:
-        """open-webui created a channel with this user in it (or added them): enter their
-        sessions here into the channels they are now in. open-webui's own
-        `enter_room_for_users` reaches only its own sockets, and the browser does not send
-        `join-channels` for it."""
-        members = self.sio.manager.rooms.get("/", {}).get(rooms.user(user_id), {})
-        for sid in list(members):
-            identity = self.identities.get(sid)
-            if identity is None:
-                continue
-            try:
-                wanted = await self.rights.channels_of(identity, self.tokens.get(sid), fresh=True)
-                await self._enter_rooms(sid, [rooms.channel(c) for c in wanted])
-            except p.EventError as exc:
-                log.info("channels of %s not refreshed for %s: %s", user_id, sid, exc)
-
-    async def _enter_rooms(self, sid: str, wanted: list[str]) -> None:
+    async def enter_rooms(self, sid: str, wanted: list[str]) -> None:
         """Enter rooms within the per-connection room limit (all or none)."""
         current = set(self.sio.rooms(sid))
         new = [room for room in dict.fromkeys(wanted) if room not in current]
@@ -350,84 +331,6 @@ class Gateway:
         for room in new:
             await self.sio.enter_room(sid, room)
 
-    async def heartbeat(self, sid: str, identity: Identity, data: Any) -> None:
-        if data is not None and not isinstance(data, dict):
-            raise p.BadRequest("payload must be an object")
-        self.presence.heartbeat(identity.id)
-        await self.ledger.heartbeat(sid, identity, self.tokens.get(sid))
-
-    async def usage_event(self, sid: str, identity: Identity, data: Any) -> None:
-        data = p.obj(data)
-        model = p.ident(data, "model")
-        # open-webui sends chat_id "" for a chat not saved yet
-        p.text(data, "chat_id", max_len=p.MAX_ID)
-        p.text(data, "action", max_len=64)
-        try:
-            await self.usage.touch(model, sid, *self.limits.usage_caps())
-        except UsageFull as exc:
-            raise self.limits.usage_refused(exc.scope) from None
-        await self.ledger.model_used(sid, model)
-
-    async def channel_event(self, sid: str, identity: Identity, data: Any) -> None:
-        data = p.obj(data)
-        channel_id = p.ident(data, "channel_id")
-        message_id = p.ident(data, "message_id", required=False)
-        inner = p.obj(data.get("data"), "'data'")
-        kind = p.text(inner, "type", max_len=64, required=True)
-        if not self.sio.manager.in_room(sid, rooms.channel(channel_id)):
-            raise p.Forbidden("not a member of this channel")
-        if kind == "last_read_at":
-            await self.ledger.channel_read(identity, self.tokens.get(sid), channel_id)
-            return
-        await self.channels.client_event(sid, identity, channel_id, message_id, kind,
-                                         inner.get("data"))
-
-    async def chat_event(self, sid: str, identity: Identity, data: Any) -> bool | None:
-        """open-webui 0.12 shared chats: join/leave the chat's room (with presence), typing
-        to its other viewers, read markers. join/leave/typing are acked with a boolean like
-        open-webui's (False = refused, e.g. no access)."""
-        data = p.obj(data)
-        chat_id = p.ident(data, "chat_id")
-        inner = p.obj(data.get("data"), "'data'")
-        kind = p.text(inner, "type", max_len=64, required=True)
-        if kind not in CHAT_EVENT_TYPES:
-            raise p.BadRequest(f"unsupported chat event type {kind!r}")
-        token = self.tokens.get(sid)
-        if kind == "last_read_at":
-            await self.ledger.chat_read(identity, token, chat_id)
-            return None
-        if chat_id.startswith(UNSAVED_CHAT_PREFIXES):
-            return False
-        room = rooms.chat(chat_id)
-        if kind == "leave":
-            await self.sio.leave_room(sid, room)
-            await self.ledger.chat_joined(sid, chat_id, False)
-            await self._publish_chat_presence(chat_id)
-            return True
-        if kind == "join":
-            if await self.rights.chat_access(identity, token, chat_id) is None:
-                return False
-            await self._enter_rooms(sid, [room])
-            await self.ledger.chat_joined(sid, chat_id, True)
-            await self._publish_chat_presence(chat_id)
-            return True
-        typing = inner.get("data", {}).get("typing") if isinstance(inner.get("data"), dict) else None
-        if not isinstance(typing, bool) or not self.sio.manager.in_room(sid, room):
-            return False
-        if await self.rights.chat_access(identity, token, chat_id) != "write":
-            return False
-        payload = {"chat_id": chat_id, "user_id": identity.id, "user": identity.public(),
-                   "shared": True, "data": {"type": "typing", "data": {"typing": typing}}}
-        await self.typing.offer(sid, room, lambda: self.sio.emit(
-            "events", payload, room=room, skip_sid=sid))
-        return True
-
-    async def _publish_chat_presence(self, chat_id: str, leaving: str | None = None) -> None:
-        room = rooms.chat(chat_id)
-        members = self.sio.manager.rooms.get("/", {}).get(room, {})
-        local = [(ident.id, ident.name) for sid in list(members) if sid != leaving
-                 and (ident := self.identities.get(sid)) is not None]
-        users = await self.ledger.chat_members(chat_id, local)
-        await self.sio.emit("events", {
-            "chat_id": chat_id, "shared": True,
-            "data": {"type": "chat:presence", "data": {"users": users}}}, room=room)
+    def members(self, room: str) -> list[str]:
+        """This node's sessions in a room."""
+        return list(self.sio.manager.rooms.get("/", {}).get(room, {}))

@@ -6,30 +6,52 @@ to the caller as `rate_limited` / `too_large`, never as a silent drop.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
+from typing import Any
 
+from .metrics import Figure
 from .payloads import RateLimited
 from .ratelimit import Buckets
 
 
 class Limits:
-    def __init__(self, limits_settings) -> None:
+    def __init__(self, limits_settings: Any) -> None:
         self.refused: Counter[str] = Counter()
         self._per_ip: Counter[str] = Counter()  # live sessions by client address
         self._ip_of: dict[str, str] = {}
         self.connect_buckets = Buckets(1, 1)
         self.event_buckets = Buckets(1, 1)
         self.api_buckets = Buckets(1, 1)
+        self.typing_buckets = Buckets(1, 1)
         self.configure(limits_settings)
 
-    def configure(self, s) -> None:
+    def configure(self, s: Any) -> None:
         """(Re)apply the [limits] section; called at start and on reload."""
         self.s = s
         for bucket, rate, burst in (
             (self.connect_buckets, s.connects_per_second_per_ip, s.connect_burst_per_ip),
             (self.event_buckets, s.events_per_second, s.events_burst),
             (self.api_buckets, s.api_requests_per_second, s.api_burst),
+            (self.typing_buckets, s.typing_per_second, s.typing_burst),
         ):
             bucket.rate, bucket.burst = rate, burst
+
+    def figures(self) -> Iterable[Figure]:
+        yield Figure("rt_limited", "Requests refused (or typing events coalesced) by a limit, "
+                     "by limit name", dict(self.refused), label="limit", counter=True)
+
+    def typing_allows(self, sid: str, waiting: bool = False) -> bool:
+        """Whether a typing indicator of this session may go now (never while an earlier
+        one still `waiting`); when not, it is coalesced into a later one (counted as
+        `typing`, not refused: see typing_gate.py)."""
+        if not waiting and self.typing_buckets.allow(sid):
+            return True
+        self.refused["typing"] += 1
+        return False
+
+    def typing_interval(self) -> float:
+        rate = self.typing_buckets.rate
+        return 1.0 / rate if rate > 0 else 1.0
 
     def _refuse(self, limit: str, message: str) -> RateLimited:
         self.refused[limit] += 1
@@ -50,6 +72,7 @@ class Limits:
         self._per_ip[ip] += 1
 
     def disconnected(self, sid: str) -> None:
+        self.typing_buckets.forget(sid)
         ip = self._ip_of.pop(sid, None)
         self.event_buckets.forget(sid)
         if ip is not None:

@@ -1,35 +1,72 @@
 """Prometheus metrics of one appliance, on its own registry (two appliances in one process
 do not share counters).
 
-Live figures (connections, users, documents, store state) are read at scrape time:
-`refresh()` gathers the ones that need the store or Redis, then the collector reports them.
+Every figure comes from an explicit source handed over by the composition root: an object
+whose `figures()` yields `Figure`s (the gateway, the emitter, the limits, each feature's
+service), read at scrape time without an await. The few figures that need the store or
+Redis (users online cluster-wide, stored documents, whether the store answers) come from
+one coroutine, `cluster()`, which only reads: a scrape or an /admin poll never writes.
 """
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    ProcessCollector,
-    generate_latest,
-)
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from . import __version__
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .app import Appliance
+log = logging.getLogger("rt.app")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CLUSTER_TIMEOUT = 5.0  # seconds a scrape waits for the store before reporting it down
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One metric family: a single value, or one value per label value (`label` names it).
+    Figures of the same name from several sources are one family (their values merged)."""
+
+    name: str
+    help: str
+    value: float | Mapping[str, float]
+    label: str = ""
+    counter: bool = False
+
+
+class FigureSource(Protocol):
+    def figures(self) -> Iterable[Figure]: ...
+
+
+class Figures:
+    """A source made of a function, for a part that keeps its counts in plain attributes
+    (the pub/sub bridge, open-webui's link)."""
+
+    def __init__(self, read: Callable[[], Iterable[Figure]]):
+        self.figures = read
+
+
+@dataclass(frozen=True)
+class ClusterFigures:
+    store_up: bool
+    users_online: int = 0
+    documents: int = 0
+    documents_bytes: int = 0
 
 
 class Metrics:
-    def __init__(self, appliance: Appliance):
-        self.appliance = appliance
+    def __init__(self, sources: Sequence[FigureSource],
+                 cluster: Callable[[], Awaitable[ClusterFigures]],
+                 backend: str, started_at: Callable[[], float | None]):
+        self.sources = list(sources)
+        self.cluster = cluster
+        self.backend = backend
+        self.started_at = started_at
         self.registry = CollectorRegistry(auto_describe=False)
         self.api_requests = Counter(
             "rt_api_requests", "HTTP API requests by handler and status code",
@@ -37,30 +74,28 @@ class Metrics:
         self.loop_lag = Gauge(
             "rt_event_loop_lag_seconds", "How late the event loop ran a timer, last sample",
             registry=self.registry)
-        self.snapshot: dict[str, Any] = {}
+        self.snapshot = ClusterFigures(store_up=False)
         self.registry.register(_Live(self))
         ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, cpu, fds
 
-    async def refresh(self) -> None:
-        """Figures that need an await: cluster-wide users, store state, documents."""
-        app = self.appliance
-        snap: dict[str, Any] = {}
+    async def refresh(self) -> ClusterFigures:
+        """Read the cluster-wide figures (bounded wait); a store that fails is reported down
+        and logged, once per scrape."""
         try:
-            await asyncio.wait_for(app.backend.ready(), 5)
-            snap["store_up"] = 1
-        except Exception:  # any failure: the store is down for the operator
-            snap["store_up"] = 0
-        if snap["store_up"]:
-            try:
-                users = await app.backend.presence.users()
-                snap["users_online"] = len(users)
-                snap["documents"], snap["documents_bytes"] = await app.backend.store.document_stats()
-            except Exception:
-                snap["store_up"] = 0
-        self.snapshot = snap
+            self.snapshot = await asyncio.wait_for(self.cluster(), CLUSTER_TIMEOUT)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("metrics: the store did not answer: %s",
+                        str(exc) or type(exc).__name__)
+            self.snapshot = ClusterFigures(store_up=False)
+        return self.snapshot
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+    def observe_request(self, handler: str, code: int) -> None:
+        self.api_requests.labels(handler, code).inc()
 
     async def sample_loop_lag(self, interval: float = 0.5) -> None:
         """Runs until cancelled: how much later than asked a sleep wakes up."""
@@ -70,66 +105,62 @@ class Metrics:
             await asyncio.sleep(interval)
             self.loop_lag.set(max(0.0, loop.time() - start - interval))
 
+    def figures(self) -> Iterator[Figure]:
+        """Every source's figures, then the cluster's and the process's."""
+        for source in self.sources:
+            yield from source.figures()
+        snap = self.snapshot
+        yield Figure("rt_store_up", "1 when the store (SQLite or Redis) answers",
+                     int(snap.store_up))
+        yield Figure("rt_users_online", "Users with a live session (cluster-wide)",
+                     snap.users_online)
+        yield Figure("rt_documents", "Stored Yjs documents", snap.documents)
+        yield Figure("rt_documents_bytes", "Bytes of stored Yjs documents", snap.documents_bytes)
+        yield Figure("rt_tasks", "asyncio tasks alive in this process", len(asyncio.all_tasks()))
+        started = self.started_at()
+        if started:
+            yield Figure("rt_uptime_seconds", "Seconds since start", time.time() - started)
+
+    def values(self) -> dict[str, float | dict[str, float]]:
+        """Every figure by name (merged), for /admin."""
+        return {name: value for name, (_, value) in _merged(self.figures()).items()}
+
 
 class _Live:
     def __init__(self, metrics: Metrics):
         self.metrics = metrics
 
-    def collect(self):
-        app = self.metrics.appliance
-        snap = self.metrics.snapshot
-        engine = app.sio.engine
-
-        conns = GaugeMetricFamily("rt_connections", "Engine.IO sessions on this node",
-                                  labels=["transport"])
-        for transport, count in sorted(engine.counts.items()):
-            conns.add_metric([transport], count)
-        yield conns
-        yield GaugeMetricFamily("rt_sessions", "Authenticated Socket.IO sessions on this node",
-                                value=len(app.gateway.identities))
-        yield GaugeMetricFamily("rt_users_online", "Users with a live session (cluster-wide)",
-                                value=snap.get("users_online", 0))
-        rooms = app.sio.manager.rooms.get("/", {})
-        yield GaugeMetricFamily("rt_rooms", "Socket.IO rooms with members on this node",
-                                value=len(rooms))
-        yield _counter("rt_events_in", "Client events received, by event name", "event",
-                       app.gateway.events_in)
-        yield _counter("rt_events_out", "Events emitted (once per emit, not per recipient)",
-                       "event", app.emitter.counts)
-        yield _counter("rt_errors", "Refused or failed client events and connects, by code",
-                       "code", app.gateway.errors)
-        yield _counter("rt_limited", "Requests refused (or typing events coalesced) by a "
-                       "limit, by limit name", "limit",
-                       {**app.limits.refused, "outbound_bytes": app.sio.engine.slow_consumers,
-                        "typing": app.typing.coalesced})
-        if app.backend.bridge is not None:
-            yield _counter("rt_openwebui_pubsub_messages", "Messages of open-webui's pub/sub "
-                           "(python-socketio protocol), by what became of them", "result",
-                           app.backend.bridge.stats)
-            yield GaugeMetricFamily("rt_openwebui_pubsub_channels",
-                                    "open-webui pub/sub channels subscribed",
-                                    value=app.backend.bridge.subscriptions)
-        yield GaugeMetricFamily("rt_store_up", "1 when the store (SQLite or Redis) answers",
-                                value=snap.get("store_up", 0))
-        yield GaugeMetricFamily("rt_documents", "Stored Yjs documents",
-                                value=snap.get("documents", 0))
-        yield GaugeMetricFamily("rt_documents_bytes", "Bytes of stored Yjs documents",
-                                value=snap.get("documents_bytes", 0))
-        yield GaugeMetricFamily("rt_tasks", "asyncio tasks alive in this process",
-                                value=len(asyncio.all_tasks()))
-        for name, help_, value in app.extra_gauges():
-            yield GaugeMetricFamily(name, help_, value=value)
+    def collect(self) -> Iterator[Metric]:
+        for name, (figure, value) in _merged(self.metrics.figures()).items():
+            family: Metric
+            if isinstance(value, dict):
+                kind = CounterMetricFamily if figure.counter else GaugeMetricFamily
+                family = kind(name, figure.help, labels=[figure.label])
+                for key, count in sorted(value.items()):
+                    family.add_metric([key], count)
+            elif figure.counter:
+                family = CounterMetricFamily(name, figure.help, value=value)
+            else:
+                family = GaugeMetricFamily(name, figure.help, value=value)
+            yield family
         info = GaugeMetricFamily("rt_build_info", "Version and state backend",
                                  labels=["version", "backend"])
-        info.add_metric([__version__, app.backend.name], 1)
+        info.add_metric([__version__, self.metrics.backend], 1)
         yield info
-        if app.started_at:
-            yield GaugeMetricFamily("rt_uptime_seconds", "Seconds since start",
-                                    value=time.time() - app.started_at)
 
 
-def _counter(name: str, help_: str, label: str, values: dict) -> CounterMetricFamily:
-    family = CounterMetricFamily(name, help_, labels=[label])
-    for key, count in sorted(values.items()):
-        family.add_metric([key], count)
-    return family
+def _merged(figures: Iterable[Figure]) -> dict[str, tuple[Figure, float | dict[str, float]]]:
+    out: dict[str, tuple[Figure, float | dict[str, float]]] = {}
+    for figure in figures:
+        value = dict(figure.value) if isinstance(figure.value, Mapping) else figure.value
+        seen = out.get(figure.name)
+        if seen is None:
+            out[figure.name] = (figure, value)
+        elif isinstance(seen[1], dict) and isinstance(value, dict):
+            merged = dict(seen[1])
+            for key, count in value.items():
+                merged[key] = merged.get(key, 0) + count
+            out[figure.name] = (seen[0], merged)
+        else:
+            raise ValueError(f"figure {figure.name} given twice")
+    return out

@@ -5,7 +5,7 @@ and the HTTP API answer it the same way and nothing downstream sees a malformed 
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, overload
 
 MAX_ID = 256  # ids are uuids in open-webui; this bounds memory per room name
 
@@ -50,7 +50,11 @@ def obj(value: Any, what: str = "payload") -> dict:
     return value
 
 
-def ident(data: dict, key: str, required: bool = True) -> str | None:
+@overload
+def ident(data: dict[str, Any], key: str, required: Literal[True] = True) -> str: ...
+@overload
+def ident(data: dict[str, Any], key: str, required: bool) -> str | None: ...
+def ident(data: dict[str, Any], key: str, required: bool = True) -> str | None:
     value = data.get(key)
     if value is None and not required:
         return None
@@ -59,7 +63,13 @@ def ident(data: dict, key: str, required: bool = True) -> str | None:
     return value
 
 
-def text(data: dict, key: str, max_len: int = 1024, required: bool = False) -> str | None:
+@overload
+def text(data: dict[str, Any], key: str, max_len: int = ...,
+         *, required: Literal[True]) -> str: ...
+@overload
+def text(data: dict[str, Any], key: str, max_len: int = ..., required: bool = ...) -> str | None: ...
+def text(data: dict[str, Any], key: str, max_len: int = 1024,
+         required: bool = False) -> str | None:
     value = data.get(key)
     if value is None and not required:
         return None

@@ -5,6 +5,8 @@ The names are part of the wire contract (protocol §3, §4): open-webui's backen
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 def user(user_id: str) -> str:
     return f"user:{user_id}"
@@ -35,3 +37,9 @@ def parse(room: str) -> tuple[str, str] | None:
 def chat(chat_id: str) -> str:
     """A shared chat's viewers (open-webui 0.12 `events:chat` join)."""
     return f"chat:{chat_id}"
+
+
+def ids(kind: str, names: Iterable[str]) -> list[str]:
+    """The ids of the rooms of one kind among `names` (e.g. the rooms of a session)."""
+    return [parsed[1] for name in names
+            if (parsed := parse(name)) is not None and parsed[0] == kind]

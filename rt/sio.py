@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import socketio
@@ -23,6 +24,7 @@ from socketio import packet as sio_packet
 from socketio.exceptions import ConnectionRefusedError as Refused
 
 from .engine.server import EngineOptions, EngineServer
+from .metrics import Figure
 
 log = logging.getLogger("rt.conn")
 
@@ -159,6 +161,15 @@ class SocketServer(socketio.AsyncServer):
     @property
     def engine(self) -> EngineServer:
         return self.eio
+
+    def figures(self) -> Iterator[Figure]:
+        engine = self.engine
+        yield Figure("rt_connections", "Engine.IO sessions on this node", dict(engine.counts),
+                     label="transport")
+        yield Figure("rt_rooms", "Socket.IO rooms with members on this node",
+                     len(self.manager.rooms.get("/", {})))
+        yield Figure("rt_limited", "", {"outbound_bytes": engine.slow_consumers},
+                     label="limit", counter=True)
 
     async def _refuse_namespace(self, namespace, sid, environ, auth=None):
         raise Refused("Invalid namespace")

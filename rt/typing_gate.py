@@ -3,7 +3,8 @@
 open-webui's editor sends one typing event per keystroke. Above the rate a refusal would be
 noise (the user did nothing wrong, and open-webui answers none): the newest state is kept
 and sent when the session's bucket allows it, so the room sees at most `rate` events per
-second per session and room, and always the last state (typing stopped included).
+second per session and room, and always the last state (typing stopped included). The rate
+and the count of coalesced events are the `Limits`' (`rt_limited_total{limit="typing"}`).
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .ratelimit import Buckets
+from .core.tasks import TaskGroup
+from .limits import Limits
 
 log = logging.getLogger("rt.conn")
 
@@ -20,30 +22,26 @@ Send = Callable[[], Awaitable[Any]]
 
 
 class TypingGate:
-    def __init__(self, buckets: Buckets):
-        self.buckets = buckets
+    def __init__(self, limits: Limits, tasks: TaskGroup):
+        self.limits = limits
+        self.tasks = tasks  # the delayed sends
         self._waiting: dict[tuple[str, str], Send] = {}  # (sid, room) → newest send
         self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
-        self._tasks: set[asyncio.Task] = set()  # releases running (kept referenced)
-        self.coalesced = 0  # events folded into a later one (rt_limited_total{limit=typing})
 
     async def offer(self, sid: str, room: str, send: Send) -> None:
         key = (sid, room)
-        if key not in self._timers and self.buckets.allow(sid):
+        if self.limits.typing_allows(sid, waiting=key in self._timers):
             await send()
             return
-        self.coalesced += 1
         self._waiting[key] = send
         if key not in self._timers:
             self._schedule(key)
 
     def _schedule(self, key: tuple[str, str]) -> None:
         def start() -> None:
-            task = asyncio.ensure_future(self._release(key))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self.tasks.spawn("typing release", self._release(key))
 
-        delay = 1.0 / self.buckets.rate if self.buckets.rate > 0 else 1.0
+        delay = self.limits.typing_interval()
         self._timers[key] = asyncio.get_running_loop().call_later(delay, start)
 
     async def _release(self, key: tuple[str, str]) -> None:
@@ -51,7 +49,7 @@ class TypingGate:
         send = self._waiting.pop(key, None)
         if send is None:
             return
-        if not self.buckets.allow(key[0]):
+        if not self.limits.typing_buckets.allow(key[0]):
             self._waiting[key] = send  # still over: wait one more interval
             self._schedule(key)
             return
@@ -61,7 +59,6 @@ class TypingGate:
             log.exception("delayed typing event for %s failed", key[1])
 
     def forget(self, sid: str) -> None:
-        self.buckets.forget(sid)
         for key in [k for k in self._timers if k[0] == sid]:
             self._timers.pop(key).cancel()
             self._waiting.pop(key, None)

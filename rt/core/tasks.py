@@ -1,9 +1,10 @@
-"""Background loops that survive their own errors."""
+"""The one task helper (TaskGroup) and background loops that survive their own errors."""
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from .errors import StoreError
 
@@ -41,7 +42,7 @@ def cancel_swallowed() -> bool:
     return task is not None and task.cancelling() > 0
 
 
-async def cancel_and_wait(task: asyncio.Task | None) -> None:
+async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
     """Cancel a task of ours and wait until it has ended (its cancellation swallowed here,
     a cancellation of the caller still propagates)."""
     if task is None or task.done():
@@ -51,32 +52,41 @@ async def cancel_and_wait(task: asyncio.Task | None) -> None:
 
 
 class TaskGroup:
-    """Named long-running tasks of the app, cancelled together at stop."""
+    """The one way the appliance keeps a task alive: every task is named, referenced until
+    it ends (asyncio keeps only weak references), its failure logged, and cancelled with
+    the group at stop. `start` is for loops that run until the stop, `spawn` for a piece
+    of work that ends by itself; both are dropped from the group when they end."""
 
     def __init__(self) -> None:
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
 
-    def start(self, name: str, coro) -> asyncio.Task:
-        task = asyncio.ensure_future(coro)
-        task.set_name(name)
-        self._tasks.append(task)
-        return task
-
-    def spawn(self, name: str, coro) -> asyncio.Task:
-        """A short task (a piece of work, then done): dropped from the group when it ends,
-        its failure logged; cancelled at stop like the others if still running."""
-        task = self.start(name, coro)
+    def start(self, name: str, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
         task.add_done_callback(self._finished)
         return task
 
-    def _finished(self, task: asyncio.Task) -> None:
-        if task in self._tasks:
-            self._tasks.remove(task)
+    def spawn(self, name: str, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """A short task (a piece of work, then done)."""
+        return self.start(name, coro)
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("%s failed: %r", task.get_name(), task.exception())
+            log.error("%s failed: %r", task.get_name(), task.exception(),
+                      exc_info=task.exception())
+
+    async def settle(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds for the running tasks to end by themselves."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)
+
+    def __len__(self) -> int:
+        return len(self._tasks)
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()

@@ -6,13 +6,14 @@ document service hands contents to, and the background work to run.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import orjson
 
 from ..auth import Identity, TokenVerifier
 from ..core.tasks import every
+from ..metrics import Figure
 from .api import NotFound, OpenWebuiApi, Refused
 from .cache import TtlCache
 from .identities import OpenWebuiIdentities
@@ -96,23 +97,21 @@ class OpenWebuiLink:
                 "open-webui session pool", REFRESH_INTERVAL, self.pools.refresh)))
         return work
 
-    def gauges(self) -> list[tuple[str, str, Any]]:
-        return [
-            ("rt_openwebui_requests", "Requests sent to open-webui's API",
-             lambda: self.api.requests),
-            ("rt_openwebui_cache_entries", "Answers of open-webui cached",
-             lambda: len(self.cache)),
-            ("rt_openwebui_notes_pending", "Note contents waiting to be written to open-webui",
-             lambda: len(self.notes.pending)),
-            ("rt_openwebui_notes_written", "Note contents written to open-webui",
-             lambda: self.notes.written),
-            ("rt_openwebui_notes_failed", "Note content writes that failed and were retried",
-             lambda: self.notes.failed),
-            ("rt_openwebui_read_markers_sent", "Read markers sent to open-webui",
-             lambda: self.markers.sent),
-            ("rt_openwebui_note_echoes_stripped", "open-webui's echoes of note contents we "
-             "wrote, delivered without the content", lambda: self.echoes.stripped),
-        ]
+    def figures(self) -> Iterator[Figure]:
+        yield Figure("rt_openwebui_requests", "Requests sent to open-webui's API",
+                     self.api.requests)
+        yield Figure("rt_openwebui_cache_entries", "Answers of open-webui cached",
+                     len(self.cache))
+        yield Figure("rt_openwebui_notes_pending",
+                     "Note contents waiting to be written to open-webui", len(self.notes.pending))
+        yield Figure("rt_openwebui_notes_written", "Note contents written to open-webui",
+                     self.notes.written)
+        yield Figure("rt_openwebui_notes_failed",
+                     "Note content writes that failed and were retried", self.notes.failed)
+        yield Figure("rt_openwebui_read_markers_sent", "Read markers sent to open-webui",
+                     self.markers.sent)
+        yield Figure("rt_openwebui_note_echoes_stripped", "open-webui's echoes of note "
+                     "contents we wrote, delivered without the content", self.echoes.stripped)
 
     async def close(self, deadline: float) -> None:
         await self.notes.flush(deadline)

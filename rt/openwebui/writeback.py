@@ -27,6 +27,7 @@ from tornado.httpclient import HTTPClientError
 from tornado.websocket import WebSocketError
 
 from ..backends.redis_conn import KeySpace
+from ..core.tasks import TaskGroup
 from .api import NotFound, OpenWebuiApi, Refused, Unavailable
 from .socket_port import OpenWebuiSocket, SocketPortError
 
@@ -171,16 +172,14 @@ class ReadMarkers:
         self.port = port
         # user → (token, events)
         self.pending: dict[str, tuple[str, dict[tuple[str, str], Any]]] = {}
-        self._tasks: set[asyncio.Task] = set()
+        self.tasks = TaskGroup()
         self.sent = self.failed = 0
 
     def mark(self, user_id: str, token: str, event: str, target_id: str, payload: Any) -> None:
         token_events = self.pending.get(user_id)
         if token_events is None:
             self.pending[user_id] = (token, {(event, target_id): payload})
-            task = asyncio.get_running_loop().create_task(self._send(user_id))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self.tasks.spawn(f"read markers of {user_id}", self._send(user_id))
         else:
             token_events[1][(event, target_id)] = payload  # same marker again: once
 
@@ -200,6 +199,4 @@ class ReadMarkers:
             log.warning("read markers of user %s not sent to open-webui: %s", user_id, exc)
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.tasks.stop()

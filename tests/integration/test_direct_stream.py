@@ -18,7 +18,7 @@ from rt import payloads as p
 from rt.app import Appliance
 from rt.backends.factory import build_redis_backend
 from rt.backends.redis_conn import RedisTarget
-from rt.direct_stream import DirectStream
+from rt.direct.service import DirectStream
 from tests.support.appliance import WAIT, Harness, running, settings_for
 from tests.support.redis_servers import redis_server  # noqa: F401 (fixture)
 

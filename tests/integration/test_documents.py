@@ -20,7 +20,6 @@ from typing import Any
 import pycrdt
 import pytest
 
-from rt.collab import attach
 from tests.support.appliance import WAIT, running
 from tests.support.yjs_wire import var
 
@@ -41,8 +40,8 @@ FAST = "[limits]\nevents_per_second = 100000\nevents_burst = 100000\n"
 async def documents(tmp_path, ini: str = ""):
     """An in-process appliance with the document service attached."""
     async with running(tmp_path, FAST + ini) as h:
-        h.collab = h.app.collab
-        assert h.collab is not None and attach(h.app) is h.collab  # wired once, at start
+        h.collab = h.app.documents
+        assert h.collab is h.app.documents
         yield h
 
 

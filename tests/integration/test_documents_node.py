@@ -229,7 +229,7 @@ async def redis_node(tmp_path: Path, target: RedisTarget):
     app = Appliance(settings, backend=build_redis_backend(settings, target))
     await app.start()
     h = Harness(app)
-    h.collab = app.collab
+    h.collab = app.documents
     try:
         yield h
     finally:

@@ -224,7 +224,7 @@ async def test_rights_come_from_note_access_and_content_goes_to_on_content(tmp_p
             raise RuntimeError("open-webui is down")
 
         h.collab.on_content = broken
-        caplog.set_level(logging.ERROR, logger="rt.collab")
+        caplog.set_level(logging.ERROR, logger="rt.documents")
         await w.client.call(UPDATE, {"document_id": DOC, "data": {"content": "later"}},
                             timeout=WAIT)
         await h.collab.flush()

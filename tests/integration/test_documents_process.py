@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rt.auth import TokenVerifier
-from rt.collab import EMPTY_UPDATE
+from rt.documents.yjs import EMPTY_UPDATE
 from tests.integration.test_documents import (
     DOC,
     FAST,

@@ -22,7 +22,7 @@ from rt.app import Appliance
 from rt.backends.encryption_state import MAX_PACKET, MemoryRelayState, state_key
 from rt.backends.factory import build_redis_backend
 from rt.backends.redis_conn import RedisTarget
-from rt.encryption_relay import ENDED, UNAVAILABLE, EncryptionRelay
+from rt.encryption.service import ENDED, UNAVAILABLE, EncryptionRelay
 from tests.support.appliance import WAIT, Client, Harness, running, settings_for
 from tests.support.encryption import ChannelTable, ask, attach, event
 from tests.support.redis_servers import redis_server  # noqa: F401 (fixture)

@@ -53,7 +53,7 @@ async def test_typing_needs_membership_and_is_coalesced_above_the_rate(tmp_path)
         assert seen["user"]["id"] == "a"
         states = [e["data"]["data"]["typing"] for e in b.rec.of("events:channel")]
         assert states == [True, True, True, False]
-        assert h.app.typing.coalesced == 7
+        assert h.app.limits.refused["typing"] == 7
 
 
 async def test_read_markers(tmp_path):

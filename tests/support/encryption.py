@@ -8,8 +8,8 @@ from rt import encryption_events
 from rt.app import Appliance
 from rt.auth import Identity
 from rt.backends.encryption_state import MemoryRelayState, RedisRelayState
-from rt.encryption_delivery import Publish, SidDelivery
-from rt.encryption_relay import EncryptionRelay
+from rt.encryption.delivery import Publish, SidDelivery
+from rt.encryption.service import EncryptionRelay
 from tests.support.appliance import WAIT, Client
 
 

@@ -15,10 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rt import payloads as p
-from rt.collab import (
+from rt.documents.service import bytes_of
+from rt.documents.yjs import (
     EMPTY_UPDATE,
     InvalidUpdate,
-    bytes_of,
     decode_state_vector,
     inspect_update,
     integrated,

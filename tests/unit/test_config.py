@@ -57,6 +57,7 @@ EXPECTED_DEFAULTS = {
     ("server", "ping_interval"): 25.0,
     ("server", "ping_timeout"): 20.0,
     ("server", "max_message_bytes"): 1_000_000,
+    ("server", "forwarded_allow_ips"): ("127.0.0.1", "::1"),
     ("server", "trust_proxy_headers"): False,
     ("server", "protocol_logging"): False,
     ("server", "websocket_compression"): False,

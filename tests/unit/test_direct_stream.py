@@ -12,7 +12,7 @@ import pytest
 from rt import payloads as p
 from rt.auth import Identity
 from rt.backends.redis_conn import KeySpace
-from rt.direct_stream import DirectStream, RedisPublisher
+from rt.direct.service import DirectStream, RedisPublisher
 
 pytestmark = pytest.mark.asyncio
 

@@ -11,8 +11,8 @@ import pytest
 from socketio.async_pubsub_manager import AsyncPubSubManager
 
 from rt.backends.encryption_state import MAX_PACKET, TTL, MemoryRelayState, bucket_of, state_key
-from rt.encryption_delivery import socketio_emit
-from rt.encryption_relay import Rejected, packet, view
+from rt.encryption.delivery import socketio_emit
+from rt.encryption.service import Rejected, packet, view
 
 
 class Clock:

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from rt.backends.memory import MemoryUsage
-from rt.usage import BROADCAST_INTERVAL, UsageService
+from rt.usage.service import BROADCAST_INTERVAL, UsageService
 
 pytestmark = pytest.mark.asyncio
 

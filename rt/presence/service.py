@@ -10,8 +10,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from .auth import Identity
-from .backends import PresenceRegistry, Store
+from ..auth import Identity
+from ..backends import PresenceRegistry, Store
 
 log = logging.getLogger("rt.app")
 

@@ -24,11 +24,11 @@ from typing import Any, Protocol
 
 import orjson
 
-from . import payloads as p
-from .auth import Identity
-from .backends.redis_conn import KeySpace
-from .backends.redis_store import RedisUser
-from .core.errors import StoreError
+from .. import payloads as p
+from ..auth import Identity
+from ..backends.redis_conn import KeySpace
+from ..backends.redis_store import RedisUser
+from ..core.errors import StoreError
 
 log = logging.getLogger("rt.conn")
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import rooms
-from .auth import Identity
-from .emitter import Emitter
-from .payloads import BadRequest
-from .typing_gate import TypingGate
+from .. import rooms
+from ..auth import Identity
+from ..emitter import Emitter
+from ..payloads import BadRequest
+from ..typing_gate import TypingGate
 
 
 class ChannelService:

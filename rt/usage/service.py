@@ -22,9 +22,9 @@ import logging
 import time
 from collections.abc import Callable
 
-from .backends import UsageRegistry
-from .core.tasks import cancel_and_wait
-from .emitter import Emitter
+from ..backends import UsageRegistry
+from ..core.tasks import cancel_and_wait
+from ..emitter import Emitter
 
 log = logging.getLogger("rt.app")
 

@@ -4,7 +4,7 @@ the browsers of a DM or a private group, which the server can neither read nor k
 Browsers encrypt and decrypt; the relay only admits participants, forwards their packets
 and tells them who is in the session. The rules are open-webui's own (`socket/encryption.py`
 of 0.12.4), so that a session can be shared with browsers on open-webui's socket server
-through the same Redis state (encryption_state.py):
+through the same Redis state (backends/encryption_state.py):
 
 - `start` creates a session (the caller becomes its *host*), `join` adds a participant to
   the current one, `bind` publishes the participant's 32-byte key (a joiner's key package
@@ -36,14 +36,15 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-from . import rooms
-from .auth import Identity
-from .backends.encryption_state import MAX_PACKET, Lease, RelayState
-from .core.errors import StoreError
-from .encryption_delivery import SidDelivery
+from .. import rooms
+from ..auth import Identity
+from ..backends.encryption_state import MAX_PACKET, Lease, RelayState
+from ..core.errors import StoreError
+from ..metrics import Figure
+from .delivery import SidDelivery
 
 log = logging.getLogger("rt.encryption")
 
@@ -127,6 +128,10 @@ class EncryptionRelay:
         # this node's participants: sid -> channel, and who they are (for the sweep)
         self.local: dict[str, str] = {}
         self.identities: dict[str, Identity] = {}
+
+    def figures(self) -> Iterator[Figure]:
+        yield Figure("rt_encryption_participants", "Participants of encrypted channels on "
+                     "this node", len(self.local))
 
     def local_count(self) -> int:
         return len(self.local)

@@ -1,4 +1,4 @@
-"""The chat streaming relay (protocol §5.4): one user's chat request → an OpenAI-compatible
+"""One relayed chat stream (protocol §5.4): one user's chat request → an OpenAI-compatible
 upstream → `events` to all the user's tabs, and the same stream back to the HTTP caller.
 
 One `RelayStream` per message, run as one task that owns everything about it:
@@ -28,92 +28,52 @@ import asyncio
 import logging
 import math
 import time
-import urllib.parse
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from tornado.httpclient import HTTPClientError, HTTPRequest, HTTPResponse
 from tornado.httputil import HTTPInputError
 from tornado.iostream import IOStream, StreamClosedError
-from tornado.simple_httpclient import HTTPStreamClosedError, HTTPTimeoutError, SimpleAsyncHTTPClient
+from tornado.simple_httpclient import (
+    HTTPStreamClosedError,
+    HTTPTimeoutError,
+    SimpleAsyncHTTPClient,
+)
 from tornado.tcpclient import TCPClient
 
-from . import payloads as p
-from .auth import Identity
-from .backends import ChatMessage, Store
-from .sse import SSEError, SSEEvent, SSEParser
+from ..auth import Identity
+from ..backends import ChatMessage, Store
+from ..emitter import Emitter
+from ..sse import SSEError, SSEEvent, SSEParser
+from .request import (
+    DONE_GRACE,
+    MAX_CONTENT,
+    MAX_ERROR_BODY,
+    MAX_PLAIN_BODY,
+    MAX_STREAM_BYTES,
+    ChatRequest,
+    Failure,
+    Outcome,
+    _clip,
+    _where,
+    error_text,
+    http_failure,
+)
 
 log = logging.getLogger("rt.relay")
 
-MAX_CONTENT = 8 << 20  # characters of one answer
-MAX_ERROR_BODY = 64 << 10  # bytes of an upstream error body kept for its message
-MAX_PLAIN_BODY = 16 << 20  # bytes of a non-streamed JSON answer
-MAX_STREAM_BYTES = 1 << 30  # bytes of one upstream response, framing included
-RELAY_FIELDS = ("chat_id", "id", "session_id")  # ours; never sent upstream
-PASS_STATUS = {400, 404, 413, 422, 429}  # upstream statuses the caller gets as they are
-DONE_GRACE = 1.0  # seconds the upstream may take to end its response after [DONE]
-STATUSES = ("done", "cancelled", "error")
+
+class StreamOwner(Protocol):
+    """What a stream needs of the service that runs it (service.py)."""
+
+    emitter: Emitter
+    store: Store
+
+    def _forget(self, stream: RelayStream) -> None: ...
+
+    def _count(self, status: str) -> None: ...
 
 
-class RelayRefused(Exception):
-    """The relay will not start (or find) a stream: a wire error code and HTTP status."""
-
-    def __init__(self, code: str, message: str, status: int):
-        super().__init__(message)
-        self.code = code
-        self.status = status
-
-
-@dataclass(frozen=True)
-class ChatRequest:
-    chat_id: str
-    message_id: str
-    session_id: str | None
-    payload: dict  # the OpenAI request as it goes upstream
-
-
-def parse_chat_request(body: Any) -> ChatRequest:
-    """Validate the caller's body; raises payloads.BadRequest."""
-    body = p.obj(body, "body")
-    chat_id = p.ident(body, "chat_id")
-    message_id = p.ident(body, "id")
-    session_id = p.ident(body, "session_id", required=False)
-    stream = body.get("stream", True)
-    if stream is not True:
-        raise p.BadRequest("'stream' must be true: the relay only streams")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise p.BadRequest("'messages' must be a non-empty list")
-    model = body.get("model")
-    if model is not None and (not isinstance(model, str) or not model):
-        raise p.BadRequest("'model' must be a non-empty string")
-    payload = {k: v for k, v in body.items() if k not in RELAY_FIELDS}
-    payload["stream"] = True
-    return ChatRequest(chat_id, message_id, session_id, payload)
-
-
-@dataclass(frozen=True)
-class Failure:
-    """Why a stream failed, in words for a person; `status`/`code` are what an HTTP caller
-    that has not yet received the stream's head gets."""
-
-    message: str
-    status: int = 502
-    code: str = "upstream_error"
-
-
-@dataclass(frozen=True)
-class Outcome:
-    status: str  # done | cancelled | error
-    content: str
-    usage: dict | None = None
-    failure: Failure | None = None
-    reason: str | None = None  # why it was cancelled
-
-
-# ---------------------------------------------------------------------- upstream plumbing
 class _AbortableTCPClient(TCPClient):
     """A TCPClient that remembers the connection it made, so the request can be cut at any
     moment: while connecting, while waiting for headers, or in the middle of the body.
@@ -147,46 +107,8 @@ def _close_if_connected(attempt: asyncio.Future) -> None:
         attempt.result().close()
 
 
-def _where(base_url: str) -> str:
-    """scheme://host:port of the upstream, never its credentials or path."""
-    parts = urllib.parse.urlsplit(base_url)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
-
-
-def _clip(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
-def error_text(error: Any) -> str:
-    """The readable part of an upstream error object (OpenAI, Ollama, vLLM, llama.cpp)."""
-    if isinstance(error, dict):
-        for key in ("message", "detail", "error", "msg"):
-            value = error.get(key)
-            if isinstance(value, (str, dict)) and value:
-                return error_text(value)
-        return _clip(orjson.dumps(error).decode())
-    if isinstance(error, str):
-        return _clip(error)
-    return _clip(repr(error))
-
-
-def http_failure(code: int, body: bytes) -> Failure:
-    detail = ""
-    try:
-        parsed = orjson.loads(body) if body else None
-    except orjson.JSONDecodeError:
-        parsed = None
-        detail = _clip(body.decode("utf-8", "replace"))
-    if parsed is not None:
-        detail = error_text(parsed)
-    message = f"the upstream answered HTTP {code}" + (f": {detail}" if detail else "")
-    return Failure(message, code if code in PASS_STATUS else 502)
-
-
-# ---------------------------------------------------------------------- one stream
 class RelayStream:
-    def __init__(self, service: RelayService, identity: Identity, request: ChatRequest,
+    def __init__(self, service: StreamOwner, identity: Identity, request: ChatRequest,
                  upstream: Any, listen: bool) -> None:
         self.service = service
         self.user_id = identity.id
@@ -577,173 +499,3 @@ class RelayStream:
                 data["cancelled"] = True
             self._dirty = False
             await self._emit("chat:completion", data)
-
-
-# ---------------------------------------------------------------------- the service
-@dataclass
-class RelayCounters:
-    started: int = 0
-    done: int = 0
-    cancelled: int = 0
-    error: int = 0
-    rejected: int = 0
-
-
-class RelayService:
-    """Starts, tracks, limits and cancels relayed streams. `settings()` returns the
-    `[upstream]` section in force (read per stream: it can change on reload)."""
-
-    def __init__(self, emitter, store: Store, settings: Callable[[], Any]) -> None:
-        self.emitter = emitter
-        self.store = store
-        self.settings = settings
-        self._streams: dict[str, RelayStream] = {}  # message id → stream
-        self._per_user: dict[str, int] = {}
-        self._stopping = False
-        self.counters = RelayCounters()
-
-    # ------------------------------------------------------------------ streams
-    async def start(self, identity: Identity, request: ChatRequest,
-                    listen: bool = False) -> RelayStream:
-        """Start relaying; raises RelayRefused (503 not configured, 409 message id in use,
-        429 over a limit). With `listen`, `stream.output` carries the caller's stream."""
-        s = self.settings()
-        if self._stopping:
-            raise RelayRefused("unavailable", "the appliance is shutting down", 503)
-        if not s.base_url:
-            raise RelayRefused("unavailable", "the chat relay is not configured "
-                               "([upstream] base_url is empty)", 503)
-        stored = await self.store.get_chat_message(request.chat_id, request.message_id)
-        if stored is not None and stored.user_id != identity.id:
-            raise RelayRefused("conflict", "this message id belongs to another user's message",
-                               409)
-        # No await from here on: the checks and the registration are one step.
-        running = self._streams.get(request.message_id)
-        if running is not None:
-            raise RelayRefused("conflict", "a stream for this message id is already running",
-                               409)
-        if self._per_user.get(identity.id, 0) >= s.max_streams_per_user:
-            self.counters.rejected += 1
-            raise RelayRefused("rate_limited", f"at most {s.max_streams_per_user} concurrent "
-                               "streams per user; wait for one to end", 429)
-        if len(self._streams) >= s.max_streams:
-            self.counters.rejected += 1
-            raise RelayRefused("rate_limited", f"the relay is at its limit of {s.max_streams} "
-                               "concurrent streams; try again shortly", 429)
-        stream = RelayStream(self, identity, request, s, listen)
-        self._streams[request.message_id] = stream
-        self._per_user[identity.id] = self._per_user.get(identity.id, 0) + 1
-        self.counters.started += 1
-        stream.task = asyncio.ensure_future(stream.run())
-        stream.task.set_name(f"relay {request.message_id}")
-        return stream
-
-    def get(self, message_id: str) -> RelayStream | None:
-        return self._streams.get(message_id)
-
-    async def cancel(self, message_id: str, user_id: str | None = None,
-                     reason: str = "cancelled", wait: float = 5.0) -> Outcome | None:
-        """Cancel a running stream (only the owner's when `user_id` is given) and wait until
-        it has ended; its outcome, or None when no such stream runs here."""
-        stream = self._streams.get(message_id)
-        if stream is None or (user_id is not None and stream.user_id != user_id):
-            return None
-        stream.cancel(reason)
-        try:
-            await asyncio.wait_for(stream.finished.wait(), wait)
-        except TimeoutError:
-            pass
-        return stream.outcome
-
-    def _forget(self, stream: RelayStream) -> None:
-        if self._streams.get(stream.message_id) is stream:
-            del self._streams[stream.message_id]
-            left = self._per_user.get(stream.user_id, 0) - 1
-            if left > 0:
-                self._per_user[stream.user_id] = left
-            else:
-                self._per_user.pop(stream.user_id, None)
-
-    def _count(self, status: str) -> None:
-        setattr(self.counters, status, getattr(self.counters, status) + 1)
-
-    # ------------------------------------------------------------------ metrics
-    def active_count(self) -> int:
-        return len(self._streams)
-
-    def active_of(self, user_id: str) -> int:
-        return self._per_user.get(user_id, 0)
-
-    def metrics(self) -> dict[str, int]:
-        c = self.counters
-        return {"active": len(self._streams), "started": c.started, "done": c.done,
-                "cancelled": c.cancelled, "error": c.error, "rejected": c.rejected}
-
-    # ------------------------------------------------------------------ lifecycle
-    async def stop(self, timeout: float = 5.0) -> None:
-        """Refuse new streams, cancel the running ones (each is stored and its tabs told),
-        and wait for them under `timeout`; stragglers are stopped hard."""
-        self._stopping = True
-        streams = list(self._streams.values())
-        for stream in streams:
-            stream.cancel("the appliance is shutting down")
-        tasks = [s.task for s in streams if s.task is not None]
-        if not tasks:
-            return
-        _, pending = await asyncio.wait(tasks, timeout=timeout)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def run_until_stopped(self) -> None:
-        """A lifetime task for the appliance's TaskGroup: when it is cancelled at stop, the
-        streams are cancelled and stored before the store closes."""
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await self.stop()
-
-
-def attach(appliance) -> RelayService:
-    """Build the relay from the appliance's parts and add its routes to the running Tornado
-    application (`appliance.web`). Call it from `Appliance.start()` after `self.web` is
-    built (it needs the running loop). Idempotent: a second call returns the same service."""
-    existing = getattr(appliance, "relay", None)
-    if isinstance(existing, RelayService):
-        return existing
-    from . import relay_api  # the handlers import this module
-
-    service = RelayService(appliance.emitter, appliance.backend.store,
-                           lambda: appliance.settings.upstream)
-    if appliance.web is None:
-        raise RuntimeError("attach() needs the Tornado application: call it after web_app()")
-    metrics = appliance.metrics
-    manager = appliance.sio.manager
-    cancel_elsewhere = None
-    if manager.multi_node:  # a cancel may reach another node than the one streaming
-        async def publish_cancel(message_id: str, owner: str | None) -> None:
-            await manager.publish_control("relay:cancel",
-                                          {"message_id": message_id, "user_id": owner})
-
-        async def on_cancel(payload: dict) -> None:
-            if isinstance(payload.get("message_id"), str):
-                await service.cancel(payload["message_id"], payload.get("user_id"),
-                                     reason="cancelled by request")
-
-        manager.on_control("relay:cancel", on_cancel)
-        cancel_elsewhere = publish_cancel
-    ctx = relay_api.RelayContext(
-        service=service, store=appliance.backend.store, identify=appliance.gateway.identify,
-        api_key=lambda: appliance.settings.auth.api_key,
-        observe=lambda handler, code: metrics.api_requests.labels(handler, code).inc(),
-        check_api=appliance.limits.check_api, cancel_elsewhere=cancel_elsewhere)
-    appliance.web.add_handlers(r".*", relay_api.routes(ctx))
-    appliance.gauges.append(("rt_relay_streams_active", "Chat relay streams running on this node",
-                             service.active_count))
-    appliance.tasks.start("chat relay", service.run_until_stopped())
-    appliance.relay = service
-    return service
-
-
-__all__ = ["ChatRequest", "Failure", "Outcome", "RelayRefused", "RelayService", "RelayStream",
-           "attach", "parse_chat_request", "STATUSES"]

@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Container
 from typing import Any
 
-from .backends import PresenceRegistry
+from ..backends import PresenceRegistry
 
 Publish = Callable[[bytes], Awaitable[Any]]
 

@@ -6,7 +6,7 @@ Every document is touched only on the event-loop thread.
 An update from a client is accepted in four steps, under the document's lock so that the
 in-memory document, the stored log and the order of relays always agree:
 
-1. `inspect_update` reads it against the Yjs v1 update grammar in pure Python, with bounds:
+1. `inspect_update` (documents/yjs.py) reads it against the Yjs v1 update grammar in pure Python, with bounds:
    every count and length must fit in the bytes that follow, nesting of `Any` values is
    bounded (pycrdt overflows its stack on ~100,000 nested arrays: a segfault), only content
    kinds that npm `yjs` can read are allowed, and the bytes must be used up exactly (pycrdt
@@ -37,39 +37,51 @@ the state that won, never with a `{ok}` it would try to apply as an update.
 Two seams for other sources of truth: every access decision goes through `note_access`
 (default: the note ACLs of the appliance's directory) and every rendered content stored
 is also handed to `on_content` with the identity of its last editor.
+
+Longer than most modules: joins, the four steps of an update, seeds, leaves, loading and
+compaction all run under the one document lock and share its bookkeeping (state vector,
+surrogate pairs, log counts); split apart, the lock discipline would be spread over
+modules. The grammar reader is in yjs.py, the socket and HTTP edges beside it.
 """
 from __future__ import annotations
 
 import asyncio
 import base64
 import contextlib
-import json
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import pycrdt
 
-from . import payloads as p
-from . import rooms
-from .auth import Identity
-from .backends import Store
-from .backends.memory import MemoryEditors
-from .core.errors import StoreError
-from .directory import note_document_id
-from .rights import DirectoryRights
+from .. import payloads as p
+from .. import rooms
+from ..auth import Identity
+from ..backends import Store
+from ..backends.memory import MemoryEditors
+from ..core.errors import StoreError
+from ..core.tasks import TaskGroup
+from ..directory import note_document_id
+from ..metrics import Figure
+from ..rights import DirectoryRights
+from .yjs import (
+    EMPTY_UPDATE,
+    InvalidUpdate,
+    UpdateShape,
+    decode_state_vector,
+    inspect_update,
+    integrated,
+    missing_dependencies,
+    splits_pair,
+)
 
-log = logging.getLogger("rt.collab")
+log = logging.getLogger("rt.documents")
 
-MAX_SAFE = 2**53 - 1  # lib0 refuses larger integers
-MAX_CLOCK = 2**32 - 1  # Yrs keeps clocks in 32 bits
-MAX_DEPTH = 64  # nesting of Any values and JSON in an update (Yrs's JSON stops at 128)
 NOTE = "note"
-EMPTY_UPDATE = b"\x00\x00"  # what y-py sends for a transaction that changed nothing
 _FATAL = (KeyboardInterrupt, SystemExit, asyncio.CancelledError, GeneratorExit)
 _MISSING = object()  # a payload field that was not sent (None is JSON null)
 
@@ -77,311 +89,6 @@ _MISSING = object()  # a payload field that was not sent (None is JSON null)
 NoteAccess = Callable[[Identity, str], Awaitable[str | None]]
 # (document id, rendered content as JSON text, identity of its last editor)
 ContentHook = Callable[[str, str, Identity], Awaitable[None]]
-
-
-# =========================================================================== update grammar
-class InvalidUpdate(ValueError):
-    """The bytes are not an acceptable Yjs v1 update."""
-
-
-@dataclass
-class UpdateShape:
-    """What an update builds on and what it adds, per client id."""
-
-    # client → (first clock, end of its last struct that is not a Skip, Skip ranges that
-    # have structs after them: those must be known already)
-    structs: dict[int, tuple[int, int | None, list[tuple[int, int]]]] = field(default_factory=dict)
-    refs: dict[int, int] = field(default_factory=dict)  # client → highest referenced clock + 1
-    deletes: dict[int, int] = field(default_factory=dict)  # client → end of the last deleted range
-    # Clocks between the two halves of a surrogate pair in the update's strings, and the
-    # clocks at which the update cuts existing content (origins, deleted ranges). Yrs keeps
-    # strings in UTF-8 and mangles a pair cut in two (text lost, states npm yjs misreads),
-    # where Yjs replaces the halves with U+FFFD: such a cut is refused.
-    pairs: dict[int, set[int]] = field(default_factory=dict)
-    cuts: list[tuple[int, int]] = field(default_factory=list)
-
-
-class _Reader:
-    __slots__ = ("data", "pos", "end")
-
-    def __init__(self, data: bytes):
-        self.data = data
-        self.pos = 0
-        self.end = len(data)
-
-    def u8(self) -> int:
-        if self.pos >= self.end:
-            raise InvalidUpdate("unexpected end of update")
-        value = self.data[self.pos]
-        self.pos += 1
-        return value
-
-    def var_uint(self) -> int:
-        data, pos, end = self.data, self.pos, self.end
-        num = shift = 0
-        while True:
-            if pos >= end:
-                raise InvalidUpdate("unexpected end of update")
-            byte = data[pos]
-            pos += 1
-            num |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                break
-            shift += 7
-            if shift > 56:
-                raise InvalidUpdate("integer out of range")
-        if num > MAX_SAFE:
-            raise InvalidUpdate("integer out of range")
-        self.pos = pos
-        return num
-
-    def var_int(self) -> None:
-        first = self.u8()
-        if first & 0x80:
-            shift = 6
-            while True:
-                byte = self.u8()
-                shift += 7
-                if byte < 0x80:
-                    break
-                if shift > 53:
-                    raise InvalidUpdate("integer out of range")
-
-    def skip(self, count: int) -> None:
-        if self.end - self.pos < count:
-            raise InvalidUpdate("unexpected end of update")
-        self.pos += count
-
-    def buf(self) -> bytes:
-        size = self.var_uint()
-        if self.end - self.pos < size:
-            raise InvalidUpdate("unexpected end of update")
-        start = self.pos
-        self.pos += size
-        return self.data[start:self.pos]
-
-    def string(self) -> str:
-        try:
-            return self.buf().decode("utf-8")  # strict, as lib0's fatal TextDecoder
-        except UnicodeDecodeError:
-            raise InvalidUpdate("string is not valid UTF-8") from None
-
-    def json(self) -> None:
-        text = self.string()
-        try:
-            value = json.loads(text, parse_constant=_no_constant)
-        except (ValueError, RecursionError):
-            raise InvalidUpdate("embedded JSON is not valid") from None
-        if _depth_over(value, MAX_DEPTH):
-            raise InvalidUpdate("embedded JSON is nested too deeply")
-
-    def any(self, depth: int = 0) -> None:
-        if depth > MAX_DEPTH:
-            raise InvalidUpdate("value nested too deeply")
-        kind = self.u8()
-        if kind in (127, 126, 121, 120):  # undefined, null, false, true
-            return
-        if kind == 125:
-            self.var_int()
-        elif kind == 124:
-            self.skip(4)
-        elif kind in (123, 122):
-            self.skip(8)
-        elif kind == 119:
-            self.string()
-        elif kind == 118:
-            for _ in range(self.var_uint()):
-                self.string()
-                self.any(depth + 1)
-        elif kind == 117:
-            for _ in range(self.var_uint()):
-                self.any(depth + 1)
-        elif kind == 116:
-            self.buf()
-        else:
-            raise InvalidUpdate(f"unknown value type {kind}")
-
-
-def _no_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _depth_over(value: Any, limit: int) -> bool:
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, (list, dict)):
-            if depth > limit:
-                return True
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children)
-    return False
-
-
-def _id(reader: _Reader, shape: UpdateShape, client: int, clock: int, cut: int | None) -> None:
-    """An ID an item refers to: origin (cuts after it: `cut` 1), right origin (cuts before
-    it: 0) or parent (None)."""
-    ref_client, ref_clock = reader.var_uint(), reader.var_uint()
-    if ref_clock > MAX_CLOCK:
-        raise InvalidUpdate("clock out of range")
-    if cut is not None:
-        shape.cuts.append((ref_client, ref_clock + cut))
-    if ref_client == client:
-        if ref_clock >= clock:  # an item can only refer to what existed before it
-            raise InvalidUpdate("an item refers to a later item of its own client")
-    elif ref_clock + 1 > shape.refs.get(ref_client, 0):
-        shape.refs[ref_client] = ref_clock + 1
-
-
-def _content(reader: _Reader, ref: int, shape: UpdateShape, client: int, clock: int) -> int:
-    """Read an item's content; returns its length in clock units."""
-    if ref == 1:  # deleted
-        length = reader.var_uint()
-    elif ref == 3:  # binary
-        reader.buf()
-        length = 1
-    elif ref == 4:  # string: its length counts UTF-16 code units, as in JavaScript
-        text = reader.string()
-        length = len(text.encode("utf-16-le")) // 2
-        if length != len(text):  # astral characters: note where their pairs sit
-            pairs = shape.pairs.setdefault(client, set())
-            offset = clock
-            for char in text:
-                if ord(char) > 0xFFFF:
-                    pairs.add(offset + 1)
-                    offset += 2
-                else:
-                    offset += 1
-    elif ref == 5:  # embed
-        reader.json()
-        length = 1
-    elif ref == 6:  # format
-        reader.string()
-        reader.json()
-        length = 1
-    elif ref == 7:  # type
-        type_ref = reader.var_uint()
-        if type_ref in (3, 5):  # XmlElement, XmlHook: a name follows
-            reader.string()
-        elif type_ref not in (0, 1, 2, 4, 6):
-            raise InvalidUpdate(f"unknown type reference {type_ref}")
-        length = 1
-    elif ref == 8:  # any
-        length = reader.var_uint()
-        for _ in range(length):
-            reader.any()
-    elif ref == 9:  # sub-document
-        reader.string()
-        reader.any()
-        length = 1
-    else:  # 2 = legacy JSON (Yjs 13 never writes it; Yrs reads it differently), 11..31
-        raise InvalidUpdate(f"unsupported content type {ref}")
-    if length < 1:
-        raise InvalidUpdate("empty item")
-    return length
-
-
-def inspect_update(data: bytes) -> UpdateShape:
-    """Check `data` against the Yjs v1 update format; raise InvalidUpdate when it is not
-    exactly one well-formed, non-empty update."""
-    reader = _Reader(data)
-    shape = UpdateShape()
-    for _ in range(reader.var_uint()):
-        count, client, clock = reader.var_uint(), reader.var_uint(), reader.var_uint()
-        if client in shape.structs:
-            raise InvalidUpdate("a client appears twice")
-        if count < 1:
-            raise InvalidUpdate("a client without structs")
-        start, end, skips, last_skip = clock, None, [], False
-        for _ in range(count):
-            info = reader.u8()
-            ref = info & 0x1F
-            if ref in (0, 10):  # GC or Skip: a length only
-                length = reader.var_uint()
-                if length < 1:
-                    raise InvalidUpdate("empty struct")
-                last_skip = ref == 10
-                if last_skip:
-                    skips.append((clock, clock + length))
-                else:
-                    end = clock + length
-            else:
-                if info & 0x80:
-                    _id(reader, shape, client, clock, 1)  # origin
-                if info & 0x40:
-                    _id(reader, shape, client, clock, 0)  # right origin
-                if not info & 0xC0:  # no origin: the parent is written
-                    parent_info = reader.var_uint()
-                    if parent_info == 1:
-                        reader.string()  # a root type by name
-                    elif parent_info == 0:
-                        _id(reader, shape, client, clock, None)
-                    else:
-                        raise InvalidUpdate("bad parent info")
-                    if info & 0x20:
-                        reader.string()  # key in a map
-                length = _content(reader, ref, shape, client, clock)
-                last_skip = False
-                end = clock + length
-            clock += length
-            if clock > MAX_CLOCK:
-                raise InvalidUpdate("clock out of range")
-        if last_skip:
-            skips.pop()  # nothing follows it: no need to know what it skips
-        shape.structs[client] = (start, end, skips)
-    for _ in range(reader.var_uint()):
-        client = reader.var_uint()
-        for _ in range(reader.var_uint()):
-            clock, length = reader.var_uint(), reader.var_uint()
-            if length < 1 or clock + length > MAX_CLOCK + 1:
-                raise InvalidUpdate("bad deleted range")
-            if clock + length > shape.deletes.get(client, 0):
-                shape.deletes[client] = clock + length
-            shape.cuts += ((client, clock), (client, clock + length))
-    if reader.pos != reader.end:
-        raise InvalidUpdate("trailing bytes after the update")
-    if not shape.deletes and all(end is None for _, end, _ in shape.structs.values()):
-        raise InvalidUpdate("empty update")
-    return shape
-
-
-def decode_state_vector(data: bytes) -> dict[int, int]:
-    reader = _Reader(data)
-    return {reader.var_uint(): reader.var_uint() for _ in range(reader.var_uint())}
-
-
-def missing_dependencies(shape: UpdateShape, sv: dict[int, int]) -> str | None:
-    """Why the update cannot integrate fully into a document with state vector `sv`
-    (None when it can)."""
-    known = dict(sv)
-    for client, (start, end, skips) in shape.structs.items():
-        have = sv.get(client, 0)
-        if end is None:
-            continue
-        if start > have:
-            return f"client {client} starts at clock {start}, the document has {have}"
-        for _, skip_end in skips:
-            if skip_end > have:
-                return f"client {client} skips clocks the document does not have"
-        known[client] = max(have, end)
-    for what, needs in (("refers to", shape.refs), ("deletes", shape.deletes)):
-        for client, upto in needs.items():
-            if upto > known.get(client, 0):
-                return f"the update {what} clocks of client {client} the document does not have"
-    return None
-
-
-def splits_pair(shape: UpdateShape, pairs: dict[int, set[int]]) -> bool:
-    """Whether the update cuts a surrogate pair of the document (`pairs`) or of its own."""
-    for client, clock in shape.cuts:
-        if clock in pairs.get(client, ()) or clock in shape.pairs.get(client, ()):
-            return True
-    return False
-
-
-def integrated(shape: UpdateShape, sv: dict[int, int]) -> bool:
-    return all(end is None or sv.get(client, 0) >= end
-               for client, (_, end, _) in shape.structs.items())
 
 
 def bytes_of(value: Any, what: str, limit: int) -> bytes:
@@ -481,7 +188,7 @@ class CollabService:
         self.pending_content: dict[str, str] = {}  # document → JSON text not yet stored
         self._content_editor: dict[str, Identity] = {}  # document → who sent that text
         self._content_timers: dict[str, asyncio.TimerHandle] = {}
-        self._tasks: set[asyncio.Task] = set()
+        self.tasks = TaskGroup()  # compactions, debounced content writes
         self.counts: Counter[str] = Counter()  # accepted / refused updates, compactions
 
     # ------------------------------------------------------------------ access
@@ -657,7 +364,7 @@ class CollabService:
             "socket_id": sid}, rooms.document(doc.id), skip_sid=sid)
         if doc.log_count > self.settings().compaction_threshold and not doc.compacting:
             doc.compacting = True
-            self._background(self._compact_soon(doc.id), f"compact {doc.id}")
+            self.tasks.spawn(f"compact {doc.id}", self._compact_soon(doc.id))
 
     def _apply(self, doc: _Document, update: bytes, shape: UpdateShape) -> None:
         why = missing_dependencies(shape, doc.sv)
@@ -778,6 +485,11 @@ class CollabService:
             await self.sio.close_room(rooms.document(document_id))
         return found
 
+    def figures(self) -> Iterator[Figure]:
+        yield Figure("rt_documents_open", "Yjs documents in memory on this node", len(self.docs))
+        yield Figure("rt_document_updates", "Yjs updates by outcome (accepted, refused, ...)",
+                     dict(self.counts), label="result", counter=True)
+
     def open_count(self) -> int:
         return len(self.docs)
 
@@ -866,8 +578,8 @@ class CollabService:
         if document_id not in self._content_timers:  # at most one write per delay
             loop = asyncio.get_running_loop()
             self._content_timers[document_id] = loop.call_later(
-                delay, lambda: self._background(self._flush_content(document_id),
-                                                f"content {document_id}"))
+                delay, lambda: self.tasks.spawn(f"content {document_id}",
+                                                self._flush_content(document_id)))
 
     def _drop_content(self, document_id: str) -> None:
         self.pending_content.pop(document_id, None)
@@ -913,30 +625,11 @@ class CollabService:
             await self._flush_content(document_id)
 
     # ------------------------------------------------------------------ lifetime
-    def _background(self, coro, name: str) -> None:
-        task = asyncio.ensure_future(coro)
-        task.set_name(name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("%s failed", task.get_name(), exc_info=task.exception())
-
     async def close(self) -> None:
         """Finish background work and store pending content (before the store closes)."""
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=5)
+        await self.tasks.settle(timeout=5)
         await self.flush()
 
-    async def run_until_stopped(self) -> None:
-        """A lifetime task for the appliance's TaskGroup: cancelled at stop (after the
-        sessions are gone, before the store closes), it flushes pending content."""
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await self.close()
 
 
 def _add_pairs(into: dict[int, set[int]], pairs: dict[int, set[int]]) -> None:
@@ -958,37 +651,3 @@ def _replay(ydoc: pycrdt.Doc, document_id: str, parts: list[bytes]) -> None:
             ydoc.apply_update(part)
         except Exception:
             log.error("stored update #%d of %s is unreadable; skipped", index, document_id)
-
-
-# =========================================================================== wiring
-def attach(appliance, note_access: NoteAccess | None = None,
-           on_content: ContentHook | None = None) -> CollabService:
-    """Build the document service from the appliance's parts and wire it in: the ydoc:*
-    events, the disconnect hook, `GET/DELETE /api/v1/documents/{id}` on the running
-    Tornado application (`appliance.web`), the note-ACL hook of the directory, a gauge,
-    and a lifetime task that stores debounced content at stop. Call it from
-    `Appliance.start()` after `self.web` is built. `note_access` and `on_content` replace
-    the directory's note rights and add a destination for rendered content (both stay
-    attributes of the service). Idempotent: a second call returns the same service."""
-    existing = getattr(appliance, "collab", None)
-    if isinstance(existing, CollabService):
-        return existing
-    from . import collab_api, collab_events
-
-    if appliance.web is None:
-        raise RuntimeError("attach() needs the Tornado application: call it after web_app()")
-    service = CollabService(appliance.emitter, appliance.backend.store,
-                            lambda: appliance.settings.documents,
-                            limits=appliance.limits, registry=appliance.backend.editors,
-                            note_access=note_access, on_content=on_content)
-    collab_events.register(appliance.gateway, service)
-    # the ApiContext the rest of /api/v1 uses
-    appliance.web.add_handlers(r".*", collab_api.routes(appliance.api_ctx, service))
-    # told when a note's ACL changes or the note goes
-    appliance.directory.note_hooks.append(service.note_changed)
-    appliance.gauges.append(("rt_documents_open", "Yjs documents in memory on this node",
-                             service.open_count))
-    appliance.tasks.start("collab", service.run_until_stopped())
-    appliance.collab = service
-    return service
-

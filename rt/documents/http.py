@@ -7,9 +7,9 @@ its in-memory copy; its editors have to join again.
 """
 from __future__ import annotations
 
-from . import payloads as p
-from .api import SEG, ApiContext, ApiHandler
-from .collab import CollabService
+from .. import payloads as p
+from ..api import SEG, ApiContext, ApiHandler
+from .service import CollabService
 
 
 class DocumentHandler(ApiHandler):

@@ -22,11 +22,13 @@ from typing import Any
 import orjson
 from tornado.iostream import StreamClosedError
 
-from . import payloads as p
-from .api import SEG, BaseHandler
-from .auth import AuthError, Identity, api_key_matches
-from .backends import Store
-from .relay import Outcome, RelayRefused, RelayService, RelayStream, parse_chat_request
+from .. import payloads as p
+from ..api import SEG, BaseHandler
+from ..auth import AuthError, Identity, api_key_matches
+from ..backends import Store
+from .request import Outcome, RelayRefused, parse_chat_request
+from .service import RelayService
+from .stream import RelayStream
 
 
 @dataclass
