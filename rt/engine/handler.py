@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import orjson
+import tornado.httputil
 import tornado.web
 import tornado.websocket
 
 from .protocol import HandshakeError, Packet, wire
 from .server import EngineServer
-from .websocket import WebSocket, handshake_response
+from .session import EngineSession
+from .websocket import WebSocket, handshake_response, valid_key
 
 log = logging.getLogger("rt.conn")
 
@@ -27,7 +30,8 @@ _POLL_CONTENT_TYPE = "text/plain; charset=UTF-8"
 _KEPT_HEADERS = ("Origin", "User-Agent")
 
 
-def build_environ(request, transport: str) -> dict:
+def build_environ(request: tornado.httputil.HTTPServerRequest, transport: str
+                  ) -> dict[str, Any]:
     """The WSGI-like environ python-socketio hands to connect handlers."""
     environ = {
         "REQUEST_METHOD": request.method,
@@ -50,11 +54,13 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
 
     def initialize(self, engine: EngineServer) -> None:
         self.engine = engine
-        self.session = None  # the session of this websocket
-        self._polling = None  # the session whose long-poll this request is
+        self.session: EngineSession | None = None  # the session of this websocket
+        self._polling: EngineSession | None = None  # the session whose long-poll this is
+        self._upgrade_sid: str | None = None
         self.probed = False  # websocket probe seen (upgrade in progress)
         self._pending_bytes = 0
         self._closing = False
+        self._reading: asyncio.Future[None] | None = None  # set while reading is held
 
     # ------------------------------------------------------------ common checks
     def _query(self) -> tuple[str | None, str | None]:
@@ -86,7 +92,7 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
         return self.engine.options.origin_allowed(self.request.headers.get("Origin"))
 
     # ------------------------------------------------------------ HTTP verbs
-    async def get(self, *args, **kwargs):
+    async def get(self, *args: Any, **kwargs: Any) -> None:
         try:
             transport, sid = self._query()
         except HandshakeError as exc:
@@ -106,18 +112,23 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
             return self._refuse(exc)
         finally:
             self._polling = None
-        if self.request.connection.stream.closed():
+        connection = self.request.connection
+        if connection is None or getattr(connection, "stream", None) is None or \
+                connection.stream.closed():  # type: ignore[attr-defined]
             return
         self._cors_headers()
         self.set_header("Content-Type", _POLL_CONTENT_TYPE)
         self.finish(payload)
 
-    async def _websocket_get(self, sid: str | None):
+    def _invalid_upgrade(self) -> None:
+        self.set_status(400)
+        self.set_header("Content-Type", "application/json")
+        self.finish(orjson.dumps({"detail": "Invalid WebSocket upgrade request"}))
+
+    async def _websocket_get(self, sid: str | None) -> None:
         if self.request.headers.get("Upgrade", "").lower() != "websocket":
             # a proxy that drops the Upgrade header: say so instead of a silent failure
-            self.set_status(400)
-            self.set_header("Content-Type", "application/json")
-            return self.finish(orjson.dumps({"detail": "Invalid WebSocket upgrade request"}))
+            return self._invalid_upgrade()
         if not self._origin_ok():
             return self._refuse(HandshakeError(HandshakeError.FORBIDDEN, status=403))
         if sid is not None:
@@ -125,11 +136,15 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
                 session = self.engine.lookup(sid)
             except HandshakeError as exc:
                 return self._refuse(exc)
-            if not session.can_upgrade():
-                return self._refuse(HandshakeError(HandshakeError.BAD_REQUEST))
-            self._upgrade_sid = sid
-        else:
-            self._upgrade_sid = None
+            if session.closed:  # only waiting for its last poll: gone for a websocket
+                return self._refuse(HandshakeError(HandshakeError.UNKNOWN_SID))
+            # A session that cannot take this websocket (upgraded already, or probing
+            # with another) gets it accepted and closed at once (open_websocket), as the
+            # reference server does: its clients expect a close, not a failed handshake.
+        self._upgrade_sid = sid
+        if not valid_key(self.request.headers.get("Sec-WebSocket-Key", "")):
+            # RFC 6455 §4.2.1: a key that is not base64 of 16 bytes is a bad request
+            return self._invalid_upgrade()
         if self.engine.options.compression:
             await super().get()  # permessage-deflate: Tornado's websocket implementation
         else:
@@ -140,14 +155,13 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
         headers = self.request.headers
         key = headers.get("Sec-WebSocket-Key", "")
         connection = {part.strip().lower() for part in headers.get("Connection", "").split(",")}
-        if "upgrade" not in connection or not key:
-            self.set_status(400)
-            self.set_header("Content-Type", "application/json")
-            return self.finish(orjson.dumps({"detail": "Invalid WebSocket upgrade request"}))
+        if "upgrade" not in connection:
+            return self._invalid_upgrade()
         if headers.get("Sec-WebSocket-Version") != "13":
             self.set_status(426)
             self.set_header("Sec-WebSocket-Version", "13")
-            return self.finish()
+            self.finish()
+            return
         environ = build_environ(self.request, "websocket")
         stream = self.detach()
         try:
@@ -155,18 +169,19 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
         finally:
             stream.close()
         options = self.engine.options
-        ws = WebSocket(options.max_payload, options.max_outbound_bytes, self.engine.cut_off)
+        ws = WebSocket(options.max_payload, options.max_outbound_bytes, self.engine.counters)
         try:
-            await asyncio.get_running_loop().connect_accepted_socket(lambda: ws, sock=sock)
+            transport, _ = await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: ws, sock=sock)
         except OSError:
             sock.close()
             return
-        ws.transport.write(handshake_response(key))
+        transport.write(handshake_response(key))
         session = await self.engine.open_websocket(ws, environ, self._upgrade_sid)
         if session is not None:
             ws.start(session)
 
-    async def post(self, *args, **kwargs):
+    async def post(self, *args: Any, **kwargs: Any) -> None:
         try:
             transport, sid = self._query()
             if transport != "polling" or sid is None:
@@ -179,13 +194,17 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
                 session.close(self.engine.reason.TRANSPORT_ERROR, notify_client=False)
                 raise HandshakeError((3, "Payload too large"), status=413)
             session.handle_post(body)
+            # answered once its packets are read: a client sending more than its budget
+            # waits here (it sends one POST at a time), its packets wait in memory no more
+            # than one payload's worth
+            await session.post_finished()
         except HandshakeError as exc:
             return self._refuse(exc)
         self._cors_headers()
         self.set_header("Content-Type", "text/html")
         self.finish("ok")
 
-    def _other_method(self, *args, **kwargs):
+    def _other_method(self, *args: Any, **kwargs: Any) -> None:
         # GET opens and polls, POST sends; the reference server refuses anything else as
         # a bad handshake (no sid) or a bad request, with the usual error body, not 405
         try:
@@ -199,7 +218,7 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
 
     put = delete = patch = _other_method
 
-    def options(self, *args, **kwargs):
+    def options(self, *args: Any, **kwargs: Any) -> None:
         # CORS preflight for polling POSTs from another origin
         if self._origin_ok():
             self._cors_headers()
@@ -212,7 +231,7 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
             self.set_status(400)
         self.finish()
 
-    def on_connection_close(self):
+    def on_connection_close(self) -> None:
         # a long-poll whose client went away
         if self._polling is not None:
             self._polling.poll_cancelled()
@@ -222,32 +241,50 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
     def check_origin(self, origin: str) -> bool:
         return True  # checked in _websocket_get, with the configured allow-list
 
-    def get_compression_options(self):
+    def get_compression_options(self) -> dict[str, Any] | None:
         return {} if self.engine.options.compression else None
 
     @property
     def max_message_size(self) -> int:
         return self.engine.options.max_payload
 
-    async def open(self, *args, **kwargs):
+    async def open(self, *args: Any, **kwargs: Any) -> None:
         self.set_nodelay(True)
         self.session = await self.engine.open_websocket(
             self, build_environ(self.request, "websocket"), self._upgrade_sid)
 
-    def on_message(self, message):
+    async def on_message(self, message: str | bytes) -> None:
         if self.session is not None:
             self.session.on_ws_message(self, message)
+        if self._reading is not None:
+            # Tornado reads the next frame only once this returns: the session's hold on
+            # reading becomes TCP backpressure here too
+            await self._reading
 
-    def on_close(self):
+    def on_ping(self, data: bytes) -> None:
+        if self.session is not None:
+            self.session.on_ws_control(self, len(data) + 6)
+
+    def on_close(self) -> None:
+        self.resume_reading()
         if self.session is not None:
             self.session.on_ws_closed(self)
+
+    def pause_reading(self) -> None:
+        if self._reading is None:
+            self._reading = asyncio.get_running_loop().create_future()
+
+    def resume_reading(self) -> None:
+        reading, self._reading = self._reading, None
+        if reading is not None and not reading.done():
+            reading.set_result(None)
 
     # Tornado's websocket serves only connections with per-message compression, whose
     # frames differ per connection: a broadcast's shared frame is not used here.
     def send_frame(self, data: str | bytes) -> None:
         self.send_wire_frame(b"", data)
 
-    def send_wire_frame(self, frame: bytes, message) -> None:
+    def send_wire_frame(self, frame: bytes, message: Packet | str | bytes) -> None:
         if self._closing or self.ws_connection is None:
             return
         data = wire(message) if isinstance(message, Packet) else message
@@ -258,9 +295,12 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
         size = len(data)
         self._pending_bytes += size
         if self._pending_bytes > self.engine.options.max_outbound_bytes:
-            self.engine.cut_off(self, self._pending_bytes)
+            if self.session is not None:
+                self.session.on_ws_overflow(self, self._pending_bytes)
+            else:
+                self.close_transport()
             return
-        future.add_done_callback(lambda _f, n=size: self._sent(n))
+        future.add_done_callback(lambda _f: self._sent(size))
 
     def _sent(self, size: int) -> None:
         self._pending_bytes -= size
@@ -271,7 +311,7 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
             self.close(code, reason)
 
 
-def route(path: str, engine: EngineServer) -> tuple:
+def route(path: str, engine: EngineServer) -> tuple[str, type[EngineIOHandler], dict[str, Any]]:
     """The Tornado route for the Socket.IO path, with and without the trailing slash."""
     return (path.rstrip("/") + "/?", EngineIOHandler, {"engine": engine})
 

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import struct
+from collections.abc import Iterator
+from typing import Any
 
 from engineio.packet import CLOSE, MESSAGE, NOOP, OPEN, PING, PONG, UPGRADE, Packet
 
 __all__ = [
     "CLOSE", "MESSAGE", "NOOP", "OPEN", "PING", "PONG", "UPGRADE", "Packet",
     "ProtocolError", "HandshakeError", "decode_packet", "decode_payload", "encode_payload",
-    "websocket_frame", "wire",
+    "iter_payload", "payload_text", "websocket_frame", "wire",
 ]
 
 SEPARATOR = "\x1e"  # record separator between packets of one polling payload
@@ -42,7 +45,7 @@ class HandshakeError(Exception):
         self.code, self.message = kind
         self.status = status
 
-    def body(self) -> dict:
+    def body(self) -> dict[str, Any]:
         return {"code": self.code, "message": self.message}
 
 
@@ -63,26 +66,60 @@ def decode_packet(raw: str | bytes) -> tuple[int, str | bytes | None]:
     return ord(head) - 48, raw[1:]
 
 
-def decode_payload(body: bytes) -> list[tuple[int, str | bytes | None]]:
-    """A polling POST body → its packets."""
+# a separator not followed by the head of a packet: an empty or unknown packet
+_BAD_HEAD = re.compile("\x1e(?:[^0-6b]|\\Z)")
+
+
+def payload_text(body: bytes) -> str:
+    """A polling POST body, checked for what can be checked in one pass over it (in C):
+    UTF-8, no empty packet, every packet's head known. A body of a megabyte may hold
+    hundreds of thousands of packets; decoding them one by one is left to `iter_payload`,
+    paced by the session's inbound budget. (A base64 packet's content is checked when it
+    is decoded.)"""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ProtocolError("payload is not UTF-8") from exc
-    return [decode_packet(part) for part in text.split(SEPARATOR)]
+    if not text or text[0] not in "0123456b" or _BAD_HEAD.search(text) is not None:
+        raise ProtocolError("empty or unknown packet in payload")
+    return text
 
 
-def wire(pkt: Packet, b64: bool = False) -> str | bytes:
+def iter_payload(text: str) -> Iterator[str]:
+    """The packets of a payload, one at a time (no list of all of them at once)."""
+    start = 0
+    while True:
+        end = text.find(SEPARATOR, start)
+        if end < 0:
+            yield text[start:]
+            return
+        yield text[start:end]
+        start = end + 1
+
+
+def decode_payload(body: bytes) -> list[tuple[int, str | bytes | None]]:
+    """A polling POST body → its packets."""
+    return [decode_packet(part) for part in iter_payload(payload_text(body))]
+
+
+def wire(pkt: Packet) -> str | bytes:
     """The frame for one packet. Binary is handled here, not by Packet.encode, whose cache
     would hand the websocket form to a polling recipient of the same broadcast."""
     if pkt.binary:
-        return "b" + base64.b64encode(pkt.data).decode("ascii") if b64 else bytes(pkt.data)
-    return pkt.encode()
+        return bytes(pkt.data)
+    return str(pkt.encode())
+
+
+def wire_text(pkt: Packet) -> str:
+    """The form of a packet in a polling payload: binary as base64."""
+    if pkt.binary:
+        return "b" + base64.b64encode(pkt.data).decode("ascii")
+    return str(pkt.encode())
 
 
 def encode_payload(packets: list[Packet]) -> str:
-    """Packets for one polling response (binary as base64)."""
-    return SEPARATOR.join(wire(p, b64=True) for p in packets)
+    """Packets for one polling response."""
+    return SEPARATOR.join(map(wire_text, packets))
 
 
 def websocket_frame(data: str | bytes) -> bytes:

@@ -1,23 +1,26 @@
-"""One Engine.IO session: its transport, outbound queue, heartbeat and upgrade.
+"""One Engine.IO session: its transport, outbound queue, heartbeat, upgrade and inbound flow.
 
 A session lives on long-polling or on a websocket, and moves from the first to the second
 at most once (the upgrade). Everything here runs on the event-loop thread; no locks.
 
-Inbound messages are handed to the server's message handler strictly in order by a
-short-lived consumer task, so a slow handler (a durable write) neither reorders a client's
-events nor stalls reading its pongs.
+Inbound packets are counted against the session's budget (inflow.py) as they are read;
+messages go to its inbox (inbox.py). When the budget runs dry or the inbox backs up, the
+session stops reading: the websocket's socket is paused, a polling POST's remaining
+packets wait (and so does its answer, which is what paces a polling client).
 """
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import time
-from collections import deque
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import Any
 
 from engineio.base_server import BaseServer as _EioBase
 
+from .contracts import SessionHost, WsTransport
+from .inbox import Inbox
+from .inflow import InboundGate
 from .protocol import (
     CLOSE,
     MESSAGE,
@@ -30,29 +33,27 @@ from .protocol import (
     Packet,
     ProtocolError,
     decode_packet,
-    decode_payload,
     encode_payload,
+    iter_payload,
+    payload_text,
     websocket_frame,
     wire,
 )
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .server import EngineServer
 
 log = logging.getLogger("rt.conn")
 Reason = _EioBase.reason
 
 _PONG_PROBE = "3probe"
-_CLOSED = object()  # inbox sentinel: the disconnect handler runs after earlier messages
-# the session whose messages the current task is handling (each consumer is its own task):
-# a protocol error found while handling one must reach its session even once it is closed
-consuming: contextvars.ContextVar[EngineSession | None] = contextvars.ContextVar(
-    "consuming", default=None)
+# websocket close codes (RFC 6455 §7.4.1) with the reasons a client's close event shows
+WS_INVALID_PACKET = (1002, "invalid packet")
+WS_OUTBOUND_FULL = (1008, "outbound buffer full")
+WS_FLOOD = (1008, "inbound flood")
+
 
 def ws_frame_of(pkt: Packet) -> bytes:
     """The websocket frame of a packet, built once and kept on the packet: a broadcast
     shares one Packet among all its recipients."""
-    frame = pkt.__dict__.get("_rt_ws_frame")
+    frame: bytes | None = pkt.__dict__.get("_rt_ws_frame")
     if frame is None:
         frame = pkt._rt_ws_frame = websocket_frame(wire(pkt))
     return frame
@@ -76,12 +77,13 @@ CLOSE_LINGER_S = 5.0
 class EngineSession:
     __slots__ = (
         "server", "sid", "environ", "transport", "session", "created_at", "closed",
-        "queue", "queued_bytes", "ws", "_probe_ws", "_poll", "_posting", "_inbox", "_consumer",
+        "queue", "queued_bytes", "ws", "_probe_ws", "_poll", "_posting", "_post_rest",
+        "_post_done", "_post_failed", "inbox", "gate",
         "_ping_handle", "_pong_handle", "_pong_extended", "_linger_handle", "_upgrade_handle",
         "ping_interval", "ping_timeout", "close_reason",
     )
 
-    def __init__(self, server: EngineServer, sid: str, environ: dict, transport: str):
+    def __init__(self, server: SessionHost, sid: str, environ: dict[str, Any], transport: str):
         self.server = server
         self.sid = sid
         self.environ = environ
@@ -91,12 +93,15 @@ class EngineSession:
         self.closed = False
         self.queue: list[Packet] = []  # waiting for the next poll (polling, or mid-upgrade)
         self.queued_bytes = 0  # about how much the queue holds (max_outbound_bytes bounds it)
-        self.ws = None  # the websocket handler once the session is on websocket
-        self._probe_ws = None  # a websocket that is probing for an upgrade
-        self._poll: asyncio.Future | None = None  # the GET waiting for packets
-        self._posting = False
-        self._inbox: deque | None = None  # made on the first message: most sessions are idle
-        self._consumer: asyncio.Task | None = None
+        self.ws: WsTransport | None = None  # the websocket once the session is on one
+        self._probe_ws: WsTransport | None = None  # a websocket probing for an upgrade
+        self._poll: asyncio.Future[None] | None = None  # the GET waiting for packets
+        self._posting = False  # a POST is being read (its packets may wait for the budget)
+        self._post_rest: Iterator[str] | None = None  # its packets not read yet
+        self._post_done: asyncio.Future[None] | None = None  # its answer waits for this
+        self._post_failed = False  # one of its packets was invalid (the answer is 400)
+        self.inbox = Inbox(self, self._on_handled)
+        self.gate = InboundGate(server, self.inbox, self._hold, self._resume, self._flooded)
         self._ping_handle: asyncio.TimerHandle | None = None
         self._pong_handle: asyncio.TimerHandle | None = None
         self._pong_extended = False  # the pong deadline of this ping was extended once
@@ -106,6 +111,11 @@ class EngineSession:
         self.ping_interval = server.options.ping_interval
         self.ping_timeout = server.options.ping_timeout
         self.close_reason: str | None = None
+
+    @property
+    def _consumer(self) -> asyncio.Task[None] | None:
+        """The task handing this session's messages to the handler, while there is one."""
+        return self.inbox.consumer
 
     # ---------------------------------------------------------------- handshake
     def open_packet(self) -> Packet:
@@ -174,7 +184,7 @@ class EngineSession:
             # a polling client that stopped collecting: cut it off, as a websocket is
             log.warning("session %s: slow consumer (%d bytes waiting for a poll), closing",
                         self.sid, self.queued_bytes)
-            self.server.slow_consumers += 1
+            self.server.counters.slow_consumers += 1
             self.queue.clear()
             self.queued_bytes = 0
             self.close(Reason.TRANSPORT_ERROR, notify_client=False)
@@ -203,6 +213,11 @@ class EngineSession:
                 await self._poll
             finally:
                 self._poll = None
+            if self.closed and self.close_reason == Reason.CLIENT_DISCONNECT:
+                # the client's close packet ends the GET it left waiting with a noop, as
+                # the reference server does; what was queued is not for it any more
+                self.server.forget(self)
+                return encode_payload([Packet(NOOP)])
         packets = self.queue[:MAX_PACKETS_PER_POLL]
         del self.queue[:MAX_PACKETS_PER_POLL]
         self.queued_bytes -= sum(map(_size, packets))
@@ -221,34 +236,64 @@ class EngineSession:
                 self.close(Reason.TRANSPORT_CLOSE, notify_client=False)
 
     def handle_post(self, body: bytes) -> None:
-        """A polling POST carrying one payload of packets."""
+        """A polling POST carrying one payload of packets. They are read as the inbound
+        budget allows: `post_finished` tells when all were (the POST's answer waits)."""
         if self.closed or self.transport != "polling" or self.ws is not None:
             raise HandshakeError(HandshakeError.BAD_REQUEST)
         if self._posting:
             self.close(Reason.TRANSPORT_ERROR, notify_client=False)
             raise HandshakeError(HandshakeError.BAD_REQUEST)
-        self._posting = True
         try:
-            packets = decode_payload(body)
+            text = payload_text(body)
         except ProtocolError as exc:
-            log.info("session %s: invalid polling payload (%s), closing", self.sid, exc)
-            self.close(Reason.TRANSPORT_ERROR, notify_client=False)
+            self._invalid_input(exc)
             raise HandshakeError(HandshakeError.BAD_REQUEST) from exc
-        finally:
-            self._posting = False
-        for ptype, data in packets:
+        self._posting, self._post_failed = True, False
+        self._post_rest = iter_payload(text)
+        self._read_post()
+
+    async def post_finished(self) -> None:
+        """Until the packets of the current POST are all read; HandshakeError if one of
+        them was invalid (the session is closed then)."""
+        if self._posting and self._post_done is None:
+            self._post_done = asyncio.get_running_loop().create_future()
+        if self._post_done is not None:
+            await self._post_done
+        if self._post_failed:
+            raise HandshakeError(HandshakeError.BAD_REQUEST)
+
+    def _read_post(self) -> None:
+        rest = self._post_rest
+        while rest is not None and not self.gate.held and not self.closed:
+            raw = next(rest, None)
+            if raw is None:
+                break
+            try:
+                ptype, data = decode_packet(raw)
+            except ProtocolError as exc:
+                self._post_failed = True
+                self._invalid_input(exc)
+                break
             if not self._on_packet(ptype, data):
                 break
+            self.gate.account(len(raw))
+        if self.gate.held and not self.closed:
+            return  # the rest when the session may read again (_resume)
+        self._post_rest = None
+        self._posting = False
+        done, self._post_done = self._post_done, None
+        if done is not None and not done.done():
+            done.set_result(None)
 
     # ---------------------------------------------------------------- websocket
     def can_upgrade(self) -> bool:
         """Whether a websocket may probe this session now: only a live polling session,
-        and one probe at a time (the reference server refuses a second one, which would
+        and one probe at a time (the reference server closes a second one, which would
         otherwise replace the first mid-handshake)."""
         return (self.transport == "polling" and self.ws is None and self._probe_ws is None
                 and not self.closed)
 
-    def attach_websocket(self, ws) -> None:
+    def attach_websocket(self, ws: WsTransport) -> None:
         """A websocket opened for this session: directly (new session) or to probe."""
         if self.ws is None and self.transport == "websocket":
             self.ws = ws
@@ -267,21 +312,35 @@ class EngineSession:
             if self.closed:  # closed while its client sat paused on this probe: gone
                 self.server.forget(self)
 
-    def on_ws_message(self, ws, raw: str | bytes) -> None:
+    def on_ws_message(self, ws: WsTransport, message: str | bytes) -> None:
         if ws is self._probe_ws:
-            self._on_probe_message(ws, raw)
+            self._on_probe_message(ws, message)
             return
         if ws is not self.ws or self.closed:
             return
         try:
-            ptype, data = decode_packet(raw)
+            ptype, data = decode_packet(message)
         except ProtocolError as exc:
-            log.info("session %s: invalid packet (%s), closing", self.sid, exc)
-            self.close(Reason.TRANSPORT_ERROR, notify_client=False)
+            self._invalid_input(exc)
             return
-        self._on_packet(ptype, data)
+        if self._on_packet(ptype, data):
+            self.gate.account(len(message))
 
-    def _on_probe_message(self, ws, raw) -> None:
+    def on_ws_control(self, ws: WsTransport, size: int) -> None:
+        """A websocket ping from the client: answered by the transport, but it is input
+        like any other and counts against the budget."""
+        if ws is self.ws and not self.closed:
+            self.gate.account(size)
+
+    def on_ws_overflow(self, ws: WsTransport, unsent: int) -> None:
+        """A websocket's unsent output passed max_outbound_bytes: the client is too slow."""
+        log.warning("session %s: slow consumer (%d bytes unsent), closing", self.sid, unsent)
+        self.server.counters.slow_consumers += 1
+        ws.close_transport(*WS_OUTBOUND_FULL)
+        if ws is self.ws:  # gone now: nothing more is written to it
+            self.close(Reason.TRANSPORT_ERROR, notify_client=False)
+
+    def _on_probe_message(self, ws: WsTransport, raw: str | bytes) -> None:
         if raw == "2probe" and not ws.probed:
             ws.probed = True
             ws.send_frame(_PONG_PROBE)
@@ -297,7 +356,7 @@ class EngineSession:
         self._probe_ws = None
         ws.close_transport()
 
-    def _complete_upgrade(self, ws) -> None:
+    def _complete_upgrade(self, ws: WsTransport) -> None:
         if self._upgrade_handle is not None:
             self._upgrade_handle.cancel()
             self._upgrade_handle = None
@@ -314,8 +373,10 @@ class EngineSession:
             ws.send_frame(wire(Packet(CLOSE)))
             ws.close_transport()
             self.server.forget(self)
+        elif self.gate.held:  # reading was stopped on polling: the websocket waits too
+            ws.pause_reading()
 
-    def on_ws_closed(self, ws) -> None:
+    def on_ws_closed(self, ws: WsTransport) -> None:
         if ws is self._probe_ws:
             self._probe_ws = None
             return
@@ -323,12 +384,12 @@ class EngineSession:
             self.close(Reason.TRANSPORT_CLOSE, notify_client=False)
 
     # ---------------------------------------------------------------- inbound
-    def _on_packet(self, ptype: int, data) -> bool:
+    def _on_packet(self, ptype: int, data: str | bytes | None) -> bool:
         """Handle one inbound packet of an established session; False once closed."""
         if ptype != PONG:
             self._extend_pong_deadline()
         if ptype == MESSAGE:
-            self._enqueue(data)
+            self.inbox.put(data if data is not None else "")
         elif ptype == PONG:
             self._on_pong()
         elif ptype == CLOSE:
@@ -343,41 +404,50 @@ class EngineSession:
             return False
         return not self.closed
 
-    def _enqueue(self, item) -> None:
-        if self._inbox is None:
-            self._inbox = deque()
-        self._inbox.append(item)
-        if self._consumer is None:
-            self._consumer = asyncio.ensure_future(self._consume())
+    def _invalid_input(self, exc: ProtocolError) -> None:
+        log.info("session %s: invalid packet (%s), closing", self.sid, exc)
+        self.server.counters.protocol_errors += 1
+        self.close(Reason.TRANSPORT_ERROR, notify_client=False, ws_close=WS_INVALID_PACKET)
 
-    async def _consume(self) -> None:
-        consuming.set(self)
-        handler = self.server.handlers
-        try:
-            while self._inbox:
-                item = self._inbox.popleft()
-                if item is _CLOSED:
-                    await self.server.fire_disconnect(self, self.close_reason)
-                    return
-                try:
-                    await handler["message"](self.sid, item)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:  # one bad message must not kill the session's reader
-                    log.exception("session %s: message handler failed", self.sid)
-        finally:
-            self._consumer = None
-            if not self._inbox:
-                self._inbox = None  # an empty deque still holds a block of 64 slots
+    def _on_handled(self) -> None:
+        self.gate.handled()
+
+    def _hold(self) -> None:
+        """The gate stops reading: the websocket's socket, or the POST being read."""
+        if self.ws is not None:
+            self.ws.pause_reading()
+
+    def _resume(self) -> None:
+        if self.closed:
+            return
+        if self.ws is not None:
+            self.ws.resume_reading()
+        if self._post_rest is not None:
+            self._read_post()
+
+    def _flooded(self) -> None:
+        opts = self.server.options
+        log.warning("session %s: held at its inbound budget (%g packets/s, %g bytes/s) for "
+                    "%g s, closing as a flood", self.sid, opts.inbound_rate,
+                    opts.inbound_bytes_rate, opts.flood_close_after)
+        self.server.counters.flood_disconnects += 1
+        self.close(Reason.TRANSPORT_ERROR, notify_client=False, drop_pending=True,
+                   ws_close=WS_FLOOD)
+
+    @property
+    def held(self) -> bool:
+        """Whether this session's reading is stopped now."""
+        return self.gate.held
 
     # ---------------------------------------------------------------- close
     def close(self, reason: str = Reason.SERVER_DISCONNECT, notify_client: bool = True,
-              drop_pending: bool = False) -> None:
+              drop_pending: bool = False, ws_close: tuple[int, str] | None = None) -> None:
         """Close once. The disconnect handler runs after messages received before.
         `drop_pending`: a message being handled was a protocol error (found above
-        Engine.IO), so those received after it are dropped, as the reference server does."""
-        if drop_pending and self._inbox:
-            self._inbox = deque(item for item in self._inbox if item is _CLOSED)
+        Engine.IO), or the client flooded, so those received after it are dropped, as the
+        reference server does. `ws_close`: the close code and reason of a websocket."""
+        if drop_pending:
+            self.inbox.drop_pending()
         if self.closed:
             return
         self.closed = True
@@ -385,7 +455,10 @@ class EngineSession:
             if handle is not None:
                 handle.cancel()
         self._ping_handle = self._pong_handle = None
+        self.gate.cancel()
         self.close_reason = reason
+        if self._post_rest is not None:
+            self._read_post()  # ends the POST being read: its answer goes out
         if self._probe_ws is not None and not self._probe_ws.probed:
             self._probe_ws.close_transport()
             self._probe_ws = None
@@ -399,7 +472,10 @@ class EngineSession:
             self._upgrade_handle = None
         if self.ws is not None:
             # buffered frames (a DISCONNECT, a refused CONNECT) go out before the close
-            self.ws.close_transport()
+            if ws_close is not None:
+                self.ws.close_transport(*ws_close)
+            else:
+                self.ws.close_transport()
             self.server.forget(self)
         elif notify_client and self._poll is None:
             # polling: keep the session until the client's last GET collects the queue and
@@ -411,7 +487,7 @@ class EngineSession:
             self._wake_poll()
             if not notify_client:
                 self.server.forget(self)
-        self._enqueue(_CLOSED)
+        self.inbox.put_closed()
 
     def cancel_linger(self) -> None:
         if self._linger_handle is not None:

@@ -9,6 +9,11 @@ is a callback, and a write goes to the socket at once or into the transport's bu
 
 Only unextended websockets come here; with per-message compression on, Tornado's own
 implementation serves the connection (handler.py).
+
+Reading is paced: at most a bounded number of frames is parsed per callback (the rest in a
+later turn of the loop), and while the session holds its reading (inbound budget, backlog)
+the transport stops reading the socket, so what the client sends waits in the kernel and
+then in the client, not here.
 """
 from __future__ import annotations
 
@@ -16,13 +21,15 @@ import asyncio
 import base64
 import hashlib
 import logging
+import re
 import socket
 import struct
-from collections.abc import Callable
+from typing import Any
 
 from tornado.util import _websocket_mask  # Tornado's C speed-up where it is built
 
-from .protocol import websocket_frame
+from .contracts import EngineStats, WsListener
+from .protocol import Packet, websocket_frame
 
 log = logging.getLogger("rt.conn")
 
@@ -37,7 +44,16 @@ INVALID_DATA, POLICY, TOO_BIG = 1007, 1008, 1009
 # after our close frame, how long the client has to answer before the connection is dropped
 CLOSE_TIMEOUT_S = 5.0
 
+# frames parsed per turn of the event loop; the rest of a big read waits for the next turn
+FRAMES_PER_TURN = 64
+
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+# base64 of 16 bytes (RFC 6455 §4.2.1 item 5); the reference server's check
+_KEY = re.compile(r"[+/0-9A-Za-z]{22}==")
+
+
+def valid_key(key: str) -> bool:
+    return _KEY.fullmatch(key) is not None
 
 
 def accept_value(key: str) -> str:
@@ -65,16 +81,16 @@ class WebSocket(asyncio.Protocol):
     `send_wire_frame`, `send_frame`, `close_transport`, `probed`; it reports messages with
     `session.on_ws_message(self, msg)` and its end with `session.on_ws_closed(self)`."""
 
-    __slots__ = ("max_message", "max_outbound", "on_slow_consumer", "session", "probed",
+    __slots__ = ("max_message", "max_outbound", "stats", "session", "probed",
                  "transport", "_buf", "_fragments", "_fragment_op", "_fragment_size",
-                 "_closing", "_close_timer", "_lost")
+                 "_closing", "_close_timer", "_lost", "_held", "_turn_held", "_reading")
 
-    def __init__(self, max_message: int, max_outbound: int,
-                 on_slow_consumer: Callable[[WebSocket, int], None]):
+    def __init__(self, max_message: int, max_outbound: int, stats: EngineStats):
         self.max_message = max_message
         self.max_outbound = max_outbound
-        self.on_slow_consumer = on_slow_consumer
-        self.session = None  # set once the session is open; reading waits until then
+        self.stats = stats
+        # set once the session is open; reading waits until then
+        self.session: WsListener | None = None
         self.probed = False  # upgrade probe seen (this websocket is upgrading a session)
         self.transport: asyncio.Transport | None = None
         self._buf = bytearray()
@@ -84,9 +100,13 @@ class WebSocket(asyncio.Protocol):
         self._closing = False  # our close frame is sent: no more data either way
         self._close_timer: asyncio.TimerHandle | None = None
         self._lost = False
+        self._held = False  # the session stopped reading (pause_reading)
+        self._turn_held = False  # the rest of a read waits for the next turn of the loop
+        self._reading = True  # whether the transport reads the socket now
 
     # ---------------------------------------------------------------- asyncio
-    def connection_made(self, transport: asyncio.Transport) -> None:
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         sock = transport.get_extra_info("socket")
         if sock is not None:
@@ -95,7 +115,7 @@ class WebSocket(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buf += data
-        if self.session is not None:
+        if self.session is not None and not self._held and not self._turn_held:
             self._parse()
 
     def eof_received(self) -> bool:
@@ -123,7 +143,7 @@ class WebSocket(asyncio.Protocol):
         pass
 
     # ---------------------------------------------------------------- session side
-    def start(self, session) -> None:
+    def start(self, session: WsListener) -> None:
         """The session is open: messages flow from now on (some may be buffered already)."""
         if self._lost:  # the client went away while the session was being opened
             session.on_ws_closed(self)
@@ -135,7 +155,8 @@ class WebSocket(asyncio.Protocol):
     def send_frame(self, data: str | bytes) -> None:
         self.send_wire_frame(websocket_frame(data), data)
 
-    def send_wire_frame(self, frame: bytes, message=None) -> None:
+    def send_wire_frame(self, frame: bytes, message: Packet | str | bytes | None = None
+                        ) -> None:
         """Write a framed message (a broadcast builds the frame once for all recipients).
         The transport sends at once what the kernel takes and buffers the rest; a client
         whose unsent output passes the limit is a slow consumer and is cut off."""
@@ -145,13 +166,50 @@ class WebSocket(asyncio.Protocol):
         transport.write(frame)
         unsent = transport.get_write_buffer_size()
         if unsent > self.max_outbound:
-            self.on_slow_consumer(self, unsent)
+            if self.session is not None:
+                self.session.on_ws_overflow(self, unsent)
+            else:
+                self.close_transport()
 
     def unsent(self) -> int:
         return self.transport.get_write_buffer_size() if self.transport is not None else 0
 
-    def socket(self):
+    def socket(self) -> Any:
         return self.transport.get_extra_info("socket") if self.transport is not None else None
+
+    # ---------------------------------------------------------------- reading
+    def pause_reading(self) -> None:
+        """The session takes nothing more for now: stop after the current frame."""
+        self._held = True
+        self._update_reading()
+
+    def resume_reading(self) -> None:
+        if not self._held:
+            return
+        self._held = False
+        self._update_reading()
+        if self._buf and not self._turn_held:
+            self._turn_held = True  # parse what was left in a turn of its own
+            self._update_reading()
+            asyncio.get_running_loop().call_soon(self._next_turn)
+
+    def _next_turn(self) -> None:
+        self._turn_held = False
+        self._update_reading()
+        if not self._held and self.session is not None:
+            self._parse()
+
+    def _update_reading(self) -> None:
+        """The transport reads while neither the session nor the parser holds it."""
+        want = not (self._held or self._turn_held)
+        transport = self.transport
+        if want == self._reading or transport is None or self._lost:
+            return
+        self._reading = want
+        if want:
+            transport.resume_reading()
+        else:
+            transport.pause_reading()
 
     def close_transport(self, code: int | None = None, reason: str | None = None) -> None:
         """Start the closing handshake: our close frame after what is queued, then the
@@ -162,6 +220,10 @@ class WebSocket(asyncio.Protocol):
         self._write_control(OP_CLOSE, _close_payload(code, reason))
         loop = asyncio.get_running_loop()
         self._close_timer = loop.call_later(CLOSE_TIMEOUT_S, self._abort)
+        # what the client sent before our close is discarded (RFC 6455 §1.4); reading on
+        # is how its close frame is seen
+        self._held = False
+        self._update_reading()
 
     def _abort(self) -> None:
         self._close_timer = None
@@ -172,6 +234,7 @@ class WebSocket(asyncio.Protocol):
         """A protocol violation by the client: say why and close (RFC 6455 §7.1.7)."""
         log.info("websocket %s: %s, closing with %d",
                  self.session.sid if self.session is not None else "?", why, code)
+        self.stats.protocol_errors += 1
         self._buf = bytearray()
         self._fragments = None
         if not self._closing:
@@ -187,12 +250,22 @@ class WebSocket(asyncio.Protocol):
             self.transport.close()
 
     def _write_control(self, opcode: int, payload: bytes) -> None:
-        self.transport.write(struct.pack("!BB", 0x80 | opcode, len(payload)) + payload)
+        if self.transport is not None:
+            self.transport.write(struct.pack("!BB", 0x80 | opcode, len(payload)) + payload)
 
     # ---------------------------------------------------------------- inbound frames
     def _parse(self) -> None:
         buf = self._buf
-        while not self._lost:
+        frames = 0
+        while not self._lost and not self._held:
+            if frames == FRAMES_PER_TURN:
+                # a read of many small frames: the rest in the next turn, after the other
+                # connections' callbacks; the socket is not read meanwhile
+                self._turn_held = True
+                self._update_reading()
+                asyncio.get_running_loop().call_soon(self._next_turn)
+                return
+            frames += 1
             have = len(buf)
             if have < 2:
                 return
@@ -229,6 +302,8 @@ class WebSocket(asyncio.Protocol):
         if opcode == OP_PING:
             if not self._closing:
                 self._write_control(OP_PONG, payload)
+                if self.session is not None:
+                    self.session.on_ws_control(self, len(payload) + 6)
             return
         if opcode == OP_PONG:
             return
@@ -251,14 +326,14 @@ class WebSocket(asyncio.Protocol):
             self._fragments, self._fragment_op = [payload], opcode
             self._fragment_size = len(payload)
             return
+        message: str | bytes = payload
         if opcode == OP_TEXT:
             try:
                 message = payload.decode("utf-8")
             except UnicodeDecodeError:
                 return self._fail(INVALID_DATA, "text message is not UTF-8")
-        else:
-            message = payload
-        self.session.on_ws_message(self, message)
+        if self.session is not None:
+            self.session.on_ws_message(self, message)
 
     def _on_close_frame(self, payload: bytes) -> None:
         if self._closing:  # the answer to ours: done

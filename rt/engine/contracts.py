@@ -1,0 +1,84 @@
+"""The interfaces between the engine's parts, so that each module imports only those below it:
+a session knows its server and its websocket only through these (server.py and
+websocket.py / handler.py implement them)."""
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .options import EngineOptions
+from .protocol import Packet
+
+MessageHandler = Callable[..., Awaitable[Any]]
+
+
+@dataclass
+class EngineStats:
+    """Counters since start, read by the app's /metrics (EngineServer.stats())."""
+
+    # sessions closed because their unsent output passed max_outbound_bytes
+    slow_consumers: int = 0
+    # sessions closed for input that is not Engine.IO / Socket.IO / RFC 6455
+    protocol_errors: int = 0
+    # sessions closed for staying at their inbound budget (flood_close_after)
+    flood_disconnects: int = 0
+    # times a session's reading was stopped: its inbound rate budget ran out ...
+    inbound_throttled: int = 0
+    # ... or the messages it sent were not handled yet (the handlers are behind)
+    inbound_backlogged: int = 0
+
+
+class SessionRef(Protocol):
+    """A session as its server files it."""
+
+    sid: str
+    transport: str
+
+    def cancel_linger(self) -> None: ...
+
+
+class SessionHost(Protocol):
+    """What a session needs from its server (server.EngineServer)."""
+
+    options: EngineOptions
+    counters: EngineStats
+
+    async def on_message(self, sid: str, data: str | bytes) -> None: ...
+
+    async def fire_disconnect(self, sid: str, reason: str) -> None: ...
+
+    def forget(self, session: SessionRef) -> None: ...
+
+    def on_upgrade(self, session: SessionRef) -> None: ...
+
+
+class WsTransport(Protocol):
+    """A websocket as a session uses it: ours (websocket.WebSocket) or Tornado's, with
+    per-message compression (handler.EngineIOHandler)."""
+
+    probed: bool  # the upgrade probe was answered on it
+
+    def send_wire_frame(self, frame: bytes, message: Packet | str | bytes) -> None: ...
+
+    def send_frame(self, data: str | bytes) -> None: ...
+
+    def close_transport(self, code: int | None = None, reason: str | None = None) -> None: ...
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+class WsListener(Protocol):
+    """The session a websocket reports to."""
+
+    sid: str
+
+    def on_ws_message(self, ws: WsTransport, message: str | bytes) -> None: ...
+
+    def on_ws_control(self, ws: WsTransport, size: int) -> None: ...
+
+    def on_ws_overflow(self, ws: WsTransport, unsent: int) -> None: ...
+
+    def on_ws_closed(self, ws: WsTransport) -> None: ...

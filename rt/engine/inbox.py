@@ -1,0 +1,113 @@
+"""A session's inbound messages on their way to the message handler.
+
+They are handed over strictly in order by a short-lived consumer task, so a slow handler (a
+durable write) neither reorders a client's events nor stalls reading its pongs. The
+consumer hands over a bounded batch per turn of the event loop and then yields: a client
+that sent thousands of messages at once gets one batch per turn, like every other busy
+session, instead of holding the loop until its backlog is worked off.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+from .contracts import SessionHost
+from .inflow import TURN_MESSAGES, TURN_SECONDS
+
+log = logging.getLogger("rt.conn")
+
+
+class Consumer(Protocol):
+    """The session an inbox belongs to."""
+
+    sid: str
+    server: SessionHost
+    closed: bool
+    close_reason: str | None
+
+    def close(self, reason: str = ..., notify_client: bool = ...,
+              drop_pending: bool = ...) -> None: ...
+
+
+# the session whose messages the current task is handling (each consumer is its own task):
+# a protocol error found while handling one must reach its session even once it is closed
+consuming: contextvars.ContextVar[Consumer | None] = contextvars.ContextVar(
+    "consuming", default=None)
+
+
+class _Closed:
+    """Inbox sentinel: the disconnect handler runs after the messages received before."""
+
+
+_CLOSED = _Closed()
+
+
+class Inbox:
+    __slots__ = ("_owner", "_items", "bytes", "consumer", "_on_handled")
+
+    def __init__(self, owner: Consumer, on_handled: Callable[[], None]):
+        self._owner = owner
+        # made on the first message: most sessions are idle, and an empty deque still
+        # holds a block of 64 slots
+        self._items: deque[str | bytes | _Closed] | None = None
+        self.bytes = 0  # about how much the queued messages hold
+        self.consumer: asyncio.Task[None] | None = None
+        self._on_handled = on_handled  # after each message: the session may read again
+
+    def __len__(self) -> int:
+        return len(self._items) if self._items is not None else 0
+
+    def put(self, item: str | bytes) -> None:
+        self.bytes += len(item)
+        self._append(item)
+
+    def put_closed(self) -> None:
+        self._append(_CLOSED)
+
+    def drop_pending(self) -> None:
+        """Forget the messages not handled yet (the disconnect handler still runs)."""
+        if self._items:
+            self._items = deque(item for item in self._items if item is _CLOSED)
+        self.bytes = 0
+
+    def _append(self, item: str | bytes | _Closed) -> None:
+        if self._items is None:
+            self._items = deque()
+        self._items.append(item)
+        if self.consumer is None:
+            self.consumer = asyncio.ensure_future(self._consume())
+
+    async def _consume(self) -> None:
+        owner = self._owner
+        consuming.set(owner)
+        loop = asyncio.get_running_loop()
+        handled, turn_start = 0, loop.time()
+        try:
+            while self._items:
+                item = self._items.popleft()
+                if isinstance(item, _Closed):
+                    await owner.server.fire_disconnect(owner.sid, owner.close_reason or "")
+                    return
+                self.bytes -= len(item)
+                try:
+                    await owner.server.on_message(owner.sid, item)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # one bad message must not kill the session's reader
+                    log.exception("session %s: message handler failed", owner.sid)
+                self._on_handled()
+                handled += 1
+                if handled >= TURN_MESSAGES or loop.time() - turn_start >= TURN_SECONDS:
+                    # the rest waits one turn of the loop: other sessions' reads, timers
+                    # and messages go first
+                    await asyncio.sleep(0)
+                    handled, turn_start = 0, loop.time()
+        finally:
+            self.consumer = None
+            if not self._items:
+                self._items = None
+                self.bytes = 0

@@ -1,0 +1,153 @@
+"""How much one session may send: the inbound budget behind read backpressure.
+
+Reading a client is cheap; handling what it sent is not (Socket.IO decoding, the gateway, a
+refusal and its answer). So the engine decides before that work: every inbound packet is
+counted against two token buckets (packets and bytes); when one runs dry the session stops
+reading its socket until the bucket has refilled, and the kernel's buffers, then TCP, slow
+the client down. Nothing is refused and nothing piles up in memory. A session that stays at
+its budget (never quiet long enough for its burst allowance to come back) for
+`flood_close_after` seconds is flooding and is closed.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Protocol
+
+from .contracts import SessionHost
+from .options import EngineOptions
+
+# A session's consumer hands at most this many messages, or this much time, to the
+# handlers in one turn of the event loop, then lets the other sessions' work in.
+TURN_MESSAGES = 16
+TURN_SECONDS = 0.002
+
+# Messages received but not handled yet: at this many (or bytes) the session stops reading;
+# it reads again once the handlers have worked the backlog down to half.
+INBOX_MESSAGES = 32
+INBOX_MIN_BYTES = 1024 * 1024  # the byte bound is max(this, max_payload)
+
+
+def inbox_byte_limit(options: EngineOptions) -> int:
+    return max(INBOX_MIN_BYTES, options.max_payload)
+
+
+class Backlog(Protocol):
+    """A session's inbox as the gate sees it (inbox.Inbox)."""
+
+    bytes: int
+
+    def __len__(self) -> int: ...
+
+
+class InboundBudget:
+    """Token buckets (packets, bytes) of one session, and since when it has been held at
+    them. Times come from the caller (the loop's monotonic clock)."""
+
+    __slots__ = ("_packets", "_bytes", "_stamp", "held_since")
+
+    def __init__(self, options: EngineOptions, now: float):
+        self._packets = float(options.inbound_burst)
+        self._bytes = float(_byte_capacity(options))
+        self._stamp = now
+        self.held_since: float | None = None  # start of the current run at the budget
+
+    def charge(self, options: EngineOptions, size: int, now: float) -> float:
+        """Count one inbound packet of `size` bytes. 0.0 while within the budget, otherwise
+        how long reading must stop for the buckets to be back at zero."""
+        packet_cap, byte_cap = float(options.inbound_burst), float(_byte_capacity(options))
+        elapsed = max(0.0, now - self._stamp)
+        self._stamp = now
+        self._packets = min(packet_cap, self._packets + elapsed * options.inbound_rate)
+        self._bytes = min(byte_cap, self._bytes + elapsed * options.inbound_bytes_rate)
+        if self._packets >= packet_cap and self._bytes >= byte_cap:
+            self.held_since = None  # quiet long enough to have its whole allowance back
+        self._packets -= 1.0
+        self._bytes -= size
+        wait = max(0.0, -self._packets / options.inbound_rate,
+                   -self._bytes / options.inbound_bytes_rate)
+        if wait > 0.0 and self.held_since is None:
+            self.held_since = now
+        return wait
+
+    def flooding(self, options: EngineOptions, now: float) -> bool:
+        """Held at the budget for longer than the options allow."""
+        limit = options.flood_close_after
+        return limit > 0 and self.held_since is not None and now - self.held_since >= limit
+
+
+def _byte_capacity(options: EngineOptions) -> int:
+    # one largest message always fits, however the burst is configured
+    return max(options.inbound_bytes_burst, options.max_payload)
+
+
+class InboundGate:
+    """Whether one session reads now. `account` after every packet read: over the budget,
+    reading stops for as long as the buckets need to refill (on_hold, then on_resume from
+    a timer); with the inbox at its bound, until the handlers have worked it down to half
+    (`handled`, after every message); held at the budget too long, on_flood. The session
+    does the stopping and resuming; this decides."""
+
+    __slots__ = ("_host", "_inbox", "_budget", "held", "_timer", "_on_hold", "_on_resume",
+                 "_on_flood")
+
+    def __init__(self, host: SessionHost, inbox: Backlog, on_hold: Callable[[], None],
+                 on_resume: Callable[[], None], on_flood: Callable[[], None]):
+        self._host = host
+        self._inbox = inbox
+        self._budget: InboundBudget | None = None  # made on the first packet: most are idle
+        self.held = False
+        self._timer: asyncio.TimerHandle | None = None  # until the budget has refilled
+        self._on_hold, self._on_resume, self._on_flood = on_hold, on_resume, on_flood
+
+    def account(self, size: int) -> None:
+        opts = self._host.options
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._budget is None:
+            self._budget = InboundBudget(opts, now)
+        wait = self._budget.charge(opts, size, now)
+        if wait > 0.0:
+            if self._budget.flooding(opts, now):
+                self.cancel()
+                self._on_flood()
+                return
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = loop.call_later(wait, self._refilled)
+            if not self.held:
+                self._host.counters.inbound_throttled += 1
+                self._hold()
+        elif not self.held and self._backlogged(full=True):
+            self._host.counters.inbound_backlogged += 1
+            self._hold()
+
+    def handled(self) -> None:
+        """A message left the inbox."""
+        if self.held and self._timer is None and not self._backlogged(full=False):
+            self._resume()
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _backlogged(self, full: bool) -> bool:
+        """The inbox at its bound (full) or still above half of it."""
+        count, size = INBOX_MESSAGES, inbox_byte_limit(self._host.options)
+        if not full:
+            count, size = count // 2, size // 2
+        return len(self._inbox) >= count or self._inbox.bytes >= size
+
+    def _hold(self) -> None:
+        self.held = True
+        self._on_hold()
+
+    def _refilled(self) -> None:
+        self._timer = None
+        if self.held and not self._backlogged(full=False):
+            self._resume()
+
+    def _resume(self) -> None:
+        self.held = False
+        self._on_resume()

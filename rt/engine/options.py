@@ -1,0 +1,40 @@
+"""What the engine is configured with: one immutable value, replaced whole on a reload
+(sessions read it when they need it; ping settings are fixed per session at handshake)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    ping_interval: float = 25.0
+    ping_timeout: float = 20.0
+    max_payload: int = 1_000_000
+    allow_websocket: bool = True
+    # None = every origin; otherwise the allowed Origin header values
+    cors_origins: tuple[str, ...] | None = None
+    compression: bool = False
+    upgrade_timeout: float = 10.0
+    # a session whose unsent output (websocket buffer, or packets waiting for a poll) grows
+    # past this is a slow consumer and is closed
+    max_outbound_bytes: int = 16 * 1024 * 1024
+    # Inbound budget per session (inflow.py). Above the rate the engine stops reading the
+    # client's socket (TCP backpressure; a polling POST is answered later) instead of
+    # decoding and refusing what it sends. Every inbound packet counts (messages, pongs,
+    # noops, websocket pings). Twice the gateway's default events_per_second: a client the
+    # gateway would serve is never slowed here.
+    inbound_rate: float = 200.0
+    inbound_burst: int = 400
+    # bytes: sustained rate, and what a session may send at once (never below max_payload,
+    # so one largest message always fits)
+    inbound_bytes_rate: float = 1024 * 1024
+    inbound_bytes_burst: int = 4 * 1024 * 1024
+    # a session held at its inbound budget this long without a pause is flooding: it is
+    # closed (websocket close 1008 "inbound flood"); 0 = never
+    flood_close_after: float = 10.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def origin_allowed(self, origin: str | None) -> bool:
+        # requests without Origin come from non-browser clients; CORS does not apply
+        return origin is None or self.cors_origins is None or origin in self.cors_origins
