@@ -45,7 +45,11 @@ MAX_USER_TOKENS = 10000
 
 
 class SocketFeature(Protocol):
-    """What a feature's socket edge (`<feature>/events.py`) gives the gateway."""
+    """What a feature's socket edge (`<feature>/events.py`) gives the gateway. It may also
+    have `disconnected(sid, identity)`, told of every ended session, and `paced`: the names
+    of its events that a bound session is never refused for rate (an editor's Yjs updates:
+    open-webui does not resend a refused one). Those are slowed instead, by the engine's
+    read backpressure on the sender's socket."""
 
     def handlers(self) -> Mapping[str, Handler]: ...
 
@@ -95,14 +99,15 @@ class Gateway:
 
     def add(self, feature: SocketFeature) -> None:
         """A feature's events, and its `disconnected(sid, identity)` if it has one."""
+        paced: frozenset[str] = getattr(feature, "paced", frozenset())
         for name, handler in feature.handlers().items():
-            self.event(name, handler)
+            self.event(name, handler, paced=name in paced)
         hook = getattr(feature, "disconnected", None)
         if hook is not None:
             self.disconnect_hooks.append(hook)
 
     # ------------------------------------------------------------------ boundary
-    def event(self, name: str, handler: Handler) -> None:
+    def event(self, name: str, handler: Handler, paced: bool = False) -> None:
         if name in self.handlers:
             raise ValueError(f"event {name!r} has a handler already")
         self.handlers[name] = handler
@@ -111,7 +116,8 @@ class Gateway:
             self.events_in[name] = self.events_in.get(name, 0) + 1
             identity = self.identities.get(sid)
             try:
-                self.limits.check_event(sid)
+                if not (paced and identity is not None):
+                    self.limits.check_event(sid)
                 if identity is None:
                     # an unbound socket may only bind itself (open-webui's sign-in page)
                     if name == "user-join" and sid in self.unbound:

@@ -42,6 +42,10 @@ class DocumentEvents:
         self.gateway = gateway
         self.collab = collab
 
+    # an editor typing at acknowledgement speed is slowed by backpressure, never refused:
+    # open-webui's editor does not resend a refused update (its note would diverge)
+    paced = frozenset({UPDATE, "ydoc:awareness:update"})
+
     def handlers(self) -> dict[str, Handler]:
         return {
             "join-note": self.join_note,

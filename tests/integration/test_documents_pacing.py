@@ -1,0 +1,38 @@
+"""An editor at full speed: no Yjs update or awareness update of an authorised writer is
+refused for rate (open-webui's editor does not resend a refused one, so its note would
+silently diverge); other events of the same socket still are."""
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.test_documents import DOC, Editor, PyReplica, api_text, setup_note
+from tests.support.appliance import WAIT, running
+
+pytestmark = pytest.mark.asyncio
+
+SLOW = "[limits]\nevents_per_second = 2\nevents_burst = 3\n"
+
+
+async def test_an_editor_at_acknowledgement_speed_is_never_refused(tmp_path):
+    async with running(tmp_path, SLOW) as h:
+        tok = await h.user("a")
+        await setup_note(h, owner="a")
+        editor = Editor(await h.connect(tok), PyReplica("pycrdt"))
+        await editor.join()
+        text = ""
+        for i in range(300):  # 100 times the event rate, each update acked before the next
+            chunk = chr(ord("a") + i % 26)
+            ack = await editor.send(editor.replica.insert(len(text), chunk))
+            assert ack == {"ok": True}, (i, ack)
+            text += chunk
+            awareness = await editor.client.call("ydoc:awareness:update", {
+                "document_id": DOC, "update": [1, 2, 3]}, timeout=WAIT)
+            assert not (isinstance(awareness, dict) and awareness.get("error")), awareness
+        assert await api_text(h) == text
+        assert h.app.limits.refused["events"] == 0
+        # the rate still holds for everything else the socket sends
+        acks = [await editor.client.call("join-note", {"note_id": "n1"}, timeout=WAIT)
+                for _ in range(10)]
+        assert {"ok": True} in acks
+        assert any(isinstance(a, dict) and a.get("error") == "rate_limited" for a in acks)
+        assert h.app.limits.refused["events"] >= 1
