@@ -24,7 +24,7 @@ import logging
 import re
 import socket
 import struct
-from typing import Any
+from typing import Any, cast
 
 from tornado.util import _websocket_mask  # Tornado's C speed-up where it is built
 
@@ -106,8 +106,8 @@ class WebSocket(asyncio.Protocol):
 
     # ---------------------------------------------------------------- asyncio
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # a stream transport (uvloop's is not a subclass of asyncio.Transport: no isinstance)
+        self.transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             # small frames must not wait for the peer's delayed ACK (Nagle)
