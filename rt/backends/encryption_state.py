@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from ..core.errors import StoreError
 from .redis_conn import AnyRedis, KeySpace
-from .redis_store import Lua, RedisUser
+from .redis_ops import Lua, RedisUser
 
 TTL = 90  # seconds a state lives without a save
 LOCK_TIMEOUT = 10.0  # seconds a lease lasts (redis-py Lock `timeout`)

@@ -130,9 +130,11 @@ def build_backend(settings) -> Backend:
 def build_redis_backend(settings, target=None) -> RedisBackend:
     from .encryption_state import RedisRelayState
     from .redis_conn import RedisConfigError, RedisTarget
+    from .redis_editors import RedisEditors
     from .redis_manager import RedisClientManager
-    from .redis_state import RedisEditors, RedisPresence, RedisUsage
+    from .redis_presence import RedisPresence
     from .redis_store import RedisStore
+    from .redis_usage import RedisUsage
     from .socketio_bridge import SocketioBridge
 
     try:

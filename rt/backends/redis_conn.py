@@ -22,7 +22,7 @@ everything one atomic operation touches:
 
 The hash tag `{<tag>}` decides the Cluster slot. Callers pick it per entity (a document
 bucket, a chat, a note) or per family of keys that must change together (the directory,
-presence, usage); see redis_store.py and redis_state.py for the layouts.
+presence, usage); see redis_store.py, redis_presence.py and redis_usage.py for the layouts.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ import contextlib
 import re
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import Redis, RedisCluster
@@ -43,7 +43,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from ..core.errors import StoreError
 
-AnyRedis = Union[Redis, RedisCluster]
+AnyRedis = Redis | RedisCluster
 
 # Failures that mean "Redis cannot serve now" wherever a client is used.
 # (RedisClusterException, e.g. "no startup node reachable", is not a RedisError.)

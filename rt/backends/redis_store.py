@@ -24,10 +24,11 @@ are decimal text, times are `repr(float)` so they read back exactly):
       P:{docs:<b>}:snap:<id>        string  compacted snapshot (covers seqs <= base)
       P:{docs:<b>}:stats            hash  count, bytes of the bucket's documents
 
-Every change that touches more than one key runs as one Lua script (atomic on the server;
-all its keys share a slot). Where the keys depend on data (delete a user: every channel
-they are in), the client reads that data, passes the keys, and the script re-checks it
-and answers "retry" if it changed meanwhile: scripts touch only the keys they declare.
+Every change that touches more than one key runs as one Lua script (redis_store_scripts.py:
+atomic on the server; all its keys share a slot). Where the keys depend on data (delete a
+user: every channel they are in), the client reads that data, passes the keys, and the
+script re-checks it and answers "retry" if it changed meanwhile: scripts touch only the
+keys they declare.
 A document append is HINCRBY + RPUSH in one script, so sequence numbers strictly
 increase in log order whichever node appends. Chat read markers were kept per chat
 (`{chat:<id>}:reads`), where a user's markers cannot be counted; they now live per user.
@@ -45,26 +46,32 @@ import json
 import logging
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Sequence
-from hashlib import sha1
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from redis.exceptions import NoScriptError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..core.errors import StoreError
 from . import ChatMessage, Note, StoredDocument, User
-from .redis_conn import (
-    REDIS_ERRORS,
-    AnyRedis,
-    KeySpace,
-    RedisUnavailable,
-    close_quietly,
-    drop_idle,
-    ensure_ready,
-    gate,
-    op_timeout,
-    redact,
+from .redis_conn import REDIS_ERRORS, AnyRedis, KeySpace, RedisUnavailable, close_quietly, redact
+from .redis_ops import Lua as Lua  # noqa: F401 - the import path of other modules
+from .redis_ops import RedisUser as RedisUser
+from .redis_ops import text
+from .redis_store_scripts import (
+    APPEND,
+    COMPACT,
+    DELETE_CHANNEL,
+    DELETE_DOC,
+    DELETE_USER,
+    GET_MEMBERS,
+    LOAD,
+    PUT_CHANNEL,
+    PUT_USER,
+    SET_CHANNEL_READ,
+    SET_CHAT_READ,
+    SET_CONTENT,
+    SET_LAST_ACTIVE,
+    UPDATE_MEMBERS,
 )
 
 log = logging.getLogger("rt.backend")
@@ -76,214 +83,6 @@ DOC_BUCKETS = 256
 BATCH = 500
 # Optimistic re-checks before giving up on a directory change that keeps racing.
 RETRIES = 20
-
-
-class Lua:
-    """A script run by EVALSHA, falling back to EVAL when the server does not know it yet
-    (new server, restart, failover: script caches are not replicated)."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = sha1(source.encode()).hexdigest()
-
-    async def __call__(self, client: AnyRedis, keys: Sequence[str], args: Sequence[Any] = ()):
-        try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            return await client.eval(self.source, len(keys), *keys, *args)
-
-
-# --- directory ----------------------------------------------------------------------------
-
-PUT_USER = Lua("""
-redis.call('HSET', KEYS[1], 'name', ARGV[1], 'role', ARGV[2], 'disabled', ARGV[3])
-if ARGV[4] ~= '' then
-  local cur = redis.call('HGET', KEYS[1], 'last_active')
-  if not cur or tonumber(cur) < tonumber(ARGV[4]) then
-    redis.call('HSET', KEYS[1], 'last_active', ARGV[4])
-  end
-end
-return 1
-""")
-
-SET_LAST_ACTIVE = Lua("""
-for i, k in ipairs(KEYS) do
-  if redis.call('EXISTS', k) == 1 then
-    local cur = redis.call('HGET', k, 'last_active')
-    if not cur or tonumber(cur) < tonumber(ARGV[i]) then
-      redis.call('HSET', k, 'last_active', ARGV[i])
-    end
-  end
-end
-return 1
-""")
-
-# KEYS: user, user-channels, members:<cid> ...; ARGV: uid, n, cid ... (as read by the client)
-DELETE_USER = Lua("""
-local n = tonumber(ARGV[2])
-if redis.call('SCARD', KEYS[2]) ~= n then return -1 end
-for i = 1, n do
-  if redis.call('SISMEMBER', KEYS[2], ARGV[2 + i]) == 0 then return -1 end
-end
-for i = 1, n do redis.call('HDEL', KEYS[2 + i], ARGV[1]) end
-redis.call('DEL', KEYS[2])
-return redis.call('DEL', KEYS[1])
-""")
-
-# Checks that the members hash (KEYS[2]) still holds exactly ARGV[2]=k users ARGV[3..2+k].
-_SAME_MEMBERS = """
-local k = tonumber(ARGV[2])
-if redis.call('HLEN', KEYS[2]) ~= k then return -1 end
-for i = 1, k do
-  if redis.call('HEXISTS', KEYS[2], ARGV[2 + i]) == 0 then return -1 end
-end
-"""
-
-# KEYS: channels, members, user-channels:<u> ...; ARGV: cid, k, current ..., then per user
-# of KEYS[3..] a pair (uid, '1' keep/add | '0' remove).
-PUT_CHANNEL = Lua(_SAME_MEMBERS + """
-redis.call('SADD', KEYS[1], ARGV[1])
-local base = 2 + k
-for i = 3, #KEYS do
-  local uid = ARGV[base + 2 * (i - 3) + 1]
-  if ARGV[base + 2 * (i - 3) + 2] == '1' then
-    redis.call('HSETNX', KEYS[2], uid, '')
-    redis.call('SADD', KEYS[i], ARGV[1])
-  else
-    redis.call('HDEL', KEYS[2], uid)
-    redis.call('SREM', KEYS[i], ARGV[1])
-  end
-end
-return 1
-""")
-
-# KEYS: channels, members, user-channels:<u> ...; ARGV: cid, then per KEYS[3..] (uid, a|r).
-UPDATE_MEMBERS = Lua("""
-if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return 0 end
-for i = 3, #KEYS do
-  local uid, op = ARGV[2 * (i - 3) + 2], ARGV[2 * (i - 3) + 3]
-  if op == 'a' then
-    redis.call('HSETNX', KEYS[2], uid, '')
-    redis.call('SADD', KEYS[i], ARGV[1])
-  else
-    redis.call('HDEL', KEYS[2], uid)
-    redis.call('SREM', KEYS[i], ARGV[1])
-  end
-end
-return 1
-""")
-
-# KEYS: channels, members, user-channels:<u> for the k current members; ARGV: cid, k, uids.
-DELETE_CHANNEL = Lua(_SAME_MEMBERS + """
-if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return 0 end
-for i = 1, k do redis.call('SREM', KEYS[2 + i], ARGV[1]) end
-redis.call('SREM', KEYS[1], ARGV[1])
-redis.call('DEL', KEYS[2])
-return 1
-""")
-
-GET_MEMBERS = Lua("""
-if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return false end
-return redis.call('HKEYS', KEYS[2])
-""")
-
-SET_CHANNEL_READ = Lua("""
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-end
-return 1
-""")
-
-# KEYS: chat-reads:<uid>; ARGV: chat id, time, keep (0 = unbounded). A chat the user had
-# no marker for makes one more: beyond `keep`, the oldest others go (by time, ties by chat
-# id: the sorted set's own order), never the one just set. Returns how many went.
-SET_CHAT_READ = Lua("""
-if redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) == 0 then return 0 end
-local keep = tonumber(ARGV[3])
-if keep <= 0 then return 0 end
-local extra = redis.call('ZCARD', KEYS[1]) - keep
-if extra <= 0 then return 0 end
-local r = redis.call('ZRANK', KEYS[1], ARGV[1])
-if r >= extra then
-  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, extra - 1)
-else
-  -- the new marker is among the oldest: drop the `extra` oldest around it
-  redis.call('ZREMRANGEBYRANK', KEYS[1], r + 1, extra)
-  if r > 0 then redis.call('ZREMRANGEBYRANK', KEYS[1], 0, r - 1) end
-end
-return extra
-""")
-
-# --- documents ----------------------------------------------------------------------------
-# KEYS: meta, log, stats; ARGV: update, now, only_first ('1': append only if the document
-# never had an update, else answer 0 and change nothing)
-APPEND = Lua("""
-if ARGV[3] == '1' and tonumber(redis.call('HGET', KEYS[1], 'last_seq') or '0') > 0 then
-  return 0
-end
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[1], 'base', 0, 'bytes', 0)
-  redis.call('HINCRBY', KEYS[3], 'count', 1)
-end
-local seq = redis.call('HINCRBY', KEYS[1], 'last_seq', 1)
-redis.call('RPUSH', KEYS[2], ARGV[1])
-local n = string.len(ARGV[1])
-redis.call('HINCRBY', KEYS[1], 'bytes', n)
-redis.call('HSET', KEYS[1], 'updated_at', ARGV[2])
-redis.call('HINCRBY', KEYS[3], 'bytes', n)
-return seq
-""")
-
-# KEYS: meta, log, snap
-LOAD = Lua("""
-local m = redis.call('HMGET', KEYS[1], 'last_seq', 'updated_at', 'content')
-if not m[2] then return false end
-return {m, redis.call('GET', KEYS[3]), redis.call('LRANGE', KEYS[2], 0, -1)}
-""")
-
-# KEYS: meta, log, snap, stats; ARGV: upto_seq, snapshot
-COMPACT = Lua("""
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-local base = tonumber(redis.call('HGET', KEYS[1], 'base') or '0')
-local drop = tonumber(ARGV[1]) - base
-local len = redis.call('LLEN', KEYS[2])
-if drop > len then drop = len end
-local freed = 0
-if drop > 0 then
-  for _, u in ipairs(redis.call('LRANGE', KEYS[2], 0, drop - 1)) do
-    freed = freed + string.len(u)
-  end
-  redis.call('LTRIM', KEYS[2], drop, -1)
-  redis.call('HSET', KEYS[1], 'base', base + drop)
-else
-  drop = 0
-end
-local delta = string.len(ARGV[2]) - redis.call('STRLEN', KEYS[3]) - freed
-redis.call('SET', KEYS[3], ARGV[2])
-redis.call('HINCRBY', KEYS[1], 'bytes', delta)
-redis.call('HINCRBY', KEYS[4], 'bytes', delta)
-return drop
-""")
-
-# KEYS: meta, stats; ARGV: content, now
-SET_CONTENT = Lua("""
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[1], 'last_seq', 0, 'base', 0, 'bytes', 0)
-  redis.call('HINCRBY', KEYS[2], 'count', 1)
-end
-redis.call('HSET', KEYS[1], 'content', ARGV[1], 'updated_at', ARGV[2])
-return 1
-""")
-
-# KEYS: meta, log, snap, stats
-DELETE_DOC = Lua("""
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local b = tonumber(redis.call('HGET', KEYS[1], 'bytes') or '0')
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-redis.call('HINCRBY', KEYS[4], 'count', -1)
-redis.call('HINCRBY', KEYS[4], 'bytes', -b)
-return 1
-""")
 
 
 def _s(value: bytes | str | None) -> str | None:
@@ -298,38 +97,6 @@ def _f(value: bytes | str | None) -> float | None:
 
 def _t(at: float) -> str:
     return repr(float(at))
-
-
-class RedisUser:
-    """Shared plumbing of everything kept in Redis: the gate that waits out a Cluster's
-    start-up, and Redis errors turned into StoreError."""
-
-    def __init__(self, client: AnyRedis, keys: KeySpace, where: str) -> None:
-        self.client = client
-        self.keys = keys
-        self.where = where
-        self._gate = gate(client)
-        self.timeout = op_timeout(client)
-
-    async def _run(self, op: Callable[[AnyRedis], Awaitable[T]]) -> T:
-        try:
-            # not under the deadline: a discovery cut short would start over at the same
-            # unreachable node each time; it is bounded by the connect timeout per node
-            await ensure_ready(self.client)
-            # One deadline for the rest: waiting at the gate, reconnecting and redis-py's
-            # retries (each with its own socket timeout) included, so a silent Redis fails
-            # the request after redis_timeout, not a multiple of it.
-            async with asyncio.timeout(self.timeout):
-                async with self._gate:
-                    return await op(self.client)
-        except (TimeoutError, RedisTimeoutError) as exc:
-            await drop_idle(self.client)
-            raise StoreError(f"{self.where}: no answer within {self.timeout:g} s") from exc
-        except REDIS_ERRORS as exc:
-            raise StoreError(f"{self.where}: {exc or type(exc).__name__}") from exc
-
-    async def _lua(self, script: Lua, keys: Sequence[str], args: Sequence[Any] = ()) -> Any:
-        return await self._run(lambda c: script(c, keys, args))
 
 
 class RedisStore(RedisUser):
@@ -400,16 +167,16 @@ class RedisStore(RedisUser):
             self._dir("user", user_id), "name", "role", "disabled", "last_active"))
         if name is None:
             return None
-        return User(user_id, _s(name), _s(role) or "user", disabled == b"1", _f(last))
+        return User(user_id, text(name), _s(role) or "user", disabled == b"1", _f(last))
 
     async def delete_user(self, user_id: str) -> bool:
         uc = self._dir("user-channels", user_id)
         for _ in range(RETRIES):
-            cids = sorted(_s(c) for c in await self._run(lambda c: c.smembers(uc)))
+            cids = sorted(text(c) for c in await self._run(lambda c: c.smembers(uc)))
             keys = [self._dir("user", user_id), uc, *(self._dir("members", c) for c in cids)]
             done = await self._lua(DELETE_USER, keys, [user_id, len(cids), *cids])
             if done != -1:
-                return done > 0
+                return bool(done > 0)
         raise StoreError(f"{self.where}: delete_user {user_id!r} kept racing; try again")
 
     async def set_last_active(self, times: dict[str, float]) -> None:
@@ -422,7 +189,7 @@ class RedisStore(RedisUser):
     # channels ------------------------------------------------------------------------
     async def _members(self, channel_id: str) -> list[str]:
         fields = await self._run(lambda c: c.hkeys(self._dir("members", channel_id)))
-        return sorted(_s(f) for f in fields)
+        return sorted(text(f) for f in fields)
 
     async def put_channel(self, channel_id: str, members: list[str]) -> None:
         new = set(members)
@@ -445,12 +212,12 @@ class RedisStore(RedisUser):
         keys = [self._dir("channels"), self._dir("members", channel_id),
                 *(self._dir("user-channels", u) for u, _ in ops)]
         args = [channel_id, *(x for pair in ops for x in pair)]
-        return await self._lua(UPDATE_MEMBERS, keys, args) == 1
+        return bool(await self._lua(UPDATE_MEMBERS, keys, args) == 1)
 
     async def get_channel_members(self, channel_id: str) -> list[str] | None:
         got = await self._lua(GET_MEMBERS, [self._dir("channels"),
                                             self._dir("members", channel_id)], [channel_id])
-        return None if got is None else sorted(_s(u) for u in got)
+        return None if got is None else sorted(text(u) for u in got)
 
     async def delete_channel(self, channel_id: str) -> bool:
         for _ in range(RETRIES):
@@ -459,12 +226,12 @@ class RedisStore(RedisUser):
                     *(self._dir("user-channels", u) for u in current)]
             done = await self._lua(DELETE_CHANNEL, keys, [channel_id, len(current), *current])
             if done != -1:
-                return done == 1
+                return bool(done == 1)
         raise StoreError(f"{self.where}: delete_channel {channel_id!r} kept racing; try again")
 
     async def channels_of_user(self, user_id: str) -> list[str]:
         cids = await self._run(lambda c: c.smembers(self._dir("user-channels", user_id)))
-        return sorted(_s(c) for c in cids)
+        return sorted(text(c) for c in cids)
 
     async def set_channel_read(self, channel_id: str, user_id: str, at: float) -> None:
         await self._lua(SET_CHANNEL_READ, [self._dir("members", channel_id)], [user_id, _t(at)])
@@ -524,11 +291,11 @@ class RedisStore(RedisUser):
             lambda c: c.hmget(self._note(note_id), "owner", "read", "write"))
         if owner is None:
             return None
-        return Note(note_id, _s(owner), frozenset(json.loads(read or b"[]")),
+        return Note(note_id, text(owner), frozenset(json.loads(read or b"[]")),
                     frozenset(json.loads(write or b"[]")))
 
     async def delete_note(self, note_id: str) -> bool:
-        return await self._run(lambda c: c.delete(self._note(note_id))) > 0
+        return bool(await self._run(lambda c: c.delete(self._note(note_id))) > 0)
 
     # documents -----------------------------------------------------------------------
     async def append_update(self, document_id: str, update: bytes) -> int:
@@ -554,9 +321,10 @@ class RedisStore(RedisUser):
                 f"{self.wait_replicas} replicas within {self.wait_timeout} s")
         return seq
 
-    async def _append_and_wait(self, c: AnyRedis, keys: list[str], args: list) -> tuple[int, int]:
+    async def _append_and_wait(self, c: AnyRedis, keys: list[str],
+                               args: list[Any]) -> tuple[int, int]:
         """The append and WAIT on one connection (WAIT covers that connection's writes)."""
-        wait = ["WAIT", self.wait_replicas, int(self.wait_timeout * 1000)]
+        wait: list[str | int] = ["WAIT", self.wait_replicas, int(self.wait_timeout * 1000)]
         extra: dict[str, Any] = {}
         if hasattr(c, "get_node_from_key"):  # Cluster: WAIT on the node holding the keys
             extra["target_nodes"] = c.get_node_from_key(keys[0])
@@ -595,10 +363,10 @@ class RedisStore(RedisUser):
         await self._lua(SET_CONTENT, [meta, stats], [content, _t(time.time())])
 
     async def delete_document(self, document_id: str) -> bool:
-        return await self._lua(DELETE_DOC, self._doc(document_id)) == 1
+        return bool(await self._lua(DELETE_DOC, self._doc(document_id)) == 1)
 
     async def document_stats(self) -> tuple[int, int]:
-        async def read(c: AnyRedis) -> list:
+        async def read(c: AnyRedis) -> list[Any]:
             pipe = c.pipeline(transaction=False)
             for b in range(DOC_BUCKETS):
                 pipe.hmget(self.keys.key(f"docs:{b}", "stats"), "count", "bytes")

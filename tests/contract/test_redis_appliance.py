@@ -93,7 +93,9 @@ async def test_sessions_of_a_dead_node_vanish(tmp_path: Path, redis_server) -> N
                         return
                     await asyncio.sleep(0.1)
             await asyncio.wait_for(vanished(), 5)
-            # the survivor reaps them once, to tell the clients like a normal leave
+            # the survivor reaps them once, to tell the clients like a normal leave (its
+            # next beat sees the lease passed: B joined after A's last one)
+            await a.app.backend.presence.heartbeat()
             reaped = await a.app.backend.presence.dead_sessions()
             assert [user for _, user in reaped] == ["bob"]
             assert await a.app.backend.presence.dead_sessions() == []

@@ -20,8 +20,9 @@ from rt.backends.redis_conn import (
     RedisUnavailable,
     connect,
 )
-from rt.backends.redis_state import RedisPresence, RedisUsage
+from rt.backends.redis_presence import RedisPresence
 from rt.backends.redis_store import DOC_BUCKETS, RedisStore
+from rt.backends.redis_usage import RedisUsage
 from rt.core.errors import StoreError
 from tests.support.redis_servers import free_port, start_standalone
 

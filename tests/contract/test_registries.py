@@ -14,7 +14,8 @@ import pytest_asyncio
 from rt.backends import PresenceRegistry, UsageRegistry
 from rt.backends.memory import MemoryPresence, MemoryUsage
 from rt.backends.redis_conn import AnyRedis, KeySpace, RedisTarget
-from rt.backends.redis_state import RedisPresence, RedisUsage
+from rt.backends.redis_presence import RedisPresence
+from rt.backends.redis_usage import RedisUsage
 from rt.core.errors import StoreError, UsageFull
 
 from .conftest import require_fakeredis_lua, unique_prefix

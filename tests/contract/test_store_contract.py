@@ -417,7 +417,7 @@ async def test_delete_document(store: Store) -> None:
 
 async def test_document_stats(store: Store) -> None:
     assert await store.document_stats() == (0, 0)
-    for i in range(4):
+    for _ in range(4):
         await store.append_update("note:a", b"x" * 10)
     await store.append_update("note:b", b"y" * 7)
     assert await store.document_stats() == (2, 47)
