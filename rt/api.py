@@ -10,7 +10,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import orjson
 import tornado.web
@@ -50,9 +50,25 @@ class ApiContext:
     check_api: Callable[[str, int], str | None] = lambda ip, size: None
 
 
-class BaseHandler(tornado.web.RequestHandler):
-    def initialize(self, ctx: ApiContext) -> None:
+# what a family of handlers is given by its routes (ApiContext here, RelayContext, ...)
+CtxT = TypeVar("CtxT")
+
+
+class ContextHandler(tornado.web.RequestHandler, Generic[CtxT]):
+    """A JSON handler given one context object by its routes (`{"ctx": ...}`)."""
+
+    ctx: CtxT
+
+    def initialize(self, ctx: CtxT) -> None:
         self.ctx = ctx
+
+    def client_ip(self) -> str:
+        """The caller's address (after trusted proxy headers); tornado's HTTP server always
+        sets it."""
+        ip = self.request.remote_ip
+        if ip is None:
+            raise RuntimeError("the request has no client address (not from an HTTP server)")
+        return ip
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json")
@@ -102,6 +118,10 @@ class BaseHandler(tornado.web.RequestHandler):
             raise p.BadRequest(f"body is not valid JSON: {exc}") from None
 
 
+class BaseHandler(ContextHandler[ApiContext]):
+    """The handlers of this module: their context is the ApiContext."""
+
+
 class ApiHandler(BaseHandler):
     """Everything under /api/v1: the API key is required."""
 
@@ -109,7 +129,7 @@ class ApiHandler(BaseHandler):
         if not api_key_matches(self.ctx.api_key(), self.request.headers.get("Authorization")):
             self.fail("unauthorized", "missing or wrong API key", 401)
             return
-        refused = self.ctx.check_api(self.request.remote_ip, len(self.request.body or b""))
+        refused = self.ctx.check_api(self.client_ip(), len(self.request.body or b""))
         if refused == "too_large":
             self.fail("too_large", "request body is over [limits] api_max_body_bytes", 413)
         elif refused:

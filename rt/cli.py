@@ -9,6 +9,8 @@ import os
 import re
 import signal
 import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from . import __version__, config, install, logs, sdnotify
 
@@ -91,6 +93,7 @@ def _serve(settings, reload_settings) -> int:
     from .core.errors import StoreError
 
     logs.setup(settings.log.level)
+    runner: Callable[[Coroutine[Any, Any, int]], int]
     try:
         import uvloop  # noqa: PLC0415 - optional speed-up, chosen at start not import
         runner = uvloop.run

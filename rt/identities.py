@@ -43,7 +43,8 @@ class DirectoryIdentities:
         if user is None:
             name = claims.get("name")
             if self.trust_token_claims and isinstance(name, str) and name:
-                role = claims.get("role") if claims.get("role") in ("user", "admin") else "user"
+                given = claims.get("role")
+                role = given if isinstance(given, str) and given in ("user", "admin") else "user"
                 return Identity(claims["id"], name, role)
             raise AuthError("user_unknown")
         if user.disabled:

@@ -188,7 +188,7 @@ def _frozen() -> bool:
 
 def _install_binary(layout: Layout, say: Callable[[str], None]) -> list[str]:
     target = layout.at(Layout.BINARY)
-    notes = []
+    notes: list[str] = []
     if _frozen():
         source = Path(sys.executable)
         if target.exists() and os.path.samefile(source, target):

@@ -67,7 +67,8 @@ def ident(data: dict[str, Any], key: str, required: bool = True) -> str | None:
 def text(data: dict[str, Any], key: str, max_len: int = ...,
          *, required: Literal[True]) -> str: ...
 @overload
-def text(data: dict[str, Any], key: str, max_len: int = ..., required: bool = ...) -> str | None: ...
+def text(data: dict[str, Any], key: str, max_len: int = ...,
+         required: bool = ...) -> str | None: ...
 def text(data: dict[str, Any], key: str, max_len: int = 1024,
          required: bool = False) -> str | None:
     value = data.get(key)

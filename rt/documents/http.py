@@ -13,7 +13,10 @@ from .service import CollabService
 
 
 class DocumentHandler(ApiHandler):
-    def initialize(self, ctx: ApiContext, collab: CollabService) -> None:
+    def initialize(self, ctx: ApiContext, collab: CollabService | None = None) -> None:
+        # optional only to keep ContextHandler.initialize(ctx)'s signature; routes() gives it
+        if collab is None:
+            raise TypeError("DocumentHandler needs the documents service (collab=)")
         super().initialize(ctx)
         self.collab = collab
 

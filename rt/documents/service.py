@@ -6,13 +6,13 @@ Every document is touched only on the event-loop thread.
 An update from a client is accepted in four steps, under the document's lock so that the
 in-memory document, the stored log and the order of relays always agree:
 
-1. `inspect_update` (documents/yjs.py) reads it against the Yjs v1 update grammar in pure Python, with bounds:
-   every count and length must fit in the bytes that follow, nesting of `Any` values is
-   bounded (pycrdt overflows its stack on ~100,000 nested arrays: a segfault), only content
-   kinds that npm `yjs` can read are allowed, and the bytes must be used up exactly (pycrdt
-   ignores trailing garbage; so would the other clients). The one empty update `[0, 0]`
-   is acknowledged and dropped (y-py sends it for transactions without changes); any
-   other update without content is refused.
+1. `inspect_update` (documents/yjs.py) reads it against the Yjs v1 update grammar in pure
+   Python, with bounds: every count and length must fit in the bytes that follow, nesting
+   of `Any` values is bounded (pycrdt overflows its stack on ~100,000 nested arrays: a
+   segfault), only content kinds that npm `yjs` can read are allowed, and the bytes must be
+   used up exactly (pycrdt ignores trailing garbage; so would the other clients). The one
+   empty update `[0, 0]` is acknowledged and dropped (y-py sends it for transactions
+   without changes); any other update without content is refused.
 2. `missing_dependencies` checks that everything the update builds on (earlier clocks of
    its clients, origins, parents, deleted ranges) is in the document already or in the
    update itself: an update that would sit in Yjs's "pending" area is refused rather than
@@ -151,6 +151,12 @@ class _Document:
         self.updated_at: float | None = None
         self.compacting = False
 
+    def loaded(self) -> pycrdt.Doc:
+        """The in-memory Yjs document: only under `lock`, after CollabService._load."""
+        if self.ydoc is None:
+            raise RuntimeError(f"document {self.id!r} is used before it is loaded")
+        return self.ydoc
+
     @property
     def stored_bytes(self) -> int:
         return self.snapshot_bytes + self.log_bytes
@@ -260,7 +266,7 @@ class CollabService:
         # `content` lets open-webui's editor seed an empty document from the last rendered
         # content when its own copy of the note is older (0.12.4 sends it on join)
         await self.emitter.emit("ydoc:document:state", {
-            "document_id": doc.id, "state": list(doc.ydoc.get_update()),
+            "document_id": doc.id, "state": list(doc.loaded().get_update()),
             "sessions": await self.registry.sessions(doc.id),
             "content": self._latest_content(doc)}, sids=[sid])
 
@@ -310,7 +316,7 @@ class CollabService:
             await self._load(doc, fresh=True)  # another node may have seeded it already
             self._editor(sid, document_id)
             if doc.last_seq or shape is None:
-                return doc.ydoc.get_update()
+                return doc.loaded().get_update()
             self._check_size(doc, update)
             self._apply(doc, update, shape)
             try:
@@ -320,7 +326,7 @@ class CollabService:
                 raise
             if seq is None:  # another node seeded it since the load: its seed won
                 await self._load(doc, fresh=True)
-                return doc.ydoc.get_update()
+                return doc.loaded().get_update()
             await self._accepted(sid, identity, doc, seq, update, wire)
         if text is not None:
             await self._set_content(document_id, text, identity)
@@ -332,6 +338,8 @@ class CollabService:
         edits it received): stored like the content that comes with an update."""
         await self._writer(sid, identity, document_id)
         text = _content_text(content, self.settings().max_document_bytes)
+        if text is None:
+            raise p.BadRequest("'data.content' is required")
         await self._set_content(document_id, text, identity)
         return {"ok": True}
 
@@ -373,9 +381,10 @@ class CollabService:
         if why is not None:
             self.counts["refused"] += 1
             raise p.BadRequest(f"invalid update: {why}")
+        ydoc = doc.loaded()
         try:
-            doc.ydoc.apply_update(update)
-            sv = decode_state_vector(doc.ydoc.get_state())
+            ydoc.apply_update(update)
+            sv = decode_state_vector(ydoc.get_state())
             ok = integrated(shape, sv)
         except BaseException as exc:  # pyo3's PanicException is a BaseException
             if isinstance(exc, _FATAL):
@@ -469,7 +478,7 @@ class CollabService:
             await self._load(doc)
             if not doc.exists:
                 return None
-            state = doc.ydoc.get_update()
+            state = doc.loaded().get_update()
             return {"document_id": document_id,
                     "state_b64": base64.b64encode(state).decode(),
                     "content": self._latest_content(doc),
@@ -518,7 +527,7 @@ class CollabService:
         if doc.ydoc is not None and not fresh:
             return
         stored = await self.store.load_document(doc.id)
-        ydoc = pycrdt.Doc()
+        ydoc: pycrdt.Doc = pycrdt.Doc()
         doc.pairs = {}
         if stored is None:
             doc.exists, doc.snapshot_bytes, doc.log_count, doc.log_bytes = False, 0, 0, 0
@@ -555,7 +564,7 @@ class CollabService:
         the store first, so that the snapshot holds every update up to `last_seq` even when
         other nodes appended some; the store keeps those appended after it."""
         await self._load(doc, fresh=True)
-        snapshot = doc.ydoc.get_update()
+        snapshot = doc.loaded().get_update()
         await self.store.compact_document(doc.id, doc.last_seq, snapshot)
         doc.snapshot_bytes, doc.log_count, doc.log_bytes = len(snapshot), 0, 0
         self.counts["compactions"] += 1

@@ -99,6 +99,11 @@ def view(state: dict | None) -> dict | None:
     """What participants see of a session: bindings and names, never packets."""
     if not state:
         return None
+    return shown(state)
+
+
+def shown(state: dict) -> dict:
+    """view() of a session known to exist."""
     return {
         "channel": state["channel"],
         "session": state["session"],
@@ -178,8 +183,9 @@ class EncryptionRelay:
         require(not self.protocol_logging(), "forbidden",
                 "private chat is off while protocol logging is on")
         require(identity.role in ("user", "admin"), "forbidden", "not allowed")
-        require(self.may_join is not None, "forbidden",
-                "private chat needs open-webui as the source of channels ([openwebui] url)")
+        if self.may_join is None:
+            raise Rejected("forbidden", "private chat needs open-webui as the source of "
+                           "channels ([openwebui] url)")
         try:
             allowed = await self.may_join(sid, identity, channel)
         except asyncio.CancelledError:
@@ -198,13 +204,14 @@ class EncryptionRelay:
                     "session": state["session"] if state else None}
         if action in ("start", "join"):
             return await self.reserve(action, sid, identity, channel, data, lease, state)
-        require(state and data.get("session") == state["session"], "not_found",
-                "no such private chat session (it ended or changed)")
+        if not state or data.get("session") != state["session"]:
+            raise Rejected("not_found", "no such private chat session (it ended or changed)")
         require(self.local.get(sid) == channel, "forbidden", "not a participant of this session")
         pid = data.get("participation")
         member = state["members"].get(pid) if isinstance(pid, str) else None
-        require(member and member["sid"] == sid and member["user"] == identity.id,
-                "forbidden", "not a participant of this session")
+        if (not isinstance(pid, str) or not member or member["sid"] != sid
+                or member["user"] != identity.id):
+            raise Rejected("forbidden", "not a participant of this session")
         member["seen"] = self.clock()
         if action == "leave":
             await self.remove(lease, state, pid)
@@ -217,7 +224,7 @@ class EncryptionRelay:
             await self.forward(lease, state, pid, member, data)
         else:
             raise Rejected("bad_request", f"unknown action {action!r}")
-        return {"ok": True, **view(state)}
+        return {"ok": True, **shown(state)}
 
     async def reserve(self, action: str, sid: str, identity: Identity, channel: str,
                       data: dict, lease: Lease, state: dict | None) -> dict:
@@ -233,8 +240,8 @@ class EncryptionRelay:
             state = {"channel": channel, "session": str(uuid.uuid4()), "host": pid,
                      "members": {}}
         else:
-            require(state and data.get("session") == state["session"], "not_found",
-                    "no such private chat session (it ended or changed)")
+            if not state or data.get("session") != state["session"]:
+                raise Rejected("not_found", "no such private chat session (it ended or changed)")
             require(len(state["members"]) < MAX_MEMBERS, "forbidden", "the session is full")
             require(not any(p["user"] == identity.id for p in state["members"].values()),
                     "forbidden", "already in this session from another tab")
@@ -247,7 +254,7 @@ class EncryptionRelay:
         self.local[sid] = channel
         self.identities[sid] = identity
         await lease.save(state)
-        return {"ok": True, **view(state), "participation": pid}
+        return {"ok": True, **shown(state), "participation": pid}
 
     async def bind(self, lease: Lease, state: dict, pid: str, member: dict, data: dict) -> None:
         require(member["key"] is None, "forbidden", "the key is already bound")
@@ -272,8 +279,9 @@ class EncryptionRelay:
             require(pid == state["host"], "forbidden", "only the host admits participants")
             target = data.get("target")
             joining = state["members"].get(target) if isinstance(target, str) else None
-            require(joining and joining.get("key") and not joining["admitted"], "not_found",
-                    "no such participant waiting to be admitted")
+            if (not isinstance(target, str) or not joining or not joining.get("key")
+                    or joining["admitted"]):
+                raise Rejected("not_found", "no such participant waiting to be admitted")
             welcome = packet(data.get("welcome"), "welcome")
             joining["admitted"] = True
             await self.deliver(lease, state, others,
@@ -295,10 +303,10 @@ class EncryptionRelay:
             member["out"] += 1
             targets.append((member["sid"], member["out"]))
         await lease.save(state)
-        shown = view(state)
+        seen = shown(state)
         for sid, sequence in targets:
             await self.delivery.emit("encryption:event",
-                                     {**event, **shown, "sequence": sequence}, sid)
+                                     {**event, **seen, "sequence": sequence}, sid)
 
     async def invite(self, state: dict | None, channel: str) -> None:
         await self.sio.emit("encryption:available",

@@ -12,8 +12,9 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
+K = TypeVar("K", bound=Hashable)  # the key: open-webui's callers use tuples of strings
 V = TypeVar("V")
 
 
@@ -24,21 +25,21 @@ class _Outcome(Generic[V]):
         self.value, self.error, self.expires, self.at = value, error, expires, at
 
 
-class TtlCache(Generic[V]):
+class TtlCache(Generic[K, V]):
     def __init__(self, ttl: float, size: int, *, cache_errors: tuple[type[BaseException], ...] = (),
                  clock: Callable[[], float] = time.monotonic):
         self.ttl = ttl
         self.size = size
         self.cache_errors = cache_errors
         self.clock = clock
-        self._items: OrderedDict[Hashable, _Outcome[V]] = OrderedDict()
-        self._loading: dict[Hashable, asyncio.Future] = {}
+        self._items: OrderedDict[K, _Outcome[V]] = OrderedDict()
+        self._loading: dict[K, asyncio.Future] = {}
         self.hits = self.misses = 0
 
     def __len__(self) -> int:
         return len(self._items)
 
-    async def get(self, key: Hashable, load: Callable[[], Awaitable[V]],
+    async def get(self, key: K, load: Callable[[], Awaitable[V]],
                   max_age: float | None = None) -> V:
         """The cached answer, or a new one; `max_age` asks for one at most that old (an
         explicit refresh by the client: its load is still coalesced with others')."""
@@ -50,7 +51,7 @@ class TtlCache(Generic[V]):
             self.hits += 1
             if outcome.error is not None:
                 raise outcome.error
-            return outcome.value  # type: ignore[return-value]
+            return cast(V, outcome.value)  # no error: the value load() returned
         pending = self._loading.get(key)
         if pending is not None:
             self.hits += 1
@@ -86,16 +87,16 @@ class TtlCache(Generic[V]):
         finally:
             self._loading.pop(key, None)
 
-    def _put(self, key: Hashable, outcome: _Outcome[V]) -> None:
+    def _put(self, key: K, outcome: _Outcome[V]) -> None:
         self._items[key] = outcome
         self._items.move_to_end(key)
         while len(self._items) > self.size:
             self._items.popitem(last=False)
 
-    def forget(self, key: Hashable) -> None:
+    def forget(self, key: K) -> None:
         self._items.pop(key, None)
 
-    def forget_where(self, pred: Callable[[Hashable, V | None], bool]) -> int:
+    def forget_where(self, pred: Callable[[K, V | None], bool]) -> int:
         """Drop the answers for which pred(key, value) holds (refusals have value None)."""
         stale = [key for key, outcome in self._items.items() if pred(key, outcome.value)]
         for key in stale:

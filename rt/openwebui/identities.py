@@ -40,8 +40,9 @@ def token_key(token: str) -> str:
 class OpenWebuiIdentities:
     allows_unbound = True
 
-    def __init__(self, verifier: TokenVerifier, api: OpenWebuiApi, cache: TtlCache,
-                 redis: Any = None, prefix: str = "open-webui"):
+    def __init__(self, verifier: TokenVerifier, api: OpenWebuiApi,
+                 cache: TtlCache[tuple[str, ...], Any], redis: Any = None,
+                 prefix: str = "open-webui"):
         self.verifier = verifier
         self.api = api
         self.cache = cache
@@ -63,7 +64,8 @@ class OpenWebuiIdentities:
             raise AuthError("user_pending")
         if role not in ("user", "admin"):
             raise AuthError("user_disabled", f"role {role!r} may not use the socket")
-        name = user.get("name") if isinstance(user.get("name"), str) else claims["id"]
+        given = user.get("name")
+        name = given if isinstance(given, str) else claims["id"]
         return Identity(claims["id"], name, role)
 
     async def record(self, token: str, identity: Identity) -> dict:

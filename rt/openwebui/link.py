@@ -54,7 +54,7 @@ class OpenWebuiLink:
         return to_openwebui
 
     def observer(self, identities: Mapping[str, Identity],
-                 channels_changed: Callable[[str], None]) -> Callable[[dict], None]:
+                 channels_changed: Callable[[str], object]) -> Callable[[dict], None]:
         """Watches open-webui's pub/sub messages (the bridge's `observers`) for what
         announces a change of rights: a room entered or left for one of our sessions
         (channel membership), `access:updated` to a session, `channel:created` to a user.
@@ -65,7 +65,8 @@ class OpenWebuiLink:
         def observe(message: dict) -> None:
             method = message.get("method")
             if method in ("enter_room", "leave_room"):
-                identity = identities.get(message.get("sid"))  # type: ignore[arg-type]
+                sid = message.get("sid")
+                identity = identities.get(sid) if isinstance(sid, str) else None
                 if identity is not None:
                     self.forget_user(identity.id)
                 return

@@ -6,6 +6,8 @@ questions coalesced into one request) and forgotten when open-webui announces a 
 """
 from __future__ import annotations
 
+from typing import Any
+
 from .. import payloads as p
 from ..auth import Identity
 from .api import NotFound, OpenWebuiApi, Refused, Unavailable
@@ -15,7 +17,7 @@ FRESH_S = 2.0  # how old a channel list may be when the browser asks to (re)join
 
 
 class OpenWebuiRights:
-    def __init__(self, api: OpenWebuiApi, cache: TtlCache):
+    def __init__(self, api: OpenWebuiApi, cache: TtlCache[tuple[str, ...], Any]):
         self.api = api
         self.cache = cache
 
@@ -67,7 +69,8 @@ class OpenWebuiRights:
                 found = await self.api.chat(token, chat_id)
             except (Refused, NotFound):
                 return None
-            chat = found.get("chat") if isinstance(found.get("chat"), dict) else {}
+            given = found.get("chat")
+            chat = given if isinstance(given, dict) else {}
             # open-webui sets share_mode "continue" exactly when the caller may write
             return "write" if chat.get("share_mode") == "continue" else "read"
 
@@ -87,7 +90,8 @@ class OpenWebuiRights:
 
         async def permissions() -> dict:
             user = await self.api.session_user(token)
-            return user.get("permissions") if isinstance(user.get("permissions"), dict) else {}
+            given = user.get("permissions")
+            return given if isinstance(given, dict) else {}
 
         async def channel() -> dict | None:
             try:

@@ -79,8 +79,10 @@ class EchoMarks:
         if message.get("method") != "emit" or message.get("event") != "events:note":
             return message
         args = message.get("data")
-        first = args[0] if isinstance(args, list) and args else None
-        inner = first.get("data") if isinstance(first, dict) else None
+        if not isinstance(args, list) or not args or not isinstance(args[0], dict):
+            return message
+        first = args[0]
+        inner = first.get("data")
         if not isinstance(inner, dict) or "content" not in inner:
             return message
         try:

@@ -23,10 +23,10 @@ import orjson
 from tornado.iostream import StreamClosedError
 
 from .. import payloads as p
-from ..api import SEG, BaseHandler
+from ..api import SEG, ContextHandler
 from ..auth import AuthError, Identity, api_key_matches
 from ..backends import Store
-from .request import Outcome, RelayRefused, parse_chat_request
+from .request import Failure, Outcome, RelayRefused, parse_chat_request
 from .service import RelayService
 from .stream import RelayStream
 
@@ -44,12 +44,10 @@ class RelayContext:
     cancel_elsewhere: Callable[[str, str | None], Awaitable[None]] | None = None
 
 
-class RelayHandler(BaseHandler):
-    ctx: RelayContext
-
+class RelayHandler(ContextHandler[RelayContext]):
     def prepare(self) -> None:
         # the same body-size and per-address limits as the rest of the HTTP API
-        refused = self.ctx.check_api(self.request.remote_ip, len(self.request.body or b""))
+        refused = self.ctx.check_api(self.client_ip(), len(self.request.body or b""))
         if refused == "too_large":
             self.fail("too_large", "request body is over [limits] api_max_body_bytes", 413)
         elif refused:
@@ -91,6 +89,12 @@ def sse_data(raw: str) -> bytes:
     return "".join(f"data: {line}\n" for line in lines).encode() + b"\n"
 
 
+def _failure(outcome: Outcome) -> Failure:
+    if outcome.failure is None:  # every error outcome is made with its Failure
+        raise ValueError(f"a {outcome.status!r} outcome has no Failure")
+    return outcome.failure
+
+
 class CompletionsHandler(RelayHandler):
     stream: RelayStream | None = None
     gone = False
@@ -119,7 +123,7 @@ class CompletionsHandler(RelayHandler):
     def _end(self, outcome: Outcome, opened: bool) -> bool:
         """Write the stream's end; False when the answer is a JSON error instead."""
         if outcome.status == "error" and not opened:
-            failure = outcome.failure
+            failure = _failure(outcome)
             self.fail(failure.code, failure.message, failure.status)
             return False
         if not opened:
@@ -130,7 +134,7 @@ class CompletionsHandler(RelayHandler):
             reason = " ".join((outcome.reason or "cancelled").split())
             self.write(f": cancelled ({reason})\n\ndata: [DONE]\n\n".encode())
         else:
-            failure = outcome.failure
+            failure = _failure(outcome)
             self.write(sse_data(orjson.dumps({"error": {
                 "message": failure.message, "type": failure.code,
                 "code": failure.status}}).decode()))
@@ -138,6 +142,8 @@ class CompletionsHandler(RelayHandler):
 
     async def _relay(self, stream: RelayStream) -> None:
         out = stream.output
+        if out is None:
+            raise RuntimeError("the stream was started without a listener (listen=False)")
         opened = False
         while True:
             batch = [await out.get()]

@@ -84,7 +84,7 @@ class _AbortableTCPClient(TCPClient):
         self.stream: IOStream | None = None
         self._aborted: asyncio.Future = asyncio.get_running_loop().create_future()
 
-    async def connect(self, *args: Any, **kwargs: Any) -> IOStream:  # type: ignore[override]
+    async def connect(self, *args: Any, **kwargs: Any) -> IOStream:
         if self._aborted.done():
             raise StreamClosedError()
         attempt = asyncio.ensure_future(super().connect(*args, **kwargs))
@@ -186,7 +186,8 @@ class RelayStream:
             self._ended = True
             self.service._forget(self)
             self.finished.set()
-            if done_cleanly:  # let the upstream end its response politely after [DONE]
+            # let the upstream end its response politely after [DONE]
+            if done_cleanly and fetch is not None:
                 await asyncio.wait({fetch}, timeout=DONE_GRACE)
         finally:
             if self._tcp is not None:
@@ -324,7 +325,8 @@ class RelayStream:
                 return
 
     async def _end(self, fetch: asyncio.Future) -> None:
-        exc = None if not fetch.cancelled() else asyncio.CancelledError()
+        exc: BaseException | None = (None if not fetch.cancelled()
+                                     else asyncio.CancelledError())
         if exc is None:
             exc = fetch.exception()
         if exc is not None:
@@ -488,6 +490,8 @@ class RelayStream:
                         exc_info=True)
         # 2. tell the tabs
         if status == "error":
+            if failure is None:  # every error outcome is made with its Failure
+                raise ValueError("an error outcome needs a Failure")
             if self._dirty:  # the tabs see the same content as the store
                 await self._progress()
             await self._emit("chat:message:error", {"error": {"content": failure.message}})
