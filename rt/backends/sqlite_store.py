@@ -5,7 +5,11 @@ and the connection is only ever touched by the thread that opened it. Methods ar
 coroutines that hand a closure to that thread and await it. Because the thread runs one
 closure at a time, each closure sees the database without interleaving from this process;
 explicit transactions still make multi-step changes atomic on disk and towards other
-processes (e.g. `rt-appliance token` registering a user while the server runs).
+processes (e.g. `rt-appliance token` registering a user while the server runs). Opening the
+file, the schema and the transactions are in sqlite_file.py.
+
+Readiness (`ping`) reads, it never writes: every real write tells the store how the write
+path fares, so a probe needs no fsync of its own to know (see `ping`).
 """
 from __future__ import annotations
 
@@ -14,192 +18,17 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import TypeVar
 
 from ..core.errors import StoreError
 from . import ChatMessage, Note, StoredDocument, User
+from .sqlite_file import check_disk, check_readable, check_writable, connect, write_path_failed
+from .sqlite_file import read as _read
+from .sqlite_file import transaction as _transaction
 
 T = TypeVar("T")
-
-BUSY_TIMEOUT_MS = 5000
-
-# Ordered schema migrations: MIGRATIONS[i] takes the schema from version i to i + 1
-# (`PRAGMA user_version`). Append new ones; never edit one that has shipped.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE users (
-        id             TEXT PRIMARY KEY,
-        name           TEXT NOT NULL,
-        role           TEXT NOT NULL,
-        disabled       INTEGER NOT NULL DEFAULT 0,
-        last_active_at REAL
-    );
-    CREATE TABLE channels (id TEXT PRIMARY KEY);
-    -- No foreign key to users: the backend may list members before registering them.
-    CREATE TABLE channel_members (
-        channel_id   TEXT NOT NULL REFERENCES channels(id) ON DELETE CASCADE,
-        user_id      TEXT NOT NULL,
-        last_read_at REAL,
-        PRIMARY KEY (channel_id, user_id)
-    ) WITHOUT ROWID;
-    -- channels_of_user and delete_user look members up by user.
-    CREATE INDEX channel_members_by_user ON channel_members(user_id, channel_id);
-    CREATE TABLE chat_reads (
-        chat_id TEXT NOT NULL,
-        user_id TEXT NOT NULL,
-        at      REAL NOT NULL,
-        PRIMARY KEY (chat_id, user_id)
-    ) WITHOUT ROWID;
-    CREATE TABLE chat_messages (
-        chat_id    TEXT NOT NULL,
-        message_id TEXT NOT NULL,
-        user_id    TEXT NOT NULL,
-        content    TEXT NOT NULL,
-        status     TEXT NOT NULL,
-        usage      TEXT,  -- JSON
-        updated_at REAL NOT NULL,
-        PRIMARY KEY (chat_id, message_id)
-    ) WITHOUT ROWID;
-    CREATE TABLE notes (
-        id    TEXT PRIMARY KEY,
-        owner TEXT NOT NULL
-    );
-    CREATE TABLE note_grants (
-        note_id TEXT NOT NULL REFERENCES notes(id) ON DELETE CASCADE,
-        access  TEXT NOT NULL CHECK (access IN ('read', 'write')),
-        user_id TEXT NOT NULL,
-        PRIMARY KEY (note_id, access, user_id)
-    ) WITHOUT ROWID;
-    -- stored_bytes = length(snapshot) + sum of length(blob) of the document's updates,
-    -- kept up to date on every change so document_stats (scraped by /metrics) never has
-    -- to read the whole update log.
-    CREATE TABLE documents (
-        id           TEXT PRIMARY KEY,
-        snapshot     BLOB,
-        content      TEXT,
-        updated_at   REAL NOT NULL,
-        last_seq     INTEGER NOT NULL DEFAULT 0,
-        stored_bytes INTEGER NOT NULL DEFAULT 0
-    );
-    CREATE TABLE document_updates (
-        document_id TEXT NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
-        seq         INTEGER NOT NULL,
-        blob        BLOB NOT NULL,
-        PRIMARY KEY (document_id, seq)
-    ) WITHOUT ROWID;
-    """,
-    # 2: chat read markers are bounded per user (set_chat_read(keep=)): counting a user's
-    # markers and finding the oldest ones goes through this index, not the whole table.
-    """
-    CREATE INDEX chat_reads_by_user ON chat_reads(user_id, at);
-    """,
-)
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
-@contextmanager
-def _transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    # IMMEDIATE takes the write lock up front, so a transaction never fails half-way with
-    # SQLITE_BUSY when another process writes too (busy_timeout covers the wait instead).
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield db
-        db.execute("COMMIT")
-    except BaseException:
-        # Some errors (e.g. SQLITE_FULL) already rolled back; a failed COMMIT may not have.
-        # Either way no transaction may stay open, or every later BEGIN would fail.
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
-
-
-@contextmanager
-def _read(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """A read transaction: several SELECTs see one snapshot even if another process
-    writes between them."""
-    db.execute("BEGIN")
-    try:
-        yield db
-    finally:
-        if db.in_transaction:
-            db.execute("COMMIT")
-
-
-def _check_writable(db: sqlite3.Connection) -> None:
-    """Commit a real write (the unchanged schema version). SQLite silently opens a
-    write-protected file read-only, and a rolled-back write never leaves its page cache, so
-    only a committed write shows that the next real commit would succeed."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        (version,) = db.execute("PRAGMA user_version").fetchone()
-        db.execute(f"PRAGMA user_version = {int(version)}")
-        db.execute("COMMIT")
-    finally:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-
-
-MIN_FREE_BYTES = 1 << 20
-
-
-def _check_disk(directory: str) -> None:
-    """The file system itself: a rolled-back write stays in SQLite's page cache and would
-    not notice a full or read-only disk, which the next real commit fails on."""
-    try:
-        st = os.statvfs(directory)
-    except OSError as exc:
-        raise StoreError(f"data directory {directory}: {exc.strerror}") from exc
-    if st.f_flag & os.ST_RDONLY:
-        raise StoreError(f"data directory {directory} is on a read-only file system")
-    if st.f_bavail * st.f_frsize < MIN_FREE_BYTES:
-        raise StoreError(f"data directory {directory} has less than 1 MiB free")
-
-
-def _connect(path: str) -> sqlite3.Connection:
-    parent = os.path.dirname(path)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    # isolation_level=None: no implicit transactions; we open them explicitly.
-    db = sqlite3.connect(path, isolation_level=None)
-    try:
-        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        (mode,) = db.execute("PRAGMA journal_mode = WAL").fetchone()
-        if mode != "wal":
-            raise StoreError(f"SQLite store {path}: cannot use WAL mode (got {mode!r})")
-        # FULL: in WAL mode every commit is fsynced, so an acked Yjs update is on disk.
-        db.execute("PRAGMA synchronous = FULL")
-        db.execute("PRAGMA foreign_keys = ON")
-        _migrate(db, path)
-        _check_writable(db)
-    except BaseException:
-        db.close()
-        raise
-    return db
-
-
-def _migrate(db: sqlite3.Connection, path: str) -> None:
-    (version,) = db.execute("PRAGMA user_version").fetchone()
-    if version > SCHEMA_VERSION:
-        raise StoreError(
-            f"SQLite store {path}: schema version {version} is newer than this build "
-            f"supports ({SCHEMA_VERSION})"
-        )
-    for target in range(version + 1, SCHEMA_VERSION + 1):
-        # executescript commits any open transaction first, so BEGIN/COMMIT go inside the
-        # script: a migration and its version bump land together or not at all.
-        try:
-            db.executescript(
-                f"BEGIN IMMEDIATE; {MIGRATIONS[target - 1]}; "
-                f"PRAGMA user_version = {target}; COMMIT;"
-            )
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-
 
 class SqliteStore:
     """`Store` on a SQLite file. Construct cheaply; `open()` does the I/O."""
@@ -208,21 +37,36 @@ class SqliteStore:
         self.path = path
         self._executor: ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None
+        # Why the last write that failed for a reason outside its statement failed (see
+        # sqlite_file.WRITE_PATH_ERRORS), until a write succeeds again; `ping` reports it.
+        self._write_failure: str | None = None
 
     # plumbing ------------------------------------------------------------------------
     async def _submit(self, executor: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
         try:
             return await asyncio.get_running_loop().run_in_executor(executor, fn)
         except sqlite3.DatabaseError as exc:
-            name = getattr(exc, "sqlite_errorname", None)
-            detail = f"{exc} ({name})" if name else str(exc)
-            raise StoreError(f"SQLite store {self.path}: {detail}") from exc
+            raise StoreError(f"SQLite store {self.path}: {_detail(exc)}") from exc
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         executor, db = self._executor, self._db
         if executor is None or db is None:
             raise StoreError(f"SQLite store {self.path} is not open")
-        return await self._submit(executor, lambda: fn(db))
+
+        def call() -> T:
+            # on the worker thread: the outcome of the write path, learnt from real writes
+            changes = db.total_changes
+            try:
+                result = fn(db)
+            except sqlite3.DatabaseError as exc:
+                if write_path_failed(exc):
+                    self._write_failure = _detail(exc)
+                raise
+            if db.total_changes != changes:
+                self._write_failure = None
+            return result
+
+        return await self._submit(executor, call)
 
     # lifecycle -----------------------------------------------------------------------
     async def open(self) -> None:
@@ -230,7 +74,7 @@ class SqliteStore:
             return
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rt-sqlite")
         try:
-            self._db = await self._submit(executor, lambda: _connect(self.path))
+            self._db = await self._submit(executor, lambda: connect(self.path))
         except OSError as exc:  # creating the directory failed
             executor.shutdown(wait=True)
             raise StoreError(f"SQLite store {self.path}: {exc}") from exc
@@ -253,8 +97,17 @@ class SqliteStore:
             executor.shutdown(wait=True)
 
     async def ping(self) -> None:
-        _check_disk(os.path.dirname(self.path) or ".")
-        await self._run(_check_writable)
+        """Ready without writing: the file system is writable with room left (statvfs), the
+        file answers a read on the worker thread, and the last real write did not fail
+        on the write path. Only after such a failure does this commit a write of its own:
+        the one way to learn that writes work again (no other write may come while the
+        node is out of service)."""
+        check_disk(os.path.dirname(self.path) or ".")
+        if self._write_failure is None:
+            await self._run(check_readable)
+            return
+        await self._run(check_writable)  # raises (and keeps the failure) while it persists
+        self._write_failure = None
 
     # users ---------------------------------------------------------------------------
     async def put_user(self, user: User) -> None:
@@ -590,7 +443,8 @@ def _append(db: sqlite3.Connection, document_id: str, update: bytes) -> int:
         " last_seq = last_seq + 1, stored_bytes = stored_bytes + ?3",
         (document_id, time.time(), len(update)),
     )
-    (seq,) = db.execute("SELECT last_seq FROM documents WHERE id = ?", (document_id,)).fetchone()
+    row = db.execute("SELECT last_seq FROM documents WHERE id = ?", (document_id,)).fetchone()
+    seq = int(row[0])
     db.execute(
         "INSERT INTO document_updates (document_id, seq, blob) VALUES (?, ?, ?)",
         (document_id, seq, update),
@@ -622,3 +476,8 @@ def _remove_members(db: sqlite3.Connection, channel_id: str, users: list[str]) -
         "DELETE FROM channel_members WHERE channel_id = ? AND user_id = ?",
         [(channel_id, u) for u in users],
     )
+
+
+def _detail(exc: sqlite3.DatabaseError) -> str:
+    name = getattr(exc, "sqlite_errorname", None)
+    return f"{exc} ({name})" if name else str(exc)

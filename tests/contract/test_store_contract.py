@@ -16,13 +16,8 @@ from pathlib import Path
 import pytest
 
 from rt.backends import ChatMessage, Note, Store, User
-from rt.backends.sqlite_store import (
-    BUSY_TIMEOUT_MS,
-    MIGRATIONS,
-    SCHEMA_VERSION,
-    SqliteStore,
-    _transaction,
-)
+from rt.backends.sqlite_file import BUSY_TIMEOUT_MS, MIGRATIONS, SCHEMA_VERSION, transaction
+from rt.backends.sqlite_store import SqliteStore
 from rt.core.errors import StoreError
 
 pytestmark = pytest.mark.asyncio
@@ -640,7 +635,7 @@ async def test_sqlite_failed_transaction_rolls_back(db_path: Path) -> None:
     await store.open()
 
     def half_done(db: sqlite3.Connection) -> None:
-        with _transaction(db):
+        with transaction(db):
             db.execute("INSERT INTO users (id, name, role) VALUES ('u1', 'Ann', 'user')")
             raise ValueError("fails half-way")
 
