@@ -536,6 +536,35 @@ class OpenWebuiSettings:
 
 
 @dataclass(frozen=True)
+class RecoverySettings:
+    enabled: bool = opt(
+        "true", BOOL, "Socket.IO connection state recovery: a tab that reconnects within "
+        "max_disconnection gets its session (sid, rooms, user) and every event it missed, "
+        "on any node of the cluster.")
+    max_disconnection: float = opt(
+        "120", POSITIVE, "Seconds a disconnected session stays recoverable.")
+    max_packets: int = opt(
+        "1000", integer(1), "Events one session may have missed; more and its recovery fails "
+        "(a new session).")
+    max_bytes: int = opt(
+        "1048576", integer(1024), "Bytes of events one session may have missed; more and "
+        "its recovery fails.")
+    max_packet_bytes: int = opt(
+        "262144", integer(1024), "Largest event kept for recovery; a larger one makes the "
+        "recovery of the sessions it was sent to fail.")
+    log_entries: int = opt(
+        "100000", integer(100), "Events kept for recovery in all (the cluster's log); the "
+        "oldest are dropped first.")
+    log_bytes: int = opt(
+        "67108864", integer(65536), "Bytes of events kept for recovery in all (embedded "
+        "state; on Redis log_entries x max_packet_bytes bounds it).")
+    skip_user_agents: str = opt(
+        "Python/ python-", TEXT, "User-Agent prefixes (separated by spaces) of clients "
+        "that cannot take the offset argument of recoverable events (python-socketio): "
+        "their sessions are not recoverable and their events carry no offset.")
+
+
+@dataclass(frozen=True)
 class LogSettings:
     level: str = opt(
         "info", choice("debug", "info", "warning", "error"), "Log level.", reload=True)
@@ -549,6 +578,7 @@ SECTIONS: dict[str, type] = {
     "documents": DocumentsSettings,
     "upstream": UpstreamSettings,
     "openwebui": OpenWebuiSettings,
+    "recovery": RecoverySettings,
     "log": LogSettings,
 }
 
@@ -571,6 +601,7 @@ class Settings:
     documents: DocumentsSettings
     upstream: UpstreamSettings
     openwebui: OpenWebuiSettings
+    recovery: RecoverySettings
     log: LogSettings
     _sources: Mapping[tuple[str, str], str] = field(repr=False, compare=False)
 

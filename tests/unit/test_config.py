@@ -123,6 +123,14 @@ EXPECTED_DEFAULTS = {
     ("openwebui", "pubsub_channel"): "socketio",
     ("openwebui", "room_channels"): True,
     ("openwebui", "mirror_emits"): True,
+    ("recovery", "enabled"): True,
+    ("recovery", "max_disconnection"): 120.0,
+    ("recovery", "max_packets"): 1000,
+    ("recovery", "max_bytes"): 1048576,
+    ("recovery", "max_packet_bytes"): 262144,
+    ("recovery", "log_entries"): 100000,
+    ("recovery", "log_bytes"): 67108864,
+    ("recovery", "skip_user_agents"): "Python/ python-",
     ("log", "level"): "info",
 }
 
