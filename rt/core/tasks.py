@@ -11,7 +11,7 @@ from .errors import StoreError
 log = logging.getLogger("rt.app")
 
 
-async def every(name: str, interval: float, step: Callable[[], Awaitable[None]],
+async def every(name: str, interval: float, step: Callable[[], Awaitable[object]],
                 max_backoff: float = 30.0) -> None:
     """Run `step` every `interval` seconds until cancelled. A failing step is logged and
     retried with exponential backoff; cancellation always propagates."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rt import encryption_events
+from rt.encryption.events import EncryptionEvents
 from rt.app import Appliance
 from rt.auth import Identity
 from rt.backends.encryption_state import MemoryRelayState, RedisRelayState
@@ -26,8 +26,7 @@ class ChannelTable:
 def attach(app: Appliance, table: ChannelTable, publish: Publish | None = None,
            host_id: str = "") -> EncryptionRelay:
     """Wire a relay into a running appliance the way the composition root does, with the
-    table as eligibility (registering again replaces the handlers of a relay the app may
-    already have). The state is the backend's when it provides one."""
+    table as eligibility (its handlers replace those of the relay the app has). The state is the backend's when it provides one."""
     state = getattr(app.backend, "encryption", None)
     if state is None and app.backend.name == "redis":
         state = RedisRelayState(app.backend.store.client, app.backend.store.keys.prefix)
@@ -37,7 +36,10 @@ def attach(app: Appliance, table: ChannelTable, publish: Publish | None = None,
                            presence=app.backend.presence, publish=publish, host_id=host_id)
     relay = EncryptionRelay(app.sio, state, table.may_join, delivery=delivery,
                             protocol_logging=lambda: app.settings.server.protocol_logging)
-    encryption_events.register(app.gateway, relay)
+    gateway = app.gateway
+    for name in EncryptionEvents(relay).handlers():
+        gateway.handlers.pop(name, None)  # the app's own relay steps aside
+    gateway.add(EncryptionEvents(relay))
     return relay
 
 
