@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class ChatMessage:
     user_id: str
     content: str
     status: str  # done | cancelled | error
-    usage: dict | None
+    usage: dict[str, Any] | None
     updated_at: float
 
 
@@ -170,7 +170,7 @@ class EditorRegistry(Protocol):
     are not listed, and `documents_of` lets whoever handles such a session's end announce
     the leaves."""
 
-    async def add(self, document_id: str, sid: str, editor: dict) -> None: ...
-    async def remove(self, document_id: str, sid: str) -> dict | None: ...
+    async def add(self, document_id: str, sid: str, editor: dict[str, Any]) -> None: ...
+    async def remove(self, document_id: str, sid: str) -> dict[str, Any] | None: ...
     async def sessions(self, document_id: str) -> list[str]: ...
     async def documents_of(self, sid: str) -> list[str]: ...

@@ -74,7 +74,7 @@ def bucket_of(action: str) -> str:
     return "admission" if action in ("start", "join") else "traffic"
 
 
-def _expired(state: dict | None, now: float) -> bool:
+def _expired(state: dict[str, Any] | None, now: float) -> bool:
     return state is not None and state.get("expires", 0) <= now
 
 
@@ -82,13 +82,13 @@ class Lease:
     """The state of one channel as read under its lock; `save` writes it back (None
     deletes it). Valid only inside `RelayState.transaction`."""
 
-    def __init__(self, channel: str, state: dict | None,
-                 save: Callable[[str, dict | None], Any]) -> None:
+    def __init__(self, channel: str, state: dict[str, Any] | None,
+                 save: Callable[[str, dict[str, Any] | None], Any]) -> None:
         self.channel = channel
         self.state = state
         self._save = save
 
-    async def save(self, state: dict | None) -> None:
+    async def save(self, state: dict[str, Any] | None) -> None:
         await self._save(self.channel, state)
 
 
@@ -120,7 +120,7 @@ class MemoryRelayState:
             state = json.loads(raw) if raw else None
             yield Lease(channel, None if _expired(state, self.clock()) else state, self._save)
 
-    async def _save(self, channel: str, state: dict | None) -> None:
+    async def _save(self, channel: str, state: dict[str, Any] | None) -> None:
         key = state_key("", channel)
         if state is None:
             self.values.pop(key, None)
@@ -194,7 +194,7 @@ class RedisRelayState(RedisUser):
                 raise StoreError(f"{self.where}: the encryption lock of a channel is busy")
             await asyncio.sleep(LOCK_RETRY)
 
-    async def _save(self, key: str, token: bytes, state: dict | None) -> None:
+    async def _save(self, key: str, token: bytes, state: dict[str, Any] | None) -> None:
         if state is not None:
             state["expires"] = self.clock() + TTL
         raw = json.dumps(state, separators=(",", ":")) if state is not None else ""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 import socketio
 
@@ -20,11 +20,65 @@ from .fanout import FanoutManager
 from .memory import MemoryEditors, MemoryPresence, MemoryUsage
 
 if TYPE_CHECKING:
+    from .redis_conn import AnyRedis, RedisTarget
+    from .redis_manager import RedisClientManager
+    from .redis_presence import RedisPresence
     from .socketio_bridge import SocketioBridge
+
+# `[state] manager` values of embedded state: one node, SQLite in data_dir
+EMBEDDED = ("", "sqlite")
+SQLITE_FILE = "rt-appliance.sqlite3"
+# seconds between looks for sessions of dead nodes: how long a dead node's sessions may
+# outlive its lease
+DEAD_SESSION_INTERVAL = 1.0
 
 
 class BackendError(Exception):
     """The configured backend cannot be used (start-up stops; there is no fallback)."""
+
+
+class StateConfig(Protocol):
+    """What the factory reads of `[state]` (rt.config's StateSettings; not imported: the
+    backends sit below the configuration)."""
+
+    @property
+    def manager(self) -> str: ...
+    @property
+    def data_dir(self) -> str: ...
+    @property
+    def redis_url(self) -> str: ...
+    @property
+    def redis_cluster(self) -> bool: ...
+    @property
+    def sentinel_hosts(self) -> tuple[str, ...]: ...
+    @property
+    def sentinel_port(self) -> int: ...
+    @property
+    def key_prefix(self) -> str: ...
+    @property
+    def redis_timeout(self) -> float: ...
+    @property
+    def node_ttl(self) -> float: ...
+
+
+class OpenWebuiConfig(Protocol):
+    """What the factory reads of `[openwebui]`."""
+
+    @property
+    def pubsub(self) -> bool: ...
+    @property
+    def pubsub_channel(self) -> str: ...
+    @property
+    def room_channels(self) -> bool: ...
+    @property
+    def mirror_emits(self) -> bool: ...
+
+
+class BackendSettings(Protocol):
+    @property
+    def state(self) -> StateConfig: ...
+    @property
+    def openwebui(self) -> OpenWebuiConfig: ...
 
 
 @dataclass
@@ -38,6 +92,7 @@ class Loop:
 
 @dataclass
 class Backend:
+    # "sqlite" (one node: the SQLite store and in-process registries) or "redis"
     name: str
     store: Store
     presence: PresenceRegistry
@@ -55,7 +110,14 @@ class Backend:
     bridge: SocketioBridge | None = None
     # the Redis client of the deployment (None on embedded state), shared with services
     # that keep keys another program reads (open-webui's pools and revocation markers)
-    redis: Any = None
+    redis: AnyRedis | None = None
+    # one line for the start-up message: the name and where the state is, without
+    # credentials ("sqlite: ./data/rt-appliance.sqlite3", "redis: redis://host:6379/0")
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.description:
+            self.description = self.name
 
     async def start(self) -> None:
         await self.store.open()
@@ -64,6 +126,8 @@ class Backend:
         await self.store.close()
 
     async def ready(self) -> None:
+        """Raise StoreError when the node cannot serve. Reads only: probed every few
+        seconds (readyz, metrics, the status page)."""
         await self.store.ping()
 
     async def dead_sessions(self) -> list[tuple[str, str]]:
@@ -75,59 +139,75 @@ class Backend:
         return [self.node_id]
 
 
+@dataclass
 class RedisBackend(Backend):
+    # the same objects as `presence` and `client_manager`, with what only Redis has
+    # (leases, pub/sub); set by build_redis_backend
+    leases: RedisPresence | None = None
+    cluster: RedisClientManager | None = None
+
+    def _parts(self) -> tuple[RedisPresence, RedisClientManager]:
+        assert self.leases is not None and self.cluster is not None, "built without leases"
+        return self.leases, self.cluster
+
     async def start(self) -> None:
+        leases, cluster = self._parts()
         await self.store.open()
         # listen for cross-node messages now, not at the first client: a node without
         # clients must still answer `call` acks and room changes for other nodes
-        self.client_manager.initialize()
+        cluster.initialize()
         if self.bridge is not None:
             await self.bridge.start()
-        await self.presence.heartbeat()
+        await leases.heartbeat()
 
     async def stop(self) -> None:
+        leases, cluster = self._parts()
         # retire this node's sessions, stop listening, then close the shared client
         try:
-            await self.presence.retire()
+            await leases.retire()
         finally:
             try:
                 if self.bridge is not None:
                     await self.bridge.close()
-                await self.client_manager.close()
+                await cluster.close()
             finally:
                 await self.store.close()
 
     async def ready(self) -> None:
+        # PING and two flags: nothing written
         await self.store.ping()
-        await self.client_manager.ready()
+        await self._parts()[1].ready()
         if self.bridge is not None:
             await self.bridge.ready()
 
     async def dead_sessions(self) -> list[tuple[str, str]]:
-        return await self.presence.dead_sessions()
+        return await self._parts()[0].dead_sessions()
 
     async def nodes(self) -> list[str]:
-        return await self.presence.nodes()
+        return await self._parts()[0].nodes()
 
 
-def build_backend(settings) -> Backend:
+def build_backend(settings: BackendSettings) -> Backend:
     manager = settings.state.manager
-    if manager == "":
+    if manager in EMBEDDED:
         from .sqlite_store import SqliteStore
 
+        path = os.path.join(settings.state.data_dir, SQLITE_FILE)
         return Backend(
-            name="memory",
-            store=SqliteStore(os.path.join(settings.state.data_dir, "rt-appliance.sqlite3")),
+            name="sqlite",
+            store=SqliteStore(path),
             presence=MemoryPresence(),
             usage=MemoryUsage(),
             client_manager=FanoutManager(),
+            description=f"sqlite: {path}",
         )
     if manager == "redis":
         return build_redis_backend(settings)
     raise BackendError(f"unknown state manager {manager!r}")
 
 
-def build_redis_backend(settings, target=None) -> RedisBackend:
+def build_redis_backend(settings: BackendSettings,
+                        target: RedisTarget | None = None) -> RedisBackend:
     from .encryption_state import RedisRelayState
     from .redis_conn import RedisConfigError, RedisTarget
     from .redis_editors import RedisEditors
@@ -164,7 +244,13 @@ def build_redis_backend(settings, target=None) -> RedisBackend:
         encryption=RedisRelayState(client, target.key_prefix, where=where),
         editors=RedisEditors(client, keys, presence, where=where),
         node_id=presence.node_id,
+        # the beat renews this node's lease and learns the others'; `dead_sessions` asks
+        # Redis only when a lease may have passed, so looking every second costs nothing
         loops=[Loop("presence heartbeat", presence.heartbeat_interval, presence.heartbeat)],
-        dead_session_interval=min(5.0, settings.state.node_ttl / 4),
+        dead_session_interval=min(DEAD_SESSION_INTERVAL, presence.heartbeat_interval),
         redis=client,
+        description=f"redis: {target.summary()}",
+        leases=presence,
+        cluster=manager,
     )
+

@@ -16,9 +16,15 @@ Redis, where the pub/sub layer calls this for the local part of every emit).
 """
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
 import socketio
 from engineio import packet as eio_packet
 from socketio import packet
+
+# a node-to-node control message's handler: gets the payload
+ControlHandler = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 class FanoutMixin(socketio.AsyncManager):
@@ -26,12 +32,13 @@ class FanoutMixin(socketio.AsyncManager):
     # nobody to tell; the Redis manager carries them on its pub/sub channel
     multi_node = False
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._rooms_of: dict[str, set] = {}  # sid → its named rooms, its sid room included
+        self._rooms_of: dict[str, set[Any]] = {}  # sid → its named rooms, its sid room included
 
     # ---------------------------------------------------------------- rooms
-    def basic_enter_room(self, sid, namespace, room, eio_sid=None):
+    def basic_enter_room(self, sid: str, namespace: str, room: Any,
+                         eio_sid: str | None = None) -> None:
         if room is None or room != sid:
             super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
         elif sid not in self.rooms.get(namespace, {}).get(None, ()):
@@ -39,7 +46,7 @@ class FanoutMixin(socketio.AsyncManager):
         if room is not None:
             self._rooms_of.setdefault(sid, set()).add(room)
 
-    def basic_leave_room(self, sid, namespace, room):
+    def basic_leave_room(self, sid: str, namespace: str, room: Any) -> None:
         if room is None or room != sid:
             super().basic_leave_room(sid, namespace, room)
         if room is not None:
@@ -49,7 +56,7 @@ class FanoutMixin(socketio.AsyncManager):
                 if not mine:
                     del self._rooms_of[sid]
 
-    def basic_disconnect(self, sid, namespace, **kwargs):
+    def basic_disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
         # python-socketio's own version scans (a copy of) every room of the namespace
         if namespace not in self.rooms:
             return
@@ -64,26 +71,26 @@ class FanoutMixin(socketio.AsyncManager):
                 if not waiting:
                     del pending[namespace]
 
-    def get_rooms(self, sid, namespace):
+    def get_rooms(self, sid: str, namespace: str) -> list[Any]:
         if sid not in self.rooms.get(namespace, {}).get(None, ()):
             return []
         return list(self._rooms_of.get(sid, ()))
 
-    def in_room(self, sid, room) -> bool:
+    def in_room(self, sid: str, room: Any) -> bool:
         """Membership without building the list of `rooms(sid)` (checked on every typing
         event and document update)."""
         return room in self._rooms_of.get(sid, ())
 
-    def has_room(self, namespace, room) -> bool:
+    def has_room(self, namespace: str, room: Any) -> bool:
         """Whether `room` (a named room or a sid) has a member on this node."""
         rooms = self.rooms.get(namespace)
         return bool(rooms) and (room in rooms or room in rooms.get(None, ()))
 
-    def get_participants(self, namespace, room):
+    def get_participants(self, namespace: str, room: Any) -> Iterator[tuple[str, str]]:
         rooms = self.rooms.get(namespace, {})
         everyone = rooms.get(None)
         names = room if hasattr(room, "__len__") and not isinstance(room, str) else [room]
-        participants: dict = {}
+        participants: dict[str, str] = {}
         for name in names:
             members = rooms.get(name)
             if members is not None:
@@ -92,17 +99,19 @@ class FanoutMixin(socketio.AsyncManager):
                 participants[name] = everyone[name]
         yield from participants.items()
 
-    def on_control(self, kind: str, handler) -> None:
+    def on_control(self, kind: str, handler: ControlHandler) -> None:
         self.__dict__.setdefault("_control_handlers", {})[kind] = handler
 
-    async def publish_control(self, kind: str, payload: dict) -> None:
+    async def publish_control(self, kind: str, payload: dict[str, Any]) -> None:
         return None
 
-    def control_handler(self, kind: str):
-        return self.__dict__.get("_control_handlers", {}).get(kind)
+    def control_handler(self, kind: Any) -> ControlHandler | None:
+        handlers: dict[str, ControlHandler] = self.__dict__.get("_control_handlers", {})
+        return handlers.get(kind) if isinstance(kind, str) else None
 
-    async def emit(self, event, data, namespace, room=None, skip_sid=None, callback=None,
-                   to=None, ignore_queue=False, **kwargs):
+    async def emit(self, event: str, data: Any, namespace: str, room: Any = None,
+                   skip_sid: Any = None, callback: Any = None, to: Any = None,
+                   ignore_queue: bool = False, **kwargs: Any) -> Any:
         # ignore_queue only matters to the pub/sub layer above, which has acted on it
         if callback is not None or kwargs:
             # acks need a packet id per recipient; anything unusual keeps the stock path

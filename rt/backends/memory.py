@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from ..core.errors import UsageFull
 
@@ -110,14 +111,14 @@ class MemoryUsage:
 
 class MemoryEditors:
     def __init__(self) -> None:
-        self._editors: dict[str, dict[str, dict]] = {}  # document → sid → editor
+        self._editors: dict[str, dict[str, dict[str, Any]]] = {}  # document → sid → editor
         self._docs: dict[str, set[str]] = {}  # sid → documents
 
-    async def add(self, document_id: str, sid: str, editor: dict) -> None:
+    async def add(self, document_id: str, sid: str, editor: dict[str, Any]) -> None:
         self._editors.setdefault(document_id, {})[sid] = editor
         self._docs.setdefault(sid, set()).add(document_id)
 
-    async def remove(self, document_id: str, sid: str) -> dict | None:
+    async def remove(self, document_id: str, sid: str) -> dict[str, Any] | None:
         editors = self._editors.get(document_id, {})
         editor = editors.pop(sid, None)
         if not editors:

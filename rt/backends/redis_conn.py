@@ -151,7 +151,7 @@ class RedisTarget:
     extra: dict[str, Any] = field(default_factory=dict)  # more client kwargs (tests, TLS)
 
     @classmethod
-    def from_settings(cls, state, **overrides: Any) -> RedisTarget:
+    def from_settings(cls, state: Any, **overrides: Any) -> RedisTarget:
         """From `settings.state` ([state] section)."""
         target = cls(
             url=state.redis_url,
@@ -214,6 +214,15 @@ class RedisTarget:
             return f"Redis Cluster at {redact(self.url)}"
         return f"Redis at {redact(self.url)}"
 
+    def summary(self) -> str:
+        """Where the state is, in a few words for the start-up line; never a password."""
+        if self.sentinel_hosts:
+            hosts = ",".join(f"{h}:{p}" for h, p in self.sentinels())
+            return f"sentinel {self.master_name()} via {hosts}, db {self._db()}"
+        if self.cluster:
+            return f"cluster {redact(self.url)}"
+        return redact(self.url)
+
     def _db(self) -> int:
         return int(parse_url(self.url).get("db", 0) or 0)
 
@@ -254,7 +263,7 @@ class RedisTarget:
                     kw.setdefault(name, url[name])
             if urlsplit(self.url).scheme == "rediss":
                 kw.setdefault("ssl", True)
-            sentinel = Sentinel(
+            sentinel = Sentinel(  # type: ignore[no-untyped-call]
                 self.sentinels(),
                 sentinel_kwargs={
                     "socket_connect_timeout": self.connect_timeout,
@@ -265,8 +274,9 @@ class RedisTarget:
                 },
                 **kw,
             )
-            client = sentinel.master_for(self.master_name(), redis_class=SentinelRedis)
-            client.sentinel = sentinel
+            client: SentinelRedis = sentinel.master_for(self.master_name(),
+                                                        redis_class=SentinelRedis)
+            client.owned_sentinel = sentinel
             return client
         return Redis.from_url(self.url, **kw)
 
@@ -279,13 +289,14 @@ class SentinelRedis(Redis):
     """The master client of a Sentinel set; closing it closes the sentinel connections
     too (redis-py leaves them open)."""
 
-    sentinel: Sentinel | None = None
+    # not `sentinel`: that name is redis-py's SENTINEL command
+    owned_sentinel: Sentinel | None = None
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
         try:
             await super().aclose(close_connection_pool)
         finally:
-            sentinel, self.sentinel = self.sentinel, None
+            sentinel, self.owned_sentinel = self.owned_sentinel, None
             for s in sentinel.sentinels if sentinel is not None else ():
                 await s.aclose()
 

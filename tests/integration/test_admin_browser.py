@@ -51,5 +51,5 @@ async def test_admin_page_in_headless_chromium(tmp_path):
         assert figures["connections"] == "3"
         assert "websocket 2" in figures["transports"] and "polling 1" in figures["transports"]
         assert "ann" in figures["users"] and "bob" in figures["users"]
-        assert figures["updates"] >= 3 and "memory" in figures["meta"]
+        assert figures["updates"] >= 3 and "sqlite" in figures["meta"]
         assert shot.stat().st_size > 10_000

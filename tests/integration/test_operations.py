@@ -47,7 +47,7 @@ async def test_metrics_exposition(tmp_path):
         assert sample(fams, "rt_store_up") == 1
         assert sample(fams, "rt_documents") == 0
         assert "rt_event_loop_lag_seconds" in fams and "rt_rooms" in fams
-        assert sample(fams, "rt_build_info", backend="memory") == 1
+        assert sample(fams, "rt_build_info", backend="sqlite") == 1
 
 
 async def test_metrics_on_a_separate_listener(tmp_path):
