@@ -10,7 +10,7 @@ Timestamps are float seconds since the epoch. Ids are non-empty strings.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -174,3 +174,18 @@ class EditorRegistry(Protocol):
     async def remove(self, document_id: str, sid: str) -> dict[str, Any] | None: ...
     async def sessions(self, document_id: str) -> list[str]: ...
     async def documents_of(self, sid: str) -> list[str]: ...
+
+
+class ClientManager(Protocol):
+    """What the appliance asks of python-socketio's client manager beyond python-socketio's
+    own interface (fanout.py on one node, redis_manager.py on Redis)."""
+
+    # whether other nodes exist to tell (control messages travel then)
+    multi_node: bool
+
+    def in_room(self, sid: str, room: Any) -> bool: ...
+    def has_room(self, namespace: str, room: Any) -> bool: ...
+    def on_control(self, kind: str,
+                   handler: Callable[[dict[str, Any]], Coroutine[Any, Any, None]]) -> None: ...
+    async def publish_control(self, kind: str, payload: dict[str, Any]) -> None:
+        """A control message for the other nodes' handlers of `kind`."""

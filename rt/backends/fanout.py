@@ -16,7 +16,7 @@ Redis, where the pub/sub layer calls this for the local part of every emit).
 """
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import socketio
@@ -24,7 +24,7 @@ from engineio import packet as eio_packet
 from socketio import packet
 
 # a node-to-node control message's handler: gets the payload
-ControlHandler = Callable[[dict[str, Any]], Awaitable[None]]
+ControlHandler = Callable[[dict[str, Any]], Coroutine[Any, Any, None]]
 
 
 class FanoutMixin(socketio.AsyncManager):

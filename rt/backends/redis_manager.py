@@ -42,15 +42,15 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
 
 import orjson
 import socketio
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..core.errors import StoreError, delivery_required
-from ..core.tasks import cancel_and_wait, cancel_swallowed
+from ..core.tasks import TaskGroup, cancel_and_wait, cancel_swallowed
 from .fanout import FanoutMixin
 from .redis_conn import (
     REDIS_ERRORS,
@@ -62,9 +62,6 @@ from .redis_conn import (
     ensure_ready,
 )
 
-if TYPE_CHECKING:
-    from .socketio_bridge import SocketioBridge
-
 log = logging.getLogger("rt.backend")
 
 READ_TIMEOUT = 1.0  # seconds one pub/sub read waits before looping (cancellation points)
@@ -74,14 +71,23 @@ SUBSCRIBED = ("subscribe", "ssubscribe")
 CONTROL = "rt:control"  # method of the appliance's own node-to-node messages
 
 
+class RoomWatch(Protocol):
+    """Who hears of local room changes (the open-webui bridge with room channels,
+    socketio_bridge.py): told of every room whose local membership may have changed, and
+    waited for before an entry completes."""
+
+    def room_changed(self, namespace: str, room: Any) -> None: ...
+    async def settled(self) -> None: ...
+
+
 class RedisClientManager(socketio.AsyncRedisManager, FanoutMixin):
     name = "rt-redis"
     multi_node = True
 
     def __init__(self, target: RedisTarget, *, channel: str | None = None,
-                 write_only: bool = False, logger=None, json=None,
+                 write_only: bool = False, logger: Any = None, json: Any = None,
                  publish_timeout: float | None = None,
-                 backoff: tuple[float, float] = (0.1, 5.0)):
+                 backoff: tuple[float, float] = (0.1, 5.0)) -> None:
         super().__init__(url=target.url, channel=channel or target.keys().channel("socketio"),
                          write_only=write_only, logger=logger, json=json)
         self.target = target
@@ -95,14 +101,15 @@ class RedisClientManager(socketio.AsyncRedisManager, FanoutMixin):
         self._pub: AnyRedis | None = None
         self._last_error_log = 0.0
         self._initialized = False
-        self._control_tasks: set[asyncio.Task] = set()
+        # the handlers of control messages, running (referenced, failures logged)
+        self._control_tasks = TaskGroup()
         # set by the open-webui bridge ([openwebui] mirror_emits): emits published for the
         # other nodes are also copied where open-webui's own socket server listens
-        self.mirror: Callable[[dict], Awaitable[None]] | None = None
+        self.mirror: Callable[[dict[str, Any]], Awaitable[None]] | None = None
         # the bridge to open-webui's per-room channels (socketio_bridge.py), when on: told
         # of every room whose local membership may have changed, and waited for before an
         # entry completes, so that it hears what is published to the room from then on
-        self.room_watch: SocketioBridge | None = None
+        self.room_watch: RoomWatch | None = None
 
     def initialize(self) -> None:
         """Start listening (once). python-socketio calls this only when the first client
@@ -117,18 +124,19 @@ class RedisClientManager(socketio.AsyncRedisManager, FanoutMixin):
     # ------------------------------------------------------------------ rooms
     # FanoutMixin's basic_* methods are where every membership change passes (connects,
     # room entries, leaves, closes and disconnects, local or sent by other nodes)
-    def basic_enter_room(self, sid, namespace, room, eio_sid=None):
+    def basic_enter_room(self, sid: str, namespace: str, room: Any,
+                         eio_sid: str | None = None) -> None:
         super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
         if self.room_watch is not None and room is not None:
             self.room_watch.room_changed(namespace, room)
 
-    def basic_leave_room(self, sid, namespace, room):
+    def basic_leave_room(self, sid: str, namespace: str, room: Any) -> None:
         super().basic_leave_room(sid, namespace, room)
         if self.room_watch is not None:
             # leaving the None room is the end of the session: its sid room is gone too
             self.room_watch.room_changed(namespace, sid if room is None else room)
 
-    async def connect(self, sid, namespace):
+    async def connect(self, sid: str, namespace: str) -> Any:
         sid = await super().connect(sid, namespace)
         if sid is not None and self.room_watch is not None:
             # the channel of the sid's own room, entered at pre_connect (usually confirmed
@@ -138,7 +146,8 @@ class RedisClientManager(socketio.AsyncRedisManager, FanoutMixin):
             await self.room_watch.settled()
         return sid
 
-    async def enter_room(self, sid, namespace, room, eio_sid=None):
+    async def enter_room(self, sid: str, namespace: str, room: Any,
+                         eio_sid: str | None = None) -> None:
         await super().enter_room(sid, namespace, room, eio_sid=eio_sid)
         if self.room_watch is not None:
             await self.room_watch.settled()
@@ -154,6 +163,7 @@ class RedisClientManager(socketio.AsyncRedisManager, FanoutMixin):
         """Stop listening and close the connections (at the app's stop)."""
         task = getattr(self, "thread", None)
         await cancel_and_wait(task if isinstance(task, asyncio.Task) else None)
+        await self._control_tasks.stop()
         self.listening = False
         if self._pub is not None:
             pub, self._pub = self._pub, None
@@ -198,33 +208,27 @@ class RedisClientManager(socketio.AsyncRedisManager, FanoutMixin):
                 raise StoreError(f"reached this node's sessions only: {self.target.describe()}: "
                                  f"{reason}") from exc
 
-    async def publish_control(self, kind: str, payload: dict) -> None:
+    async def publish_control(self, kind: str, payload: dict[str, Any]) -> None:
         """A control message for the other nodes' handlers (`on_control`)."""
         await self._publish({"method": CONTROL, "kind": kind, "payload": payload,
                              "host_id": self.host_id})
 
-    def _control(self, data: dict) -> None:
-        handler = self.control_handler(data.get("kind"))
+    def _control(self, data: dict[str, Any]) -> None:
+        kind = data.get("kind")
+        handler = self.control_handler(kind)
         payload = data.get("payload")
         if handler is not None and isinstance(payload, dict):
-            task = asyncio.ensure_future(handler(payload))
-            self._control_tasks.add(task)
-            task.add_done_callback(self._control_done)
-
-    def _control_done(self, task: asyncio.Task) -> None:
-        self._control_tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("control message handler failed: %r", task.exception())
+            self._control_tasks.spawn(f"control message {kind}", handler(payload))
 
     # ------------------------------------------------------------------ listen
-    async def _listen(self):
+    async def _listen(self) -> AsyncIterator[dict[str, Any]]:
         low, high = self.backoff
         delay = low
         while True:
             if cancel_swallowed():  # in the backoff or a failed subscribe (see tasks.py)
                 raise asyncio.CancelledError
             client: AnyRedis | None = None
-            pubsub = None
+            pubsub: Any = None
             try:
                 client = self.target.client()
                 if self.sharded:
@@ -280,7 +284,8 @@ class RedisClientManager(socketio.AsyncRedisManager, FanoutMixin):
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, high)
 
-    async def _silence(self, pubsub, heard: float, pinged: float | None) -> float | None:
+    async def _silence(self, pubsub: Any, heard: float,
+                       pinged: float | None) -> float | None:
         """Called when a read found nothing. After `timeout` seconds without a message
         (at least READ_TIMEOUT) send a PING; if its pong does not come within `timeout`,
         raise, and `_listen` reconnects: a connection lost without a close (a partition,
@@ -304,7 +309,7 @@ class RedisClientManager(socketio.AsyncRedisManager, FanoutMixin):
             raise TimeoutError(f"PING not sent within {self.timeout:g} s") from None
         return asyncio.get_running_loop().time()
 
-    def _accept(self, raw: Any) -> dict | None:
+    def _accept(self, raw: Any) -> dict[str, Any] | None:
         """Parse a message; None for what this node has nothing to do with."""
         self.stats["received"] += 1
         if not isinstance(raw, (bytes, str)):
@@ -329,7 +334,7 @@ class RedisClientManager(socketio.AsyncRedisManager, FanoutMixin):
             return None
         return data
 
-    def has_local_target(self, data: dict) -> bool:
+    def has_local_target(self, data: dict[str, Any]) -> bool:
         """Whether an emit can reach a session of this node: its namespace has sessions
         here and (for a room emit) one of its rooms, or sids, has a member here."""
         namespace = data.get("namespace") or "/"

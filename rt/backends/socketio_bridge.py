@@ -42,8 +42,6 @@ channel a local room needs; each retry is one log line.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import collections
 import functools
 import json
@@ -52,15 +50,14 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from socketio.packet import Packet
 
 from ..core.errors import StoreError
-from ..core.tasks import cancel_and_wait, cancel_swallowed
+from ..core.tasks import TaskGroup, cancel_and_wait, cancel_swallowed
 from .redis_conn import (
     REDIS_ERRORS,
     AnyRedis,
@@ -68,28 +65,25 @@ from .redis_conn import (
     close_quietly,
     close_subscription,
 )
-
-if TYPE_CHECKING:
-    from .redis_manager import RedisClientManager
+from .redis_manager import RedisClientManager
+from .socketio_protocol import (
+    MAX_MESSAGE_BYTES,
+    METHODS,
+    MIRROR_HOST_PREFIX,
+    PICKLE_PROTO,
+    Malformed,
+    namespace_of,
+    reconstruct_binary,
+    room_of,
+    rooms_of,
+    sid_of,
+)
+from .socketio_rooms import SYNC_PING, RoomChannels
 
 log = logging.getLogger("rt.backend")
 
 READ_TIMEOUT = 1.0  # seconds one read waits before looking for silence (and cancellation)
-# open-webui 0.12's inbound limit is 16 MiB; nothing bigger can be a sensible emit, and a
-# bigger message is not parsed (Redis's default pub/sub output limit is 32 MiB anyway)
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-SUBSCRIBE_CHUNK = 500  # channels per SUBSCRIBE/UNSUBSCRIBE command
-SYNC_PING = b"rt-bridge-sync:"  # + sequence number: the barrier after (un)subscribing
 ALIVE_PING = b"rt-bridge-alive"
-PICKLE_PROTO = 0x80  # first byte of every pickle of protocol 2 or later
-METHODS = ("emit", "callback", "disconnect", "enter_room", "leave_room", "close_room")
-# host ids of the copies appliance nodes publish for open-webui's listeners (`mirror`):
-# every appliance bridge ignores them, their sessions got the original on the cluster channel
-MIRROR_HOST_PREFIX = "rt-appliance-mirror-"
-
-
-class Malformed(ValueError):
-    """A message of python-socketio's protocol whose fields have the wrong type."""
 
 
 class SocketioBridge:
@@ -122,27 +116,19 @@ class SocketioBridge:
         # callbacks_failed; channels_subscribed, channels_unsubscribed; listen_errors,
         # handler_errors, subscribe_wait_timeouts
         self.stats: collections.Counter[str] = collections.Counter()
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._pub: AnyRedis | None = None
         self._first_subscribe: asyncio.Event = asyncio.Event()
-        # room channels: what changed since the last sync, what is subscribed on the live
-        # connection, and the barrier's sequence numbers (requested by room changes,
-        # confirmed by the PONG that follows the (un)subscriptions they caused)
-        self._dirty: set[tuple[str, str]] = set()
-        self._changed = asyncio.Event()
-        self._subscribed: set[str] = set()
-        self._full_sync = True
-        self._requested = 0
-        self._confirmed = 0
-        self._ready_at = 0  # the sequence number whose PONG makes a new connection ready
-        self._waiters: collections.deque[tuple[int, asyncio.Future]] = collections.deque()
+        self.rooms = RoomChannels(manager, channel, per_room=room_channels,
+                                  timeout=self.timeout, stats=self.stats,
+                                  on_ready=self._subscribed, on_wait_timeout=self._wait_timeout)
         self._last_log: dict[str, float] = {}
         # told of every accepted message from open-webui before it is acted on (the
         # open-webui link forgets cached rights when open-webui announces a change)
-        self.observers: list[Callable[[dict], None]] = []
+        self.observers: list[Callable[[dict[str, Any]], None]] = []
         # may rewrite a message before it is acted on (the open-webui link strips the echo
         # of note contents the appliance wrote itself)
-        self.filters: list[Callable[[dict], Awaitable[dict]]] = []
+        self.filters: list[Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = []
         if room_channels:
             manager.room_watch = self
 
@@ -165,7 +151,7 @@ class SocketioBridge:
         task, self._task = self._task, None
         await cancel_and_wait(task)
         self.listening = False
-        self._release_waiters()
+        self.rooms.release_waiters()
         if self._pub is not None:
             pub, self._pub = self._pub, None
             await close_quietly(pub)
@@ -182,107 +168,33 @@ class SocketioBridge:
     @property
     def subscriptions(self) -> int:
         """Channels subscribed now (the main channel and the room channels)."""
-        return len(self._subscribed)
+        return len(self.rooms.subscribed)
 
     # ------------------------------------------------------------------ room channels
+    # the client manager's `room_watch` (see redis_manager.RoomWatch); the bookkeeping is
+    # RoomChannels' (socketio_rooms.py)
     def room_channel(self, namespace: str, room: str) -> str:
-        # open-webui's layout; unambiguous while namespaces hold no '#' (ours is '/')
-        return f"{self.channel}#{namespace}#{room}"
+        return self.rooms.room_channel(namespace, room)
 
     def room_changed(self, namespace: str, room: Any) -> None:
         """Called by the client manager whenever the local membership of `room` (a named
         room or a sid) may have changed; cheap, synchronous, never fails."""
-        if isinstance(room, str) and isinstance(namespace, str):
-            self._dirty.add((namespace, room))
-            self._requested += 1
-            self._changed.set()
+        self.rooms.changed(namespace, room)
 
     async def settled(self) -> None:
-        """Return once every room change reported so far is in effect in Redis (subscribed
-        or unsubscribed), so nothing published from now on for those rooms is missed.
-        Returns at once while not connected (the reconnect subscribes everything), and
-        after `[state] redis_timeout` at most."""
-        if not self.listening or self._confirmed >= self._requested:
-            return
-        future = asyncio.get_running_loop().create_future()
-        self._waiters.append((self._requested, future))
-        try:
-            await asyncio.wait_for(asyncio.shield(future), self.timeout)
-        except TimeoutError:
-            self.stats["subscribe_wait_timeouts"] += 1
-            self._log("wait", logging.WARNING, "room channel subscription not confirmed "
-                      "within %g s on %s", self.timeout, self.target.describe())
+        """Return once every room change reported so far is in effect in Redis (see
+        RoomChannels.settled)."""
+        await self.rooms.settled()
 
-    def _confirm(self, seq: int) -> None:
-        if seq > self._confirmed:
-            self._confirmed = seq
-        waiters = self._waiters
-        while waiters and waiters[0][0] <= seq:
-            _, future = waiters.popleft()
-            if not future.done():
-                future.set_result(None)
-        if not self.listening and seq >= self._ready_at:
-            self.listening = True
-            self._first_subscribe.set()
-            log.info("open-webui pub/sub subscribed to %s (%d channels) on %s", self.channel,
-                     len(self._subscribed), self.target.describe())
+    def _subscribed(self) -> None:
+        self.listening = True
+        self._first_subscribe.set()
+        log.info("open-webui pub/sub subscribed to %s (%d channels) on %s", self.channel,
+                 len(self.rooms.subscribed), self.target.describe())
 
-    def _release_waiters(self) -> None:
-        while self._waiters:
-            _, future = self._waiters.popleft()
-            if not future.done():
-                future.set_result(None)
-
-    def _wanted(self, namespace: str, room: str) -> bool:
-        return self.manager.has_room(namespace, room)
-
-    def _all_local_rooms(self) -> set[str]:
-        channels = set()
-        for namespace, rooms in list(self.manager.rooms.items()):
-            for room in list(rooms):
-                if room is None:
-                    channels.update(self.room_channel(namespace, sid)
-                                    for sid in list(rooms[None]) if isinstance(sid, str))
-                elif isinstance(room, str):
-                    channels.add(self.room_channel(namespace, room))
-        return channels
-
-    async def _sync(self, pubsub) -> None:
-        """Bring the subscriptions in line with the local rooms, then PING with the
-        sequence number of the last change covered; runs until the connection fails."""
-        while True:
-            # redis-py's sends may swallow a cancel (see tasks.py): look before waiting
-            if cancel_swallowed():
-                raise asyncio.CancelledError
-            await self._changed.wait()
-            self._changed.clear()
-            seq = self._requested
-            if self._full_sync:  # a new connection: everything this node needs
-                self._full_sync = False
-                self._dirty.clear()
-                self._ready_at = seq
-                wanted = {self.channel} | (self._all_local_rooms() if self.room_channels
-                                           else set())
-                add, remove = wanted - self._subscribed, set()
-            else:
-                dirty, self._dirty = self._dirty, set()
-                add, remove = set(), set()
-                for namespace, room in dirty:
-                    channel = self.room_channel(namespace, room)
-                    if self._wanted(namespace, room):
-                        if channel not in self._subscribed:
-                            add.add(channel)
-                    elif channel in self._subscribed:
-                        remove.add(channel)
-            self._subscribed |= add
-            self._subscribed -= remove
-            self.stats["channels_subscribed"] += len(add)
-            self.stats["channels_unsubscribed"] += len(remove)
-            for chunk in _chunks(add):
-                await pubsub.subscribe(*chunk)
-            for chunk in _chunks(remove):
-                await pubsub.unsubscribe(*chunk)
-            await pubsub.ping(SYNC_PING + str(seq).encode())
+    def _wait_timeout(self) -> None:
+        self._log("wait", logging.WARNING, "room channel subscription not confirmed "
+                  "within %g s on %s", self.timeout, self.target.describe())
 
     # ------------------------------------------------------------------ listening
     async def _run(self) -> None:
@@ -292,7 +204,7 @@ class SocketioBridge:
             if cancel_swallowed():  # see tasks.py
                 raise asyncio.CancelledError
             client: AnyRedis | None = None
-            pubsub = None
+            pubsub: Any = None
             try:
                 # no silent reconnects inside redis-py: after a loss this loop builds a new
                 # connection and subscribes everything again, and the barrier's PONGs are
@@ -307,9 +219,7 @@ class SocketioBridge:
                 except TimeoutError:
                     raise TimeoutError(f"subscribing got no answer within {self.timeout:g} s"
                                        ) from None
-                self._subscribed = {self.channel}
-                self._full_sync = True
-                self._changed.set()
+                self.rooms.connecting()
                 delay = low
                 await self._session(pubsub)
             except asyncio.CancelledError:
@@ -323,27 +233,32 @@ class SocketioBridge:
                             self.target.describe(), str(exc) or type(exc).__name__, delay)
             finally:
                 self.listening = False
-                self._subscribed = set()
-                self._release_waiters()
+                self.rooms.lost()
                 await close_subscription(pubsub, client)
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, high)
 
-    async def _session(self, pubsub) -> None:
+    async def _session(self, pubsub: Any) -> None:
         """The reader and the subscription sync on one connection, until either fails."""
-        sync = asyncio.ensure_future(self._sync(pubsub))
-        read = asyncio.ensure_future(self._read(pubsub))
-        try:
-            done, _ = await asyncio.wait((sync, read), return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                task.result()  # raises what ended it
-            raise ConnectionError("pub/sub session ended")  # not reached: both loop forever
-        finally:
-            for task in (sync, read):
-                task.cancel()
-            await asyncio.gather(sync, read, return_exceptions=True)
+        tasks = TaskGroup()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    async def _read(self, pubsub) -> None:
+        def ended(task: asyncio.Task[Any]) -> None:
+            if not done.done():
+                if task.cancelled():
+                    done.set_exception(ConnectionError("pub/sub session ended"))
+                else:
+                    done.set_exception(task.exception() or ConnectionError(
+                        "pub/sub session ended"))  # not reached: both loop forever
+
+        try:
+            for name, work in (("sync", self.rooms.sync(pubsub)), ("read", self._read(pubsub))):
+                tasks.start(f"open-webui pub/sub {name}", work).add_done_callback(ended)
+            await done  # raises what ended the first of them
+        finally:
+            await tasks.stop()
+
+    async def _read(self, pubsub: Any) -> None:
         loop = asyncio.get_running_loop()
         heard, pinged = loop.time(), None
         while True:
@@ -370,7 +285,7 @@ class SocketioBridge:
             elif kind == "pong":
                 data = message.get("data")
                 if isinstance(data, bytes) and data.startswith(SYNC_PING):
-                    self._confirm(int(data[len(SYNC_PING):]))
+                    self.rooms.confirm(int(data[len(SYNC_PING):]))
 
     # ------------------------------------------------------------------ messages
     async def handle(self, raw: Any) -> None:
@@ -417,7 +332,7 @@ class SocketioBridge:
             self.stats["handler_errors"] += 1
             log.exception("open-webui pub/sub: handling a %r message failed", method)
 
-    def _parse(self, raw: Any) -> dict | None:
+    def _parse(self, raw: Any) -> dict[str, Any] | None:
         if not isinstance(raw, (bytes, str)):
             self._refuse("malformed", "not a string")
             return None
@@ -458,13 +373,13 @@ class SocketioBridge:
             self._last_log[key] = now
             log.log(level, fmt, *args)
 
-    async def _on_emit(self, data: dict) -> None:
-        namespace = _namespace(data)
+    async def _on_emit(self, data: dict[str, Any]) -> None:
+        namespace = namespace_of(data)
         event = data.get("event")
         if not isinstance(event, str) or not event:
             raise Malformed("event is not a non-empty string")
-        room = _rooms(data.get("room"), "room")
-        skip_sid = _rooms(data.get("skip_sid"), "skip_sid")
+        room = rooms_of(data.get("room"), "room")
+        skip_sid = rooms_of(data.get("skip_sid"), "skip_sid")
         # the cheap look first: most emits are for rooms without a member on this node
         if not self.manager.has_local_target({"namespace": namespace, "room": room}):
             self.stats["skipped_no_local_member"] += 1
@@ -473,7 +388,7 @@ class SocketioBridge:
         if not isinstance(args, list):
             raise Malformed("data is not a list")
         if data.get("binary"):
-            args = _reconstruct_binary(args)
+            args = reconstruct_binary(args)
         callback = None
         remote = data.get("callback")
         if remote is not None:
@@ -503,7 +418,7 @@ class SocketioBridge:
         else:
             self.stats["callbacks_failed"] += 1
 
-    async def mirror(self, message: dict) -> None:
+    async def mirror(self, message: dict[str, Any]) -> None:
         """A copy of an emit of the appliance (python-socketio's message, as published on
         the cluster channel) where open-webui's own socket server listens, so that tabs
         still connected to open-webui (a deployment moving over) get what the appliance's
@@ -532,20 +447,20 @@ class SocketioBridge:
                       self.target.describe(), str(exc) or type(exc).__name__)
             return False
 
-    async def _on_callback(self, data: dict) -> None:
+    async def _on_callback(self, data: dict[str, Any]) -> None:
         sid, callback_id, args = data.get("sid"), data.get("id"), data.get("args")
         if not isinstance(sid, str) or type(callback_id) is not int \
                 or not isinstance(args, list):
             raise Malformed("callback needs sid, id and args")
         await self.manager.trigger_callback(sid, callback_id, args)
 
-    async def _on_disconnect(self, data: dict) -> None:
-        sid, namespace = _sid(data), _namespace(data)
+    async def _on_disconnect(self, data: dict[str, Any]) -> None:
+        sid, namespace = sid_of(data), namespace_of(data)
         if self.manager.is_connected(sid, namespace):
             await self.manager.server.disconnect(sid, namespace=namespace, ignore_queue=True)
 
-    def _on_room_member(self, data: dict, enter: bool) -> None:
-        sid, namespace, room = _sid(data), _namespace(data), _room(data)
+    def _on_room_member(self, data: dict[str, Any], enter: bool) -> None:
+        sid, namespace, room = sid_of(data), namespace_of(data), room_of(data)
         manager = self.manager
         if not (manager.is_connected(sid, namespace) or manager.is_pre_connected(sid, namespace)):
             return
@@ -559,65 +474,9 @@ class SocketioBridge:
         else:
             manager.basic_leave_room(sid, namespace, room)
 
-    def _on_close_room(self, data: dict) -> None:
-        namespace, room = _namespace(data), _room(data)
+    def _on_close_room(self, data: dict[str, Any]) -> None:
+        namespace, room = namespace_of(data), room_of(data)
         try:
             self.manager.basic_close_room(room, namespace)
         except ValueError as exc:  # a sid room cannot be closed
             raise Malformed(str(exc)) from None
-
-
-# ---------------------------------------------------------------------- field checks
-def _namespace(data: dict) -> str:
-    namespace = data.get("namespace")
-    if namespace is None:
-        return "/"
-    if not isinstance(namespace, str):
-        raise Malformed("namespace is not a string")
-    return namespace
-
-
-def _sid(data: dict) -> str:
-    sid = data.get("sid")
-    if not isinstance(sid, str):
-        raise Malformed("sid is not a string")
-    return sid
-
-
-def _room(data: dict) -> str:
-    room = data.get("room")
-    if not isinstance(room, str):
-        raise Malformed("room is not a string")
-    return room
-
-
-def _rooms(value: Any, name: str) -> str | list[str] | None:
-    """A room / skip_sid field: absent, one name or a list of names."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return value
-    raise Malformed(f"{name} is not a string or a list of strings")
-
-
-def _reconstruct_binary(args: list) -> list:
-    """python-socketio's binary form: [args with placeholders, base64 attachment, ...]."""
-    if not args or not all(isinstance(a, str) for a in args[1:]):
-        raise Malformed("binary data is not [payload, base64 attachments...]")
-    try:
-        attachments = [base64.b64decode(a, validate=True) for a in args[1:]]
-    except (binascii.Error, ValueError):
-        raise Malformed("an attachment is not base64") from None
-    try:
-        rebuilt = Packet.reconstruct_binary(args[0], attachments)
-    except (IndexError, KeyError, TypeError, RecursionError):
-        raise Malformed("a placeholder names no attachment") from None
-    if not isinstance(rebuilt, list):
-        raise Malformed("binary payload is not a list")
-    return rebuilt
-
-
-def _chunks(channels: set[str]):
-    items = sorted(channels)
-    for i in range(0, len(items), SUBSCRIBE_CHUNK):
-        yield items[i:i + SUBSCRIBE_CHUNK]
