@@ -49,6 +49,8 @@ from .metrics import ClusterFigures, Figure, Figures, Metrics
 from .openwebui.link import OpenWebuiLink
 from .presence.events import PresenceEvents
 from .presence.service import PresenceService
+from .recovery.service import SYNC_INTERVAL, RecoveryService
+from .recovery.service import build_state as build_recovery_state
 from .relay.http import RelayContext
 from .relay.http import routes as relay_routes
 from .relay.service import RelayService
@@ -194,6 +196,20 @@ class Appliance:
                         EncryptionEvents(self.encryption)):
             self.gateway.add(feature)
         self.gateway.catch_alls.append(self.direct_stream.handle)
+        # connection state recovery ([recovery]): sessions, rooms and missed events kept in
+        # the backend's state, so that a tab recovers on any node
+        self.recovery: RecoveryService | None = None
+        if s.recovery.enabled:
+            self.recovery = RecoveryService(
+                self.sio, build_recovery_state(s, self.backend), self.node_id,
+                window=s.recovery.max_disconnection,
+                skip_user_agents=tuple(s.recovery.skip_user_agents.split()))
+            self.recovery.gateway = self.gateway
+            self.recovery.on_leave = self.gateway.leave
+            self.gateway.recovery = self.sio.recovery = self.recovery
+            if self.sio.manager.multi_node:
+                self.sio.manager.on_control("recovery:emit", self.recovery.on_emit)
+                self.sio.manager.on_control("recovery:takeover", self.recovery.on_takeover)
         if self.openwebui is not None and bridge is not None:
             bridge.filters.append(self.openwebui.echoes.strip_echo)
             bridge.observers.append(self.openwebui.observer(
@@ -265,6 +281,8 @@ class Appliance:
         """Every part that reports figures in /metrics and /admin (metrics.py)."""
         sources: list[Any] = [self.limits, self.sio, self.gateway, self.emitter,
                               self.documents, self.relay, self.encryption]
+        if self.recovery is not None:
+            sources.append(self.recovery)
         bridge = self.backend.bridge
         if bridge is not None:
             def pubsub() -> Iterator[Figure]:
@@ -308,10 +326,12 @@ class Appliance:
         dropped, services told through the disconnect hooks)."""
         for sid, user_id in await self.backend.dead_sessions():
             await self.usage.drop(sid)
-            await self.gateway.ledger.gone(sid)  # open-webui's session pool entry
             user = await self.backend.store.get_user(user_id)
             identity = Identity(user_id, user.name if user else user_id,
                                 user.role if user else "user")
+            if self.recovery is not None and await self.recovery.dead(sid, identity):
+                continue  # still recoverable: its leave waits for the window
+            await self.gateway.ledger.gone(sid)  # open-webui's session pool entry
             await self.gateway.run_disconnect_hooks(sid, identity)
             log.info("session %s of user %s ended with its node", sid, user_id)
 
@@ -354,6 +374,9 @@ class Appliance:
             "usage sweep", min(1.0, s.limits.usage_ttl / 3), self.usage.sweep))
         self.tasks.start("encryption sweep", every(
             "encryption sweep", SWEEP_INTERVAL, self.encryption.sweep))
+        if self.recovery is not None:
+            self.tasks.start("recovery sync", every(
+                "recovery sync", SYNC_INTERVAL, self.recovery.sync))
         if self.openwebui is not None:
             # open-webui revokes tokens behind our back (sign-out, password change); in
             # directory mode the backend ends sessions itself through the API
@@ -398,6 +421,8 @@ class Appliance:
             log.warning("graceful stop took longer than %.1f s; closing now", deadline)
         finally:
             await self.tasks.stop()
+            if self.recovery is not None:
+                await self.recovery.close()  # leaves deferred here: their records expire
             await self.documents.close()  # content still debounced if the drain timed out
             await self.usage.close()  # a coalesced usage broadcast still pending
             await self.backend.stop()
@@ -437,9 +462,17 @@ class Appliance:
             return
         log.info("draining %d sessions at %s per second", len(sids), rate or "all")
         batch = max(1, int(rate / 20)) if rate > 0 else len(sids)  # 20 batches a second
+        recovery = self.recovery
         for i in range(0, len(sids), batch):
             for sid in sids[i:i + batch]:
-                await self.sio.disconnect(sid)
+                eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
+                if recovery is not None and recovery.pid_of(sid) and eio_sid is not None:
+                    # closed under the client, which reconnects to another node and
+                    # recovers there (its record and missed events are kept)
+                    recovery.drain([sid])
+                    await self.sio.engine.disconnect(eio_sid)
+                else:
+                    await self.sio.disconnect(sid)
             if rate > 0 and i + batch < len(sids):
                 await asyncio.sleep(batch / rate)
 

@@ -28,6 +28,7 @@ from .ledger import Ledger
 from .limits import Limits
 from .metrics import Figure
 from .presence.service import PresenceService
+from .recovery.service import RecoveryService
 from .rights import Rights
 from .sio import SocketServer, ack_requested
 from .typing_gate import TypingGate
@@ -81,6 +82,8 @@ class Gateway:
         # events no feature names (direct connections' `{user}:{session}:{request}`)
         self.catch_alls: list[CatchAll] = []
         self.unbound_per_ip, self.unbound_max = unbound_limits
+        # connection state recovery (set by the app when [recovery] is on)
+        self.recovery: RecoveryService | None = None
         self.events_in: dict[str, int] = {}
         self.errors: dict[str, int] = {}
         self.disconnect_hooks: list[DisconnectHook] = []
@@ -221,6 +224,8 @@ class Gateway:
             raise Refused("gone")
         self.limits.connected(sid, ip)
         await self._bind(sid, identity, token)
+        if self.recovery is not None:
+            await self.recovery.bound(sid, identity, environ, ip)
         if not self._alive(sid):  # gone during the presence write
             await self.on_disconnect(sid, "transport close")
             raise Refused("gone")
@@ -244,6 +249,11 @@ class Gateway:
         await self.sio.enter_room(sid, rooms.user(identity.id))
         await self.presence.connected(sid, identity)
         await self.ledger.bound(sid, identity, token)
+
+    async def rebind(self, sid: str, identity: Identity, token: Any, ip: str) -> None:
+        """A recovered session (rt/recovery): bound again, silently (no join announced)."""
+        self.limits.connected(sid, ip)
+        await self._bind(sid, identity, token)
 
     async def bind_later(self, sid: str, data: Any) -> dict:
         """`user-join` on an unbound socket: the token in the payload names its user."""
@@ -276,8 +286,19 @@ class Gateway:
         self.typing.forget(sid)
         if identity is None:
             return
-        await self.presence.disconnected(sid)
+        # a recoverable session's leave waits for its recovery window (rt/recovery): the
+        # features announce nothing now; one that recovered elsewhere announces nothing
+        fate = "ended" if self.recovery is None else await self.recovery.disconnected(
+            sid, reason)
+        if fate != "superseded":  # else its presence entry is the recovered session's
+            await self.presence.disconnected(sid)
         await self.usage.drop(sid)
+        if fate != "ended":
+            return
+        await self.leave(sid, identity)
+
+    async def leave(self, sid: str, identity: Identity) -> None:
+        """A session ended for good: open-webui's pool and the features are told."""
         await self.ledger.gone(sid)
         # features still see the session's rooms: python-socketio empties them afterwards
         await self.run_disconnect_hooks(sid, identity)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextvars
 import logging
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import socketio
 from socketio import packet as sio_packet
@@ -134,6 +134,15 @@ def _placeholders_valid(data: Any, attachments: int) -> bool:
         return all(_placeholders_valid(value, attachments) for value in data.values())
     return True
 
+
+class Recovery(Protocol):
+    """Connection state recovery as the server uses it (rt/recovery/service.py)."""
+
+    async def emit(self, event: str, data: Any, room: Any, skip_sid: Any) -> bool: ...
+    def pid_of(self, sid: Any) -> str | None: ...
+    async def recover(self, eio_sid: str, auth: dict[str, Any]) -> bool: ...
+
+
 # Whether the event being handled asked for an acknowledgement: a failure is then answered
 # in the ack, otherwise with an `error` event (protocol §3, §4). Handlers run inline
 # (async_handlers=False), so the context variable is that of the event being handled.
@@ -154,6 +163,9 @@ class SocketServer(socketio.AsyncServer):
             **kwargs,
         )
         self.on("connect", self._refuse_namespace, namespace="*")
+        # connection state recovery (rt/recovery), when on: records and delivers the emits
+        # that may be replayed, answers a CONNECT with `pid`, adds `pid` to CONNECT answers
+        self.recovery: Recovery | None = None
 
     def _engineio_server_class(self):
         return EngineServer
@@ -170,6 +182,25 @@ class SocketServer(socketio.AsyncServer):
                      len(self.manager.rooms.get("/", {})))
         yield Figure("rt_limited", "", {"outbound_bytes": engine.slow_consumers},
                      label="limit", counter=True)
+
+    async def emit(self, event, data=None, to=None, room=None, skip_sid=None,
+                   namespace=None, callback=None, ignore_queue=False):
+        recovery = self.recovery
+        if (recovery is not None and callback is None and not ignore_queue
+                and namespace in (None, "/")
+                and await recovery.emit(event, data, to or room, skip_sid)):
+            return
+        await super().emit(event, data, to=to, room=room, skip_sid=skip_sid,
+                           namespace=namespace, callback=callback, ignore_queue=ignore_queue)
+
+    async def _send_packet(self, eio_sid, pkt):
+        # the CONNECT answer of a recoverable session carries its private session id
+        if (self.recovery is not None and pkt.packet_type == sio_packet.CONNECT
+                and isinstance(pkt.data, dict)):
+            pid = self.recovery.pid_of(pkt.data.get("sid"))
+            if pid is not None:
+                pkt.data = {**pkt.data, "pid": pid}
+        await super()._send_packet(eio_sid, pkt)
 
     async def _refuse_namespace(self, namespace, sid, environ, auth=None):
         raise Refused("Invalid namespace")
@@ -233,6 +264,10 @@ class SocketServer(socketio.AsyncServer):
         return pkt
 
     async def _handle_connect(self, eio_sid, namespace, data):
+        if (self.recovery is not None and namespace == "/" and isinstance(data, dict)
+                and "pid" in data):
+            if await self.recovery.recover(eio_sid, data):
+                return
         await super()._handle_connect(eio_sid, namespace, data)
         # a CONNECT that was refused leaves the session without any namespace: close it
         # (the queued CONNECT_ERROR is flushed to the client first)

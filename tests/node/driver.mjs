@@ -223,7 +223,8 @@ function cmdConnect(msg) {
       watchEngine(name, socket);
       if (!mine()) return;
       if (settled) {
-        notify("connect", { name, sid: socket.id, transport: transportName(socket) });
+        notify("connect", { name, sid: socket.id, transport: transportName(socket),
+                            recovered: !!socket.recovered });
         return;
       }
       settled = true;

@@ -1,0 +1,464 @@
+"""Where connection state recovery keeps its state: the log of recoverable emits and the
+records of recoverable sessions. In process on one node (`MemoryRecoveryState`), in Redis
+for a cluster (`RedisRecoveryState`), so that a tab whose node died or was restarted
+recovers on another node.
+
+The log holds each recoverable emit once (not once per recipient): its offset, the rooms it
+went to, the sids it skipped, and the Socket.IO packet without its closing bracket (the
+`prefix`; the packet a client gets is `prefix + ',"<offset>"]'`). A session that recovers
+replays the entries after the offset it last saw that were meant for it (one of its rooms,
+its sid room, not skipped). The log is bounded in entries, in bytes and in time; an entry
+that had to go (or an emit too large to keep, kept as a marker without packet) makes a
+recovery that would need it fail, never a replay with a hole presented as complete.
+
+Offsets look like Redis stream ids, `<ms>-<seq>`, and compare as such. On Redis they are
+the ids of a stream, and the emit is appended and published to every node (this one
+included) by one script: every node then delivers in the stream's order, which is what
+makes "after the offset the client last saw" exact.
+
+A session record (`SessionRecord`) is written when a session binds, kept up to date with
+its rooms while it lives (so it survives a node killed without a goodbye), and marked
+disconnected when its connection ends; its TTL is the recovery window. A recovery takes it
+(compare the secret, then delete: one recovery only).
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from ..core.errors import StoreError
+from .redis_conn import AnyRedis, KeySpace
+from .redis_ops import Lua, RedisUser, text
+
+# what the delivery of one recorded emit is handed: offset, rooms (None: everybody),
+# skipped sids, the packet's prefix
+Deliver = Callable[[str, "list[str] | None", "list[str]", str], None]
+
+Offset = tuple[int, int]
+ZERO: Offset = (0, 0)
+
+
+def parse_offset(value: Any) -> Offset | None:
+    """`<ms>-<seq>` → (ms, seq); None when it is not one."""
+    if not isinstance(value, str) or len(value) > 48:
+        return None
+    ms, sep, seq = value.partition("-")
+    if not sep or not ms.isdigit() or not seq.isdigit():
+        return None
+    return int(ms), int(seq)
+
+
+def format_offset(offset: Offset) -> str:
+    return f"{offset[0]}-{offset[1]}"
+
+
+@dataclass
+class SessionRecord:
+    sid: str
+    secret: str  # sha256 of the secret half of the pid
+    user: str
+    name: str
+    role: str
+    rooms: list[str]
+    since: str  # the log's last offset when the session bound
+    node: str
+    live: bool = True
+    ip: str = ""
+
+    def dumps(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def loads(cls, raw: bytes | str | None) -> SessionRecord | None:
+        if raw is None:
+            return None
+        try:
+            data = orjson.loads(raw)
+            return cls(**data)
+        except (orjson.JSONDecodeError, TypeError):
+            return None
+
+
+class Missed:
+    """The outcome of reading the log for one session: `packets` (offset, prefix) in
+    order, or `reason` why the recovery cannot be complete."""
+
+    __slots__ = ("packets", "reason")
+
+    def __init__(self, packets: list[tuple[str, str]] | None = None, reason: str = ""):
+        self.packets = packets or []
+        self.reason = reason
+
+
+@dataclass
+class Bounds:
+    max_packets: int = 1000
+    max_bytes: int = 1 << 20
+    max_packet_bytes: int = 256 << 10
+    log_entries: int = 100000
+    log_bytes: int = 64 << 20
+    window: float = 120.0
+
+
+def _meant_for(rooms: Sequence[str] | None, skip: Sequence[str], sid: str,
+               mine: frozenset[str]) -> bool:
+    if sid in skip:
+        return False
+    return rooms is None or any(r in mine for r in rooms)
+
+
+class RecoveryState(Protocol):
+    bounds: Bounds
+    deliver: Deliver | None
+    shared: bool  # whether other nodes see it (a cluster)
+
+    async def emit(self, rooms: list[str] | None, skip: list[str], prefix: str) -> str: ...
+    async def mark_gap(self, rooms: list[str] | None, skip: list[str]) -> None: ...
+    async def head(self) -> str: ...
+    async def save(self, record: SessionRecord, ttl: float) -> None: ...
+    async def save_many(self, records: list[SessionRecord], ttl: float) -> None: ...
+    async def get(self, sid: str) -> SessionRecord | None: ...
+    async def take(self, sid: str, secret: str) -> SessionRecord | None: ...
+    async def disconnected(self, record: SessionRecord, ttl: float) -> bool: ...
+    async def drop(self, sid: str, node: str) -> bool: ...
+    async def missed(self, start: str, rooms: Sequence[str], sid: str) -> Missed: ...
+    def figures_data(self) -> dict[str, float]: ...
+
+
+@dataclass
+class _Entry:
+    offset: Offset
+    rooms: frozenset[str] | None
+    skip: frozenset[str]
+    prefix: str | None  # None: a marker (an emit too large to keep)
+    size: int
+    at: float
+
+
+@dataclass
+class MemoryRecoveryState:
+    """One node: the log in a deque, the records in a dict (with their deadline)."""
+
+    bounds: Bounds = field(default_factory=Bounds)
+    clock: Callable[[], float] = time.monotonic
+    deliver: Deliver | None = None
+    shared = False
+
+    def __post_init__(self) -> None:
+        self._log: deque[_Entry] = deque()
+        self._bytes = 0
+        self._boot = int(time.time() * 1000)
+        self._seq = 0
+        self._dropped: Offset = ZERO  # newest offset dropped from the log
+        self._records: dict[str, tuple[SessionRecord, float]] = {}
+        self.evicted = 0
+
+    def _next(self) -> Offset:
+        self._seq += 1
+        return (self._boot, self._seq)
+
+    def _append(self, entry: _Entry) -> None:
+        b = self.bounds
+        self._log.append(entry)
+        self._bytes += entry.size
+        horizon = self.clock() - b.window
+        log = self._log
+        while log and (len(log) > b.log_entries or self._bytes > b.log_bytes
+                       or log[0].at < horizon):
+            old = log.popleft()
+            self._bytes -= old.size
+            self._dropped = old.offset
+            self.evicted += 1
+
+    async def emit(self, rooms: list[str] | None, skip: list[str], prefix: str) -> str:
+        offset = self._next()
+        self._append(_Entry(offset, None if rooms is None else frozenset(rooms),
+                            frozenset(skip), prefix, len(prefix) + 64, self.clock()))
+        text_offset = format_offset(offset)
+        if self.deliver is not None:
+            self.deliver(text_offset, rooms, skip, prefix)
+        return text_offset
+
+    async def mark_gap(self, rooms: list[str] | None, skip: list[str]) -> None:
+        self._append(_Entry(self._next(), None if rooms is None else frozenset(rooms),
+                            frozenset(skip), None, 64, self.clock()))
+
+    async def head(self) -> str:
+        return format_offset((self._boot, self._seq))
+
+    def _live(self, sid: str) -> SessionRecord | None:
+        got = self._records.get(sid)
+        if got is None:
+            return None
+        if got[1] < self.clock():
+            del self._records[sid]
+            return None
+        return got[0]
+
+    async def save(self, record: SessionRecord, ttl: float) -> None:
+        self._records[record.sid] = (record, self.clock() + ttl)
+
+    async def save_many(self, records: list[SessionRecord], ttl: float) -> None:
+        for record in records:
+            await self.save(record, ttl)
+
+    async def get(self, sid: str) -> SessionRecord | None:
+        return self._live(sid)
+
+    async def take(self, sid: str, secret: str) -> SessionRecord | None:
+        record = self._live(sid)
+        if record is None or record.secret != secret:
+            return None
+        del self._records[sid]
+        return record
+
+    async def disconnected(self, record: SessionRecord, ttl: float) -> bool:
+        current = self._live(record.sid)
+        if current is not None and current.node != record.node:
+            return False
+        record.live = False
+        await self.save(record, ttl)
+        return True
+
+    async def drop(self, sid: str, node: str) -> bool:
+        current = self._live(sid)
+        if current is None or current.node != node:
+            return False
+        del self._records[sid]
+        return True
+
+    async def missed(self, start: str, rooms: Sequence[str], sid: str) -> Missed:
+        after = parse_offset(start)
+        if after is None:
+            return Missed(reason="bad_offset")
+        if after[0] != self._boot and after != ZERO:
+            return Missed(reason="unknown_offset")  # of another run of this node
+        if self._dropped > after:
+            return Missed(reason="expired")
+        b = self.bounds
+        mine = frozenset(rooms) | {sid}
+        out: list[tuple[str, str]] = []
+        size = 0
+        for entry in self._log:  # newest last; a deque has no bisect, the bound is small
+            if entry.offset <= after:
+                continue
+            if not _meant_for(tuple(entry.rooms) if entry.rooms is not None else None,
+                              tuple(entry.skip), sid, mine):
+                continue
+            if entry.prefix is None:
+                return Missed(reason="too_large")
+            size += len(entry.prefix)
+            out.append((format_offset(entry.offset), entry.prefix))
+            if len(out) > b.max_packets or size > b.max_bytes:
+                return Missed(reason="bounds")
+        return Missed(out)
+
+    def figures_data(self) -> dict[str, float]:
+        return {"entries": len(self._log), "bytes": self._bytes, "evicted": self.evicted,
+                "records": len(self._records)}
+
+
+# ---------------------------------------------------------------------------- Redis
+# KEYS: log; ARGV: channel, sharded, maxlen, window_ms, rooms, skip, prefix, host_id
+R_EMIT = Lua("""
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*',
+                      'r', ARGV[5], 's', ARGV[6], 'p', ARGV[7])
+local t = redis.call('TIME')
+local horizon = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[4])
+redis.call('XTRIM', KEYS[1], 'MINID', '~', horizon)
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]) + 60000)
+local msg = cjson.encode({method = 'rt:control', kind = 'recovery:emit', host_id = ARGV[8],
+                          payload = {id = id, r = ARGV[5], s = ARGV[6], p = ARGV[7]}})
+if ARGV[2] == '1' then
+  redis.call('SPUBLISH', ARGV[1], msg)
+else
+  redis.call('PUBLISH', ARGV[1], msg)
+end
+return id
+""")
+
+# KEYS: record; ARGV: secret → the record, deleted, when the secret matches
+R_TAKE = Lua("""
+local v = redis.call('GET', KEYS[1])
+if not v then return false end
+local ok, rec = pcall(cjson.decode, v)
+if not ok or rec['secret'] ~= ARGV[1] then return false end
+redis.call('DEL', KEYS[1])
+return v
+""")
+
+# KEYS: record; ARGV: node, new value, ttl_ms → 1 when written (absent or of this node)
+R_DISCONNECTED = Lua("""
+local v = redis.call('GET', KEYS[1])
+if v then
+  local ok, rec = pcall(cjson.decode, v)
+  if ok and rec['node'] ~= ARGV[1] then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+""")
+
+# KEYS: record; ARGV: node → 1 when deleted (it was this node's)
+R_DROP = Lua("""
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local ok, rec = pcall(cjson.decode, v)
+if ok and rec['node'] ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+""")
+
+READ_BATCH = 500
+
+
+class RedisRecoveryState(RedisUser):
+    """A cluster's recovery state: the log is one stream, on the slot of the client
+    manager's pub/sub channel (so one script appends and publishes, on a Cluster too);
+    records are one key each, with the recovery window as TTL."""
+
+    shared = True
+
+    def __init__(self, client: AnyRedis, keys: KeySpace, *, channel: str, sharded: bool,
+                 host_id: str, bounds: Bounds | None = None, where: str = "Redis") -> None:
+        super().__init__(client, keys, where)
+        self.bounds = bounds or Bounds()
+        self.channel = channel
+        self.sharded = sharded
+        # not any node's host id: every node, this one included, handles the message
+        self.host_id = host_id
+        self.log_key = f"{{{channel}}}:recovery-log"
+        self.deliver: Deliver | None = None
+        self.appended = 0
+
+    def _record_key(self, sid: str) -> str:
+        return self.keys.key(f"recovery:{sid}")
+
+    async def emit(self, rooms: list[str] | None, skip: list[str], prefix: str) -> str:
+        b = self.bounds
+        got = await self._lua(R_EMIT, [self.log_key], [
+            self.channel, "1" if self.sharded else "0", b.log_entries,
+            int(b.window * 1000), orjson.dumps(rooms), orjson.dumps(skip), prefix,
+            self.host_id])
+        self.appended += 1
+        return text(got)
+
+    async def mark_gap(self, rooms: list[str] | None, skip: list[str]) -> None:
+        key, r, s = self.log_key, orjson.dumps(rooms), orjson.dumps(skip)
+        await self._run(lambda c: c.xadd(key, {"r": r, "s": s, "g": "1"},
+                                         maxlen=self.bounds.log_entries, approximate=True))
+
+    def handle(self, payload: dict[str, Any]) -> None:
+        """A `recovery:emit` message from the pub/sub channel (every node's, ours too)."""
+        if self.deliver is None:
+            return
+        try:
+            offset, prefix = payload["id"], payload["p"]
+            rooms = orjson.loads(payload["r"])
+            skip = orjson.loads(payload["s"])
+        except (KeyError, TypeError, orjson.JSONDecodeError):
+            return
+        if isinstance(offset, str) and isinstance(prefix, str) and isinstance(skip, list) \
+                and (rooms is None or isinstance(rooms, list)):
+            self.deliver(offset, rooms, skip, prefix)
+
+    async def head(self) -> str:
+        key = self.log_key
+        got: Any = await self._run(lambda c: c.xrevrange(key, count=1))
+        return text(got[0][0]) if got else "0-0"
+
+    async def save(self, record: SessionRecord, ttl: float) -> None:
+        key, value = self._record_key(record.sid), record.dumps()
+        await self._run(lambda c: c.set(key, value, px=max(1, int(ttl * 1000))))
+
+    async def save_many(self, records: list[SessionRecord], ttl: float) -> None:
+        if not records:
+            return
+        px = max(1, int(ttl * 1000))
+        pairs = [(self._record_key(r.sid), r.dumps()) for r in records]
+
+        async def write(c: AnyRedis) -> None:
+            pipe = c.pipeline(transaction=False)
+            for key, value in pairs:
+                pipe.set(key, value, px=px)
+            await pipe.execute()
+        await self._run(write)
+
+    async def get(self, sid: str) -> SessionRecord | None:
+        key = self._record_key(sid)
+        return SessionRecord.loads(await self._run(lambda c: c.get(key)))
+
+    async def take(self, sid: str, secret: str) -> SessionRecord | None:
+        return SessionRecord.loads(await self._lua(R_TAKE, [self._record_key(sid)], [secret]))
+
+    async def disconnected(self, record: SessionRecord, ttl: float) -> bool:
+        record.live = False
+        got = await self._lua(R_DISCONNECTED, [self._record_key(record.sid)],
+                              [record.node, record.dumps(), max(1, int(ttl * 1000))])
+        return bool(got == 1)
+
+    async def drop(self, sid: str, node: str) -> bool:
+        return bool(await self._lua(R_DROP, [self._record_key(sid)], [node]) == 1)
+
+    async def missed(self, start: str, rooms: Sequence[str], sid: str) -> Missed:
+        after = parse_offset(start)
+        if after is None:
+            return Missed(reason="bad_offset")
+        b = self.bounds
+        mine = frozenset(rooms) | {sid}
+        out: list[tuple[str, str]] = []
+        size = 0
+        key = self.log_key
+        cursor = "(" + start if after != ZERO else "-"
+        while True:
+            async def read(c: AnyRedis, cursor: str = cursor) -> Any:
+                return await c.xrange(key, min=cursor, count=READ_BATCH)
+            batch = await self._run(read)
+            for raw_id, fields in batch:
+                entry_id = text(raw_id)
+                try:
+                    entry_rooms = orjson.loads(fields[b"r"])
+                    skip = orjson.loads(fields[b"s"])
+                except (KeyError, orjson.JSONDecodeError):
+                    return Missed(reason="unreadable")
+                if not _meant_for(entry_rooms, skip, sid, mine):
+                    continue
+                packet = fields.get(b"p")
+                if packet is None:
+                    return Missed(reason="too_large")
+                prefix = text(packet)
+                size += len(prefix)
+                out.append((entry_id, prefix))
+                if len(out) > b.max_packets or size > b.max_bytes:
+                    return Missed(reason="bounds")
+            if len(batch) < READ_BATCH:
+                break
+            cursor = "(" + text(batch[-1][0])
+        # entries are trimmed oldest first: none we needed went if the newest trimmed one
+        # is not after the start (checked after reading, so a trim meanwhile counts)
+        if await self._max_deleted(key) > after:
+            return Missed(reason="expired")
+        return Missed(out)
+
+    async def _max_deleted(self, key: str) -> Offset:
+        try:
+            info = await self._run(lambda c: c.xinfo_stream(key))
+        except StoreError as exc:
+            if "no such key" in str(exc).lower():
+                return ZERO
+            raise
+        fields: dict[Any, Any] = dict(info)
+        value = fields.get("max-deleted-entry-id", fields.get(b"max-deleted-entry-id"))
+        parsed = parse_offset(text(value)) if value is not None else None
+        return parsed or ZERO
+
+    def figures_data(self) -> dict[str, float]:
+        return {"appended": self.appended}
+
+
+def figures_names() -> Iterator[str]:
+    yield from ("entries", "bytes", "evicted", "records", "appended")

@@ -1,0 +1,1 @@
+"""Socket.IO connection state recovery across the cluster (service.py)."""

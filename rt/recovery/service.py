@@ -1,0 +1,493 @@
+"""Socket.IO connection state recovery (protocol v5 as socket.io 4.6+ speaks it), across the
+cluster.
+
+- A session that may recover gets a private session id (`pid`, `<sid>.<secret>`) in its
+  CONNECT answer, and every event sent to it outside an ack carries an offset as its last
+  argument (socket.io-client keeps the last one it saw). Clients that cannot take that
+  argument (python-socketio, by User-Agent: `[recovery] skip_user_agents`) get the events
+  without it and no `pid`: they are not recoverable, and not affected.
+- Each emit is recorded once (`RecoveryState.emit`: the log, bounded) and delivered by
+  `deliver`, once encoded for the recoverable recipients and once without the offset for
+  the others. On Redis every node, this one included, delivers what the log's script
+  published, in the log's order.
+- The session's record (rooms, user, secret) is written at bind, kept current while it
+  lives (`sync`), and marked disconnected when its connection ends for a reason a client
+  reconnects from (transport closed or failed, ping timeout, this node draining).
+- A CONNECT with `pid` and `offset` whose token proves the record's user, within
+  `max_disconnection`, gets the same sid, its rooms and identity, the events it missed in
+  order and exactly once, and `pid` unchanged (the client's `recovered: true`). When the
+  log cannot give every missed event (bounds, expiry, an event too large to keep) the
+  session goes on with a new pid and no replay: the client sees `recovered: false` and
+  refetches. A forged or another user's pid recovers nothing.
+- While a session is recoverable, its leave is not announced: the features' disconnect
+  hooks (chat presence, document editors, ...) run only when the window passed without a
+  recovery, on the node that holds the record's claim. A recovery announces no join.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import hmac
+import logging
+import secrets
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol
+
+from engineio import packet as eio_packet
+from socketio import packet as sio_packet
+
+from ..auth import AuthError, Identity
+from ..backends.recovery_state import (
+    ZERO,
+    Bounds,
+    MemoryRecoveryState,
+    RecoveryState,
+    RedisRecoveryState,
+    SessionRecord,
+    parse_offset,
+)
+from ..backends.redis_conn import KeySpace
+from ..core.errors import StoreError
+from ..metrics import Figure
+
+if TYPE_CHECKING:
+    from ..presence.service import PresenceService
+    from ..sio import SocketServer
+
+log = logging.getLogger("rt.recovery")
+
+# python-socketio's disconnect reasons a client reconnects from by itself
+RECOVERABLE = frozenset({"transport close", "transport error", "ping timeout"})
+TAKEOVER_WAIT = 3.0  # seconds a recovery waits for the old connection to be let go
+SYNC_INTERVAL = 1.0  # seconds between writes of changed room sets
+# the host id of the log's messages on the cluster channel: no node's, so every node,
+# the emitting one included, delivers them (in the log's order)
+RECOVERY_HOST_ID = "rt-recovery"
+
+LeaveHook = Callable[[str, Identity], Awaitable[None]]
+
+
+class Sessions(Protocol):
+    """What recovery needs of the gateway (rt/gateway.py)."""
+
+    identities: dict[str, Identity]
+    presence: PresenceService
+
+    async def identify(self, token: Any) -> Identity: ...
+    async def rebind(self, sid: str, identity: Identity, token: Any, ip: str) -> None: ...
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class RecoveryService:
+    def __init__(self, sio: SocketServer, state: RecoveryState, node_id: str, *,
+                 window: float, skip_user_agents: tuple[str, ...] = ()) -> None:
+        self.sio = sio
+        self.state = state
+        self.node_id = node_id
+        self.window = window
+        self.skip_user_agents = skip_user_agents
+        self.gateway: Sessions | None = None
+        # what a leave runs once a session is not recoverable any more (set by the app:
+        # the gateway's ledger and the features' disconnect hooks)
+        self.on_leave: LeaveHook | None = None
+        self.secrets: dict[str, str] = {}  # sid → secret: the local recoverable sessions
+        self.records: dict[str, SessionRecord] = {}
+        self.holding: dict[str, list[tuple[str, str]]] = {}  # recovering: held deliveries
+        self.draining: set[str] = set()
+        self.taken: set[str] = set()  # local connections of sessions recovered elsewhere
+        self.leaves: dict[str, asyncio.Task[None]] = {}  # deferred leaves
+        self.results: Counter[str] = Counter()
+        self.replayed = 0
+        self.unrecorded: Counter[str] = Counter()
+        self._since_refresh = 0.0
+        state.deliver = self.deliver
+
+    # ------------------------------------------------------------------ who may recover
+    def capable(self, environ: dict[str, Any] | None) -> bool:
+        agent = (environ or {}).get("HTTP_USER_AGENT", "")
+        return not any(agent.startswith(prefix) for prefix in self.skip_user_agents)
+
+    def pid_of(self, sid: Any) -> str | None:
+        secret = self.secrets.get(sid) if isinstance(sid, str) else None
+        return None if secret is None else f"{sid}.{secret}"
+
+    # ------------------------------------------------------------------ emits
+    async def emit(self, event: str, data: Any, room: Any, skip_sid: Any) -> bool:
+        """Record and deliver one emit; False when it must take the ordinary path (binary
+        or too large: then recorded as a gap, and sent without offset)."""
+        if isinstance(data, tuple):
+            args = list(data)
+        elif data is None:
+            args = []
+        else:
+            args = [data]
+        rooms = None if room is None else ([room] if isinstance(room, str) else list(room))
+        skip = [] if skip_sid is None else (
+            [skip_sid] if isinstance(skip_sid, str) else list(skip_sid))
+        if sio_packet.Packet.data_is_binary(args):
+            self.unrecorded["binary"] += 1
+            await self.state.mark_gap(rooms, skip)
+            return False
+        encoded = self.sio.packet_class(sio_packet.EVENT, namespace="/",
+                                        data=[event, *args]).encode()
+        if not isinstance(encoded, str) or not encoded.endswith("]"):
+            return False
+        if len(encoded) > self.state.bounds.max_packet_bytes:
+            self.unrecorded["too_large"] += 1
+            await self.state.mark_gap(rooms, skip)
+            return False
+        await self.state.emit(rooms, skip, encoded[:-1])
+        mirror = getattr(self.sio.manager, "mirror", None)
+        if mirror is not None:  # open-webui's own socket server, as the manager would
+            await mirror({"method": "emit", "event": event, "data": args, "binary": False,
+                          "namespace": "/", "room": room, "skip_sid": skip_sid,
+                          "callback": None, "host_id": self.sio.manager.host_id})
+        return True
+
+    def deliver(self, offset: str, rooms: list[str] | None, skip: list[str],
+                prefix: str) -> None:
+        """The local part of a recorded emit: no await, so deliveries keep the log's order."""
+        manager = self.sio.manager
+        if not manager.rooms.get("/"):
+            return
+        sessions = self.sio.engine.sessions
+        with_offset = plain = None
+        skipped = frozenset(skip) if skip else frozenset()
+        target: Any = rooms[0] if rooms is not None and len(rooms) == 1 else rooms
+        for sid, eio_sid in manager.get_participants("/", target):
+            if sid in skipped:
+                continue
+            if sid in self.secrets:
+                held = self.holding.get(sid)
+                if held is not None:
+                    held.append((offset, prefix))
+                    continue
+                if with_offset is None:
+                    with_offset = eio_packet.Packet(eio_packet.MESSAGE,
+                                                    f'{prefix},"{offset}"]')
+                frame = with_offset
+            else:
+                if plain is None:
+                    plain = eio_packet.Packet(eio_packet.MESSAGE, prefix + "]")
+                frame = plain
+            session = sessions.get(eio_sid)
+            if session is not None:
+                session.send(frame)
+
+    # ------------------------------------------------------------------ lifecycle of a session
+    async def bound(self, sid: str, identity: Identity, environ: dict[str, Any] | None,
+                    ip: str = "") -> None:
+        """A session bound at its CONNECT: recoverable when its client can be."""
+        if not self.capable(environ):
+            return
+        secret = secrets.token_urlsafe(18)
+        record = SessionRecord(
+            sid=sid, secret=_hash(secret), user=identity.id, name=identity.name,
+            role=identity.role, rooms=sorted(self.sio.manager.get_rooms(sid, "/")),
+            since=await self.state.head(), node=self.node_id, ip=ip)
+        await self.state.save(record, self._live_ttl)
+        self.secrets[sid] = secret
+        self.records[sid] = record
+
+    @property
+    def _live_ttl(self) -> float:
+        return self.window + max(SYNC_INTERVAL * 5, self.window / 2)
+
+    def drain(self, sids: list[str]) -> None:
+        """These sessions are closed because this node stops: they stay recoverable."""
+        self.draining.update(sids)
+
+    async def disconnected(self, sid: str, reason: str) -> str:
+        """What became of a bound session whose connection ended here: 'taken' (it lives on
+        in a recovery: nothing to announce), 'superseded' (it recovered on another node
+        already, which holds its presence entry now), 'deferred' (recoverable: its leave
+        waits for the window), or 'ended'."""
+        secret = self.secrets.pop(sid, None)
+        record = self.records.pop(sid, None)
+        self.holding.pop(sid, None)
+        draining = sid in self.draining
+        self.draining.discard(sid)
+        if sid in self.taken:
+            self.taken.discard(sid)
+            return "taken"
+        if secret is None or record is None:
+            return "ended"
+        try:
+            if not (draining or reason in RECOVERABLE):
+                await self.state.drop(sid, self.node_id)
+                return "ended"
+            record.rooms = sorted(self.sio.manager.get_rooms(sid, "/"))
+            if not await self.state.disconnected(record, self.window):
+                return "superseded"  # its record is another node's: recovered there
+        except StoreError as exc:
+            log.warning("session %s: recovery state not written: %s", sid, exc)
+            return "ended"
+        self._defer_leave(sid, Identity(record.user, record.name, record.role), self.node_id)
+        return "deferred"
+
+    def _defer_leave(self, sid: str, identity: Identity, node: str) -> None:
+        old = self.leaves.pop(sid, None)
+        if old is not None:
+            old.cancel()
+        task = asyncio.get_running_loop().create_task(
+            self._leave_later(sid, identity, node), name=f"recovery leave {sid}")
+        self.leaves[sid] = task
+        task.add_done_callback(functools.partial(self._left, sid))
+
+    def _left(self, sid: str, task: asyncio.Task[None]) -> None:
+        if self.leaves.get(sid) is task:
+            del self.leaves[sid]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("deferred leave of %s failed: %r", sid, task.exception())
+
+    async def _leave_later(self, sid: str, identity: Identity, node: str) -> None:
+        await asyncio.sleep(self.window)
+        # the claim: whoever deletes the record announces; a recovery deleted it already
+        for attempt in range(5):
+            try:
+                claimed = await self.state.drop(sid, node)
+                break
+            except StoreError:
+                await asyncio.sleep(1 + attempt)
+        else:
+            claimed = True  # the store is gone: announce rather than never
+        if claimed:
+            self.results["expired"] += 1
+            if self.on_leave is not None:
+                await self.on_leave(sid, identity)
+
+    async def dead(self, sid: str, identity: Identity) -> bool:
+        """A session of a node that died: True when its record says it may still recover
+        (its leave then waits for the window)."""
+        try:
+            record = await self.state.get(sid)
+        except StoreError:
+            return False
+        if record is None:
+            return False
+        self._defer_leave(sid, identity, record.node)
+        return True
+
+    # ------------------------------------------------------------------ keeping records
+    async def sync(self) -> None:
+        """Write the records whose rooms changed (and all of them now and then: their TTL),
+        so that a node killed without a goodbye leaves them current."""
+        manager = self.sio.manager
+        changed: list[SessionRecord] = []
+        for sid, record in self.records.items():
+            rooms = sorted(manager.get_rooms(sid, "/"))
+            if rooms != record.rooms:
+                record.rooms = rooms
+                changed.append(record)
+        self._since_refresh += SYNC_INTERVAL
+        if self._since_refresh >= self.window / 3:
+            self._since_refresh = 0.0
+            changed = list(self.records.values())
+        if changed:
+            await self.state.save_many(changed, self._live_ttl)
+
+    async def on_emit(self, payload: dict[str, Any]) -> None:
+        """A recorded emit from the cluster channel (no await: kept in order)."""
+        handle = getattr(self.state, "handle", None)
+        if handle is not None:
+            handle(payload)
+
+    async def on_takeover(self, payload: dict[str, Any]) -> None:
+        sid = payload.get("sid")
+        if isinstance(sid, str) and payload.get("node") != self.node_id:
+            await self._let_go(sid)
+
+    async def _let_go(self, sid: str) -> None:
+        """Close this node's connection of a session that recovers elsewhere, quietly."""
+        eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
+        if eio_sid is None:
+            return
+        self.taken.add(sid)
+        await self.sio.engine.disconnect(eio_sid)
+
+    # ------------------------------------------------------------------ recovery
+    async def recover(self, eio_sid: str, auth: dict[str, Any]) -> bool:
+        """A CONNECT with `pid`: True when handled here (recovered, or went on as the same
+        session with a new pid); False for the ordinary path (a new session, or a refusal
+        there for a bad token)."""
+        gateway = self.gateway
+        pid = auth.get("pid")
+        environ = self.sio.environ.get(eio_sid)
+        if gateway is None or not isinstance(pid, str) or not self.capable(environ):
+            return False
+        sid, _, secret = pid.rpartition(".")
+        if not sid or not secret or len(pid) > 200:
+            self.results["forged"] += 1
+            return False
+        try:
+            identity = await gateway.identify(auth.get("token"))
+        except AuthError:
+            return False  # the ordinary path refuses it with the reason
+        try:
+            record = await self.state.get(sid)
+        except StoreError as exc:
+            log.warning("recovery of %s: state unavailable: %s", sid, exc)
+            self.results["unavailable"] += 1
+            return False
+        if record is None:
+            self.results["unknown"] += 1
+            return False
+        if not hmac.compare_digest(record.secret, _hash(secret)) or record.user != identity.id:
+            self.results["forged"] += 1
+            log.info("recovery of %s refused: pid does not match the session", sid)
+            return False
+        if record.live or self.sio.manager.is_connected(sid, "/"):
+            await self._take_over(sid, record)
+        try:
+            taken = await self.state.take(sid, record.secret)
+        except StoreError:
+            taken = None
+        if taken is None:
+            self.results["raced"] += 1
+            return False
+        leave = self.leaves.pop(sid, None)
+        if leave is not None:
+            leave.cancel()
+        ip = (environ or {}).get("REMOTE_ADDR", "")
+        await self._restore(eio_sid, sid, secret, taken, identity, auth, ip)
+        return True
+
+    async def _take_over(self, sid: str, record: SessionRecord) -> None:
+        """The old connection is still open (a half-open TCP not timed out yet): let it go,
+        here or on its node, and wait (bounded) until it is gone."""
+        manager = self.sio.manager
+        if manager.is_connected(sid, "/"):
+            await self._let_go(sid)
+        elif record.node != self.node_id:
+            await manager.publish_control("recovery:takeover",
+                                          {"sid": sid, "node": self.node_id})
+        gateway = self.gateway
+        assert gateway is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + TAKEOVER_WAIT
+        while loop.time() < deadline:
+            try:
+                gone = (not manager.is_connected(sid, "/") and sid not in gateway.identities
+                        and await gateway.presence.registry.user_of(sid) is None)
+            except StoreError:
+                gone = False
+            if gone:
+                return
+            await asyncio.sleep(0.02)
+        log.warning("recovery of %s: the old connection was not let go within %g s",
+                    sid, TAKEOVER_WAIT)
+
+    async def _restore(self, eio_sid: str, sid: str, secret: str, record: SessionRecord,
+                       identity: Identity, auth: dict[str, Any], ip: str) -> None:
+        gateway = self.gateway
+        assert gateway is not None
+        manager = self.sio.manager
+        self.holding[sid] = []
+        self.secrets[sid] = secret
+        manager.basic_enter_room(sid, "/", None, eio_sid=eio_sid)
+        manager.basic_enter_room(sid, "/", sid, eio_sid=eio_sid)
+        reason = ""
+        missed = None
+        try:
+            for room in record.rooms:
+                if room != sid:
+                    await self.sio.enter_room(sid, room)
+            await gateway.rebind(sid, identity, auth.get("token"), ip)
+            offset = auth.get("offset")
+            start = offset if isinstance(offset, str) else record.since
+            missed = await self.state.missed(start, record.rooms, sid)
+            reason = missed.reason
+        except StoreError as exc:
+            reason = "unavailable"
+            log.warning("recovery of %s: %s", sid, exc)
+        except BaseException:
+            self.holding.pop(sid, None)
+            raise
+        # from here to the end: no await, nothing delivered in between
+        held = self.holding.pop(sid, [])
+        if reason:
+            secret = secrets.token_urlsafe(18)
+            self.secrets[sid] = secret
+            record.secret = _hash(secret)
+            self.results[f"failed_{reason}"] += 1
+            log.info("session %s reconnected without recovery (%s)", sid, reason)
+        session = self.sio.engine.sessions.get(eio_sid)
+        connect = self.sio.packet_class(sio_packet.CONNECT, {"sid": sid, "pid": f"{sid}.{secret}"},
+                                        namespace="/").encode()
+        last = ZERO
+        if session is not None:
+            session.send(eio_packet.Packet(eio_packet.MESSAGE, connect))
+            if missed is not None and not reason:
+                for offset, prefix in missed.packets:
+                    session.send(eio_packet.Packet(eio_packet.MESSAGE, f'{prefix},"{offset}"]'))
+                    last = parse_offset(offset) or last
+                self.replayed += len(missed.packets)
+            for offset, prefix in held:
+                if (parse_offset(offset) or ZERO) > last:
+                    session.send(eio_packet.Packet(eio_packet.MESSAGE, f'{prefix},"{offset}"]'))
+        if not reason:
+            self.results["recovered"] += 1
+            log.info("session %s of user %s recovered (%d missed events)", sid, identity.id,
+                     len(missed.packets) if missed is not None else 0)
+        record.live = True
+        record.node = self.node_id
+        record.rooms = sorted(manager.get_rooms(sid, "/"))
+        record.ip = ip
+        self.records[sid] = record
+        try:
+            await self.state.save(record, self._live_ttl)
+        except StoreError as exc:
+            log.warning("session %s: recovery record not written: %s", sid, exc)
+
+    # ------------------------------------------------------------------ figures
+    def figures(self) -> Iterator[Figure]:
+        yield Figure("rt_recovery", "Reconnections with a pid, by outcome (recovered, or why "
+                     "not); expired: sessions whose window passed", dict(self.results),
+                     label="result", counter=True)
+        yield Figure("rt_recovery_replayed_events", "Missed events replayed to recovered "
+                     "sessions", self.replayed, counter=True)
+        yield Figure("rt_recovery_unrecorded_events", "Emits not kept for recovery (a "
+                     "recovery needing one fails)", dict(self.unrecorded), label="reason",
+                     counter=True)
+        yield Figure("rt_recovery_sessions", "Recoverable sessions connected to this node",
+                     len(self.secrets))
+        yield Figure("rt_recovery_pending", "Disconnected sessions whose leave waits for "
+                     "their recovery window (this node)", len(self.leaves))
+        data = self.state.figures_data()
+        if "entries" in data:
+            yield Figure("rt_recovery_log_entries", "Emits kept for recovery (this node's "
+                         "log)", data["entries"])
+            yield Figure("rt_recovery_log_bytes", "Bytes of emits kept for recovery (this "
+                         "node's log)", data["bytes"])
+            yield Figure("rt_recovery_log_evicted", "Emits dropped from the recovery log "
+                         "(bounds or age)", data["evicted"], counter=True)
+        if "appended" in data:
+            yield Figure("rt_recovery_log_appended", "Emits appended to the cluster's "
+                         "recovery log by this node", data["appended"], counter=True)
+
+    async def close(self) -> None:
+        for task in list(self.leaves.values()):
+            task.cancel()
+        await asyncio.gather(*self.leaves.values(), return_exceptions=True)
+        self.leaves.clear()
+
+
+def build_state(settings: Any, backend: Any) -> RecoveryState:
+    """The recovery state of the deployment's backend: in process on embedded state, in
+    Redis (next to the cluster channel) on Redis."""
+    r = settings.recovery
+    bounds = Bounds(max_packets=r.max_packets, max_bytes=r.max_bytes,
+                    max_packet_bytes=r.max_packet_bytes, log_entries=r.log_entries,
+                    log_bytes=r.log_bytes, window=r.max_disconnection)
+    if backend.redis is None:
+        return MemoryRecoveryState(bounds)
+    manager = backend.client_manager
+    return RedisRecoveryState(backend.redis, KeySpace(settings.state.key_prefix),
+                              channel=manager.channel, sharded=manager.sharded,
+                              host_id=RECOVERY_HOST_ID, bounds=bounds,
+                              where=getattr(manager.target, "describe", lambda: "Redis")())
