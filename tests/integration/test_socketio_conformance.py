@@ -79,7 +79,10 @@ async def test_connect_with_auth_polling(tmp_path):
         [reply] = await raw.poll(sid)
         assert reply.startswith("40{")
         handshake = orjson.loads(reply[2:])
-        assert set(handshake) == {"sid"} and handshake["sid"] != sid
+        # with connection state recovery on (the default), the private session id too,
+        # as socket.io 4.6+ sends it
+        assert set(handshake) == {"sid", "pid"} and handshake["sid"] != sid
+        assert handshake["pid"].startswith(handshake["sid"] + ".")
 
 
 async def test_connect_unknown_namespace(tmp_path):
