@@ -5,7 +5,8 @@ recovers on another node.
 
 The log holds each recoverable emit once (not once per recipient): its offset, the rooms it
 went to, the sids it skipped, and the Socket.IO packet without its closing bracket (the
-`prefix`; the packet a client gets is `prefix + ',"<offset>"]'`). A session that recovers
+`prefix`; the packet a client gets is `prefix + ',"<offset>"]'`, followed by its binary
+attachments when it has any, `blobs`). A session that recovers
 replays the entries after the offset it last saw that were meant for it (one of its rooms,
 its sid room, not skipped). The log is bounded in entries, in bytes and in time; an entry
 that had to go (or an emit too large to keep, kept as a marker without packet) makes a
@@ -23,6 +24,7 @@ disconnected when its connection ends; its TTL is the recovery window. A recover
 """
 from __future__ import annotations
 
+import base64
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -36,8 +38,10 @@ from .redis_conn import AnyRedis, KeySpace
 from .redis_ops import Lua, RedisUser, text
 
 # what the delivery of one recorded emit is handed: offset, rooms (None: everybody),
-# skipped sids, the packet's prefix
-Deliver = Callable[[str, "list[str] | None", "list[str]", str], None]
+# skipped sids, the packet's prefix, its binary attachments
+Deliver = Callable[[str, "list[str] | None", "list[str]", str, "tuple[bytes, ...]"], None]
+# one missed event: offset, prefix, attachments
+Packet = tuple[str, str, tuple[bytes, ...]]
 
 Offset = tuple[int, int]
 ZERO: Offset = (0, 0)
@@ -85,12 +89,12 @@ class SessionRecord:
 
 
 class Missed:
-    """The outcome of reading the log for one session: `packets` (offset, prefix) in
-    order, or `reason` why the recovery cannot be complete."""
+    """The outcome of reading the log for one session: `packets` (offset, prefix,
+    attachments) in order, or `reason` why the recovery cannot be complete."""
 
     __slots__ = ("packets", "reason")
 
-    def __init__(self, packets: list[tuple[str, str]] | None = None, reason: str = ""):
+    def __init__(self, packets: list[Packet] | None = None, reason: str = ""):
         self.packets = packets or []
         self.reason = reason
 
@@ -117,7 +121,8 @@ class RecoveryState(Protocol):
     deliver: Deliver | None
     shared: bool  # whether other nodes see it (a cluster)
 
-    async def emit(self, rooms: list[str] | None, skip: list[str], prefix: str) -> str: ...
+    async def emit(self, rooms: list[str] | None, skip: list[str], prefix: str,
+                   blobs: tuple[bytes, ...] = ()) -> str: ...
     async def mark_gap(self, rooms: list[str] | None, skip: list[str]) -> None: ...
     async def head(self) -> str: ...
     async def save(self, record: SessionRecord, ttl: float) -> None: ...
@@ -136,6 +141,7 @@ class _Entry:
     rooms: frozenset[str] | None
     skip: frozenset[str]
     prefix: str | None  # None: a marker (an emit too large to keep)
+    blobs: tuple[bytes, ...]
     size: int
     at: float
 
@@ -175,18 +181,20 @@ class MemoryRecoveryState:
             self._dropped = old.offset
             self.evicted += 1
 
-    async def emit(self, rooms: list[str] | None, skip: list[str], prefix: str) -> str:
+    async def emit(self, rooms: list[str] | None, skip: list[str], prefix: str,
+                   blobs: tuple[bytes, ...] = ()) -> str:
         offset = self._next()
+        size = len(prefix) + sum(len(b) for b in blobs) + 64
         self._append(_Entry(offset, None if rooms is None else frozenset(rooms),
-                            frozenset(skip), prefix, len(prefix) + 64, self.clock()))
+                            frozenset(skip), prefix, blobs, size, self.clock()))
         text_offset = format_offset(offset)
         if self.deliver is not None:
-            self.deliver(text_offset, rooms, skip, prefix)
+            self.deliver(text_offset, rooms, skip, prefix, blobs)
         return text_offset
 
     async def mark_gap(self, rooms: list[str] | None, skip: list[str]) -> None:
         self._append(_Entry(self._next(), None if rooms is None else frozenset(rooms),
-                            frozenset(skip), None, 64, self.clock()))
+                            frozenset(skip), None, (), 64, self.clock()))
 
     async def head(self) -> str:
         return format_offset((self._boot, self._seq))
@@ -242,7 +250,7 @@ class MemoryRecoveryState:
             return Missed(reason="expired")
         b = self.bounds
         mine = frozenset(rooms) | {sid}
-        out: list[tuple[str, str]] = []
+        out: list[Packet] = []
         size = 0
         for entry in self._log:  # newest last; a deque has no bisect, the bound is small
             if entry.offset <= after:
@@ -252,8 +260,8 @@ class MemoryRecoveryState:
                 continue
             if entry.prefix is None:
                 return Missed(reason="too_large")
-            size += len(entry.prefix)
-            out.append((format_offset(entry.offset), entry.prefix))
+            size += entry.size
+            out.append((format_offset(entry.offset), entry.prefix, entry.blobs))
             if len(out) > b.max_packets or size > b.max_bytes:
                 return Missed(reason="bounds")
         return Missed(out)
@@ -264,16 +272,18 @@ class MemoryRecoveryState:
 
 
 # ---------------------------------------------------------------------------- Redis
-# KEYS: log; ARGV: channel, sharded, maxlen, window_ms, rooms, skip, prefix, host_id
+# KEYS: log; ARGV: channel, sharded, maxlen, window_ms, rooms, skip, prefix, host_id,
+# attachments (a JSON list of base64)
 R_EMIT = Lua("""
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*',
-                      'r', ARGV[5], 's', ARGV[6], 'p', ARGV[7])
+                      'r', ARGV[5], 's', ARGV[6], 'p', ARGV[7], 'a', ARGV[9])
 local t = redis.call('TIME')
 local horizon = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[4])
 redis.call('XTRIM', KEYS[1], 'MINID', '~', horizon)
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]) + 60000)
 local msg = cjson.encode({method = 'rt:control', kind = 'recovery:emit', host_id = ARGV[8],
-                          payload = {id = id, r = ARGV[5], s = ARGV[6], p = ARGV[7]}})
+                          payload = {id = id, r = ARGV[5], s = ARGV[6], p = ARGV[7],
+                                     a = ARGV[9]}})
 if ARGV[2] == '1' then
   redis.call('SPUBLISH', ARGV[1], msg)
 else
@@ -338,12 +348,13 @@ class RedisRecoveryState(RedisUser):
     def _record_key(self, sid: str) -> str:
         return self.keys.key(f"recovery:{sid}")
 
-    async def emit(self, rooms: list[str] | None, skip: list[str], prefix: str) -> str:
+    async def emit(self, rooms: list[str] | None, skip: list[str], prefix: str,
+                   blobs: tuple[bytes, ...] = ()) -> str:
         b = self.bounds
         got = await self._lua(R_EMIT, [self.log_key], [
             self.channel, "1" if self.sharded else "0", b.log_entries,
             int(b.window * 1000), orjson.dumps(rooms), orjson.dumps(skip), prefix,
-            self.host_id])
+            self.host_id, orjson.dumps([base64.b64encode(blob).decode() for blob in blobs])])
         self.appended += 1
         return text(got)
 
@@ -360,11 +371,12 @@ class RedisRecoveryState(RedisUser):
             offset, prefix = payload["id"], payload["p"]
             rooms = orjson.loads(payload["r"])
             skip = orjson.loads(payload["s"])
-        except (KeyError, TypeError, orjson.JSONDecodeError):
+            blobs = _blobs(payload.get("a"))
+        except (KeyError, TypeError, ValueError):
             return
         if isinstance(offset, str) and isinstance(prefix, str) and isinstance(skip, list) \
                 and (rooms is None or isinstance(rooms, list)):
-            self.deliver(offset, rooms, skip, prefix)
+            self.deliver(offset, rooms, skip, prefix, blobs)
 
     async def head(self) -> str:
         key = self.log_key
@@ -410,7 +422,7 @@ class RedisRecoveryState(RedisUser):
             return Missed(reason="bad_offset")
         b = self.bounds
         mine = frozenset(rooms) | {sid}
-        out: list[tuple[str, str]] = []
+        out: list[Packet] = []
         size = 0
         key = self.log_key
         cursor = "(" + start if after != ZERO else "-"
@@ -423,7 +435,8 @@ class RedisRecoveryState(RedisUser):
                 try:
                     entry_rooms = orjson.loads(fields[b"r"])
                     skip = orjson.loads(fields[b"s"])
-                except (KeyError, orjson.JSONDecodeError):
+                    blobs = _blobs(fields.get(b"a"))
+                except (KeyError, TypeError, ValueError):
                     return Missed(reason="unreadable")
                 if not _meant_for(entry_rooms, skip, sid, mine):
                     continue
@@ -431,8 +444,8 @@ class RedisRecoveryState(RedisUser):
                 if packet is None:
                     return Missed(reason="too_large")
                 prefix = text(packet)
-                size += len(prefix)
-                out.append((entry_id, prefix))
+                size += len(prefix) + sum(len(blob) for blob in blobs)
+                out.append((entry_id, prefix, blobs))
                 if len(out) > b.max_packets or size > b.max_bytes:
                     return Missed(reason="bounds")
             if len(batch) < READ_BATCH:
@@ -458,6 +471,16 @@ class RedisRecoveryState(RedisUser):
 
     def figures_data(self) -> dict[str, float]:
         return {"appended": self.appended}
+
+
+def _blobs(raw: Any) -> tuple[bytes, ...]:
+    """Attachments as kept in Redis: a JSON list of base64 (absent: none)."""
+    if raw is None:
+        return ()
+    items = orjson.loads(raw)
+    if not isinstance(items, list):
+        raise ValueError("attachments are not a list")
+    return tuple(base64.b64decode(item, validate=True) for item in items)
 
 
 def figures_names() -> Iterator[str]:

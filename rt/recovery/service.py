@@ -26,6 +26,7 @@ cluster.
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import hashlib
 import hmac
@@ -43,6 +44,7 @@ from ..backends.recovery_state import (
     ZERO,
     Bounds,
     MemoryRecoveryState,
+    Packet,
     RecoveryState,
     RedisRecoveryState,
     SessionRecord,
@@ -79,6 +81,12 @@ class Sessions(Protocol):
     async def rebind(self, sid: str, identity: Identity, token: Any, ip: str) -> None: ...
 
 
+def _frames(text: str, blobs: tuple[bytes, ...]) -> list[eio_packet.Packet]:
+    """One Socket.IO packet as Engine.IO messages: the text, then each attachment."""
+    return [eio_packet.Packet(eio_packet.MESSAGE, text),
+            *(eio_packet.Packet(eio_packet.MESSAGE, blob) for blob in blobs)]
+
+
 def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -97,7 +105,7 @@ class RecoveryService:
         self.on_leave: LeaveHook | None = None
         self.secrets: dict[str, str] = {}  # sid → secret: the local recoverable sessions
         self.records: dict[str, SessionRecord] = {}
-        self.holding: dict[str, list[tuple[str, str]]] = {}  # recovering: held deliveries
+        self.holding: dict[str, list[Packet]] = {}  # recovering: held deliveries
         self.draining: set[str] = set()
         self.taken: set[str] = set()  # local connections of sessions recovered elsewhere
         self.leaves: dict[str, asyncio.Task[None]] = {}  # deferred leaves
@@ -118,8 +126,8 @@ class RecoveryService:
 
     # ------------------------------------------------------------------ emits
     async def emit(self, event: str, data: Any, room: Any, skip_sid: Any) -> bool:
-        """Record and deliver one emit; False when it must take the ordinary path (binary
-        or too large: then recorded as a gap, and sent without offset)."""
+        """Record and deliver one emit; False when it must take the ordinary path (too
+        large to keep: then recorded as a gap, and sent without offset)."""
         if isinstance(data, tuple):
             args = list(data)
         elif data is None:
@@ -129,34 +137,39 @@ class RecoveryService:
         rooms = None if room is None else ([room] if isinstance(room, str) else list(room))
         skip = [] if skip_sid is None else (
             [skip_sid] if isinstance(skip_sid, str) else list(skip_sid))
-        if sio_packet.Packet.data_is_binary(args):
-            self.unrecorded["binary"] += 1
-            await self.state.mark_gap(rooms, skip)
-            return False
         encoded = self.sio.packet_class(sio_packet.EVENT, namespace="/",
                                         data=[event, *args]).encode()
+        blobs: tuple[bytes, ...] = ()
+        if isinstance(encoded, list):  # binary: the packet, then its attachments
+            encoded, blobs = encoded[0], tuple(encoded[1:])
         if not isinstance(encoded, str) or not encoded.endswith("]"):
             return False
-        if len(encoded) > self.state.bounds.max_packet_bytes:
+        if len(encoded) + sum(len(blob) for blob in blobs) > self.state.bounds.max_packet_bytes:
             self.unrecorded["too_large"] += 1
             await self.state.mark_gap(rooms, skip)
             return False
-        await self.state.emit(rooms, skip, encoded[:-1])
+        await self.state.emit(rooms, skip, encoded[:-1], blobs)
         mirror = getattr(self.sio.manager, "mirror", None)
         if mirror is not None:  # open-webui's own socket server, as the manager would
-            await mirror({"method": "emit", "event": event, "data": args, "binary": False,
-                          "namespace": "/", "room": room, "skip_sid": skip_sid,
-                          "callback": None, "host_id": self.sio.manager.host_id})
+            data_out: Any = args
+            if blobs:  # python-socketio's pub/sub form of binary data
+                placed, attachments = sio_packet.Packet.deconstruct_binary(args)
+                data_out = [placed, *(base64.b64encode(a).decode() for a in attachments)]
+            await mirror({"method": "emit", "event": event, "data": data_out,
+                          "binary": bool(blobs), "namespace": "/", "room": room,
+                          "skip_sid": skip_sid, "callback": None,
+                          "host_id": self.sio.manager.host_id})
         return True
 
     def deliver(self, offset: str, rooms: list[str] | None, skip: list[str],
-                prefix: str) -> None:
+                prefix: str, blobs: tuple[bytes, ...] = ()) -> None:
         """The local part of a recorded emit: no await, so deliveries keep the log's order."""
         manager = self.sio.manager
         if not manager.rooms.get("/"):
             return
         sessions = self.sio.engine.sessions
-        with_offset = plain = None
+        with_offset: list[eio_packet.Packet] | None = None
+        plain: list[eio_packet.Packet] | None = None
         skipped = frozenset(skip) if skip else frozenset()
         target: Any = rooms[0] if rooms is not None and len(rooms) == 1 else rooms
         for sid, eio_sid in manager.get_participants("/", target):
@@ -165,19 +178,19 @@ class RecoveryService:
             if sid in self.secrets:
                 held = self.holding.get(sid)
                 if held is not None:
-                    held.append((offset, prefix))
+                    held.append((offset, prefix, blobs))
                     continue
                 if with_offset is None:
-                    with_offset = eio_packet.Packet(eio_packet.MESSAGE,
-                                                    f'{prefix},"{offset}"]')
-                frame = with_offset
+                    with_offset = _frames(f'{prefix},"{offset}"]', blobs)
+                frames = with_offset
             else:
                 if plain is None:
-                    plain = eio_packet.Packet(eio_packet.MESSAGE, prefix + "]")
-                frame = plain
+                    plain = _frames(prefix + "]", blobs)
+                frames = plain
             session = sessions.get(eio_sid)
             if session is not None:
-                session.send(frame)
+                for frame in frames:
+                    session.send(frame)
 
     # ------------------------------------------------------------------ lifecycle of a session
     async def bound(self, sid: str, identity: Identity, environ: dict[str, Any] | None,
@@ -423,13 +436,15 @@ class RecoveryService:
         if session is not None:
             session.send(eio_packet.Packet(eio_packet.MESSAGE, connect))
             if missed is not None and not reason:
-                for offset, prefix in missed.packets:
-                    session.send(eio_packet.Packet(eio_packet.MESSAGE, f'{prefix},"{offset}"]'))
+                for offset, prefix, blobs in missed.packets:
+                    for frame in _frames(f'{prefix},"{offset}"]', blobs):
+                        session.send(frame)
                     last = parse_offset(offset) or last
                 self.replayed += len(missed.packets)
-            for offset, prefix in held:
+            for offset, prefix, blobs in held:
                 if (parse_offset(offset) or ZERO) > last:
-                    session.send(eio_packet.Packet(eio_packet.MESSAGE, f'{prefix},"{offset}"]'))
+                    for frame in _frames(f'{prefix},"{offset}"]', blobs):
+                        session.send(frame)
         if not reason:
             self.results["recovered"] += 1
             log.info("session %s of user %s recovered (%d missed events)", sid, identity.id,
