@@ -14,10 +14,12 @@ when the surviving node that reaps them calls `drop_sid()` for each dead sid. Ti
 wall-clock seconds (`RedisUsage.clock = time.time`): an entry written by one node is
 expired by another node's sweep, and the wall clock is the only clock they share. The
 caps (models per session, models in all) are checked inside the touch script, so nodes
-touching at once cannot pass them together.
+touching at once cannot pass them together. A sweep that cannot find anything old enough
+(the oldest entry's time is known from the last one) does not ask Redis.
 """
 from __future__ import annotations
 
+import math
 import time
 
 from ..core.errors import UsageFull
@@ -75,7 +77,9 @@ if changed == 1 then redis.call('INCR', KEYS[4]) end
 return changed
 """)
 
-# KEYS: entries, by-sid, models, version; ARGV: older_than, limit. Returns {changed, expired}.
+# KEYS: entries, by-sid, models, version; ARGV: older_than, limit. Returns {changed,
+# expired, the time of the oldest entry left (a string: Lua numbers lose the fraction;
+# '' when none is left)}.
 U_EXPIRE = Lua(_U_FORGET + """
 local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1],
                         'LIMIT', 0, tonumber(ARGV[2]))
@@ -83,7 +87,8 @@ for _, m in ipairs(gone) do
   forget(m, string.find(m, '\\0', 1, true) - 1)
 end
 if changed == 1 then redis.call('INCR', KEYS[4]) end
-return {changed, #gone}
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {changed, #gone, oldest[2] or ''}
 """)
 
 # KEYS: version, models. The version and the set, read together.
@@ -104,6 +109,9 @@ class RedisUsage(RedisUser):
         super().__init__(client, keys, where)
         self._keys = [keys.key("usage", "entries"), keys.key("usage", "by-sid"),
                       keys.key("usage", "models"), keys.key("usage", "version")]
+        # No entry is older than this (see `expire`): until the sweep's bound passes it,
+        # there is nothing to expire and nothing to ask Redis.
+        self._none_before = -math.inf
 
     @staticmethod
     def _check(sid: str) -> str:
@@ -114,6 +122,7 @@ class RedisUsage(RedisUser):
     async def touch(self, model: str, sid: str, now: float, max_per_sid: int | None = None,
                     max_models: int | None = None) -> bool:
         args = [self._check(sid), model, repr(float(now)), max_per_sid or 0, max_models or 0]
+        self._none_before = min(self._none_before, float(now))
         got = await self._lua(U_TOUCH, self._keys, args)
         if got == -1:
             raise UsageFull("connection")
@@ -125,12 +134,24 @@ class RedisUsage(RedisUser):
         return bool(await self._lua(U_DROP, self._keys, [self._check(sid)]) == 1)
 
     async def expire(self, older_than: float) -> bool:
+        """Every node sweeps every second or so; most sweeps find nothing old enough. The
+        script answers the time of the oldest entry it left, and no entry is written with
+        an earlier time later (touches carry the writer's now; this node's own touches
+        lower the bound), so the sweeps before that time are answered here. An entry of a
+        node whose clock is behind may wait for that node's own sweep."""
+        if older_than <= self._none_before:
+            return False
+        asked_at = self.clock()
         changed = False
         while True:
-            flag, count = await self._lua(U_EXPIRE, self._keys,
-                                          [repr(float(older_than)), EXPIRE_BATCH])
+            flag, count, oldest = await self._lua(U_EXPIRE, self._keys,
+                                                  [repr(float(older_than)), EXPIRE_BATCH])
             changed = changed or flag == 1
             if count < EXPIRE_BATCH:
+                left = float(oldest) if oldest not in (b"", "", None) else math.inf
+                # a touch racing this sweep carries a time after `asked_at` (less a
+                # round trip: it is expired that much late, or by its own node's sweep)
+                self._none_before = min(left, asked_at)
                 return changed
 
     async def models(self) -> list[str]:

@@ -381,6 +381,29 @@ async def test_nodes_share_usage(redis_env: RedisEnv) -> None:
     assert await a.models() == []
 
 
+async def test_sweeps_that_cannot_find_anything_ask_redis_nothing(redis_env: RedisEnv) -> None:
+    a, b = redis_env.usage(), redis_env.usage()
+    now = time.time()
+    await b.touch("m1", "sb", now)  # another node's entry
+    assert await a.expire(now - 10) is False  # asks, and learns the oldest entry's time
+    calls: list[object] = []
+    real = a._lua
+
+    async def counting(*args):
+        calls.append(args)
+        return await real(*args)
+
+    a._lua = counting
+    for older_than in (now - 5, now - 1, now):
+        assert await a.expire(older_than) is False
+    assert calls == []  # nothing can be that old: every node sweeps every second for free
+    assert await a.expire(now + 0.5) is True  # the entry's time passed: asked, and gone
+    assert len(calls) == 1 and await b.models() == []
+    # this node's own touch, however old its time, is swept when due
+    await a.touch("m2", "sa", now - 100)
+    assert await a.expire(now - 50) is True
+
+
 async def test_nodes_share_the_usage_caps(redis_env: RedisEnv) -> None:
     a, b = redis_env.usage(), redis_env.usage()
     # several nodes touching at once never pass the cap together (checked in one script)

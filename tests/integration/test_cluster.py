@@ -13,6 +13,7 @@ import uuid
 import pycrdt
 import pytest
 
+from rt.backends.redis_presence import NODE_TTL as NODE_LEASE
 from tests.support.appliance import WAIT, ApplianceProcess, Harness
 from tests.support.redis_servers import (  # noqa: F401 (fixtures)
     free_port,
@@ -28,6 +29,10 @@ NODE_TTL = 3.0
 INI = f"[state]\nnode_ttl = {NODE_TTL}\n[log]\nlevel = warning\n"
 
 
+def ini_with(node_ttl: float) -> str:
+    return INI.replace(f"node_ttl = {NODE_TTL}", f"node_ttl = {node_ttl}")
+
+
 def redis_env(topology, prefix: str) -> dict:
     env = {"WEBSOCKET_MANAGER": "redis", "WEBSOCKET_REDIS_URL": topology.url,
            "REDIS_KEY_PREFIX": prefix}
@@ -39,12 +44,12 @@ def redis_env(topology, prefix: str) -> dict:
 
 
 @contextlib.asynccontextmanager
-async def nodes(tmp_path, topology, count: int = 2, ini: str = ""):
+async def nodes(tmp_path, topology, count: int = 2, ini: str = "", base: str = INI):
     prefix = f"rt-it-{uuid.uuid4().hex[:10]}"
     procs, harnesses = [], []
     try:
         for i in range(count):
-            proc = ApplianceProcess(tmp_path / f"node{i}", INI + ini,
+            proc = ApplianceProcess(tmp_path / f"node{i}", base + ini,
                                     env=redis_env(topology, prefix))
             procs.append(proc)
             proc.start()
@@ -197,6 +202,32 @@ async def test_killed_node_sessions_vanish_from_presence(tmp_path, redis_server)
         # the other editors are told, like a normal leave
         left = await ann.rec.wait_for("ydoc:user:left", timeout=NODE_TTL * 2)
         assert left["user_id"] == "bob" and left["user_name"] == "Bob"
+
+
+async def test_a_sigkilled_nodes_users_leave_within_15_s(tmp_path, redis_server):
+    # issue 16: with the node lease the appliance uses by default (redis_presence.NODE_TTL),
+    # a node killed without a goodbye loses its users on the other nodes within 15 s
+    async with nodes(tmp_path, redis_server, base=ini_with(NODE_LEASE)) as (procs, (a, b)):
+        await a.user("ann")
+        await a.user("bob", "Bob")
+        ann = await a.connect(a.token("ann"))
+        await b.connect(b.token("bob"))
+        assert "id" in await ann.call("user-join", {}, timeout=WAIT)
+
+        async def online():
+            _, body = await a.api("GET", "/api/v1/presence")
+            return {u["id"] for u in body["users"]}
+        await eventually(lambda: _equals(online, {"ann", "bob"}), WAIT, "both users online")
+        killed_at = time.monotonic()
+        procs[1].kill()  # SIGKILL
+
+        await eventually(lambda: _equals(online, {"ann"}), 25, "the dead node's user to leave")
+        gone_after = time.monotonic() - killed_at
+        assert gone_after <= 15, f"bob left {gone_after:.1f} s after the kill"
+
+
+async def _equals(read, expected) -> bool:
+    return await read() == expected
 
 
 async def test_redis_restart_is_ridden_out(tmp_path):
