@@ -308,6 +308,50 @@ async def test_a_node_taken_for_dead_comes_back(redis_env: RedisEnv) -> None:
     assert await a.users() == {"u1": 1}
 
 
+async def test_a_node_back_from_an_outage_gives_the_others_one_beat(
+        redis_env: RedisEnv) -> None:
+    a = redis_env.presence(node_ttl=0.9)
+    b = redis_env.presence(node_ttl=0.6)
+    await b.add("sb", "u1")
+    await a.heartbeat()
+    real = a._run
+
+    async def broken(op):
+        raise StoreError("Redis down")
+
+    a._run = broken
+    with pytest.raises(StoreError):
+        await a.heartbeat()
+    a._run = real
+    await asyncio.sleep(0.7)  # b's lease passed while Redis was away (for b too)
+    assert await a.dead_sessions() == []  # not judged at a's first beat back
+    await b.heartbeat()  # b's beat comes within a's: alive
+    await asyncio.sleep(a.heartbeat_interval + 0.05)
+    assert await a.dead_sessions() == []
+    assert await a.sessions_of("u1") == ["sb"]
+    await asyncio.sleep(0.7)  # b stops for good: judged as usual
+    assert await a.dead_sessions() == [("sb", "u1")]
+
+
+async def test_dead_sessions_asks_redis_only_when_a_lease_may_have_passed(
+        redis_env: RedisEnv) -> None:
+    a = redis_env.presence(node_ttl=30)
+    b = redis_env.presence(node_ttl=30)
+    await b.add("sb", "u1")
+    assert await a.dead_sessions() == []  # its first look: b's lease ends in 30 s
+    calls: list[object] = []
+    real = a._run
+
+    async def counting(op):
+        calls.append(op)
+        return await real(op)
+
+    a._run = counting
+    for _ in range(5):
+        assert await a.dead_sessions() == []
+    assert calls == []
+
+
 async def test_heartbeat_re_registers_after_redis_lost_everything(redis_env: RedisEnv) -> None:
     a = redis_env.presence()
     await a.add("s1", "u1")
