@@ -250,6 +250,14 @@ class Gateway:
         await self.presence.connected(sid, identity)
         await self.ledger.bound(sid, identity, token)
 
+    def admits(self, ip: str) -> bool:
+        """A recovering CONNECT counts against the connect rate like any other."""
+        try:
+            self.limits.check_connect(ip)
+        except p.RateLimited:
+            return False
+        return True
+
     async def rebind(self, sid: str, identity: Identity, token: Any, ip: str) -> None:
         """A recovered session (rt/recovery): bound again, silently (no join announced)."""
         self.limits.connected(sid, ip)

@@ -379,9 +379,19 @@ class RedisRecoveryState(RedisUser):
             self.deliver(offset, rooms, skip, prefix, blobs)
 
     async def head(self) -> str:
+        """The last id the log gave (kept by Redis after its entry was trimmed)."""
+        info = await self._info()
+        value = info.get("last-generated-id", info.get(b"last-generated-id"))
+        return text(value) if value is not None else "0-0"
+
+    async def _info(self) -> dict[Any, Any]:
         key = self.log_key
-        got: Any = await self._run(lambda c: c.xrevrange(key, count=1))
-        return text(got[0][0]) if got else "0-0"
+        try:
+            return dict(await self._run(lambda c: c.xinfo_stream(key)))
+        except StoreError as exc:
+            if "no such key" in str(exc).lower():
+                return {}
+            raise
 
     async def save(self, record: SessionRecord, ttl: float) -> None:
         key, value = self._record_key(record.sid), record.dumps()
@@ -458,13 +468,7 @@ class RedisRecoveryState(RedisUser):
         return Missed(out)
 
     async def _max_deleted(self, key: str) -> Offset:
-        try:
-            info = await self._run(lambda c: c.xinfo_stream(key))
-        except StoreError as exc:
-            if "no such key" in str(exc).lower():
-                return ZERO
-            raise
-        fields: dict[Any, Any] = dict(info)
+        fields = await self._info()
         value = fields.get("max-deleted-entry-id", fields.get(b"max-deleted-entry-id"))
         parsed = parse_offset(text(value)) if value is not None else None
         return parsed or ZERO

@@ -78,6 +78,7 @@ class Sessions(Protocol):
     presence: PresenceService
 
     async def identify(self, token: Any) -> Identity: ...
+    def admits(self, ip: str) -> bool: ...
     async def rebind(self, sid: str, identity: Identity, token: Any, ip: str) -> None: ...
 
 
@@ -113,6 +114,7 @@ class RecoveryService:
         self.replayed = 0
         self.unrecorded: Counter[str] = Counter()
         self._since_refresh = 0.0
+        self._gap_pending = False
         state.deliver = self.deliver
 
     # ------------------------------------------------------------------ who may recover
@@ -148,7 +150,17 @@ class RecoveryService:
             self.unrecorded["too_large"] += 1
             await self.state.mark_gap(rooms, skip)
             return False
-        await self.state.emit(rooms, skip, encoded[:-1], blobs)
+        try:
+            if self._gap_pending:  # emits went unrecorded: recoveries across them fail
+                await self.state.mark_gap(None, [])
+                self._gap_pending = False
+            await self.state.emit(rooms, skip, encoded[:-1], blobs)
+        except StoreError as exc:
+            # the ordinary path still reaches whoever it can; the log has a hole now
+            self._gap_pending = True
+            self.unrecorded["unavailable"] += 1
+            log.warning("emit not recorded for recovery: %s", exc)
+            return False
         mirror = getattr(self.sio.manager, "mirror", None)
         if mirror is not None:  # open-webui's own socket server, as the manager would
             data_out: Any = args
@@ -333,6 +345,8 @@ class RecoveryService:
         environ = self.sio.environ.get(eio_sid)
         if gateway is None or not isinstance(pid, str) or not self.capable(environ):
             return False
+        if not gateway.admits((environ or {}).get("REMOTE_ADDR", "")):
+            return False  # the ordinary path refuses it (connect rate)
         sid, _, secret = pid.rpartition(".")
         if not sid or not secret or len(pid) > 200:
             self.results["forged"] += 1

@@ -273,3 +273,32 @@ async def test_binary_events_are_recovered(tmp_path, node_driver):
             await sock.disconnect()
         finally:
             await proxy.stop()
+
+
+async def test_half_open_connection_is_taken_over(tmp_path, node_driver):
+    """The client lost its connection but the server has not noticed (a phone changing
+    networks): the reconnect takes the session over at once, without waiting for the old
+    connection's ping timeout, and nothing is announced."""
+    async with running(tmp_path) as h:
+        tok = await h.user("ann")
+        proxy = await CutProxy(h.app.port).start()
+        try:
+            sock = await node_driver.connect("a", proxy.url, **opts(tok))
+            sid = sock.sid
+            await emit(h, "ann", 0)
+            await until(lambda: numbers(sock) == [0], "the event")
+            proxy.strand()
+            await sock.wait_disconnect(timeout=WAIT)
+            assert sid in h.app.gateway.identities  # the server still has the old one
+            await emit(h, "ann", 1)  # written to the stranded connection, never read
+            again = await sock.wait_notification("connect", timeout=WAIT)
+            assert again["recovered"] is True and again["sid"] == sid
+            await emit(h, "ann", 2)
+            await until(lambda: numbers(sock)[-1:] == [2], "the live event")
+            assert numbers(sock) == [0, 1, 2]
+            assert list(h.app.gateway.identities) == [sid]
+            status, body = await h.api("GET", "/api/v1/users/ann/presence")
+            assert body["sessions"] == 1
+            await sock.disconnect()
+        finally:
+            await proxy.stop()

@@ -1,6 +1,8 @@
 """A TCP proxy on the test's event loop whose connections can be cut at once, like a
 network change under a browser: `cut()` aborts every open connection (both sides see a
-reset); new connections go through as before. `target` may be changed (another node)."""
+reset); `strand()` aborts only the client sides and leaves the server's connections open
+and silent (a half-open TCP the server has not noticed yet). New connections go through as
+before; `target_port` may be changed (another node)."""
 from __future__ import annotations
 
 import asyncio
@@ -16,6 +18,8 @@ class CutProxy:
         self.accepted = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._pairs: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
+        self._stranded: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task] = set()
 
     @property
@@ -36,6 +40,7 @@ class CutProxy:
             writer.transport.abort()
             return
         self._writers.update((writer, up_writer))
+        self._pairs.append((writer, up_writer))
         for src, dst in ((reader, up_writer), (up_reader, writer)):
             task = asyncio.create_task(self._pipe(src, dst))
             self._tasks.add(task)
@@ -50,7 +55,8 @@ class CutProxy:
             pass
         finally:
             self._writers.discard(dst)
-            dst.transport.abort()
+            if dst not in self._stranded:
+                dst.transport.abort()
 
     def cut(self) -> None:
         """Abort every open connection."""
@@ -58,7 +64,19 @@ class CutProxy:
             writer.transport.abort()
         self._writers.clear()
 
+    def strand(self) -> None:
+        """Abort the client sides only: the server keeps a connection nobody reads."""
+        for client, upstream in self._pairs:
+            if client in self._writers:
+                self._stranded.add(upstream)
+                self._writers.discard(client)
+                client.transport.abort()
+        self._pairs.clear()
+
     async def stop(self) -> None:
+        for upstream in self._stranded:
+            upstream.transport.abort()
+        self._stranded.clear()
         self.cut()
         if self._server is not None:
             self._server.close()
