@@ -461,17 +461,28 @@ class RedisRecoveryState(RedisUser):
             if len(batch) < READ_BATCH:
                 break
             cursor = "(" + text(batch[-1][0])
-        # entries are trimmed oldest first: none we needed went if the newest trimmed one
-        # is not after the start (checked after reading, so a trim meanwhile counts)
-        if await self._max_deleted(key) > after:
+        # checked after reading, so that a trim meanwhile counts
+        if await self._trimmed_after(after):
             return Missed(reason="expired")
         return Missed(out)
 
-    async def _max_deleted(self, key: str) -> Offset:
-        fields = await self._info()
-        value = fields.get("max-deleted-entry-id", fields.get(b"max-deleted-entry-id"))
-        parsed = parse_offset(text(value)) if value is not None else None
-        return parsed or ZERO
+    async def _trimmed_after(self, after: Offset) -> bool:
+        """Whether entries after `after` may have been trimmed (bounds or age). Entries go
+        oldest first, so: some were trimmed, and the oldest kept is after `after` (then
+        `after` itself is gone, and what followed it may be too). Errs on the side of a
+        failed recovery when nothing followed it."""
+        info = await self._info()
+        def field(name: str) -> Any:
+            return info.get(name, info.get(name.encode()))
+        added, length = field("entries-added"), field("length")
+        if added is None or length is None or int(added) <= int(length):
+            return False  # nothing was ever trimmed (or a Redis without the counter)
+        first = field("first-entry")
+        oldest = parse_offset(text(first[0])) if first else None
+        if oldest is None:  # empty: everything up to the last id went
+            last = field("last-generated-id")
+            return last is not None and (parse_offset(text(last)) or ZERO) > after
+        return oldest > after
 
     def figures_data(self) -> dict[str, float]:
         return {"appended": self.appended}

@@ -1,0 +1,131 @@
+"""The recovery state's contract, in process and on real Redis: the log's order and
+offsets, what a session was meant to get, per-session bounds, the total bound and age
+(a recovery across dropped entries fails), markers of emits too large to keep, and the
+record's take (secret compared, once) and claims (compare-and-delete by node)."""
+import asyncio
+import uuid
+
+import pytest
+import pytest_asyncio
+
+from rt.backends.recovery_state import (
+    Bounds,
+    MemoryRecoveryState,
+    RedisRecoveryState,
+    SessionRecord,
+    parse_offset,
+)
+from rt.backends.redis_conn import RedisTarget
+from tests.support.redis_servers import redis_server  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.asyncio
+
+
+@pytest_asyncio.fixture(params=["memory", "redis"])
+async def make_state(request):
+    clients = []
+
+    def make(**bounds):
+        b = Bounds(**bounds)
+        if request.param == "memory":
+            return MemoryRecoveryState(b)
+        server = request.getfixturevalue("redis_server")
+        target = RedisTarget(url=server.url, key_prefix=f"rt-rs-{uuid.uuid4().hex[:8]}")
+        client = target.client()
+        clients.append(client)
+        return RedisRecoveryState(client, target.keys(), channel=target.keys().channel("x"),
+                                  sharded=False, host_id="rt-recovery", bounds=b)
+    yield make
+    for client in clients:
+        await client.aclose()
+
+
+def record(sid="s1", node="n1", secret="h"):
+    return SessionRecord(sid=sid, secret=secret, user="u", name="U", role="user",
+                         rooms=["user:u", sid], since="0-0", node=node)
+
+
+async def test_offsets_increase_and_replay_is_what_was_meant(make_state):
+    state = make_state()
+    start = await state.head()
+    offsets = [await state.emit(["user:u"], [], '2["e",0'),
+               await state.emit(["other"], [], '2["x"'),
+               await state.emit(None, [], '2["all"'),
+               await state.emit(["user:u"], ["s1"], '2["skipped"'),
+               await state.emit(["s1"], [], '2["mine"', (b"\x01",))]
+    assert [parse_offset(o) for o in offsets] == sorted(parse_offset(o) for o in offsets)
+    missed = await state.missed(start, ["user:u"], "s1")
+    assert missed.reason == ""
+    assert [p for _, p, _ in missed.packets] == ['2["e",0', '2["all"', '2["mine"']
+    assert missed.packets[-1][2] == (b"\x01",)
+    after_first = await state.missed(offsets[0], ["user:u"], "s1")
+    assert [o for o, _, _ in after_first.packets] == [offsets[2], offsets[4]]
+    assert (await state.missed("garbage", ["user:u"], "s1")).reason == "bad_offset"
+
+
+async def test_per_session_bounds(make_state):
+    state = make_state(max_packets=2, max_bytes=100)
+    start = await state.head()
+    for n in range(3):
+        await state.emit(["user:u"], [], f'2["e",{n}')
+    assert (await state.missed(start, ["user:u"], "s1")).reason == "bounds"
+    assert (await state.missed(start, ["other"], "s2")).reason == ""
+    state = make_state(max_bytes=100)
+    start = await state.head()
+    await state.emit(["user:u"], [], '2["e","' + "x" * 200)
+    assert (await state.missed(start, ["user:u"], "s1")).reason == "bounds"
+
+
+async def test_dropped_entries_fail_the_recovery(make_state):
+    state = make_state(log_entries=100)
+    start = await state.head()
+    first = await state.emit(["user:u"], [], '2["e",0')
+    for n in range(1, 400):
+        await state.emit(["noise"], [], f'2["n",{n}')
+    if isinstance(state, RedisRecoveryState):  # approximate trimming: make it happen
+        await state.client.xtrim(state.log_key, maxlen=100, approximate=False)
+    assert (await state.missed(start, ["user:u"], "s1")).reason == "expired"
+    assert (await state.missed(first, ["user:u"], "s1")).reason == "expired"
+    # a session whose start is after the dropped entries is unaffected
+    last = await state.head()
+    await state.emit(["user:u"], [], '2["e",1')
+    assert len((await state.missed(last, ["user:u"], "s1")).packets) == 1
+
+
+async def test_memory_log_bound_in_bytes_and_age():
+    now = [0.0]
+    state = MemoryRecoveryState(Bounds(log_bytes=65536, window=10), clock=lambda: now[0])
+    start = await state.head()
+    for n in range(100):
+        await state.emit(["r"], [], f'2["e","{n:01000d}"')
+    assert state.figures_data()["bytes"] <= 65536
+    assert (await state.missed(start, ["r"], "s")).reason == "expired"
+    mid = await state.head()
+    await state.emit(["r"], [], '2["late"')
+    now[0] = 11.0
+    await state.emit(["other"], [], '2["later"')
+    assert (await state.missed(mid, ["r"], "s")).reason == "expired"
+
+
+async def test_marker_of_an_emit_too_large_to_keep(make_state):
+    state = make_state()
+    start = await state.head()
+    await state.mark_gap(["user:u"], [])
+    assert (await state.missed(start, ["user:u"], "s1")).reason == "too_large"
+    assert (await state.missed(start, ["other"], "s2")).reason == ""
+
+
+async def test_records_take_once_with_the_secret_and_claims_by_node(make_state):
+    state = make_state()
+    await state.save(record(), 5)
+    assert await state.take("s1", "wrong") is None
+    got = await state.take("s1", "h")
+    assert got is not None and got.rooms == ["user:u", "s1"]
+    assert await state.take("s1", "h") is None  # once
+    await state.save(record(node="n2"), 5)
+    assert not await state.disconnected(record(node="n1"), 5)  # n2's now
+    assert not await state.drop("s1", "n1")
+    assert await state.drop("s1", "n2")
+    await state.save(record(), 0.2)
+    await asyncio.sleep(0.4)
+    assert await state.get("s1") is None  # its window passed
