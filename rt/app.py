@@ -177,7 +177,8 @@ class Appliance:
             limits=self.limits, registry=self.backend.editors,
             note_access=self._note_access,
             on_content=(self.openwebui.content_hook(self.gateway.token_for)
-                        if self.openwebui is not None else None))
+                        if self.openwebui is not None else None),
+            shared=self.backend.client_manager.multi_node)
         self.directory.note_hooks.append(self.documents.note_changed)
         bridge = self.backend.bridge  # python-socketio's pub/sub with open-webui (Redis)
         # encrypted channels (open-webui 0.12 DMs and private groups): who may take part
@@ -210,6 +211,8 @@ class Appliance:
             if self.sio.manager.multi_node:
                 self.sio.manager.on_control("recovery:emit", self.recovery.on_emit)
                 self.sio.manager.on_control("recovery:takeover", self.recovery.on_takeover)
+            if bridge is not None:  # open-webui's emits are not in the log: marked there
+                bridge.observers.append(self.recovery.foreign)
         if self.openwebui is not None and bridge is not None:
             bridge.filters.append(self.openwebui.echoes.strip_echo)
             bridge.observers.append(self.openwebui.observer(
@@ -407,6 +410,7 @@ class Appliance:
 
     async def _reverify(self) -> None:
         await self.gateway.reverify()
+        await self.documents.recheck_all()  # note rights as open-webui says them now
 
     async def _watchdog(self) -> None:
         sdnotify.watchdog()

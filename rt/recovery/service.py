@@ -115,6 +115,10 @@ class RecoveryService:
         self.unrecorded: Counter[str] = Counter()
         self._since_refresh = 0.0
         self._gap_pending = False
+        # rooms of foreign emits (open-webui's pub/sub) not marked in the log yet
+        self._foreign: set[str] | None = None
+        self._foreign_all = False
+        self._foreign_task: asyncio.Task[None] | None = None
         state.deliver = self.deliver
 
     # ------------------------------------------------------------------ who may recover
@@ -172,6 +176,42 @@ class RecoveryService:
                           "skip_sid": skip_sid, "callback": None,
                           "host_id": self.sio.manager.host_id})
         return True
+
+    def foreign(self, message: dict[str, Any]) -> None:
+        """An emit of open-webui's backend (the bridge to its pub/sub, told before it is
+        delivered): not in the log, so a recovery across it cannot be complete. A marker
+        for its rooms follows it in the log (coalesced, after the delivery): the sessions
+        of those rooms that recover across it get a new session instead of a replay with
+        a hole."""
+        if message.get("method") != "emit":
+            return
+        self.unrecorded["foreign"] += 1
+        room = message.get("room")
+        if room is None:
+            self._foreign_all = True
+        else:
+            pending = self._foreign if self._foreign is not None else set()
+            pending.update([room] if isinstance(room, str) else
+                           [r for r in room if isinstance(r, str)] if isinstance(room, list)
+                           else [])
+            self._foreign = pending
+        if self._foreign_task is None:
+            self._foreign_task = asyncio.get_running_loop().create_task(
+                self._mark_foreign(), name="recovery foreign marker")
+
+    async def _mark_foreign(self) -> None:
+        try:
+            await asyncio.sleep(0)  # after the delivery the bridge makes next
+            while self._foreign or self._foreign_all:
+                rooms = None if self._foreign_all else sorted(self._foreign or ())
+                self._foreign, self._foreign_all = None, False
+                try:
+                    await self.state.mark_gap(rooms, [])
+                except StoreError as exc:
+                    self._gap_pending = True  # a marker for everybody at the next emit
+                    log.warning("foreign emit not marked for recovery: %s", exc)
+        finally:
+            self._foreign_task = None
 
     def deliver(self, offset: str, rooms: list[str] | None, skip: list[str],
                 prefix: str, blobs: tuple[bytes, ...] = ()) -> None:
@@ -500,6 +540,8 @@ class RecoveryService:
                          "recovery log by this node", data["appended"], counter=True)
 
     async def close(self) -> None:
+        if self._foreign_task is not None:
+            self._foreign_task.cancel()
         for task in list(self.leaves.values()):
             task.cancel()
         await asyncio.gather(*self.leaves.values(), return_exceptions=True)

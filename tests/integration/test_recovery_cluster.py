@@ -12,8 +12,9 @@ import time
 import uuid
 
 import pytest
+import socketio
 
-from tests.support.appliance import WAIT, ApplianceProcess, Harness
+from tests.support.appliance import WAIT, ApplianceProcess, Harness, running
 from tests.support.cut_proxy import CutProxy
 from tests.support.node_fixtures import node_driver, node_driver_factory  # noqa: F401
 from tests.support.redis_servers import redis_cluster, redis_server  # noqa: F401 (fixtures)
@@ -259,3 +260,32 @@ async def test_acceptance_stream_survives_rolling_restart(tmp_path, node_driver,
               f"lost 0, duplicated 0, reconnects {len(times)}, reconnect time "
               f"p50 {p50 * 1000:.0f} ms p99 {p99 * 1000:.0f} ms, "
               f"emits retried on another node {failures}")
+
+
+async def test_foreign_emits_make_recovery_fail_cleanly(tmp_path, node_driver, redis_server):
+    """An emit of open-webui's own backend (its python-socketio pub/sub) is not in the log:
+    a tab that was away when it came gets a new session, not a replay without it."""
+    env = redis_env(redis_server, f"rt-rec-{uuid.uuid4().hex[:10]}")
+    foreign = socketio.AsyncRedisManager(redis_server.url, channel="socketio",
+                                         write_only=True)
+    async with running(tmp_path, env=env) as h:
+        tok = await h.user("ann")
+        other = await node_driver.connect("o", h.url, **opts(tok, reconnection=False))
+        proxy = await CutProxy(h.app.port).start()
+        try:
+            sock = await node_driver.connect("t", proxy.url, **opts(
+                tok, reconnectionDelay=500, reconnectionDelayMax=500))
+            await emit(h, "ann", 0)
+            await until(lambda: numbers(sock) == [0], "the first event")
+            proxy.cut()
+            await sock.wait_disconnect(timeout=WAIT)
+            await foreign.emit("events", {"n": 100}, room="user:ann")
+            await until(lambda: 100 in numbers(other), "the foreign event at the other tab")
+            again = await sock.wait_notification("connect", timeout=WAIT)
+            assert again["recovered"] is False
+            assert h.app.recovery.results["failed_too_large"] == 1  # the marker
+            await sock.disconnect()
+            await other.disconnect()
+        finally:
+            await proxy.stop()
+            await foreign.redis.aclose()
