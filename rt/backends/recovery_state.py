@@ -259,7 +259,7 @@ class MemoryRecoveryState:
                               tuple(entry.skip), sid, mine):
                 continue
             if entry.prefix is None:
-                return Missed(reason="too_large")
+                return Missed(reason="unrecorded")
             size += entry.size
             out.append((format_offset(entry.offset), entry.prefix, entry.blobs))
             if len(out) > b.max_packets or size > b.max_bytes:
@@ -452,7 +452,7 @@ class RedisRecoveryState(RedisUser):
                     continue
                 packet = fields.get(b"p")
                 if packet is None:
-                    return Missed(reason="too_large")
+                    return Missed(reason="unrecorded")
                 prefix = text(packet)
                 size += len(prefix) + sum(len(blob) for blob in blobs)
                 out.append((entry_id, prefix, blobs))

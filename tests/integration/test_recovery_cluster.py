@@ -283,7 +283,7 @@ async def test_foreign_emits_make_recovery_fail_cleanly(tmp_path, node_driver, r
             await until(lambda: 100 in numbers(other), "the foreign event at the other tab")
             again = await sock.wait_notification("connect", timeout=WAIT)
             assert again["recovered"] is False
-            assert h.app.recovery.results["failed_too_large"] == 1  # the marker
+            assert h.app.recovery.results["failed_unrecorded"] == 1  # the marker
             await sock.disconnect()
             await other.disconnect()
         finally:

@@ -111,7 +111,7 @@ async def test_marker_of_an_emit_too_large_to_keep(make_state):
     state = make_state()
     start = await state.head()
     await state.mark_gap(["user:u"], [])
-    assert (await state.missed(start, ["user:u"], "s1")).reason == "too_large"
+    assert (await state.missed(start, ["user:u"], "s1")).reason == "unrecorded"
     assert (await state.missed(start, ["other"], "s2")).reason == ""
 
 
