@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test lint install node-deps binary soak bench fuzz e2e clean
+.PHONY: serve test lint install node-deps binary release soak bench fuzz e2e clean
 
 # Two installs: the runtime alone (make serve) and, on top, what the tests, linters and the
 # fuzz tier need (make test and the other developer targets).
@@ -67,9 +67,18 @@ bench: $(STAMP)
 fuzz: $(STAMP)
 	PYTHON=$(PY) bash fuzz/run.sh
 
-# One-file executable dist/rt-appliance (PyInstaller, clean venv in build/), then its smoke test.
+# One-file executable for glibc 2.28+ (packaging/build.sh: PyInstaller in a cached Debian 11
+# root with its own CPython), then its smoke tests: dist/rt-appliance-<version>-linux-<ARCH>
+# and its .sha256 (amd64: also dist/rt-appliance). ARCH=arm64 builds under qemu-user;
+# SOURCE_REV=HEAD builds the last commit instead of the working tree.
+ARCH ?= amd64
 binary:
-	PYTHON=$(PYTHON) bash packaging/build.sh
+	ARCH=$(ARCH) PYTHON=$(PYTHON) SOURCE_REV=$(SOURCE_REV) bash packaging/build.sh
+
+# Both release binaries and their SHA-256 files in dist/.
+release:
+	$(MAKE) --no-print-directory binary ARCH=amd64
+	$(MAKE) --no-print-directory binary ARCH=arm64
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info tests/node/node_modules

@@ -1,33 +1,74 @@
-"""Inspect a built one-file binary: what it bundles and which glibc it needs.
+"""Inspect a built one-file binary: what it bundles, how big each part is, which glibc it needs.
 
-    build/venv/bin/python packaging/inspect_binary.py dist/rt-appliance [--report FILE]
+    python packaging/inspect_binary.py dist/rt-appliance [--max-glibc 2.28]
+        [--report FILE] [--listing FILE]
 
 Fails (exit 1) when a forbidden package (test-only: aiohttp, fakeredis, pytest, ...) is
-inside. Prints the bundled shared objects with the newest GLIBC_x.y symbol version each
-needs; the largest one is the oldest glibc the binary runs on. Needs PyInstaller (the
-build environment) and binutils' objdump.
+inside, or, with --max-glibc, when any ELF file of it (the bootloader and every bundled
+shared object) needs a GLIBC_x.y symbol version newer than that. The versions are read
+from each file's version-needs table (.gnu.version_r), in Python, so files of any
+architecture are checked on any machine. --listing writes every bundled entry with its
+stored (compressed) size, largest first, and the totals per top-level package: the
+before/after view of the size work. Needs PyInstaller (to read the archive).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import re
-import subprocess
+import struct
 import sys
-import tempfile
+from collections import defaultdict
 
 from PyInstaller.archive.readers import PKG_ITEM_PYZ, CArchiveReader
 
 FORBIDDEN = ("aiohttp", "fakeredis", "pytest", "_pytest", "hypothesis", "y_py",
              "pytest_asyncio", "pytest_tornado", "pytest_timeout", "requests", "websocket",
              "tests")
-_GLIBC = re.compile(rb"GLIBC_(\d+)\.(\d+)(?:\.(\d+))?")
+_GLIBC = re.compile(r"GLIBC_(\d+)\.(\d+)(?:\.(\d+))?$")
+SHT_GNU_VERNEED = 0x6FFFFFFE
 
 
-def glibc_needed(path: str) -> tuple[int, ...] | None:
-    """Newest GLIBC_ version referenced by the dynamic symbols of an ELF file."""
-    out = subprocess.run(["objdump", "-T", path], capture_output=True, check=False).stdout
-    versions = [tuple(int(x) for x in m.groups() if x is not None) for m in _GLIBC.finditer(out)]
+def elf_version_needs(data: bytes) -> set[str]:
+    """The symbol versions (GLIBC_2.17, ...) an ELF file needs, from .gnu.version_r."""
+    if data[:4] != b"\x7fELF":
+        return set()
+    is64 = data[4] == 2
+    end = "<" if data[5] == 1 else ">"
+    if is64:
+        shoff, = struct.unpack_from(end + "Q", data, 0x28)
+        shentsize, shnum = struct.unpack_from(end + "HH", data, 0x3A)
+        shdr = end + "IIQQQQIIQQ"
+    else:
+        shoff, = struct.unpack_from(end + "I", data, 0x20)
+        shentsize, shnum = struct.unpack_from(end + "HH", data, 0x2E)
+        shdr = end + "IIIIIIIIII"
+    sections = [struct.unpack_from(shdr, data, shoff + i * shentsize) for i in range(shnum)]
+    found: set[str] = set()
+    for sec in sections:
+        if sec[1] != SHT_GNU_VERNEED:
+            continue
+        offset, link, count = sec[4], sec[6], sec[8]  # sh_offset, sh_link, sh_info
+        strtab = sections[link][4]
+        pos = offset
+        for _ in range(count):
+            _ver, cnt, _file, aux, nxt = struct.unpack_from(end + "HHIII", data, pos)
+            apos = pos + aux
+            for _ in range(cnt):
+                _hash, _flags, _other, vname, anext = struct.unpack_from(end + "IHHII", data, apos)
+                stop = data.index(b"\0", strtab + vname)
+                found.add(data[strtab + vname:stop].decode("ascii", "replace"))
+                apos += anext
+            if not nxt:
+                break
+            pos += nxt
+    return found
+
+
+def glibc_needed(data: bytes) -> tuple[int, ...] | None:
+    """Newest GLIBC_ version an ELF file needs, None for none (or not an ELF file)."""
+    versions = [tuple(int(x) for x in m.groups() if x is not None)
+                for v in elf_version_needs(data) for m in [_GLIBC.match(v)] if m]
     return max(versions) if versions else None
 
 
@@ -35,49 +76,96 @@ def fmt(version: tuple[int, ...] | None) -> str:
     return ".".join(map(str, version)) if version else "-"
 
 
+def elf_arch(data: bytes) -> str:
+    machine, = struct.unpack_from("<H", data, 0x12)
+    return {0x3E: "x86-64", 0xB7: "aarch64", 0x03: "i386", 0x28: "arm"}.get(machine, hex(machine))
+
+
+def top_package(name: str) -> str:
+    """'tornado.web' -> tornado; 'python3.11/lib-dynload/_ssl.cpython-311-...so' -> _ssl"""
+    top = re.split(r"[./]", name)[0]
+    if "lib-dynload/" in name:
+        top = name.rsplit("/", 1)[1].split(".")[0]
+    elif "/" not in name and (".so" in name):
+        top = name.split(".so")[0]  # a shared library: libcrypto, libpython3.11, ...
+    return top
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("binary")
     ap.add_argument("--report", help="also write the report to this file")
+    ap.add_argument("--listing", help="write every bundled entry with its size to this file")
+    ap.add_argument("--max-glibc", help="fail when an ELF file needs a newer glibc (e.g. 2.28)")
     args = ap.parse_args(argv)
 
+    with open(args.binary, "rb") as fh:
+        boot = fh.read()
     pkg = CArchiveReader(args.binary)
     modules: list[str] = []
     elves: list[str] = []
+    sizes: list[tuple[int, int, str]] = []  # stored, uncompressed, name
     for name, entry in pkg.toc.items():
         typecode = entry[-1]
         if typecode == PKG_ITEM_PYZ:
-            modules += list(pkg.open_embedded_archive(name).toc)
-        elif name.endswith(".so") or ".so." in name:
+            pyz = pkg.open_embedded_archive(name)
+            for mod, (_kind, _offset, length) in pyz.toc.items():
+                modules.append(mod)
+                sizes.append((length, length, mod))
+            continue
+        sizes.append((entry[1], entry[2], name))
+        if name.endswith(".so") or ".so." in name:
             elves.append(name)
         else:
             modules.append(name)
 
     bad = sorted({m for m in modules + elves
                   for top in [re.split(r"[./]", m)[0]] if top in FORBIDDEN})
-    lines = [f"binary: {args.binary} ({os.path.getsize(args.binary) / 2**20:.1f} MiB)",
+    lines = [f"binary: {args.binary} ({os.path.getsize(args.binary) / 2**20:.1f} MiB, "
+             f"{elf_arch(boot)})",
              f"python modules: {len(modules)}, shared objects: {len(elves)}"]
-    needed = {"(bootloader)": glibc_needed(args.binary)}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in elves:
-            path = os.path.join(tmp, name.replace("/", "_"))
-            with open(path, "wb") as fh:
-                fh.write(pkg.extract(name))
-            needed[name] = glibc_needed(path)
+    needed = {"(bootloader)": glibc_needed(boot)}
+    for name in elves:
+        needed[name] = glibc_needed(pkg.extract(name))
     width = max(map(len, needed))
     lines.append("newest GLIBC symbol version needed, per ELF file:")
     lines += [f"  {name:<{width}}  {fmt(v)}" for name, v in
               sorted(needed.items(), key=lambda kv: kv[1] or (), reverse=True)]
     overall = max(v for v in needed.values() if v)
     lines.append(f"oldest glibc the binary runs on: {fmt(overall)}")
+    failed = bool(bad)
     if bad:
         lines.append(f"FORBIDDEN packages inside: {', '.join(bad)}")
+    if args.max_glibc:
+        limit = tuple(int(x) for x in args.max_glibc.split("."))
+        over = [name for name, v in needed.items() if v and v > limit]
+        if over:
+            failed = True
+            lines.append(f"NEEDS A NEWER GLIBC than the target {args.max_glibc}: {', '.join(over)}")
+        else:
+            lines.append(f"every ELF file runs on glibc {args.max_glibc} (the target)")
     text = "\n".join(lines)
     print(text)
     if args.report:
         with open(args.report, "w") as fh:
             fh.write(text + "\n")
-    return 1 if bad else 0
+    if args.listing:
+        per_top: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+        for stored, raw, name in sizes:
+            acc = per_top[top_package(name)]
+            acc[0] += stored
+            acc[1] += raw
+            acc[2] += 1
+        with open(args.listing, "w") as fh:
+            fh.write(f"# {os.path.basename(args.binary)}: {os.path.getsize(args.binary)} bytes; "
+                     f"stored = compressed size inside the file\n")
+            fh.write("# per top-level package or library: stored KiB, uncompressed KiB, entries\n")
+            for top, (stored, raw, count) in sorted(per_top.items(), key=lambda kv: -kv[1][0]):
+                fh.write(f"{stored / 1024:10.1f} {raw / 1024:10.1f} {count:6d}  {top}\n")
+            fh.write("# every entry: stored bytes, uncompressed bytes, name\n")
+            for stored, raw, name in sorted(sizes, reverse=True):
+                fh.write(f"{stored:10d} {raw:10d}  {name}\n")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -1,15 +1,23 @@
 """Smoke test of the built binary: the real file, real sockets, a real Socket.IO client.
 
-    python packaging/smoke.py [dist/rt-appliance] [--require-notify]
+    python packaging/smoke.py [dist/rt-appliance] [--require-notify] [--root ROOTFS]
+        [--slow FACTOR]
 
 Runs `version`, `check-config` (a good and a bad file), `token`, then `serve` on a free
 port with a temporary data directory and `NOTIFY_SOCKET` pointing at an abstract datagram
 socket of this script; a python-socketio client (websocket, and one over long-polling)
 connects with the token, receives an emit sent through `POST /api/v1/emit` with the API
-key read from the data dir; SIGTERM to the one-file bootloader must end everything with
+key read from the data dir; the websocket client joins a note's Yjs document, sends a Yjs
+update, gets it acknowledged, and `GET /api/v1/documents/...` returns the stored state
+with the text in it; SIGTERM to the one-file bootloader must end everything with
 exit 0 (its Python child included) and leave no extracted _MEI directory behind. SIGTERM
 goes to the whole process group, as systemd's KillMode=control-group sends it to every
 process of the unit: the Python child gets it directly and forwarded by the bootloader.
+
+--root ROOTFS runs the binary inside another root file system (packaging/in-root.sh: a
+chroot with its own /proc, same process and network namespaces), e.g. the old-glibc build
+root, or an arm64 one under qemu-user emulation; the binary and the temporary directory
+are put inside that root. --slow multiplies every timeout (emulation).
 
 Needs only the client side: python-socketio, websocket-client, requests (build.sh makes
 build/smoke-venv; the test suite runs it with the project venv). Exit 0 = all good.
@@ -17,11 +25,13 @@ build/smoke-venv; the test suite runs it with the project venv). Exit 0 = all go
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import queue
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -37,6 +47,36 @@ import socketio
 
 WAIT = 10.0  # seconds for any single expected thing
 START_TIMEOUT = 60.0  # the first start of a one-file binary unpacks it
+IN_ROOT = Path(__file__).resolve().parent / "in-root.sh"
+# A Yjs update made with pycrdt (client id 123456789): text root "t" gets
+# "smoke test note" inserted. Fixed bytes, so the smoke client needs no Yjs library.
+YJS_UPDATE = bytes.fromhex("0101959aef3a00040101740f736d6f6b652074657374206e6f746500")
+YJS_TEXT = b"smoke test note"
+
+
+class Target:
+    """Where the binary runs: here, or inside a root file system (paths seen from inside)."""
+
+    def __init__(self, binary: str, root: str | None, slow: float) -> None:
+        self.binary, self.root, self.slow = binary, root, slow
+
+    def tmpdir(self) -> tempfile.TemporaryDirectory:
+        base = os.path.join(self.root, "tmp") if self.root else None
+        return tempfile.TemporaryDirectory(prefix="rt-smoke-", dir=base)
+
+    def inner(self, path: Path) -> str:
+        """A host path as the binary sees it."""
+        if not self.root:
+            return str(path)
+        return "/" + str(path.relative_to(self.root))
+
+    def command(self, tmp: Path, *args: str) -> list[str]:
+        if not self.root:
+            return [self.binary, *args]
+        copy = tmp / "rt-appliance"
+        if not copy.exists():
+            shutil.copy2(self.binary, copy)
+        return ["bash", str(IN_ROOT), self.root, self.inner(copy), *args]
 
 
 class SmokeError(AssertionError):
@@ -49,18 +89,18 @@ def check(cond: bool, what: str) -> None:
     print(f"ok   {what}", flush=True)
 
 
-def child_env(tmp: Path) -> dict[str, str]:
+def child_env(tmp: str) -> dict[str, str]:
     """The caller's environment without anything that would configure the appliance."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("RT_", "WEBSOCKET_", "WEBUI_", "REDIS_", "CORS_", "ENABLE_WEBSOCKET"))
            and k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM")}
-    env["TMPDIR"] = str(tmp / "tmp")  # where the one-file bootloader unpacks itself
+    env["TMPDIR"] = tmp  # where the one-file bootloader unpacks itself
     return env
 
 
-def run(binary: str, *args: str, env: dict, timeout: float = START_TIMEOUT):
+def run(command: list[str], env: dict, timeout: float = START_TIMEOUT):
     started = time.monotonic()
-    proc = subprocess.run([binary, *args], env=env, capture_output=True, text=True,
+    proc = subprocess.run(command, env=env, capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL)
     return proc, time.monotonic() - started
 
@@ -137,9 +177,9 @@ class NotifyListener:
 class Server:
     """`BINARY serve` as a child process; its merged output is read by a thread."""
 
-    def __init__(self, binary: str, args: list[str], env: dict) -> None:
+    def __init__(self, command: list[str], env: dict) -> None:
         self.started = time.monotonic()
-        self.proc = subprocess.Popen([binary, *args], env=env, stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         self.lines: queue.Queue[str] = queue.Queue()
@@ -178,39 +218,45 @@ def client(url: str, path: str, token: str, transport: str):
     sio = socketio.Client(reconnection=False)
     got: queue.Queue = queue.Queue()
     gone = threading.Event()
-    sio.on("events", lambda data: got.put(data))
+    # a trailing argument after the data, if any, is the connection-state-recovery offset
+    sio.on("events", lambda data, *offset: got.put(data))
     sio.on("disconnect", lambda *a: gone.set())
     sio.connect(url, socketio_path=path, transports=[transport], auth={"token": token},
                 wait_timeout=WAIT)
     return sio, got, gone
 
 
-def smoke(binary: str, require_notify: bool) -> dict:
+def smoke(target: Target, require_notify: bool) -> dict:
+    global WAIT, START_TIMEOUT
+    WAIT, START_TIMEOUT = WAIT * target.slow, START_TIMEOUT * target.slow
     timings: dict = {}
-    with tempfile.TemporaryDirectory(prefix="rt-smoke-") as tmpdir:
+    with target.tmpdir() as tmpdir:
         tmp = Path(tmpdir)
         (tmp / "tmp").mkdir()
         data = tmp / "data"
         ini = tmp / "rt-appliance.ini"
         ini.write_text(f"[server]\nhost = 127.0.0.1\nport = 0\nshutdown_timeout = 10\n\n"
-                       f"[state]\ndata_dir = {data}\n")
-        env = child_env(tmp)
+                       f"[state]\ndata_dir = {target.inner(data)}\n")
+        env = child_env(target.inner(tmp / "tmp"))
 
-        proc, timings["version_s"] = run(binary, "version", env=env)
+        def cmd(*args: str) -> list[str]:
+            return target.command(tmp, *args)
+
+        proc, timings["version_s"] = run(cmd("version"), env=env)
         check(proc.returncode == 0 and re.match(r"rt-appliance \d+\.\d+", proc.stdout) is not None,
               f"version: {proc.stdout.strip()!r} in {timings['version_s']:.2f} s")
 
-        proc, _ = run(binary, "check-config", "--config", str(ini), env=env)
+        proc, _ = run(cmd("check-config", "--config", target.inner(ini)), env=env)
         check(proc.returncode == 0 and "configuration ok" in proc.stdout,
               f"check-config of a good file: exit {proc.returncode}")
         bad = tmp / "bad.ini"
         bad.write_text("[server]\nport = abc\n")
-        proc, _ = run(binary, "check-config", "--config", str(bad), env=env)
+        proc, _ = run(cmd("check-config", "--config", target.inner(bad)), env=env)
         check(proc.returncode == 78 and "port" in proc.stderr,
               f"check-config of a bad file: exit {proc.returncode} ({proc.stderr.strip()!r})")
 
-        proc, _ = run(binary, "token", "--config", str(ini), "--user", "smoke", "--name", "Smoke",
-                      "--expires", "10m", env=env)
+        proc, _ = run(cmd("token", "--config", target.inner(ini), "--user", "smoke",
+                          "--name", "Smoke", "--expires", "10m"), env=env)
         token = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
         check(proc.returncode == 0 and token.count(".") == 2,
               f"token: exit {proc.returncode}, a JWT ({proc.stderr.strip()!r})")
@@ -220,7 +266,7 @@ def smoke(binary: str, require_notify: bool) -> dict:
         api_key = api_key_file.read_text().strip()
 
         notify = NotifyListener()
-        server = Server(binary, ["serve", "--config", str(ini)],
+        server = Server(cmd("serve", "--config", target.inner(ini)),
                         {**env, "NOTIFY_SOCKET": notify.address})
         clients = []
         try:
@@ -253,10 +299,28 @@ def smoke(binary: str, require_notify: bool) -> dict:
                     raise SmokeError(f"{transport} client received no 'events'") from None
                 check(received == payload, f"{transport} client received the emit")
 
+            # a Yjs update to a note's document, acknowledged only once stored
+            for path_, body_ in (("/api/v1/users/smoke", {"name": "Smoke"}),
+                                 ("/api/v1/notes/smoke1", {"owner": "smoke"})):
+                status, body = http("PUT", url + path_, body_, key=api_key)
+                check(status in (200, 201, 204), f"PUT {path_}: {status} {body[:200]!r}")
+            sio = clients[0][0]
+            ack = sio.call("ydoc:document:join", {"document_id": "note:smoke1"}, timeout=WAIT)
+            check(ack == {"ok": True}, f"ydoc:document:join: {ack!r}")
+            ack = sio.call("ydoc:document:update",
+                           {"document_id": "note:smoke1", "update": list(YJS_UPDATE)},
+                           timeout=WAIT)
+            check(isinstance(ack, dict) and "error" not in ack,
+                  f"ydoc:document:update acknowledged: {ack!r}")
+            status, body = http("GET", url + "/api/v1/documents/note:smoke1", key=api_key)
+            state = base64.b64decode(json.loads(body)["state_b64"]) if status == 200 else b""
+            check(YJS_TEXT in state, f"GET /api/v1/documents/note:smoke1: {status}, "
+                                     f"the update is in the stored state ({len(state)} bytes)")
+
             stop_started = time.monotonic()
             os.killpg(server.proc.pid, signal.SIGTERM)  # like KillMode=control-group
             try:
-                code = server.proc.wait(30)
+                code = server.proc.wait(30 * target.slow)
             except subprocess.TimeoutExpired:
                 raise SmokeError("no exit within 30 s of SIGTERM") from None
             timings["stop_s"] = time.monotonic() - stop_started
@@ -293,18 +357,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("binary", nargs="?", default="dist/rt-appliance")
     ap.add_argument("--require-notify", action="store_true",
                     help="fail unless READY=1 and STOPPING=1 reach NOTIFY_SOCKET")
+    ap.add_argument("--root", help="run the binary inside this root file system (as root)")
+    ap.add_argument("--slow", type=float, default=1.0, help="multiply every timeout")
     args = ap.parse_args(argv)
     binary = os.path.abspath(args.binary)
     if not os.access(binary, os.X_OK):
         print(f"{binary}: not an executable file (build it with `make binary`)", file=sys.stderr)
         return 2
     try:
-        timings = smoke(binary, args.require_notify)
+        timings = smoke(Target(binary, args.root and os.path.abspath(args.root), args.slow),
+                        args.require_notify)
     except SmokeError as exc:
         print(f"FAIL {exc}", file=sys.stderr)
         return 1
     size = os.path.getsize(binary)
-    print(f"smoke test passed: {size / 2**20:.1f} MiB, version {timings['version_s']:.2f} s, "
+    where = f" inside {args.root}" if args.root else ""
+    print(f"smoke test passed{where}: {size / 2**20:.1f} MiB, version {timings['version_s']:.2f} s, "
           f"listening after {timings['listening_s']:.2f} s, stop {timings['stop_s']:.2f} s")
     return 0
 
