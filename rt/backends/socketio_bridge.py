@@ -57,7 +57,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from ..core.errors import StoreError
-from ..core.tasks import TaskGroup, cancel_and_wait, cancel_swallowed
+from ..core.tasks import TaskGroup, cancel_swallowed
 from .redis_conn import (
     REDIS_ERRORS,
     AnyRedis,
@@ -116,7 +116,7 @@ class SocketioBridge:
         # callbacks_failed; channels_subscribed, channels_unsubscribed; listen_errors,
         # handler_errors, subscribe_wait_timeouts
         self.stats: collections.Counter[str] = collections.Counter()
-        self._task: asyncio.Task[None] | None = None
+        self._listener = TaskGroup()  # the listener, while started
         self._pub: AnyRedis | None = None
         self._first_subscribe: asyncio.Event = asyncio.Event()
         self.rooms = RoomChannels(manager, channel, per_room=room_channels,
@@ -138,9 +138,8 @@ class SocketioBridge:
         the first subscription, so that a node starts taking connections with the bridge
         working. Not being subscribed by then is not fatal: the listener keeps trying and
         `ready()` reports it."""
-        if self._task is None:
-            self._task = asyncio.ensure_future(self._run())
-            self._task.set_name("openwebui pub/sub")
+        if not self._listener:
+            self._listener.start("openwebui pub/sub", self._run())
         try:
             await asyncio.wait_for(self._first_subscribe.wait(), wait or self.timeout)
         except TimeoutError:
@@ -148,8 +147,7 @@ class SocketioBridge:
                         "background", self.target.describe())
 
     async def close(self) -> None:
-        task, self._task = self._task, None
-        await cancel_and_wait(task)
+        await self._listener.stop()
         self.listening = False
         self.rooms.release_waiters()
         if self._pub is not None:
