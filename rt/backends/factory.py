@@ -4,6 +4,10 @@ A Backend bundles what differs between one node on embedded state and several no
 Redis: the store, the presence and usage registries, python-socketio's client manager, and
 the background work a backend needs (Redis: the node heartbeat and the sweep that announces
 the sessions of dead nodes). The rest of the appliance never asks which one it runs on.
+
+Two backends: "sqlite" (one node: the SQLite store, registries in process memory; the
+empty `manager` or "sqlite") and "redis" (every node shares Redis). `description` is the
+start-up line's part about the state.
 """
 from __future__ import annotations
 

@@ -29,15 +29,17 @@ open-webui 0.12's manager does: the client manager reports every room whose loca
 membership may have changed (`room_changed`), a sync task SUBSCRIBEs or UNSUBSCRIBEs and
 then sends a numbered PING, and the reader sees the PONG once Redis has applied everything
 before it. `settled()` waits for that, so an `enter_room` (or a connect: the sid's room)
-returns only when an emit published after it cannot be missed.
+returns only when an emit published after it cannot be missed. (That bookkeeping is
+socketio_rooms.py.)
 
 Only JSON is accepted: a message that is not a JSON object (a pickle, as older
 python-socketio versions sent, or garbage), has fields of the wrong type or is larger than
 `max_message_bytes` is dropped and counted in `stats`; nothing is unpickled, and nothing
-is decoded beyond the JSON parse. Plain PUBLISH/SUBSCRIBE also on a Redis Cluster, where
-open-webui uses them too (a plain PUBLISH reaches every node of a Cluster). After a
-connection loss the bridge reconnects with a jittered backoff and subscribes again every
-channel a local room needs; each retry is one log line.
+is decoded beyond the JSON parse (the checks are socketio_protocol.py). Plain
+PUBLISH/SUBSCRIBE also on a Redis Cluster, where open-webui uses them too (a plain PUBLISH
+reaches every node of a Cluster). After a connection loss the bridge reconnects with a
+jittered backoff and subscribes again every channel a local room needs; each retry is one
+log line.
 """
 from __future__ import annotations
 
