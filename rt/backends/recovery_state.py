@@ -24,7 +24,9 @@ disconnected when its connection ends; its TTL is the recovery window. A recover
 """
 from __future__ import annotations
 
+import asyncio
 import base64
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -272,9 +274,12 @@ class MemoryRecoveryState:
 
 
 # ---------------------------------------------------------------------------- Redis
-# KEYS: log; ARGV: channel, sharded, maxlen, window_ms, rooms, skip, prefix, host_id,
-# attachments (a JSON list of base64)
+# KEYS: log, sequence; ARGV: channel, sharded, maxlen, window_ms, rooms, skip, prefix,
+# host_id, attachments (a JSON list of base64). The sequence numbers the published emits
+# one by one, so that a node that missed some (its subscription was lost) sees the gap.
 R_EMIT = Lua("""
+local n = redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[4]) + 60000)
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*',
                       'r', ARGV[5], 's', ARGV[6], 'p', ARGV[7], 'a', ARGV[9])
 local t = redis.call('TIME')
@@ -282,8 +287,8 @@ local horizon = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonu
 redis.call('XTRIM', KEYS[1], 'MINID', '~', horizon)
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]) + 60000)
 local msg = cjson.encode({method = 'rt:control', kind = 'recovery:emit', host_id = ARGV[8],
-                          payload = {id = id, r = ARGV[5], s = ARGV[6], p = ARGV[7],
-                                     a = ARGV[9]}})
+                          payload = {id = id, n = n, r = ARGV[5], s = ARGV[6],
+                                     p = ARGV[7], a = ARGV[9]}})
 if ARGV[2] == '1' then
   redis.call('SPUBLISH', ARGV[1], msg)
 else
@@ -324,6 +329,12 @@ return 1
 """)
 
 READ_BATCH = 500
+log = logging.getLogger("rt.recovery")
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("recovery log repair failed: %r", task.exception())
 
 
 class RedisRecoveryState(RedisUser):
@@ -342,6 +353,12 @@ class RedisRecoveryState(RedisUser):
         # not any node's host id: every node, this one included, handles the message
         self.host_id = host_id
         self.log_key = f"{{{channel}}}:recovery-log"
+        self.seq_key = f"{{{channel}}}:recovery-seq"
+        # the last emit delivered here (sequence, offset), and while a gap is repaired the
+        # emits that came after it
+        self._last: tuple[int, str] | None = None
+        self._held: list[dict[str, Any]] | None = None
+        self.repaired = 0
         self.deliver: Deliver | None = None
         self.appended = 0
 
@@ -351,7 +368,7 @@ class RedisRecoveryState(RedisUser):
     async def emit(self, rooms: list[str] | None, skip: list[str], prefix: str,
                    blobs: tuple[bytes, ...] = ()) -> str:
         b = self.bounds
-        got = await self._lua(R_EMIT, [self.log_key], [
+        got = await self._lua(R_EMIT, [self.log_key, self.seq_key], [
             self.channel, "1" if self.sharded else "0", b.log_entries,
             int(b.window * 1000), orjson.dumps(rooms), orjson.dumps(skip), prefix,
             self.host_id, orjson.dumps([base64.b64encode(blob).decode() for blob in blobs])])
@@ -364,9 +381,61 @@ class RedisRecoveryState(RedisUser):
                                          maxlen=self.bounds.log_entries, approximate=True))
 
     def handle(self, payload: dict[str, Any]) -> None:
-        """A `recovery:emit` message from the pub/sub channel (every node's, ours too)."""
+        """A `recovery:emit` message from the pub/sub channel (every node's, ours too), in
+        the log's order. When its sequence number shows that messages were missed (the
+        subscription was lost for a while), they are read from the log and delivered
+        first; what arrives meanwhile waits."""
         if self.deliver is None:
             return
+        if self._held is not None:
+            self._held.append(payload)
+            return
+        n, offset = payload.get("n"), payload.get("id")
+        if type(n) is not int or not isinstance(offset, str):
+            return
+        last = self._last
+        if last is not None and n > last[0] + 1:
+            self._held = [payload]
+            task = asyncio.get_running_loop().create_task(self._repair(last[1]),
+                                                          name="recovery log repair")
+            task.add_done_callback(_log_failure)
+            return
+        self._deliver(payload)
+
+    async def _repair(self, after: str) -> None:
+        try:
+            cursor = "(" + after
+            while True:
+                async def read(c: AnyRedis, cursor: str = cursor) -> Any:
+                    return await c.xrange(self.log_key, min=cursor, count=READ_BATCH)
+                try:
+                    batch = await self._run(read)
+                except StoreError as exc:
+                    log.warning("recovery log: missed emits not read: %s", exc)
+                    break
+                held = self._held or []
+                until = parse_offset(held[0].get("id")) if held else None
+                for raw_id, fields in batch:
+                    entry_id = text(raw_id)
+                    if until is not None and (parse_offset(entry_id) or ZERO) >= until:
+                        batch = []
+                        break
+                    if b"p" not in fields:
+                        continue  # a marker
+                    self.repaired += 1
+                    self._deliver({"id": entry_id, "n": None, "r": text(fields[b"r"]),
+                                   "s": text(fields[b"s"]), "p": text(fields[b"p"]),
+                                   "a": fields.get(b"a")})
+                if len(batch) < READ_BATCH:
+                    break
+                cursor = "(" + text(batch[-1][0])
+        finally:
+            held, self._held = self._held or [], None
+            for payload in held:
+                self._deliver(payload)
+
+    def _deliver(self, payload: dict[str, Any]) -> None:
+        assert self.deliver is not None
         try:
             offset, prefix = payload["id"], payload["p"]
             rooms = orjson.loads(payload["r"])
@@ -376,6 +445,11 @@ class RedisRecoveryState(RedisUser):
             return
         if isinstance(offset, str) and isinstance(prefix, str) and isinstance(skip, list) \
                 and (rooms is None or isinstance(rooms, list)):
+            n = payload.get("n")
+            if type(n) is int:
+                self._last = (n, offset)
+            elif self._last is not None:
+                self._last = (self._last[0], offset)
             self.deliver(offset, rooms, skip, prefix, blobs)
 
     async def head(self) -> str:
@@ -485,7 +559,7 @@ class RedisRecoveryState(RedisUser):
         return oldest > after
 
     def figures_data(self) -> dict[str, float]:
-        return {"appended": self.appended}
+        return {"appended": self.appended, "repaired": self.repaired}
 
 
 def _blobs(raw: Any) -> tuple[bytes, ...]:

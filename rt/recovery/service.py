@@ -538,6 +538,9 @@ class RecoveryService:
         if "appended" in data:
             yield Figure("rt_recovery_log_appended", "Emits appended to the cluster's "
                          "recovery log by this node", data["appended"], counter=True)
+            yield Figure("rt_recovery_log_repaired", "Emits this node missed on the cluster "
+                         "channel (subscription lost) and delivered from the log",
+                         data.get("repaired", 0), counter=True)
 
     async def close(self) -> None:
         if self._foreign_task is not None:
