@@ -93,6 +93,8 @@ PY
 mkdir -p dist build
 rm -f "$RELEASE" "$RELEASE.sha256"
 cp "$ROOT/build/dist/rt-appliance" "$RELEASE"
+# PyInstaller's list of modules it left out or could not find, and who imports them
+cp "$ROOT/build/work/rt-appliance/warn-rt-appliance.txt" "build/warn-rt-appliance-$ARCH.txt"
 rm -rf "$ROOT/build"
 build_s=$((SECONDS - started - setup_s))
 
