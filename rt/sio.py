@@ -166,6 +166,9 @@ class SocketServer(socketio.AsyncServer):
         # connection state recovery (rt/recovery), when on: records and delivers the emits
         # that may be replayed, answers a CONNECT with `pid`, adds `pid` to CONNECT answers
         self.recovery: Recovery | None = None
+        # rooms of sessions whose leave is announced after their connection ended (a
+        # recovery window that passed): what `rooms(sid)` answers for them meanwhile
+        self.gone_rooms: dict[str, list[str]] = {}
 
     def _engineio_server_class(self):
         return EngineServer
@@ -192,6 +195,10 @@ class SocketServer(socketio.AsyncServer):
             return
         await super().emit(event, data, to=to, room=room, skip_sid=skip_sid,
                            namespace=namespace, callback=callback, ignore_queue=ignore_queue)
+
+    def rooms(self, sid, namespace=None):
+        gone = self.gone_rooms.get(sid)
+        return list(gone) if gone is not None else super().rooms(sid, namespace)
 
     async def _send_packet(self, eio_sid, pkt):
         # the CONNECT answer of a recoverable session carries its private session id

@@ -75,6 +75,7 @@ class SessionRecord:
     node: str
     live: bool = True
     ip: str = ""
+    until: float = 0.0  # disconnected: wall-clock end of its recovery window
 
     def dumps(self) -> bytes:
         return orjson.dumps(asdict(self))

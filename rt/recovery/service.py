@@ -32,6 +32,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
@@ -64,6 +65,7 @@ log = logging.getLogger("rt.recovery")
 RECOVERABLE = frozenset({"transport close", "transport error", "ping timeout"})
 TAKEOVER_WAIT = 3.0  # seconds a recovery waits for the old connection to be let go
 SYNC_INTERVAL = 1.0  # seconds between writes of changed room sets
+CLAIM_GRACE = 10.0  # seconds a record outlives its window, for the leave to claim it
 # the host id of the log's messages on the cluster channel: no node's, so every node,
 # the emitting one included, delivers them (in the log's order)
 RECOVERY_HOST_ID = "rt-recovery"
@@ -287,20 +289,23 @@ class RecoveryService:
                 await self.state.drop(sid, self.node_id)
                 return "ended"
             record.rooms = sorted(self.sio.manager.get_rooms(sid, "/"))
-            if not await self.state.disconnected(record, self.window):
+            # kept a little longer than the window: the leave claims it at the window's end
+            record.until = time.time() + self.window
+            if not await self.state.disconnected(record, self.window + CLAIM_GRACE):
                 return "superseded"  # its record is another node's: recovered there
         except StoreError as exc:
             log.warning("session %s: recovery state not written: %s", sid, exc)
             return "ended"
-        self._defer_leave(sid, Identity(record.user, record.name, record.role), self.node_id)
+        self._defer_leave(sid, Identity(record.user, record.name, record.role), self.node_id,
+                          record.rooms)
         return "deferred"
 
-    def _defer_leave(self, sid: str, identity: Identity, node: str) -> None:
+    def _defer_leave(self, sid: str, identity: Identity, node: str, rooms: list[str]) -> None:
         old = self.leaves.pop(sid, None)
         if old is not None:
             old.cancel()
         task = asyncio.get_running_loop().create_task(
-            self._leave_later(sid, identity, node), name=f"recovery leave {sid}")
+            self._leave_later(sid, identity, node, rooms), name=f"recovery leave {sid}")
         self.leaves[sid] = task
         task.add_done_callback(functools.partial(self._left, sid))
 
@@ -310,7 +315,8 @@ class RecoveryService:
         if not task.cancelled() and task.exception() is not None:
             log.error("deferred leave of %s failed: %r", sid, task.exception())
 
-    async def _leave_later(self, sid: str, identity: Identity, node: str) -> None:
+    async def _leave_later(self, sid: str, identity: Identity, node: str,
+                           rooms: list[str]) -> None:
         await asyncio.sleep(self.window)
         # the claim: whoever deletes the record announces; a recovery deleted it already
         for attempt in range(5):
@@ -324,7 +330,12 @@ class RecoveryService:
         if claimed:
             self.results["expired"] += 1
             if self.on_leave is not None:
-                await self.on_leave(sid, identity)
+                # the features see the rooms the session had, as at any leave
+                self.sio.gone_rooms[sid] = rooms
+                try:
+                    await self.on_leave(sid, identity)
+                finally:
+                    self.sio.gone_rooms.pop(sid, None)
 
     async def dead(self, sid: str, identity: Identity) -> bool:
         """A session of a node that died: True when its record says it may still recover
@@ -335,7 +346,7 @@ class RecoveryService:
             return False
         if record is None:
             return False
-        self._defer_leave(sid, identity, record.node)
+        self._defer_leave(sid, identity, record.node, record.rooms)
         return True
 
     # ------------------------------------------------------------------ keeping records
@@ -403,6 +414,9 @@ class RecoveryService:
             return False
         if record is None:
             self.results["unknown"] += 1
+            return False
+        if not record.live and record.until and time.time() > record.until:
+            self.results["expired"] += 1
             return False
         if not hmac.compare_digest(record.secret, _hash(secret)) or record.user != identity.id:
             self.results["forged"] += 1
@@ -504,6 +518,7 @@ class RecoveryService:
             log.info("session %s of user %s recovered (%d missed events)", sid, identity.id,
                      len(missed.packets) if missed is not None else 0)
         record.live = True
+        record.until = 0.0
         record.node = self.node_id
         record.rooms = sorted(manager.get_rooms(sid, "/"))
         record.ip = ip

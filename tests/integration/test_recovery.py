@@ -302,3 +302,29 @@ async def test_half_open_connection_is_taken_over(tmp_path, node_driver):
             await sock.disconnect()
         finally:
             await proxy.stop()
+
+
+async def test_leave_is_announced_when_the_window_passes(tmp_path, node_driver):
+    ini = "[recovery]\nmax_disconnection = 0.5\n"
+    async with running(tmp_path, ini) as h:
+        tok_a = await h.user("ann")
+        tok_b = await h.user("bob")
+        await h.api("PUT", "/api/v1/notes/n1", {"owner": "ann", "read": ["bob"],
+                                                "write": ["bob"]})
+        proxy = await CutProxy(h.app.port).start()
+        try:
+            a = await node_driver.connect("a", proxy.url, **opts(tok_a, reconnection=False))
+            b = await node_driver.connect("b", h.url, **opts(tok_b, reconnection=False))
+            for sock in (b, a):
+                await sock.emit("ydoc:document:join", {"document_id": "note:n1"})
+            await b.wait_for("ydoc:user:joined", timeout=WAIT)
+            proxy.cut()  # and the tab never comes back
+            await a.wait_disconnect(timeout=WAIT)
+            left = await b.wait_for("ydoc:user:left", timeout=WAIT)
+            assert left[0]["user_id"] == "ann"
+            assert h.app.recovery.results["expired"] == 1
+            status, body = await h.api("GET", "/api/v1/users/ann/presence")
+            assert body["online"] is False
+            await b.disconnect()
+        finally:
+            await proxy.stop()
