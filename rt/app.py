@@ -426,7 +426,7 @@ class Appliance:
         finally:
             await self.tasks.stop()
             if self.recovery is not None:
-                await self.recovery.close()  # leaves deferred here: their records expire
+                await self.recovery.close()  # leaves due later: another node announces
             await self.documents.close()  # content still debounced if the drain timed out
             await self.usage.close()  # a coalesced usage broadcast still pending
             await self.backend.stop()

@@ -134,6 +134,7 @@ class RecoveryState(Protocol):
     async def take(self, sid: str, secret: str) -> SessionRecord | None: ...
     async def disconnected(self, record: SessionRecord, ttl: float) -> bool: ...
     async def drop(self, sid: str, node: str) -> bool: ...
+    async def due(self, now: float) -> list[SessionRecord]: ...
     async def missed(self, start: str, rooms: Sequence[str], sid: str) -> Missed: ...
     def figures_data(self) -> dict[str, float]: ...
 
@@ -165,6 +166,7 @@ class MemoryRecoveryState:
         self._seq = 0
         self._dropped: Offset = ZERO  # newest offset dropped from the log
         self._records: dict[str, tuple[SessionRecord, float]] = {}
+        self._pending: dict[str, float] = {}  # disconnected sid → end of its window
         self.evicted = 0
 
     def _next(self) -> Offset:
@@ -226,6 +228,7 @@ class MemoryRecoveryState:
         if record is None or record.secret != secret:
             return None
         del self._records[sid]
+        self._pending.pop(sid, None)
         return record
 
     async def disconnected(self, record: SessionRecord, ttl: float) -> bool:
@@ -234,6 +237,7 @@ class MemoryRecoveryState:
             return False
         record.live = False
         await self.save(record, ttl)
+        self._pending[record.sid] = record.until
         return True
 
     async def drop(self, sid: str, node: str) -> bool:
@@ -241,7 +245,19 @@ class MemoryRecoveryState:
         if current is None or current.node != node:
             return False
         del self._records[sid]
+        self._pending.pop(sid, None)
         return True
+
+    async def due(self, now: float) -> list[SessionRecord]:
+        out = []
+        for sid, until in list(self._pending.items()):
+            if until <= now:
+                record = self._live(sid)
+                if record is None:
+                    del self._pending[sid]
+                else:
+                    out.append(record)
+        return out
 
     async def missed(self, start: str, rooms: Sequence[str], sid: str) -> Missed:
         after = parse_offset(start)
@@ -271,7 +287,7 @@ class MemoryRecoveryState:
 
     def figures_data(self) -> dict[str, float]:
         return {"entries": len(self._log), "bytes": self._bytes, "evicted": self.evicted,
-                "records": len(self._records)}
+                "records": len(self._records), "pending": len(self._pending)}
 
 
 # ---------------------------------------------------------------------------- Redis
@@ -355,6 +371,7 @@ class RedisRecoveryState(RedisUser):
         self.host_id = host_id
         self.log_key = f"{{{channel}}}:recovery-log"
         self.seq_key = f"{{{channel}}}:recovery-seq"
+        self.pending_key = keys.key("recovery-pending")
         # the last emit delivered here (sequence, offset), and while a gap is repaired the
         # emits that came after it
         self._last: tuple[int, str] | None = None
@@ -490,16 +507,51 @@ class RedisRecoveryState(RedisUser):
         return SessionRecord.loads(await self._run(lambda c: c.get(key)))
 
     async def take(self, sid: str, secret: str) -> SessionRecord | None:
-        return SessionRecord.loads(await self._lua(R_TAKE, [self._record_key(sid)], [secret]))
+        record = SessionRecord.loads(
+            await self._lua(R_TAKE, [self._record_key(sid)], [secret]))
+        if record is not None:
+            await self._unpend(sid)
+        return record
 
     async def disconnected(self, record: SessionRecord, ttl: float) -> bool:
         record.live = False
         got = await self._lua(R_DISCONNECTED, [self._record_key(record.sid)],
                               [record.node, record.dumps(), max(1, int(ttl * 1000))])
-        return bool(got == 1)
+        if got != 1:
+            return False
+        # the cluster's list of leaves to announce (a record of its own slot each: not
+        # in the same script on a Cluster; a stale member is dropped by `due`)
+        key, member = self.pending_key, record.sid
+        await self._run(lambda c: c.zadd(key, {member: record.until}))
+        return True
 
     async def drop(self, sid: str, node: str) -> bool:
-        return bool(await self._lua(R_DROP, [self._record_key(sid)], [node]) == 1)
+        dropped = bool(await self._lua(R_DROP, [self._record_key(sid)], [node]) == 1)
+        await self._unpend(sid)
+        return dropped
+
+    async def _unpend(self, sid: str) -> None:
+        key = self.pending_key
+        try:
+            await self._run(lambda c: c.zrem(key, sid))
+        except StoreError:
+            pass  # `due` finds no record for it and drops it
+
+    async def due(self, now: float) -> list[SessionRecord]:
+        """Disconnected records whose window passed (any node's: whoever claims one
+        announces its leave)."""
+        key = self.pending_key
+        got: Any = await self._run(
+            lambda c: c.zrangebyscore(key, "-inf", now, start=0, num=200))
+        sids = [text(s) for s in got]
+        out = []
+        for sid in sids:
+            record = await self.get(sid)
+            if record is None or record.live:
+                await self._unpend(sid)  # recovered, or gone with its TTL
+            else:
+                out.append(record)
+        return out
 
     async def missed(self, start: str, rooms: Sequence[str], sid: str) -> Missed:
         after = parse_offset(start)

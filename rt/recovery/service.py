@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import hashlib
 import hmac
 import logging
@@ -111,7 +110,6 @@ class RecoveryService:
         self.holding: dict[str, list[Packet]] = {}  # recovering: held deliveries
         self.draining: set[str] = set()
         self.taken: set[str] = set()  # local connections of sessions recovered elsewhere
-        self.leaves: dict[str, asyncio.Task[None]] = {}  # deferred leaves
         self.results: Counter[str] = Counter()
         self.replayed = 0
         self.unrecorded: Counter[str] = Counter()
@@ -296,58 +294,38 @@ class RecoveryService:
         except StoreError as exc:
             log.warning("session %s: recovery state not written: %s", sid, exc)
             return "ended"
-        self._defer_leave(sid, Identity(record.user, record.name, record.role), self.node_id,
-                          record.rooms)
         return "deferred"
-
-    def _defer_leave(self, sid: str, identity: Identity, node: str, rooms: list[str]) -> None:
-        old = self.leaves.pop(sid, None)
-        if old is not None:
-            old.cancel()
-        task = asyncio.get_running_loop().create_task(
-            self._leave_later(sid, identity, node, rooms), name=f"recovery leave {sid}")
-        self.leaves[sid] = task
-        task.add_done_callback(functools.partial(self._left, sid))
-
-    def _left(self, sid: str, task: asyncio.Task[None]) -> None:
-        if self.leaves.get(sid) is task:
-            del self.leaves[sid]
-        if not task.cancelled() and task.exception() is not None:
-            log.error("deferred leave of %s failed: %r", sid, task.exception())
-
-    async def _leave_later(self, sid: str, identity: Identity, node: str,
-                           rooms: list[str]) -> None:
-        await asyncio.sleep(self.window)
-        # the claim: whoever deletes the record announces; a recovery deleted it already
-        for attempt in range(5):
-            try:
-                claimed = await self.state.drop(sid, node)
-                break
-            except StoreError:
-                await asyncio.sleep(1 + attempt)
-        else:
-            claimed = True  # the store is gone: announce rather than never
-        if claimed:
-            self.results["expired"] += 1
-            if self.on_leave is not None:
-                # the features see the rooms the session had, as at any leave
-                self.sio.gone_rooms[sid] = rooms
-                try:
-                    await self.on_leave(sid, identity)
-                finally:
-                    self.sio.gone_rooms.pop(sid, None)
 
     async def dead(self, sid: str, identity: Identity) -> bool:
         """A session of a node that died: True when its record says it may still recover
-        (its leave then waits for the window)."""
+        (its leave then waits for the window, from now)."""
         try:
             record = await self.state.get(sid)
+            if record is None:
+                return False
+            if record.live:
+                record.until = time.time() + self.window
+                return await self.state.disconnected(record, self.window + CLAIM_GRACE)
         except StoreError:
             return False
-        if record is None:
-            return False
-        self._defer_leave(sid, identity, record.node, record.rooms)
         return True
+
+    async def sweep(self) -> None:
+        """Announce the leaves of sessions whose window passed without a recovery: of any
+        node (a node that stopped or died cannot), each once (the claim deletes the
+        record: whoever deletes it announces)."""
+        for record in await self.state.due(time.time()):
+            if not await self.state.drop(record.sid, record.node):
+                continue
+            self.results["expired"] += 1
+            if self.on_leave is not None:
+                # the features see the rooms the session had, as at any leave
+                self.sio.gone_rooms[record.sid] = record.rooms
+                try:
+                    await self.on_leave(record.sid,
+                                        Identity(record.user, record.name, record.role))
+                finally:
+                    self.sio.gone_rooms.pop(record.sid, None)
 
     # ------------------------------------------------------------------ keeping records
     async def sync(self) -> None:
@@ -366,6 +344,7 @@ class RecoveryService:
             changed = list(self.records.values())
         if changed:
             await self.state.save_many(changed, self._live_ttl)
+        await self.sweep()
 
     async def on_emit(self, payload: dict[str, Any]) -> None:
         """A recorded emit from the cluster channel (no await: kept in order)."""
@@ -431,9 +410,6 @@ class RecoveryService:
         if taken is None:
             self.results["raced"] += 1
             return False
-        leave = self.leaves.pop(sid, None)
-        if leave is not None:
-            leave.cancel()
         ip = (environ or {}).get("REMOTE_ADDR", "")
         await self._restore(eio_sid, sid, secret, taken, identity, auth, ip)
         return True
@@ -540,8 +516,6 @@ class RecoveryService:
                      counter=True)
         yield Figure("rt_recovery_sessions", "Recoverable sessions connected to this node",
                      len(self.secrets))
-        yield Figure("rt_recovery_pending", "Disconnected sessions whose leave waits for "
-                     "their recovery window (this node)", len(self.leaves))
         data = self.state.figures_data()
         if "entries" in data:
             yield Figure("rt_recovery_log_entries", "Emits kept for recovery (this node's "
@@ -550,6 +524,8 @@ class RecoveryService:
                          "node's log)", data["bytes"])
             yield Figure("rt_recovery_log_evicted", "Emits dropped from the recovery log "
                          "(bounds or age)", data["evicted"], counter=True)
+            yield Figure("rt_recovery_pending", "Disconnected sessions whose leave waits for "
+                         "their recovery window", data["pending"])
         if "appended" in data:
             yield Figure("rt_recovery_log_appended", "Emits appended to the cluster's "
                          "recovery log by this node", data["appended"], counter=True)
@@ -560,10 +536,6 @@ class RecoveryService:
     async def close(self) -> None:
         if self._foreign_task is not None:
             self._foreign_task.cancel()
-        for task in list(self.leaves.values()):
-            task.cancel()
-        await asyncio.gather(*self.leaves.values(), return_exceptions=True)
-        self.leaves.clear()
 
 
 def build_state(settings: Any, backend: Any) -> RecoveryState:

@@ -319,3 +319,33 @@ async def test_emits_missed_on_a_lost_subscription_are_delivered_from_the_log(
         assert [d["n"] for d in client.rec.of("events")] == [0, 1, 2, 3, 4]
         assert 1 <= h.app.recovery.state.repaired <= 3  # some were missed, none twice
         assert manager is h.app.sio.manager
+
+
+async def test_leave_of_a_tab_that_never_returns_is_announced_by_another_node(
+        tmp_path, node_driver, redis_server):
+    """Its node drains and stops while the tab is away for good: when the window passes,
+    a node that stays announces the leave (once)."""
+    async with fleet(tmp_path, redis_server) as f:
+        f.env = {**f.env, "RT_RECOVERY_MAX_DISCONNECTION": "1"}
+        proc_a, a = await f.start("a")
+        _, b = await f.start("b")
+        tok_a, tok_b = await b.user("ann"), await b.user("bob")
+        await b.api("PUT", "/api/v1/notes/n1", {"owner": "ann", "write": ["bob"]})
+        proxy = await CutProxy(proc_a.port).start()
+        try:
+            ann = await node_driver.connect("ann", proxy.url, **opts(tok_a, reconnection=False))
+            bob = await node_driver.connect("bob", b.url, **opts(tok_b, reconnection=False))
+            for sock in (bob, ann):
+                await sock.emit("ydoc:document:join", {"document_id": "note:n1"})
+            await bob.wait_for("ydoc:user:joined", timeout=WAIT)
+            proxy.cut()
+            await ann.wait_disconnect(timeout=WAIT)
+            await asyncio.sleep(0.2)
+            assert await asyncio.to_thread(proc_a.stop) == 0
+            left = await bob.wait_for("ydoc:user:left", timeout=WAIT)
+            assert left[0]["user_id"] == "ann"
+            await asyncio.sleep(1.5)
+            assert len(bob.received("ydoc:user:left")) == 1
+            await bob.disconnect()
+        finally:
+            await proxy.stop()
