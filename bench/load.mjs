@@ -19,6 +19,7 @@ import { fileURLToPath } from "node:url";
 const here = dirname(fileURLToPath(import.meta.url));
 const require = createRequire(join(here, "..", "tests", "node", "package.json"));
 const { io } = require("socket.io-client");
+const Y = require("yjs");
 
 const SECRET = process.env.WEBUI_SECRET_KEY || "";
 
@@ -175,7 +176,7 @@ const commands = {
     const senders = clients.slice(0, k);
     const hist = new Hist();
     const errors = {};
-    let sent = 0, acked = 0, failed = 0, pending = 0;
+    let sent = 0, acked = 0, failed = 0, pending = 0, maxUs = 0;
     const interval = 1000 / rate_per_client;
     const t0 = nowUs();
     const stopAt = Date.now() + duration_ms;
@@ -190,7 +191,9 @@ const commands = {
           pending -= 1;
           if (err || (res && res.error)) { failed += 1; countError(errors, err ? err.message : res.error); return; }
           acked += 1;
-          hist.add(nowUs() - ts);
+          const us = nowUs() - ts;
+          hist.add(us);
+          if (us > maxUs) maxUs = us;
         });
         n += 1;
         setTimeout(tick, Math.max(0, start + n * interval - Date.now()));
@@ -201,7 +204,7 @@ const commands = {
     const t1 = nowUs();
     const drainUntil = Date.now() + timeout_ms + 500;
     while (pending > 0 && Date.now() < drainUntil) await sleep(10);
-    return { sent, acked, failed, errors, hist, t0, t1, lost: pending };
+    return { sent, acked, failed, errors, hist, t0, t1, lost: pending, max_us: maxUs };
   },
 
   // POST /api/v1/emit. mode "rate": `rate` requests/s for duration_ms; mode "closed":
@@ -288,6 +291,63 @@ const commands = {
     }
     const t1 = nowUs();
     return { sent, failed, errors, t0, t1 };
+  },
+
+  // One client floods for duration_ms (bench/flood.py): `kind` "typing" (events:channel
+  // typing), "yjs" (ydoc:document:update of a joined note, real Yjs updates), "garbage"
+  // (bursts of 200 events the server refuses, each ended by a malformed Socket.IO packet,
+  // which closes the connection). Events are emitted in bursts of `burst` as long as the socket's
+  // unsent output stays under max_buffered bytes (what the server does not read stays here);
+  // a connection the server closes is opened again.
+  async flood({ url, path, user, kind, channel, document_id, duration_ms, burst = 20000,
+                max_buffered = 4 << 20, timeout_ms = 10000 }) {
+    const stopAt = Date.now() + duration_ms;
+    const reasons = {};
+    let written = 0, connects = 0, buffered = 0;
+    const ydoc = new Y.Doc();
+    const text = ydoc.getText("t");
+    let lastUpdate = null;
+    ydoc.on("update", (u) => { lastUpdate = u; });
+    while (Date.now() < stopAt) {
+      const r = await connectOne(url, path, user, timeout_ms);
+      if (r.err) { countError(reasons, `connect: ${r.err}`); r.sock.close(); await sleep(100); continue; }
+      connects += 1;
+      const sock = r.sock;
+      let closed = false;
+      sock.on("disconnect", (reason) => { closed = true; countError(reasons, reason); });
+      if (kind === "yjs") {
+        try {
+          await sock.timeout(timeout_ms).emitWithAck("ydoc:document:join", { document_id });
+        } catch (e) { countError(reasons, `join: ${e.message || e}`); }
+      }
+      const ws = () => sock.io.engine && sock.io.engine.transport && sock.io.engine.transport.ws;
+      const unsent = () => { const w = ws(); return w ? w.bufferedAmount : 0; };
+      // garbage: the malformed packet after a short burst, or it would never be read
+      const size = kind === "garbage" ? Math.min(burst, 200) : burst;
+      while (!closed && Date.now() < stopAt) {
+        if (unsent() < max_buffered) {
+          for (let i = 0; i < size && !closed; i += 1) {
+            if (kind === "typing") {
+              sock.emit("events:channel", { channel_id: channel, data: { type: "typing", data: { n: i } } });
+            } else if (kind === "yjs") {
+              text.insert(text.length % 64, "x"); // one keystroke: one small incremental update
+              sock.emit("ydoc:document:update", { document_id, update: Array.from(lastUpdate) });
+            } else {
+              sock.emit(i % 2 ? "no-such-event" : "events:channel", { channel_id: 12345, junk: "\u0000".repeat(i % 50) });
+            }
+            written += 1;
+            if (i % 1000 === 999) await sleep(0); // let the socket write between chunks
+          }
+          if (kind === "garbage" && !closed) { sock.io.engine.write("4{not socket.io"); written += 1; }
+        }
+        await sleep(20);
+      }
+      buffered = unsent();
+      sock.removeAllListeners("disconnect");
+      sock.disconnect();
+      if (closed) await sleep(50);
+    }
+    return { written, connects, reasons, buffered_at_end: buffered };
   },
 
   async disconnect({ wait_ms = 3000 } = {}) {

@@ -36,6 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import flood  # the flood block (bench/flood.py), next to this script
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
@@ -219,8 +221,9 @@ def rss_bytes(pids: list[int]) -> int:
 class Server:
     """One benchmarked server as a child process on a free port of 127.0.0.1."""
 
-    def __init__(self, kind: str, run_dir: Path, tag: str):
+    def __init__(self, kind: str, run_dir: Path, tag: str, ini: str = APPLIANCE_INI):
         self.kind = kind
+        self.ini = ini  # the appliance's configuration
         self.run_dir = run_dir
         self.log_path = run_dir / f"{kind}-{tag}.log"
         self.proc: subprocess.Popen | None = None
@@ -228,8 +231,8 @@ class Server:
 
     def command(self) -> list[str]:
         if self.kind == "appliance":
-            ini = self.run_dir / "appliance.ini"
-            ini.write_text(APPLIANCE_INI)
+            ini = self.run_dir / f"appliance-{self.log_path.stem}.ini"
+            ini.write_text(self.ini)
             return [str(VENV_PY), str(ROOT / "appliance.py"), "serve", "--config", str(ini),
                     "--port", "0", "--data-dir", str(self.run_dir / "appliance-data")]
         if self.kind.startswith("pysio"):
@@ -906,8 +909,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--servers", default=",".join(SERVERS),
                     help="comma-separated, from appliance,pysio,node,pysio-deflate (the last: "
                          "uvicorn's out-of-the-box permessage-deflate)")
-    ap.add_argument("--blocks", default="connect,rtt,fanout",
-                    help="comma-separated subset of connect,rtt,fanout")
+    ap.add_argument("--blocks", default="connect,rtt,fanout,flood",
+                    help="comma-separated subset of connect,rtt,fanout,flood (flood: the "
+                         "appliance only, bench/flood.py)")
     ap.add_argument("--gen-check", action=argparse.BooleanOptionalAction, default=None,
                     help="rerun fan-out with twice the load processes (default: full mode only)")
     ap.add_argument("--install", action="store_true",
@@ -927,7 +931,7 @@ def main(argv: list[str] | None = None) -> int:
     servers = [s for s in args.servers.split(",") if s]
     blocks = [b for b in args.blocks.split(",") if b]
     if any(s not in SERVERS + OPTIONAL_SERVERS for s in servers) or any(
-            b not in ("connect", "rtt", "fanout") for b in blocks):
+            b not in ("connect", "rtt", "fanout", "flood") for b in blocks):
         ap.error("unknown server or block")
 
     global DEADLINE
@@ -940,6 +944,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = None
     failure = None
     gen_check = None
+    flood_block = None
     info = {}
     try:
         preflight(args.install)
@@ -998,6 +1003,9 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 for s in live.values():
                     s.stop()
+        if "flood" in blocks and "appliance" in servers:
+            log("flood block (appliance)")
+            flood_block = flood.run_block(sys.modules[__name__], mode, run_dir, args.rounds)
     except KeyboardInterrupt as exc:
         failure = f"interrupted ({exc})"
     except BenchError as exc:
@@ -1012,25 +1020,40 @@ def main(argv: list[str] | None = None) -> int:
                 w.close()
         end_all()
 
-    if bench is None or not bench.raw:
+    if bench is None or not (bench.raw or flood_block):
         log(f"no results: {failure}")
         return 1
     if failure:
         bench.notes.append(f"INCOMPLETE RUN: {failure}")
     elapsed = time.monotonic() - started
-    summary = summarise(bench)
-    text = render(bench, info, mode, summary, elapsed, gen_check)
+    day = dt.date.today().isoformat()
+    flood_summary = flood_text = None
+    if flood_block:
+        flood_summary = flood.summarise(sys.modules[__name__], flood_block)
+        flood_text = flood.render(sys.modules[__name__], flood_block, flood_summary)
+    summary: dict = {}
+    if bench.raw:
+        summary = summarise(bench)
+        text = render(bench, info, mode, summary, elapsed, gen_check)
+        if flood_text:
+            text += "\n" + flood_text
+    else:  # the flood block alone
+        text = (f"# flood — {day} ({mode})\n\nMachine: {info.get('cpu_model')}, "
+                f"{info.get('nproc')} cores, load average at the end "
+                f"{os.getloadavg()[0]:.2f}.\n\n" + (flood_text or "")
+                + "".join(f"\n- {n}" for n in bench.notes))
     print(text)
     if not args.no_write:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        day = dt.date.today().isoformat()
-        md = RESULTS / (f"{day}.md" if mode == "full" else f"{day}-{mode}.md")
+        suffix = "" if mode == "full" else f"-{mode}"
+        md = RESULTS / (f"{day}{suffix}.md" if bench.raw else f"{day}-flood{suffix}.md")
         md.write_text(text)
         (RESULTS / "latest.json").write_text(json.dumps({
             "mode": mode, "profile": prof, "machine": info, "servers": servers,
             "elapsed_s": elapsed, "complete": failure is None, "notes": bench.notes,
             "median": summary, "rounds": bench.raw, "generator_cpu": bench.gen,
             "generator_check": gen_check, "markdown": md.name,
+            "flood": flood_block and {"summary": flood_summary, **flood_block},
         }, indent=1, sort_keys=True))
         log(f"wrote {md.relative_to(ROOT)} and bench/results/latest.json")
     if failure is None:

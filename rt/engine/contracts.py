@@ -17,6 +17,8 @@ MessageHandler = Callable[..., Awaitable[Any]]
 class EngineStats:
     """Counters since start, read by the app's /metrics (EngineServer.stats())."""
 
+    # messages handed to the message handler (Socket.IO packets and attachments)
+    messages_in: int = 0
     # sessions closed because their unsent output passed max_outbound_bytes
     slow_consumers: int = 0
     # sessions closed for input that is not Engine.IO / Socket.IO / RFC 6455
@@ -63,7 +65,8 @@ class WsTransport(Protocol):
 
     def send_frame(self, data: str | bytes) -> None: ...
 
-    def close_transport(self, code: int | None = None, reason: str | None = None) -> None: ...
+    def close_transport(self, code: int | None = None, reason: str | None = None,
+                        now: bool = False) -> None: ...
 
     def pause_reading(self) -> None: ...
 

@@ -305,7 +305,9 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
     def _sent(self, size: int) -> None:
         self._pending_bytes -= size
 
-    def close_transport(self, code: int | None = None, reason: str | None = None) -> None:
+    def close_transport(self, code: int | None = None, reason: str | None = None,
+                        now: bool = False) -> None:
+        # Tornado's closing handshake has its own timeout; `now` changes nothing here
         if not self._closing:
             self._closing = True
             self.close(code, reason)

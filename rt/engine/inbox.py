@@ -93,6 +93,7 @@ class Inbox:
                     await owner.server.fire_disconnect(owner.sid, owner.close_reason or "")
                     return
                 self.bytes -= len(item)
+                owner.server.counters.messages_in += 1
                 try:
                     await owner.server.on_message(owner.sid, item)
                 except asyncio.CancelledError:

@@ -44,10 +44,11 @@ log = logging.getLogger("rt.conn")
 Reason = _EioBase.reason
 
 _PONG_PROBE = "3probe"
-# websocket close codes (RFC 6455 §7.4.1) with the reasons a client's close event shows
-WS_INVALID_PACKET = (1002, "invalid packet")
-WS_OUTBOUND_FULL = (1008, "outbound buffer full")
-WS_FLOOD = (1008, "inbound flood")
+# websocket close codes (RFC 6455 §7.4.1) with the reasons a client's close event shows,
+# and whether what the client still sends is dropped unread (a flood is not parsed on)
+WS_INVALID_PACKET = (1002, "invalid packet", False)
+WS_OUTBOUND_FULL = (1008, "outbound buffer full", False)
+WS_FLOOD = (1008, "inbound flood", True)
 
 
 def ws_frame_of(pkt: Packet) -> bytes:
@@ -441,11 +442,13 @@ class EngineSession:
 
     # ---------------------------------------------------------------- close
     def close(self, reason: str = Reason.SERVER_DISCONNECT, notify_client: bool = True,
-              drop_pending: bool = False, ws_close: tuple[int, str] | None = None) -> None:
+              drop_pending: bool = False, ws_close: tuple[int, str, bool] | None = None
+              ) -> None:
         """Close once. The disconnect handler runs after messages received before.
         `drop_pending`: a message being handled was a protocol error (found above
         Engine.IO), or the client flooded, so those received after it are dropped, as the
-        reference server does. `ws_close`: the close code and reason of a websocket."""
+        reference server does. `ws_close`: the close code and reason of a websocket, and
+        whether to stop reading it at once."""
         if drop_pending:
             self.inbox.drop_pending()
         if self.closed:
@@ -472,7 +475,7 @@ class EngineSession:
             self._upgrade_handle = None
         if self.ws is not None:
             # buffered frames (a DISCONNECT, a refused CONNECT) go out before the close
-            if ws_close is not None:
+            if ws_close is not None:  # the client broke the rules: say which
                 self.ws.close_transport(*ws_close)
             else:
                 self.ws.close_transport()

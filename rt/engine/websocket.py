@@ -83,7 +83,8 @@ class WebSocket(asyncio.Protocol):
 
     __slots__ = ("max_message", "max_outbound", "stats", "session", "probed",
                  "transport", "_buf", "_fragments", "_fragment_op", "_fragment_size",
-                 "_closing", "_close_timer", "_lost", "_held", "_turn_held", "_reading")
+                 "_closing", "_close_timer", "_lost", "_held", "_turn_held", "_reading",
+                 "_dropped")
 
     def __init__(self, max_message: int, max_outbound: int, stats: EngineStats):
         self.max_message = max_message
@@ -103,6 +104,7 @@ class WebSocket(asyncio.Protocol):
         self._held = False  # the session stopped reading (pause_reading)
         self._turn_held = False  # the rest of a read waits for the next turn of the loop
         self._reading = True  # whether the transport reads the socket now
+        self._dropped = False  # closed without waiting for the client: nothing more is read
 
     # ---------------------------------------------------------------- asyncio
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -114,6 +116,8 @@ class WebSocket(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
+        if self._dropped:
+            return
         self._buf += data
         if self.session is not None and not self._held and not self._turn_held:
             self._parse()
@@ -211,13 +215,26 @@ class WebSocket(asyncio.Protocol):
         else:
             transport.pause_reading()
 
-    def close_transport(self, code: int | None = None, reason: str | None = None) -> None:
+    def close_transport(self, code: int | None = None, reason: str | None = None,
+                        now: bool = False) -> None:
         """Start the closing handshake: our close frame after what is queued, then the
-        client's answer closes the connection (or the timeout drops it)."""
+        client's answer closes the connection (or the timeout drops it). `now`: a client
+        that broke the rules (garbage, a flood) is not parsed any more: what it sends is
+        dropped as it arrives, and our side of the connection is shut after the close
+        frame. (Closing the socket with its data unread would reset the connection, and
+        the client could lose the close frame that says why.)"""
         if self._closing or self.transport is None:
             return
         self._closing = True
+        transport = self.transport
         self._write_control(OP_CLOSE, _close_payload(code, reason))
+        if now:
+            self._dropped = True
+            self._buf = bytearray()
+            self._fragments = None
+            self._turn_held = False
+            if transport.can_write_eof():
+                transport.write_eof()
         loop = asyncio.get_running_loop()
         self._close_timer = loop.call_later(CLOSE_TIMEOUT_S, self._abort)
         # what the client sent before our close is discarded (RFC 6455 §1.4); reading on
@@ -257,7 +274,7 @@ class WebSocket(asyncio.Protocol):
     def _parse(self) -> None:
         buf = self._buf
         frames = 0
-        while not self._lost and not self._held:
+        while not self._lost and not self._held and not self._dropped:
             if frames == FRAMES_PER_TURN:
                 # a read of many small frames: the rest in the next turn, after the other
                 # connections' callbacks; the socket is not read meanwhile

@@ -158,9 +158,14 @@ def install_echo(h) -> None:
     h.app.sio.on(ECHO, echo)
 
 
+# Connection state recovery (on by default) adds an offset to every event; the exact wire
+# forms of the transport are checked without it (tests/integration/test_recovery*.py cover it)
+NO_RECOVERY = "[recovery]\nenabled = false\n"
+
+
 @contextlib.asynccontextmanager
 async def raw_appliance(tmp_path, ini: str = ""):
-    async with running(tmp_path, ini=ini) as h:
+    async with running(tmp_path, ini=NO_RECOVERY + ini) as h:
         raw = Raw(h)
         try:
             yield h, raw
