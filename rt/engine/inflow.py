@@ -19,8 +19,13 @@ from .options import EngineOptions
 
 # A session's consumer hands at most this many messages, or this much time, to the
 # handlers in one turn of the event loop, then lets the other sessions' work in.
-TURN_MESSAGES = 16
-TURN_SECONDS = 0.002
+TURN_MESSAGES = 8
+TURN_SECONDS = 0.001
+
+# A new session starts with this much of its packet burst (the rest comes back at the
+# budget's rate): a browser opening the app sends a handful of packets, while a client that
+# reconnects to flood would otherwise get a whole fresh burst with every connection.
+NEW_SESSION_PACKETS = 50
 
 # Messages received but not handled yet: at this many (or bytes) the session stops reading;
 # it reads again once the handlers have worked the backlog down to half.
@@ -47,7 +52,7 @@ class InboundBudget:
     __slots__ = ("_packets", "_bytes", "_stamp", "held_since")
 
     def __init__(self, options: EngineOptions, now: float):
-        self._packets = float(options.inbound_burst)
+        self._packets = float(min(options.inbound_burst, NEW_SESSION_PACKETS))
         self._bytes = float(_byte_capacity(options))
         self._stamp = now
         self.held_since: float | None = None  # start of the current run at the budget

@@ -21,11 +21,12 @@ class EngineOptions:
     max_outbound_bytes: int = 16 * 1024 * 1024
     # Inbound budget per session (inflow.py). Above the rate the engine stops reading the
     # client's socket (TCP backpressure; a polling POST is answered later) instead of
-    # decoding and refusing what it sends. Every inbound packet counts (messages, pongs,
-    # noops, websocket pings). Twice the gateway's default events_per_second: a client the
-    # gateway would serve is never slowed here.
-    inbound_rate: float = 200.0
-    inbound_burst: int = 400
+    # decoding and refusing what it sends. Every inbound packet counts (messages, binary
+    # attachments, pongs, noops, websocket pings). The gateway's default events_per_second
+    # and events_burst: a flood is slowed here, before any of it is decoded, rather than
+    # refused there one event at a time (each refusal being decoded, handled and answered).
+    inbound_rate: float = 100.0
+    inbound_burst: int = 200
     # bytes: sustained rate, and what a session may send at once (never below max_payload,
     # so one largest message always fits)
     inbound_bytes_rate: float = 1024 * 1024

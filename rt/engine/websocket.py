@@ -46,6 +46,8 @@ CLOSE_TIMEOUT_S = 5.0
 
 # frames parsed per turn of the event loop; the rest of a big read waits for the next turn
 FRAMES_PER_TURN = 64
+# data frames parsed (to find the client's close frame) after ours before the rest is dropped
+DISCARD_PARSED = 64
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 # base64 of 16 bytes (RFC 6455 §4.2.1 item 5); the reference server's check
@@ -84,7 +86,7 @@ class WebSocket(asyncio.Protocol):
     __slots__ = ("max_message", "max_outbound", "stats", "session", "probed",
                  "transport", "_buf", "_fragments", "_fragment_op", "_fragment_size",
                  "_closing", "_close_timer", "_lost", "_held", "_turn_held", "_reading",
-                 "_dropped")
+                 "_dropped", "_discarded")
 
     def __init__(self, max_message: int, max_outbound: int, stats: EngineStats):
         self.max_message = max_message
@@ -104,7 +106,8 @@ class WebSocket(asyncio.Protocol):
         self._held = False  # the session stopped reading (pause_reading)
         self._turn_held = False  # the rest of a read waits for the next turn of the loop
         self._reading = True  # whether the transport reads the socket now
-        self._dropped = False  # closed without waiting for the client: nothing more is read
+        self._dropped = False  # closing: what the client sends is dropped unread
+        self._discarded = 0  # data frames parsed and discarded while closing
 
     # ---------------------------------------------------------------- asyncio
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -226,21 +229,26 @@ class WebSocket(asyncio.Protocol):
         if self._closing or self.transport is None:
             return
         self._closing = True
-        transport = self.transport
         self._write_control(OP_CLOSE, _close_payload(code, reason))
         if now:
-            self._dropped = True
-            self._buf = bytearray()
-            self._fragments = None
-            self._turn_held = False
-            if transport.can_write_eof():
-                transport.write_eof()
+            self._drop()
         loop = asyncio.get_running_loop()
         self._close_timer = loop.call_later(CLOSE_TIMEOUT_S, self._abort)
         # what the client sent before our close is discarded (RFC 6455 §1.4); reading on
         # is how its close frame is seen
         self._held = False
         self._update_reading()
+
+    def _drop(self) -> None:
+        """Read on, but only to drop what arrives, and shut our side after the close frame:
+        the client sees the close, then the end of the stream."""
+        self._dropped = True
+        self._buf = bytearray()
+        self._fragments = None
+        self._turn_held = self._held = False
+        self._update_reading()
+        if self.transport is not None and self.transport.can_write_eof():
+            self.transport.write_eof()
 
     def _abort(self) -> None:
         self._close_timer = None
@@ -327,7 +335,12 @@ class WebSocket(asyncio.Protocol):
         if opcode == OP_CLOSE:
             return self._on_close_frame(payload)
         if self._closing:
-            return  # after our close frame, data is discarded (RFC 6455 §1.4)
+            # after our close frame, data is discarded (RFC 6455 §1.4); a client that goes
+            # on sending is not parsed any further
+            self._discarded += 1
+            if self._discarded > DISCARD_PARSED:
+                self._drop()
+            return
         if opcode == OP_CONTINUATION:
             if self._fragments is None:
                 return self._fail(PROTOCOL_ERROR, "continuation without a message")

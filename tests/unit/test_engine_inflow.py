@@ -8,7 +8,7 @@ import dataclasses
 
 import pytest
 
-from rt.engine.inflow import INBOX_MESSAGES, TURN_MESSAGES, InboundBudget
+from rt.engine.inflow import INBOX_MESSAGES, NEW_SESSION_PACKETS, TURN_MESSAGES, InboundBudget
 from rt.engine.server import EngineOptions, EngineServer
 
 OPTS = EngineOptions(inbound_rate=10.0, inbound_burst=5, inbound_bytes_rate=1000.0,
@@ -23,6 +23,16 @@ def test_budget_allows_the_burst_then_asks_for_the_refill_time():
     assert budget.held_since == 0.0
     # after the refill time the budget is back at zero: one more is fine
     assert budget.charge(OPTS, 10, 0.3) == 0.0
+
+
+def test_a_new_session_starts_with_part_of_its_burst():
+    opts = dataclasses.replace(OPTS, inbound_burst=10 * NEW_SESSION_PACKETS)
+    budget = InboundBudget(opts, now=0.0)
+    assert all(budget.charge(opts, 1, 0.0) == 0.0 for _ in range(NEW_SESSION_PACKETS))
+    assert budget.charge(opts, 1, 0.0) > 0.0  # a reconnect does not buy a whole burst
+    budget = InboundBudget(opts, now=0.0)
+    later = 10 * NEW_SESSION_PACKETS / opts.inbound_rate  # the rest comes back at the rate
+    assert all(budget.charge(opts, 1, later) == 0.0 for _ in range(10 * NEW_SESSION_PACKETS))
 
 
 def test_budget_counts_bytes_and_one_largest_message_always_fits():
