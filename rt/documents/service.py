@@ -56,7 +56,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import pycrdt
 
 from .. import payloads as p
 from .. import rooms
@@ -68,6 +67,7 @@ from ..core.tasks import TaskGroup
 from ..directory import note_document_id
 from ..metrics import Figure
 from ..rights import DirectoryRights
+from .memory import LoadedDocument
 from .yjs import (
     EMPTY_UPDATE,
     InvalidUpdate,
@@ -130,36 +130,7 @@ class Editor:
     user_name: str
     user_color: str | None
     identity: Identity  # access is re-checked with it when rights change
-
-
-class _Document:
-    """One document in memory; every field is guarded by `lock` once loaded."""
-
-    def __init__(self, document_id: str):
-        self.id = document_id
-        self.lock = asyncio.Lock()
-        self.refs = 0  # operations and tasks using it: it stays in memory while > 0
-        self.ydoc: pycrdt.Doc | None = None  # None = (re)load from the store at next use
-        self.sv: dict[int, int] = {}
-        self.pairs: dict[int, set[int]] = {}  # surrogate pairs of its strings (see UpdateShape)
-        self.exists = False  # stored
-        self.snapshot_bytes = 0
-        self.log_count = 0  # stored updates since the snapshot
-        self.log_bytes = 0
-        self.last_seq = 0
-        self.content: str | None = None  # stored rendered content, JSON text
-        self.updated_at: float | None = None
-        self.compacting = False
-
-    def loaded(self) -> pycrdt.Doc:
-        """The in-memory Yjs document: only under `lock`, after CollabService._load."""
-        if self.ydoc is None:
-            raise RuntimeError(f"document {self.id!r} is used before it is loaded")
-        return self.ydoc
-
-    @property
-    def stored_bytes(self) -> int:
-        return self.snapshot_bytes + self.log_bytes
+    level: str = "read"  # "write" or "read", decided at join, re-decided on an ACL change
 
 
 def directory_note_access(store: Store) -> NoteAccess:
@@ -175,7 +146,8 @@ def directory_note_access(store: Store) -> NoteAccess:
 class CollabService:
     def __init__(self, emitter, store: Store, settings: Callable[[], Any], limits=None,
                  clock: Callable[[], float] = time.time, registry=None,
-                 note_access: NoteAccess | None = None, on_content: ContentHook | None = None):
+                 note_access: NoteAccess | None = None, on_content: ContentHook | None = None,
+                 shared: bool = False):
         self.emitter = emitter
         # cluster-wide editors (the `sessions` of a state, leaves of sessions whose node
         # died); `editors` below is this node's own view, used for access decisions
@@ -188,7 +160,10 @@ class CollabService:
         # the one place rights to a note are decided; the one place stored content goes
         self.note_access = note_access or directory_note_access(store)
         self.on_content = on_content
-        self.docs: dict[str, _Document] = {}
+        # several nodes append to the store's log (Redis): a kept copy catches up before
+        # it answers (joins, states, the HTTP API, updates that build on others')
+        self.shared = shared
+        self.docs: dict[str, LoadedDocument] = {}
         self.editors: dict[str, dict[str, Editor]] = {}  # document → sid → editor
         self.joined: dict[str, set[str]] = {}  # sid → documents (the per-sid index)
         self.pending_content: dict[str, str] = {}  # document → JSON text not yet stored
@@ -213,9 +188,10 @@ class CollabService:
         raise p.Forbidden("no access to this document")
 
     async def _writer(self, sid: str, identity: Identity, document_id: str) -> None:
-        """The sender joined the document and may write to it now."""
-        self._editor(sid, document_id)
-        if await self.access(identity, document_id) != "write":
+        """The sender joined the document and may write to it: the right decided at its
+        join (re-decided whenever the note's rights change: recheck_access), so an update
+        costs no question to the store or to open-webui."""
+        if self._editor(sid, document_id).level != "write":
             raise p.Forbidden("read-only access to this document")
 
     def _editor(self, sid: str, document_id: str) -> Editor:
@@ -232,20 +208,20 @@ class CollabService:
 
     # ------------------------------------------------------------------ events
     async def join(self, sid: str, identity, document_id: str, color: str | None) -> dict:
-        await self.access(identity, document_id)
+        level = await self.access(identity, document_id)
         room = rooms.document(document_id)
         first = sid not in self.editors.get(document_id, {})
         if first and self.limits is not None:
             self.limits.check_documents(len(self.joined.get(sid, ())))
             self.limits.check_rooms(len(self.sio.rooms(sid)))
         async with self._use(document_id) as doc, doc.lock:
-            await self._load(doc, fresh=True)
+            await self._current(doc)
             if not self._connected(sid):
                 return {"ok": False}
             # in the room before the state is taken: every later update reaches it
             await self.sio.enter_room(sid, room)
             editors = self.editors.setdefault(document_id, {})
-            editors[sid] = Editor(sid, identity.id, identity.name, color, identity)
+            editors[sid] = Editor(sid, identity.id, identity.name, color, identity, level)
             self.joined.setdefault(sid, set()).add(document_id)
             await self.registry.add(document_id, sid, {
                 "user_id": identity.id, "user_name": identity.name, "user_color": color})
@@ -259,14 +235,17 @@ class CollabService:
     async def state(self, sid: str, identity, document_id: str) -> None:
         self._editor(sid, document_id)
         async with self._use(document_id) as doc, doc.lock:
-            await self._load(doc, fresh=True)
+            await self._current(doc)
             await self._send_state(sid, doc)
 
-    async def _send_state(self, sid: str, doc: _Document) -> None:
+    async def _send_state(self, sid: str, doc: LoadedDocument) -> None:
+        """The whole state, encoded once per change (memory.py). Binary: one attachment,
+        which the open-webui editor reads as it reads a list."""
+        state = await doc.joiner_state()
         # `content` lets open-webui's editor seed an empty document from the last rendered
         # content when its own copy of the note is older (0.12.4 sends it on join)
         await self.emitter.emit("ydoc:document:state", {
-            "document_id": doc.id, "state": list(doc.loaded().get_update()),
+            "document_id": doc.id, "state": state,
             "sessions": await self.registry.sessions(doc.id),
             "content": self._latest_content(doc)}, sids=[sid])
 
@@ -282,19 +261,19 @@ class CollabService:
             return {"ok": True}
         shape = self._inspect(update)
         async with self._use(document_id) as doc, doc.lock:
-            await self._load(doc)
+            await self._ready(doc)
             self._editor(sid, document_id)  # still joined after the waits
             if doc.stored_bytes + len(update) > s.max_document_bytes and doc.log_count:
                 await self._compact(doc)  # merged, the log is often much smaller
             self._check_size(doc, update)
             if missing_dependencies(shape, doc.sv) is not None:
                 # in cluster mode another node may have stored what this update builds on
-                await self._load(doc, fresh=True)
+                await self._current(doc)
             self._apply(doc, update, shape)
             try:
                 seq = await self.store.append_update(document_id, update)
             except BaseException:
-                doc.ydoc = None  # holds an update the store may not have: reload
+                doc.drop()  # holds an update the store may not have: reload
                 raise
             await self._accepted(sid, identity, doc, seq, update, wire)
         if text is not None:
@@ -313,20 +292,20 @@ class CollabService:
         text = _content_text(content, s.max_document_bytes)
         shape = None if update == EMPTY_UPDATE else self._inspect(update)
         async with self._use(document_id) as doc, doc.lock:
-            await self._load(doc, fresh=True)  # another node may have seeded it already
+            await self._current(doc)  # another node may have seeded it already
             self._editor(sid, document_id)
             if doc.last_seq or shape is None:
-                return doc.loaded().get_update()
+                return await doc.encode()
             self._check_size(doc, update)
             self._apply(doc, update, shape)
             try:
                 seq = await self.store.append_first_update(document_id, update)
             except BaseException:
-                doc.ydoc = None
+                doc.drop()
                 raise
             if seq is None:  # another node seeded it since the load: its seed won
-                await self._load(doc, fresh=True)
-                return doc.loaded().get_update()
+                await self._current(doc)
+                return await doc.encode()
             await self._accepted(sid, identity, doc, seq, update, wire)
         if text is not None:
             await self._set_content(document_id, text, identity)
@@ -350,31 +329,36 @@ class CollabService:
             self.counts["refused"] += 1
             raise p.BadRequest(f"invalid update: {exc}") from None
 
-    def _check_size(self, doc: _Document, update: bytes) -> None:
+    def _check_size(self, doc: LoadedDocument, update: bytes) -> None:
         if doc.stored_bytes + len(update) > self.settings().max_document_bytes:
             raise p.TooLarge("the document would be larger than max_document_bytes")
 
-    async def _accepted(self, sid: str, identity: Identity, doc: _Document, seq: int,
+    async def _accepted(self, sid: str, identity: Identity, doc: LoadedDocument, seq: int,
                         update: bytes, wire: Any) -> None:
         """Under doc.lock, once the store has the update as `seq`: bookkeeping, the relay
         and, past the threshold, a compaction."""
+        doc.changed()
         if seq != doc.last_seq + 1:
-            doc.ydoc = None  # other nodes appended meanwhile: catch up at next use
+            # other nodes appended meanwhile: this copy catches up from its own last_seq
+            # at next use (this update again among them: applying it twice changes nothing)
+            doc.behind = True
+        else:
+            doc.last_seq = seq
+            doc.log_count += 1
+            doc.log_bytes += len(update)
         doc.exists = True
-        doc.last_seq = seq
-        doc.log_count += 1
-        doc.log_bytes += len(update)
         doc.updated_at = self.clock()
         self.counts["accepted"] += 1
-        # relayed in the order accepted, before any later update or join
+        # relayed in the order accepted, before any later update or join; as binary (one
+        # attachment, whatever form it came in: a list of ints costs every encoder a pass)
         await self.emitter.to_room("ydoc:document:update", {
-            "document_id": doc.id, "user_id": identity.id, "update": wire,
+            "document_id": doc.id, "user_id": identity.id, "update": update,
             "socket_id": sid}, rooms.document(doc.id), skip_sid=sid)
         if doc.log_count > self.settings().compaction_threshold and not doc.compacting:
             doc.compacting = True
             self.tasks.spawn(f"compact {doc.id}", self._compact_soon(doc.id))
 
-    def _apply(self, doc: _Document, update: bytes, shape: UpdateShape) -> None:
+    def _apply(self, doc: LoadedDocument, update: bytes, shape: UpdateShape) -> None:
         why = missing_dependencies(shape, doc.sv)
         if why is None and splits_pair(shape, doc.pairs):
             why = "it cuts a character in two (a UTF-16 surrogate pair)"
@@ -392,7 +376,7 @@ class CollabService:
             log.info("update refused by pycrdt for %s: %s", doc.id, exc)
             ok = False
         if not ok:
-            doc.ydoc = None  # may hold part of the update: rebuilt from the store
+            doc.drop()  # may hold part of the update: rebuilt from the store
             self.counts["refused"] += 1
             raise p.BadRequest("invalid update: it does not apply to the document")
         doc.sv = sv
@@ -447,26 +431,34 @@ class CollabService:
         """Rights to the document may have changed (an ACL edited, the note deleted): this
         node's editors who may no longer read it leave it. Whoever learns of a change
         calls this; the directory does through `note_changed`."""
-        allowed: dict[Identity, bool] = {}  # one decision per user, not per tab
+        levels: dict[Identity, str | None] = {}  # one decision per user, not per tab
         for sid, editor in list(self.editors.get(document_id, {}).items()):
-            if editor.identity not in allowed:
-                allowed[editor.identity] = await self._may_read(editor.identity, document_id)
-            if not allowed[editor.identity]:
+            if editor.identity not in levels:
+                levels[editor.identity] = await self._level(editor.identity, document_id)
+            level = levels[editor.identity]
+            if level is None:
                 await self.sio.leave_room(sid, rooms.document(document_id))
                 await self._left(sid, document_id)
+            else:
+                editor.level = level
 
-    async def _may_read(self, identity: Identity, document_id: str) -> bool:
+    async def recheck_all(self) -> None:
+        """Every open document's editors re-decided (open-webui says nothing when a note's
+        rights change: the app's re-verification loop calls this)."""
+        for document_id in list(self.editors):
+            await self.recheck_access(document_id)
+
+    async def _level(self, identity: Identity, document_id: str) -> str | None:
         try:
-            await self.access(identity, document_id)
-            return True
+            return await self.access(identity, document_id)
         except p.EventError:
-            return False
+            return None
         except StoreError as exc:
             # rights that cannot be confirmed are not kept: a wrong leave costs a re-join,
             # a wrong stay would leak what the user may no longer see
             log.warning("re-checking access to %s failed, the editor leaves: %s",
                         document_id, exc)
-            return False
+            return None
 
     async def note_changed(self, note_id: str, note) -> None:
         """The directory's hook: a note's ACL changed (`note`) or it was deleted (None)."""
@@ -475,10 +467,10 @@ class CollabService:
     # ------------------------------------------------------------------ HTTP API
     async def get_document(self, document_id: str) -> dict | None:
         async with self._use(document_id) as doc, doc.lock:
-            await self._load(doc)
+            await self._current(doc)  # every node answers with every acked update
             if not doc.exists:
                 return None
-            state = doc.loaded().get_update()
+            state = await doc.joiner_state()
             return {"document_id": document_id,
                     "state_b64": base64.b64encode(state).decode(),
                     "content": self._latest_content(doc),
@@ -488,7 +480,7 @@ class CollabService:
         async with self._use(document_id) as doc, doc.lock:
             self._drop_content(document_id)
             found = await self.store.delete_document(document_id)
-            doc.ydoc = None
+            doc.drop()
             for sid in list(self.editors.get(document_id, {})):
                 self._forget(sid, document_id)
             await self.sio.close_room(rooms.document(document_id))
@@ -504,10 +496,10 @@ class CollabService:
 
     # ------------------------------------------------------------------ loading, memory
     @contextlib.asynccontextmanager
-    async def _use(self, document_id: str) -> AsyncIterator[_Document]:
+    async def _use(self, document_id: str) -> AsyncIterator[LoadedDocument]:
         doc = self.docs.get(document_id)
         if doc is None:
-            doc = self.docs[document_id] = _Document(document_id)
+            doc = self.docs[document_id] = LoadedDocument(document_id)
         doc.refs += 1
         try:
             yield doc
@@ -520,58 +512,42 @@ class CollabService:
         if doc is not None and doc.refs == 0 and document_id not in self.editors:
             del self.docs[document_id]  # stored: loaded again at next use
 
-    async def _load(self, doc: _Document, fresh: bool = False) -> None:
-        """Under doc.lock: the in-memory document is the stored one. `fresh` reads the
-        store again even when the document is in memory: with several nodes on one Redis,
-        other nodes append to the same log (joins, and updates that build on them)."""
-        if doc.ydoc is not None and not fresh:
-            return
-        stored = await self.store.load_document(doc.id)
-        ydoc: pycrdt.Doc = pycrdt.Doc()
-        doc.pairs = {}
-        if stored is None:
-            doc.exists, doc.snapshot_bytes, doc.log_count, doc.log_bytes = False, 0, 0, 0
-            doc.last_seq, doc.content, doc.updated_at = 0, None, None
+    async def _ready(self, doc: LoadedDocument) -> None:
+        """Under doc.lock: loaded (from memory when it is kept)."""
+        if doc.ydoc is None:
+            await doc.load(self.store)
+        elif doc.behind:
+            await doc.catch_up(self.store)
+
+    async def _current(self, doc: LoadedDocument) -> None:
+        """Under doc.lock: loaded, with every update any node stored."""
+        if self.shared:
+            await doc.catch_up(self.store)
         else:
-            parts = ([stored.snapshot] if stored.snapshot else []) + list(stored.updates)
-            _replay(ydoc, doc.id, parts)
-            for part in parts:
-                try:
-                    _add_pairs(doc.pairs, inspect_update(part).pairs)
-                except InvalidUpdate:
-                    pass  # an empty snapshot; a log from before validation existed
-            doc.exists = True
-            doc.snapshot_bytes = len(stored.snapshot or b"")
-            doc.log_count = len(stored.updates)
-            doc.log_bytes = sum(len(u) for u in stored.updates)
-            doc.last_seq = stored.last_seq
-            doc.content = stored.content
-            doc.updated_at = stored.updated_at
-        doc.sv = decode_state_vector(ydoc.get_state())
-        doc.ydoc = ydoc
+            await self._ready(doc)
 
     async def _compact_soon(self, document_id: str) -> None:
         async with self._use(document_id) as doc, doc.lock:
             try:
-                await self._load(doc)
+                await self._ready(doc)
                 if doc.log_count > self.settings().compaction_threshold:
                     await self._compact(doc)
             finally:
                 doc.compacting = False
 
-    async def _compact(self, doc: _Document) -> None:
+    async def _compact(self, doc: LoadedDocument) -> None:
         """Under doc.lock: the whole stored log so far becomes one snapshot. Read fresh from
         the store first, so that the snapshot holds every update up to `last_seq` even when
         other nodes appended some; the store keeps those appended after it."""
-        await self._load(doc, fresh=True)
-        snapshot = doc.loaded().get_update()
+        await self._current(doc)
+        snapshot = await doc.joiner_state()
         await self.store.compact_document(doc.id, doc.last_seq, snapshot)
         doc.snapshot_bytes, doc.log_count, doc.log_bytes = len(snapshot), 0, 0
         self.counts["compactions"] += 1
         log.debug("compacted %s into %d bytes", doc.id, len(snapshot))
 
     # ------------------------------------------------------------------ rendered content
-    def _latest_content(self, doc: _Document) -> Any:
+    def _latest_content(self, doc: LoadedDocument) -> Any:
         """The rendered content last sent (stored or still debounced), None when none."""
         text = self.pending_content.get(doc.id, doc.content)
         return orjson.loads(text) if text is not None else None
@@ -644,19 +620,3 @@ class CollabService:
 def _add_pairs(into: dict[int, set[int]], pairs: dict[int, set[int]]) -> None:
     for client, clocks in pairs.items():
         into.setdefault(client, set()).update(clocks)
-
-
-def _replay(ydoc: pycrdt.Doc, document_id: str, parts: list[bytes]) -> None:
-    if not parts:
-        return
-    try:
-        ydoc.apply_update(pycrdt.merge_updates(*parts) if len(parts) > 1 else parts[0])
-        return
-    except Exception:
-        log.exception("stored document %s does not load in one piece; replaying its "
-                      "updates one by one", document_id)
-    for index, part in enumerate(parts):
-        try:
-            ydoc.apply_update(part)
-        except Exception:
-            log.error("stored update #%d of %s is unreadable; skipped", index, document_id)
