@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from rt.encryption.events import EncryptionEvents
 from rt.app import Appliance
 from rt.auth import Identity
 from rt.backends.encryption_state import MemoryRelayState, RedisRelayState
 from rt.encryption.delivery import Publish, SidDelivery
+from rt.encryption.events import EncryptionEvents
 from rt.encryption.service import EncryptionRelay
 from tests.support.appliance import WAIT, Client
 
