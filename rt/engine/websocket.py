@@ -247,8 +247,12 @@ class WebSocket(asyncio.Protocol):
         self._fragments = None
         self._turn_held = self._held = False
         self._update_reading()
-        if self.transport is not None and self.transport.can_write_eof():
-            self.transport.write_eof()
+        transport = self.transport
+        if transport is not None and not transport.is_closing() and transport.can_write_eof():
+            try:
+                transport.write_eof()
+            except OSError:  # the client is gone already: connection_lost follows
+                pass
 
     def _abort(self) -> None:
         self._close_timer = None
