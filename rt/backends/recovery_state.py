@@ -21,6 +21,10 @@ A session record (`SessionRecord`) is written when a session binds, kept up to d
 its rooms while it lives (so it survives a node killed without a goodbye), and marked
 disconnected when its connection ends; its TTL is the recovery window. A recovery takes it
 (compare the secret, then delete: one recovery only).
+
+Longer than most modules because it is one contract with its two implementations side by
+side (in process and Redis), and the Redis one also repairs the delivery order after a lost
+subscription.
 """
 from __future__ import annotations
 
@@ -129,7 +133,7 @@ class RecoveryState(Protocol):
     async def mark_gap(self, rooms: list[str] | None, skip: list[str]) -> None: ...
     async def head(self) -> str: ...
     async def save(self, record: SessionRecord, ttl: float) -> None: ...
-    async def save_many(self, records: list[SessionRecord], ttl: float) -> None: ...
+    async def save_many(self, records: list[SessionRecord], ttl: float) -> list[str]: ...
     async def get(self, sid: str) -> SessionRecord | None: ...
     async def take(self, sid: str, secret: str) -> SessionRecord | None: ...
     async def disconnected(self, record: SessionRecord, ttl: float) -> bool: ...
@@ -216,9 +220,17 @@ class MemoryRecoveryState:
     async def save(self, record: SessionRecord, ttl: float) -> None:
         self._records[record.sid] = (record, self.clock() + ttl)
 
-    async def save_many(self, records: list[SessionRecord], ttl: float) -> None:
+    async def save_many(self, records: list[SessionRecord], ttl: float) -> list[str]:
+        """Refresh live records of this node; returns the sids whose record is another
+        node's now (recovered there) and was left alone."""
+        lost = []
         for record in records:
-            await self.save(record, ttl)
+            current = self._live(record.sid)
+            if current is not None and current.node != record.node:
+                lost.append(record.sid)
+            else:
+                await self.save(record, ttl)
+        return lost
 
     async def get(self, sid: str) -> SessionRecord | None:
         return self._live(sid)
@@ -324,7 +336,8 @@ redis.call('DEL', KEYS[1])
 return v
 """)
 
-# KEYS: record; ARGV: node, new value, ttl_ms → 1 when written (absent or of this node)
+# KEYS: record; ARGV: node, new value, ttl_ms → 1 when written (absent or of this node);
+# also the refresh of a live record
 R_DISCONNECTED = Lua("""
 local v = redis.call('GET', KEYS[1])
 if v then
@@ -489,18 +502,19 @@ class RedisRecoveryState(RedisUser):
         key, value = self._record_key(record.sid), record.dumps()
         await self._run(lambda c: c.set(key, value, px=max(1, int(ttl * 1000))))
 
-    async def save_many(self, records: list[SessionRecord], ttl: float) -> None:
-        if not records:
-            return
+    async def save_many(self, records: list[SessionRecord], ttl: float) -> list[str]:
+        """Refresh live records of this node (compare-and-set on the node, a hundred at
+        a time); returns the sids whose record is another node's now (recovered there)
+        and was left alone."""
         px = max(1, int(ttl * 1000))
-        pairs = [(self._record_key(r.sid), r.dumps()) for r in records]
-
-        async def write(c: AnyRedis) -> None:
-            pipe = c.pipeline(transaction=False)
-            for key, value in pairs:
-                pipe.set(key, value, px=px)
-            await pipe.execute()
-        await self._run(write)
+        lost: list[str] = []
+        for i in range(0, len(records), 100):
+            chunk = records[i:i + 100]
+            got = await asyncio.gather(*(
+                self._lua(R_DISCONNECTED, [self._record_key(r.sid)], [r.node, r.dumps(), px])
+                for r in chunk))
+            lost += [r.sid for r, ok in zip(chunk, got, strict=True) if ok != 1]
+        return lost
 
     async def get(self, sid: str) -> SessionRecord | None:
         key = self._record_key(sid)

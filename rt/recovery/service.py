@@ -21,7 +21,11 @@ cluster.
   refetches. A forged or another user's pid recovers nothing.
 - While a session is recoverable, its leave is not announced: the features' disconnect
   hooks (chat presence, document editors, ...) run only when the window passed without a
-  recovery, on the node that holds the record's claim. A recovery announces no join.
+  recovery, by whichever node claims the record first. A recovery announces no join.
+
+Longer than most modules because recovery is one sequence seen from both ends: recording
+and delivering emits, a session's record through its life, and the reconnect that takes it
+over, restores it and replays what it missed without a gap or a repeat.
 """
 from __future__ import annotations
 
@@ -110,6 +114,7 @@ class RecoveryService:
         self.holding: dict[str, list[Packet]] = {}  # recovering: held deliveries
         self.draining: set[str] = set()
         self.taken: set[str] = set()  # local connections of sessions recovered elsewhere
+        self.superseded: set[str] = set()  # the same, found late: presence is theirs
         self.results: Counter[str] = Counter()
         self.replayed = 0
         self.unrecorded: Counter[str] = Counter()
@@ -279,6 +284,9 @@ class RecoveryService:
         self.draining.discard(sid)
         if sid in self.taken:
             self.taken.discard(sid)
+            if sid in self.superseded:
+                self.superseded.discard(sid)
+                return "superseded"
             return "taken"
         if secret is None or record is None:
             return "ended"
@@ -343,7 +351,12 @@ class RecoveryService:
             self._since_refresh = 0.0
             changed = list(self.records.values())
         if changed:
-            await self.state.save_many(changed, self._live_ttl)
+            # a record another node holds now: the session recovered there while its old
+            # connection here was thought alive (the takeover did not reach us)
+            for sid in await self.state.save_many(changed, self._live_ttl):
+                if sid in self.records:
+                    self.superseded.add(sid)
+                    await self._let_go(sid)
         await self.sweep()
 
     async def on_emit(self, payload: dict[str, Any]) -> None:

@@ -129,3 +129,11 @@ async def test_records_take_once_with_the_secret_and_claims_by_node(make_state):
     await state.save(record(), 0.2)
     await asyncio.sleep(0.4)
     assert await state.get("s1") is None  # its window passed
+
+
+async def test_refresh_leaves_a_record_another_node_took(make_state):
+    state = make_state()
+    await state.save(record(node="n2"), 5)  # recovered on n2
+    assert await state.save_many([record(node="n1"), record(sid="s2", node="n1")], 5) == ["s1"]
+    assert (await state.get("s1")).node == "n2"
+    assert (await state.get("s2")).node == "n1"
