@@ -322,7 +322,10 @@ class Appliance:
                 and parsed[0] == "channel"]
 
     async def _has_session(self, sid: str) -> bool:
-        return await self.backend.presence.user_of(sid) is not None
+        if await self.backend.presence.user_of(sid) is not None:
+            return True
+        # away but recoverable: a call waits for it (rt/recovery)
+        return self.recovery is not None and await self.recovery.away(sid)
 
     async def announce_dead_sessions(self) -> None:
         """Sessions of a node that died: handled here like a normal leave (usage entries

@@ -139,6 +139,7 @@ class Recovery(Protocol):
     """Connection state recovery as the server uses it (rt/recovery/service.py)."""
 
     async def emit(self, event: str, data: Any, room: Any, skip_sid: Any) -> bool: ...
+    async def call(self, event: str, data: Any, to: Any, callback: Any) -> bool: ...
     def pid_of(self, sid: Any) -> str | None: ...
     async def recover(self, eio_sid: str, auth: dict[str, Any]) -> bool: ...
 
@@ -189,10 +190,12 @@ class SocketServer(socketio.AsyncServer):
     async def emit(self, event, data=None, to=None, room=None, skip_sid=None,
                    namespace=None, callback=None, ignore_queue=False):
         recovery = self.recovery
-        if (recovery is not None and callback is None and not ignore_queue
-                and namespace in (None, "/")
-                and await recovery.emit(event, data, to or room, skip_sid)):
-            return
+        if recovery is not None and not ignore_queue and namespace in (None, "/"):
+            if callback is None:
+                if await recovery.emit(event, data, to or room, skip_sid):
+                    return
+            elif await recovery.call(event, data, to or room, callback):
+                return  # to a session that is away: sent when it is back
         await super().emit(event, data, to=to, room=room, skip_sid=skip_sid,
                            namespace=namespace, callback=callback, ignore_queue=ignore_queue)
 

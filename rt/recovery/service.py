@@ -124,6 +124,7 @@ class RecoveryService:
         self._foreign: set[str] | None = None
         self._foreign_all = False
         self._foreign_task: asyncio.Task[None] | None = None
+        self._parked: set[asyncio.Task[None]] = set()  # calls waiting for their session
         state.deliver = self.deliver
 
     # ------------------------------------------------------------------ who may recover
@@ -181,6 +182,51 @@ class RecoveryService:
                           "skip_sid": skip_sid, "callback": None,
                           "host_id": self.sio.manager.host_id})
         return True
+
+    async def away(self, sid: str) -> bool:
+        """Whether `sid` is a session that lost its connection and may still recover."""
+        try:
+            record = await self.state.get(sid)
+        except StoreError:
+            return False
+        return record is not None and not record.live
+
+    async def call(self, event: str, data: Any, to: Any, callback: Any) -> bool:
+        """A call (an event with an ack: a tool's confirmation or input dialog) to a
+        session that is away but may recover: kept until it is back, on any node, then
+        sent (the caller's own timeout still bounds the wait). False for any other."""
+        if not isinstance(to, str) or self.sio.manager.is_connected(to, "/"):
+            return False
+        try:
+            record = await self.state.get(to)
+        except StoreError:
+            return False
+        if record is None or record.live:
+            return False
+        until = record.until or time.time() + self.window
+        task = asyncio.get_running_loop().create_task(
+            self._call_when_back(event, data, to, callback, until), name=f"parked call {to}")
+        self._parked.add(task)
+        task.add_done_callback(self._parked.discard)
+        self.results["call_parked"] += 1
+        return True
+
+    async def _call_when_back(self, event: str, data: Any, sid: str, callback: Any,
+                              until: float) -> None:
+        while time.time() < until:
+            await asyncio.sleep(0.05)
+            if self.sio.manager.is_connected(sid, "/"):
+                break
+            try:
+                record = await self.state.get(sid)
+            except StoreError:
+                continue
+            if record is not None and record.live:
+                break
+        else:
+            return  # not back in its window: the caller times out as before
+        self.results["call_sent_after_recovery"] += 1
+        await self.sio.emit(event, data, to=sid, callback=callback)
 
     def foreign(self, message: dict[str, Any]) -> None:
         """An emit of open-webui's backend (the bridge to its pub/sub, told before it is
@@ -549,6 +595,8 @@ class RecoveryService:
     async def close(self) -> None:
         if self._foreign_task is not None:
             self._foreign_task.cancel()
+        for task in list(self._parked):
+            task.cancel()
 
 
 def build_state(settings: Any, backend: Any) -> RecoveryState:

@@ -328,3 +328,27 @@ async def test_leave_is_announced_when_the_window_passes(tmp_path, node_driver):
             await b.disconnect()
         finally:
             await proxy.stop()
+
+
+async def test_call_to_a_tab_that_is_away_is_asked_when_it_is_back(tmp_path, node_driver):
+    """A tool's confirmation (a call: an event with an ack) made while the tab is away is
+    asked once it has recovered, and its answer reaches the caller."""
+    async with running(tmp_path) as h:
+        tok = await h.user("ann")
+        proxy = await CutProxy(h.app.port).start()
+        try:
+            sock = await node_driver.connect("a", proxy.url, **opts(
+                tok, autoAck="yes", reconnectionDelay=500, reconnectionDelayMax=500))
+            sid = sock.sid
+            proxy.cut()
+            await sock.wait_disconnect(timeout=WAIT)
+            call = asyncio.ensure_future(
+                h.app.emitter.call(sid, "confirm", {"q": "run the tool?"}, WAIT))
+            again = await sock.wait_notification("connect", timeout=WAIT)
+            assert again["recovered"] is True
+            answer = await asyncio.wait_for(call, WAIT)
+            assert answer == {"answer": "yes", "got": [{"q": "run the tool?"}]}
+            assert h.app.recovery.results["call_parked"] == 1
+            await sock.disconnect()
+        finally:
+            await proxy.stop()

@@ -101,7 +101,7 @@ async def across_nodes(tmp_path, topology, node_driver, graceful: bool) -> None:
         proxy = await CutProxy(proc_a.port).start()
         try:
             sock = await node_driver.connect("t", proxy.url, **opts(
-                tok, reconnectionDelay=600, reconnectionDelayMax=600))
+                tok, reconnectionDelay=600, reconnectionDelayMax=600, autoAck="ok"))
             sid = sock.sid
             for n in range(3):
                 await emit(b, "ann", n)
@@ -114,8 +114,16 @@ async def across_nodes(tmp_path, topology, node_driver, graceful: bool) -> None:
             await sock.wait_disconnect(timeout=WAIT)
             for n in range(3, 8):
                 await emit(b, "ann", n)
+            # a call while the tab is away (a tool's confirmation): asked once it is back
+            # (after a goodbye: a node killed without one leaves a record that says live)
+            call = asyncio.ensure_future(b.api("POST", "/api/v1/call", {
+                "sid": sid, "event": "confirm", "data": {"q": 1}, "timeout_s": WAIT * 2})
+            ) if graceful else None
             again = await sock.wait_notification("connect", timeout=WAIT * 2)
             assert again["recovered"] is True and again["sid"] == sid
+            if call is not None:
+                assert await asyncio.wait_for(call, WAIT * 3) == (
+                    200, {"ack": {"answer": "ok", "got": [{"q": 1}]}})
             await emit(b, "ann", 8)
             await until(lambda: numbers(sock)[-1:] == [8], "the live event")
             assert numbers(sock) == list(range(9))

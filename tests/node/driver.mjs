@@ -191,6 +191,12 @@ function cmdConnect(msg) {
 
   socket.onAny((ev, ...args) => {
     if (!mine()) return;
+    // options.autoAck: answer every server call (an event with an ack) with
+    // {answer: autoAck, got: <its arguments>}
+    const last = args[args.length - 1];
+    if (typeof last === "function" && options.autoAck !== undefined) {
+      last({ answer: options.autoAck, got: encode(args.slice(0, -1)) });
+    }
     notify("recv", { name, ev, args: encode(args) });
   });
   socket.on("disconnect", (reason, details) => {
