@@ -80,6 +80,14 @@ class RelayHandler(ContextHandler[RelayContext]):
             return
         super().log_exception(typ, value, tb)
 
+    async def owner(self) -> tuple[bool, str | None]:
+        """(allowed, whose): a backend with the API key acts for anybody (None); a user
+        acts for themself; without either the request was answered 401 (not allowed)."""
+        if self.has_api_key():
+            return True, None
+        identity = await self.user()
+        return (identity is not None), (identity.id if identity is not None else None)
+
 
 def sse_data(raw: str) -> bytes:
     """One SSE event carrying `raw` (a JSON text, possibly with newlines) as its data."""
@@ -175,12 +183,9 @@ class CompletionsHandler(RelayHandler):
 
 class CancelHandler(RelayHandler):
     async def post(self, message_id: str) -> None:
-        owner = None
-        if not self.has_api_key():
-            identity = await self.user()
-            if identity is None:
-                return
-            owner = identity.id
+        allowed, owner = await self.owner()
+        if not allowed:
+            return
         outcome = await self.ctx.service.cancel(message_id, owner,
                                                 reason="cancelled by request")
         if outcome is None and self.ctx.cancel_elsewhere is not None:
@@ -195,12 +200,9 @@ class CancelHandler(RelayHandler):
 
 class MessageHandler(RelayHandler):
     async def get(self, chat_id: str, message_id: str) -> None:
-        owner = None
-        if not self.has_api_key():
-            identity = await self.user()
-            if identity is None:
-                return
-            owner = identity.id
+        allowed, owner = await self.owner()
+        if not allowed:
+            return
         message = await self.ctx.store.get_chat_message(chat_id, message_id)
         if message is None or (owner is not None and message.user_id != owner):
             raise p.NotFound(f"message {message_id!r} of chat {chat_id!r} does not exist")

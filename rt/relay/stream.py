@@ -28,6 +28,7 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import orjson
@@ -315,8 +316,12 @@ class RelayStream:
                 return await self._finish("error", Failure("the upstream answer is too large"))
             self._body += chunk
             return
+        await self._events(lambda: self._parser.feed(chunk))
+
+    async def _events(self, parse: Callable[[], list[SSEEvent]]) -> None:
+        """Handle what the SSE parser gives (fed bytes, or the end), until an outcome."""
         try:
-            events = self._parser.feed(chunk)
+            events = parse()
         except SSEError as exc:
             return await self._finish("error", Failure(f"the upstream stream is malformed: {exc}"))
         for event in events:
@@ -336,14 +341,9 @@ class RelayStream:
             return await self._finish("error", http_failure(response.code, bytes(self._body)))
         if not self._streamed:
             return await self._plain_answer()
-        try:
-            events = self._parser.finish()
-        except SSEError as exc:
-            return await self._finish("error", Failure(f"the upstream stream is malformed: {exc}"))
-        for event in events:
-            await self._event(event)
-            if self.outcome is not None:
-                return
+        await self._events(self._parser.finish)
+        if self.outcome is not None:
+            return
         if self._finish_reason is not None:
             return await self._finish("done")  # a server that forgets [DONE]
         await self._finish("error", Failure("the upstream ended the stream before [DONE]"))
