@@ -56,12 +56,14 @@ soak: $(STAMP)
 
 # Benchmark against python-socketio+uvicorn and Node socket.io 4.8 (bench/README.md);
 # BENCH_ARGS=--quick for a run of about two minutes. Then the cost of connection state
-# recovery, on and off, one node and Redis (bench/recovery.py, about two minutes).
+# recovery, on and off, one node and Redis (bench/recovery.py, about two minutes), and the
+# join of 0.5-32 MB documents with the pause another client sees (bench/documents.py).
 bench: $(STAMP)
 	@if command -v npm >/dev/null 2>&1 && [ -f tests/node/package-lock.json ]; then $(MAKE) --no-print-directory node-deps; fi
 	$(PY) -m pip install --quiet -c constraints.txt -r bench/requirements.txt
 	$(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) bench/recovery.py $(RECOVERY_BENCH_ARGS)
+	$(PY) bench/documents.py $(DOCUMENTS_BENCH_ARGS)
 
 # Coverage-guided fuzzing (atheris) of every harness in fuzz/, FUZZ_SECONDS each (default 20).
 fuzz: $(STAMP)

@@ -65,32 +65,39 @@ async def client(url: str, user: str) -> socketio.AsyncClient:
     return sio
 
 
-async def write_document(url: str, size: int) -> int:
-    """An editor writes about `size` bytes of text in scattered inserts; returns the bytes of
-    the document's state as the server has it."""
-    editor = await client(url, "writer")
-    assert await editor.call("ydoc:document:join", {"document_id": DOC}, timeout=WAIT) == {
-        "ok": True}
+def edits(size: int) -> tuple[list[bytes], int]:
+    """The updates of an editor writing about `size` bytes of text in scattered paragraphs
+    (made before connecting: making them takes a while, and a client that blocks its loop
+    misses its pings), and the bytes of the document's state at the end."""
     rnd = random.Random(size)
     doc = pycrdt.Doc(client_id=rnd.getrandbits(32))
     text = doc.get("t", type=pycrdt.Text)
-    written, batch = 0, 0
+    updates, written, batch = [], 0, 0
     sv = doc.get_state()
     while written < size:
         # a paragraph at a scattered place: the document ends up in many pieces, as an
         # edited note does (appending only would make one long string)
-        chunk = rnd.randbytes(rnd.randint(10, 200)).hex() + " "
+        chunk = rnd.randbytes(rnd.randint(200, 2000)).hex() + " "
         text.insert(rnd.randint(0, written), chunk)
         written += len(chunk)
         batch += len(chunk)
         if batch >= 256 * 1024 or written >= size:
-            delta = doc.get_update(sv)
+            updates.append(doc.get_update(sv))
             sv = doc.get_state()
-            ack = await editor.call("ydoc:document:update", {"document_id": DOC,
-                                                             "update": delta}, timeout=WAIT)
-            assert ack == {"ok": True}, ack
             batch = 0
-    state = len(doc.get_update())
+    return updates, len(doc.get_update())
+
+
+async def write_document(url: str, size: int) -> int:
+    """An editor writes the document; returns the bytes of its state."""
+    updates, state = await asyncio.to_thread(edits, size)
+    editor = await client(url, "writer")
+    assert await editor.call("ydoc:document:join", {"document_id": DOC}, timeout=WAIT) == {
+        "ok": True}
+    for update in updates:
+        ack = await editor.call("ydoc:document:update", {"document_id": DOC, "update": update},
+                                timeout=WAIT)
+        assert ack == {"ok": True}, ack
     await editor.disconnect()
     return state
 
