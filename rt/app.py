@@ -400,7 +400,7 @@ class Appliance:
         self.started_at = time.time()
         self.announce(
             f"rt-appliance listening on http://{s.server.host}:{self.port}"
-            f"{s.server.socketio_path} ({getattr(self.backend, 'description', self.backend.name)})")
+            f"{s.server.socketio_path} ({self.backend.description})")
         sdnotify.ready(f"listening on {s.server.host}:{self.port}")
         watchdog = sdnotify.watchdog_interval()
         if watchdog:

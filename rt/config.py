@@ -384,8 +384,8 @@ class StateSettings:
         "well above five round trips to Redis: a new connection's first command needs that "
         "many.")
     node_ttl: float = opt(
-        "60", POSITIVE, "Seconds after which the sessions of a node that stopped reporting "
-        "vanish.")
+        "12", POSITIVE, "Seconds after which the sessions of a node that stopped reporting "
+        "vanish (Redis). A node renews its lease every third of it, in one command.")
     last_active_flush_interval: float = opt(
         "5", POSITIVE, "Seconds between writes of users' last-active times (heartbeats are "
         "coalesced).")

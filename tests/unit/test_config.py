@@ -79,7 +79,7 @@ EXPECTED_DEFAULTS = {
     ("state", "sentinel_port"): 26379,
     ("state", "key_prefix"): "open-webui",
     ("state", "redis_timeout"): 3.0,
-    ("state", "node_ttl"): 60.0,
+    ("state", "node_ttl"): 12.0,
     ("state", "last_active_flush_interval"): 5.0,
     ("limits", "typing_per_second"): 5.0,
     ("limits", "typing_burst"): 10,
