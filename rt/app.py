@@ -356,6 +356,8 @@ class Appliance:
         if self.verifier.short_secret:
             log.warning("secret_key is shorter than 64 bytes; use a long random secret")
         await self.backend.start()
+        if self.recovery is not None:  # one node: what its previous run kept
+            self.recovery.load_from(self._recovery_file())
         self.http = ProxyAwareHTTPServer(
             self.web,
             # the API's own limit (reloadable) is checked per request; this one bounds reads
@@ -407,6 +409,9 @@ class Appliance:
             # pinged from the event loop: a hung loop stops the pings and systemd restarts us
             self.tasks.start("watchdog", every("watchdog", watchdog / 2, self._watchdog))
 
+    def _recovery_file(self) -> str:
+        return os.path.join(self.settings.state.data_dir, "recovery-state.json")
+
     def _trusted_proxies(self) -> tuple[str, ...]:
         server = self.settings.server
         return ("*",) if server.trust_proxy_headers else tuple(server.forwarded_allow_ips)
@@ -430,6 +435,10 @@ class Appliance:
             await self.tasks.stop()
             if self.recovery is not None:
                 await self.recovery.close()  # leaves due later: another node announces
+                try:
+                    self.recovery.save_to(self._recovery_file())  # one node: for its restart
+                except OSError as exc:
+                    log.warning("recovery state not kept for the next start: %s", exc)
             await self.documents.close()  # content still debounced if the drain timed out
             await self.usage.close()  # a coalesced usage broadcast still pending
             await self.backend.stop()

@@ -301,6 +301,40 @@ class MemoryRecoveryState:
         return {"entries": len(self._log), "bytes": self._bytes, "evicted": self.evicted,
                 "records": len(self._records), "pending": len(self._pending)}
 
+    # a restart of the one node: what it kept is written at its stop and read at its start
+    def dump(self) -> bytes:
+        now, wall = self.clock(), time.time()
+        return orjson.dumps({
+            "boot": self._boot, "seq": self._seq, "dropped": list(self._dropped),
+            "log": [[list(e.offset), None if e.rooms is None else sorted(e.rooms),
+                     sorted(e.skip), e.prefix,
+                     [base64.b64encode(b).decode() for b in e.blobs], e.size,
+                     wall - (now - e.at)] for e in self._log],
+            "records": [[asdict(r), wall + (deadline - now)]
+                        for r, deadline in self._records.values() if deadline > now],
+            "pending": self._pending})
+
+    def load(self, raw: bytes) -> int:
+        """What `dump` wrote (by an earlier run of this node); returns the records read.
+        Entries and records whose time passed meanwhile are left out."""
+        data = orjson.loads(raw)
+        now, wall = self.clock(), time.time()
+        self._boot, self._seq = int(data["boot"]), int(data["seq"])
+        dropped = data["dropped"]
+        self._dropped = (int(dropped[0]), int(dropped[1]))
+        for offset, rooms, skip, prefix, blobs, size, at in data["log"]:
+            self._append(_Entry((int(offset[0]), int(offset[1])),
+                                None if rooms is None else frozenset(rooms), frozenset(skip),
+                                prefix, tuple(base64.b64decode(b) for b in blobs), int(size),
+                                now - (wall - float(at))))
+        for fields, deadline in data["records"]:
+            if deadline > wall:
+                record = SessionRecord(**fields)
+                self._records[record.sid] = (record, now + (deadline - wall))
+        self._pending = {sid: float(until) for sid, until in data["pending"].items()
+                         if sid in self._records}
+        return len(self._records)
+
 
 # ---------------------------------------------------------------------------- Redis
 # KEYS: log, sequence; ARGV: channel, sharded, maxlen, window_ms, rooms, skip, prefix,

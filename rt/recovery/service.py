@@ -34,6 +34,7 @@ import base64
 import hashlib
 import hmac
 import logging
+import os
 import secrets
 import time
 from collections import Counter
@@ -591,6 +592,30 @@ class RecoveryService:
             yield Figure("rt_recovery_log_repaired", "Emits this node missed on the cluster "
                          "channel (subscription lost) and delivered from the log",
                          data.get("repaired", 0), counter=True)
+
+    def save_to(self, path: str) -> None:
+        """One node on embedded state: keep what it knows for its next start (a restart
+        within the window recovers its sessions)."""
+        dump = getattr(self.state, "dump", None)
+        if dump is None:
+            return
+        tmp = path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(dump())
+        os.replace(tmp, path)
+
+    def load_from(self, path: str) -> None:
+        load = getattr(self.state, "load", None)
+        if load is None or not os.path.exists(path):
+            return
+        try:
+            with open(path, "rb") as fh:
+                raw = fh.read()
+            os.unlink(path)
+            log.info("recovery: %d session(s) of the previous run may recover", load(raw))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("recovery: the previous run's state is not usable: %s", exc)
 
     async def close(self) -> None:
         if self._foreign_task is not None:

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from tests.support.appliance import running
+from tests.support.appliance import Harness, running
 from tests.support.cut_proxy import CutProxy
 from tests.support.node_fixtures import node_driver, node_driver_factory  # noqa: F401
 
@@ -352,3 +352,44 @@ async def test_call_to_a_tab_that_is_away_is_asked_when_it_is_back(tmp_path, nod
             await sock.disconnect()
         finally:
             await proxy.stop()
+
+
+async def test_one_node_restart_recovers_its_sessions(tmp_path, node_driver):
+    """Embedded state: a graceful restart of the only node keeps what recovery needs in its
+    data dir, and the tabs recover on the new process."""
+    from rt.app import Appliance
+    from tests.support.appliance import settings_for
+
+    settings = settings_for(tmp_path)
+    first = Appliance(settings)
+    await first.start()
+    proxy = await CutProxy(first.port).start()
+    second = None
+    try:
+        h = Harness(first)
+        tok = await h.user("ann")
+        sock = await node_driver.connect("a", proxy.url, **opts(
+            tok, reconnectionDelay=300, reconnectionDelayMax=300))
+        for n in range(3):
+            await emit(h, "ann", n)
+        await until(lambda: numbers(sock) == [0, 1, 2], "the first events")
+        await h.close()
+        stopping, first = first, None
+        await stopping.stop()
+        await sock.wait_disconnect(timeout=WAIT)
+        second = Appliance(settings)
+        await second.start()
+        proxy.target_port = second.port
+        again = await sock.wait_notification("connect", timeout=WAIT)
+        assert again["recovered"] is True and again["sid"] == sock.sid
+        h2 = Harness(second)
+        await emit(h2, "ann", 3)
+        await until(lambda: numbers(sock)[-1:] == [3], "the live event")
+        assert numbers(sock) == [0, 1, 2, 3]
+        await h2.close()
+        await sock.disconnect()
+    finally:
+        await proxy.stop()
+        for app in (first, second):
+            if app is not None:
+                await app.stop()

@@ -137,3 +137,19 @@ async def test_refresh_leaves_a_record_another_node_took(make_state):
     assert await state.save_many([record(node="n1"), record(sid="s2", node="n1")], 5) == ["s1"]
     assert (await state.get("s1")).node == "n2"
     assert (await state.get("s2")).node == "n1"
+
+
+async def test_memory_state_survives_a_restart_of_its_node():
+    state = MemoryRecoveryState(Bounds(window=60))
+    start = await state.head()
+    first = await state.emit(["user:u"], [], '2["e",0', (b"\x01",))
+    rec = record()
+    rec.until = 1e12
+    await state.disconnected(rec, 60)
+    again = MemoryRecoveryState(Bounds(window=60))
+    assert again.load(state.dump()) == 1
+    assert (await again.get("s1")).rooms == ["user:u", "s1"]
+    missed = await again.missed(start, ["user:u"], "s1")
+    assert missed.packets == [(first, '2["e",0', (b"\x01",))]
+    later = await again.emit(["user:u"], [], '2["e",1')
+    assert parse_offset(later) > parse_offset(first)  # offsets go on
