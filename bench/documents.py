@@ -135,7 +135,9 @@ def probe_main(url: str, seconds: float, out: str) -> None:
 
 
 def worst_rtt(samples: list, start: float, end: float) -> float:
-    # a round trip that overlaps the window counts (it was held up by it)
+    # a round trip that overlaps the window (widened by one probe interval, so that the
+    # probe just before or after a short join counts) was held up by whatever it held
+    start, end = start - PROBE_INTERVAL, end + PROBE_INTERVAL
     inside = [rtt for t0, rtt in samples if t0 + rtt >= start and t0 <= end]
     return max(inside) if inside else 0.0
 
