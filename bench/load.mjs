@@ -314,7 +314,12 @@ const commands = {
       connects += 1;
       const sock = r.sock;
       let closed = false;
-      sock.on("disconnect", (reason) => { closed = true; countError(reasons, reason); });
+      sock.on("disconnect", (reason, details) => {
+        closed = true;
+        // the websocket's close code and reason when the server closed it (1008 inbound flood)
+        const ev = details && details.context;
+        countError(reasons, ev && ev.code ? `${reason} ${ev.code} ${ev.reason || ""}`.trim() : reason);
+      });
       if (kind === "yjs") {
         try {
           await sock.timeout(timeout_ms).emitWithAck("ydoc:document:join", { document_id });

@@ -72,6 +72,10 @@ class WsTransport(Protocol):
 
     def resume_reading(self) -> None: ...
 
+    def has_unread(self) -> bool:
+        """Whether the client has sent more than what was handed to the session so far."""
+        ...
+
 
 class WsListener(Protocol):
     """The session a websocket reports to."""

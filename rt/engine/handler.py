@@ -274,6 +274,9 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
         if self._reading is None:
             self._reading = asyncio.get_running_loop().create_future()
 
+    def has_unread(self) -> bool:
+        return False  # Tornado reads frame by frame: what follows is not known here
+
     def resume_reading(self) -> None:
         reading, self._reading = self._reading, None
         if reading is not None and not reading.done():

@@ -57,9 +57,12 @@ class InboundBudget:
         self._stamp = now
         self.held_since: float | None = None  # start of the current run at the budget
 
-    def charge(self, options: EngineOptions, size: int, now: float) -> float:
+    def charge(self, options: EngineOptions, size: int, now: float, more: bool = True
+               ) -> float:
         """Count one inbound packet of `size` bytes. 0.0 while within the budget, otherwise
-        how long reading must stop for the buckets to be back at zero."""
+        how long reading must stop for the buckets to be back at zero. `more`: the client
+        had sent more already (it does not wait for answers): only such a run at the budget
+        is a flood. A client that asks and waits for each answer is slowed, never cut."""
         packet_cap, byte_cap = float(options.inbound_burst), float(_byte_capacity(options))
         elapsed = max(0.0, now - self._stamp)
         self._stamp = now
@@ -71,7 +74,9 @@ class InboundBudget:
         self._bytes -= size
         wait = max(0.0, -self._packets / options.inbound_rate,
                    -self._bytes / options.inbound_bytes_rate)
-        if wait > 0.0 and self.held_since is None:
+        if wait > 0.0 and not more:
+            self.held_since = None
+        elif wait > 0.0 and self.held_since is None:
             self.held_since = now
         return wait
 
@@ -102,16 +107,18 @@ class InboundGate:
         self._inbox = inbox
         self._budget: InboundBudget | None = None  # made on the first packet: most are idle
         self.held = False
-        self._timer: asyncio.TimerHandle | None = None  # until the budget has refilled
+        # until the budget has refilled: a task, not a timer, so that whoever waits for a
+        # session's work to settle (a test harness) sees that more is coming
+        self._timer: asyncio.Task[None] | None = None
         self._on_hold, self._on_resume, self._on_flood = on_hold, on_resume, on_flood
 
-    def account(self, size: int) -> None:
+    def account(self, size: int, more: bool = True) -> None:
         opts = self._host.options
         loop = asyncio.get_running_loop()
         now = loop.time()
         if self._budget is None:
             self._budget = InboundBudget(opts, now)
-        wait = self._budget.charge(opts, size, now)
+        wait = self._budget.charge(opts, size, now, more)
         if wait > 0.0:
             if self._budget.flooding(opts, now):
                 self.cancel()
@@ -119,7 +126,7 @@ class InboundGate:
                 return
             if self._timer is not None:
                 self._timer.cancel()
-            self._timer = loop.call_later(wait, self._refilled)
+            self._timer = asyncio.ensure_future(self._refill(wait))
             if not self.held:
                 self._host.counters.inbound_throttled += 1
                 self._hold()
@@ -148,7 +155,8 @@ class InboundGate:
         self.held = True
         self._on_hold()
 
-    def _refilled(self) -> None:
+    async def _refill(self, wait: float) -> None:
+        await asyncio.sleep(wait)
         self._timer = None
         if self.held and not self._backlogged(full=False):
             self._resume()

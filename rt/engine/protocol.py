@@ -18,8 +18,8 @@ from engineio.packet import CLOSE, MESSAGE, NOOP, OPEN, PING, PONG, UPGRADE, Pac
 
 __all__ = [
     "CLOSE", "MESSAGE", "NOOP", "OPEN", "PING", "PONG", "UPGRADE", "Packet",
-    "ProtocolError", "HandshakeError", "decode_packet", "decode_payload", "encode_payload",
-    "iter_payload", "payload_text", "websocket_frame", "wire",
+    "SEPARATOR", "ProtocolError", "HandshakeError", "decode_packet", "decode_payload",
+    "encode_payload", "iter_payload", "payload_text", "websocket_frame", "wire",
 ]
 
 SEPARATOR = "\x1e"  # record separator between packets of one polling payload

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
 from typing import Any
 
 from engineio.base_server import BaseServer as _EioBase
@@ -28,13 +27,13 @@ from .protocol import (
     OPEN,
     PING,
     PONG,
+    SEPARATOR,
     UPGRADE,
     HandshakeError,
     Packet,
     ProtocolError,
     decode_packet,
     encode_payload,
-    iter_payload,
     payload_text,
     websocket_frame,
     wire,
@@ -79,6 +78,7 @@ class EngineSession:
     __slots__ = (
         "server", "sid", "environ", "transport", "session", "created_at", "closed",
         "queue", "queued_bytes", "ws", "_probe_ws", "_poll", "_posting", "_post_rest",
+        "_post_at",
         "_post_done", "_post_failed", "inbox", "gate",
         "_ping_handle", "_pong_handle", "_pong_extended", "_linger_handle", "_upgrade_handle",
         "ping_interval", "ping_timeout", "close_reason",
@@ -98,7 +98,8 @@ class EngineSession:
         self._probe_ws: WsTransport | None = None  # a websocket probing for an upgrade
         self._poll: asyncio.Future[None] | None = None  # the GET waiting for packets
         self._posting = False  # a POST is being read (its packets may wait for the budget)
-        self._post_rest: Iterator[str] | None = None  # its packets not read yet
+        self._post_rest: str | None = None  # its payload, read up to _post_at
+        self._post_at = 0
         self._post_done: asyncio.Future[None] | None = None  # its answer waits for this
         self._post_failed = False  # one of its packets was invalid (the answer is 400)
         self.inbox = Inbox(self, self._on_handled)
@@ -250,7 +251,7 @@ class EngineSession:
             self._invalid_input(exc)
             raise HandshakeError(HandshakeError.BAD_REQUEST) from exc
         self._posting, self._post_failed = True, False
-        self._post_rest = iter_payload(text)
+        self._post_rest, self._post_at = text, 0
         self._read_post()
 
     async def post_finished(self) -> None:
@@ -264,11 +265,13 @@ class EngineSession:
             raise HandshakeError(HandshakeError.BAD_REQUEST)
 
     def _read_post(self) -> None:
-        rest = self._post_rest
-        while rest is not None and not self.gate.held and not self.closed:
-            raw = next(rest, None)
-            if raw is None:
+        text = self._post_rest
+        while text is not None and not self.gate.held and not self.closed:
+            if self._post_at > len(text):
                 break
+            end = text.find(SEPARATOR, self._post_at)
+            end = len(text) if end < 0 else end
+            raw, self._post_at = text[self._post_at:end], end + 1
             try:
                 ptype, data = decode_packet(raw)
             except ProtocolError as exc:
@@ -277,7 +280,7 @@ class EngineSession:
                 break
             if not self._on_packet(ptype, data):
                 break
-            self.gate.account(len(raw))
+            self.gate.account(len(raw), more=self._post_at <= len(text))
         if self.gate.held and not self.closed:
             return  # the rest when the session may read again (_resume)
         self._post_rest = None
@@ -325,13 +328,13 @@ class EngineSession:
             self._invalid_input(exc)
             return
         if self._on_packet(ptype, data):
-            self.gate.account(len(message))
+            self.gate.account(len(message), more=ws.has_unread())
 
     def on_ws_control(self, ws: WsTransport, size: int) -> None:
         """A websocket ping from the client: answered by the transport, but it is input
         like any other and counts against the budget."""
         if ws is self.ws and not self.closed:
-            self.gate.account(size)
+            self.gate.account(size, more=ws.has_unread())
 
     def on_ws_overflow(self, ws: WsTransport, unsent: int) -> None:
         """A websocket's unsent output passed max_outbound_bytes: the client is too slow."""

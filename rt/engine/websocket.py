@@ -185,6 +185,9 @@ class WebSocket(asyncio.Protocol):
         return self.transport.get_extra_info("socket") if self.transport is not None else None
 
     # ---------------------------------------------------------------- reading
+    def has_unread(self) -> bool:
+        return bool(self._buf)
+
     def pause_reading(self) -> None:
         """The session takes nothing more for now: stop after the current frame."""
         self._held = True

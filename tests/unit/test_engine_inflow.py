@@ -55,6 +55,18 @@ def test_held_at_the_budget_long_enough_is_a_flood():
     assert not budget.flooding(dataclasses.replace(OPTS, flood_close_after=0), now)
 
 
+def test_a_client_that_waits_for_its_answers_is_slowed_never_cut():
+    """`more=False`: nothing else had arrived from the client (request, answer, request):
+    such a client is held at the budget, but its run at it never becomes a flood."""
+    budget = InboundBudget(OPTS, now=0.0)
+    now = 0.0
+    for _ in range(100):
+        now += 0.05  # twice the budget's rate, one request at a time
+        budget.charge(OPTS, 1, now, more=False)
+    assert budget.charge(OPTS, 1, now, more=False) > 0.0  # slowed
+    assert not budget.flooding(OPTS, now)
+
+
 def test_a_quiet_pause_ends_the_run_at_the_budget():
     budget = InboundBudget(OPTS, now=0.0)
     for _ in range(7):
