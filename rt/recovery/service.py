@@ -33,6 +33,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import itertools
 import logging
 import os
 import secrets
@@ -508,6 +509,9 @@ class RecoveryService:
         self.secrets[sid] = secret
         manager.basic_enter_room(sid, "/", None, eio_sid=eio_sid)
         manager.basic_enter_room(sid, "/", sid, eio_sid=eio_sid)
+        # ack ids of calls made from now on start far from those of the old connection: a
+        # late answer to a call it had shown cannot complete another call
+        manager.callbacks[sid] = {0: itertools.count(secrets.randbelow(1 << 30) + (1 << 20))}
         reason = ""
         missed = None
         try:
