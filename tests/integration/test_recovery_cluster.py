@@ -150,6 +150,11 @@ async def test_sigkilled_node_recovers_on_a_redis_cluster(tmp_path, node_driver,
     await across_nodes(tmp_path, redis_cluster, node_driver, graceful=False)
 
 
+async def test_graceful_restart_recovers_on_a_redis_cluster(tmp_path, node_driver,
+                                                            redis_cluster):
+    await across_nodes(tmp_path, redis_cluster, node_driver, graceful=True)
+
+
 class Tab:
     """A browser tab: a node client through its own proxy, with the times it lost and got
     back its connection."""
