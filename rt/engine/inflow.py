@@ -49,20 +49,23 @@ class InboundBudget:
     """Token buckets (packets, bytes) of one session, and since when it has been held at
     them. Times come from the caller (the loop's monotonic clock)."""
 
-    __slots__ = ("_packets", "_bytes", "_stamp", "held_since")
+    __slots__ = ("_packets", "_bytes", "_stamp", "held_since", "_over", "_over_with_more")
 
     def __init__(self, options: EngineOptions, now: float):
         self._packets = float(min(options.inbound_burst, NEW_SESSION_PACKETS))
         self._bytes = float(_byte_capacity(options))
         self._stamp = now
         self.held_since: float | None = None  # start of the current run at the budget
+        # packets over the budget in that run, and how many of them had more behind them
+        self._over = self._over_with_more = 0
 
     def charge(self, options: EngineOptions, size: int, now: float, more: bool = True
                ) -> float:
         """Count one inbound packet of `size` bytes. 0.0 while within the budget, otherwise
         how long reading must stop for the buckets to be back at zero. `more`: the client
-        had sent more already (it does not wait for answers): only such a run at the budget
-        is a flood. A client that asks and waits for each answer is slowed, never cut."""
+        had sent more already, it does not wait for answers; a run at the budget is a flood
+        only when that is so for most packets over it. A client that asks and waits for each
+        answer is slowed, never cut."""
         packet_cap, byte_cap = float(options.inbound_burst), float(_byte_capacity(options))
         elapsed = max(0.0, now - self._stamp)
         self._stamp = now
@@ -74,16 +77,18 @@ class InboundBudget:
         self._bytes -= size
         wait = max(0.0, -self._packets / options.inbound_rate,
                    -self._bytes / options.inbound_bytes_rate)
-        if wait > 0.0 and not more:
-            self.held_since = None
-        elif wait > 0.0 and self.held_since is None:
-            self.held_since = now
+        if wait > 0.0:
+            if self.held_since is None:
+                self.held_since, self._over, self._over_with_more = now, 0, 0
+            self._over += 1
+            self._over_with_more += more
         return wait
 
     def flooding(self, options: EngineOptions, now: float) -> bool:
         """Held at the budget for longer than the options allow."""
         limit = options.flood_close_after
-        return limit > 0 and self.held_since is not None and now - self.held_since >= limit
+        return (limit > 0 and self.held_since is not None and now - self.held_since >= limit
+                and 2 * self._over_with_more > self._over)
 
 
 def _byte_capacity(options: EngineOptions) -> int:
