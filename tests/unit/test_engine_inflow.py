@@ -67,6 +67,16 @@ def test_a_client_that_waits_for_its_answers_is_slowed_never_cut():
     assert not budget.flooding(OPTS, now)
 
 
+def test_a_pipelining_client_is_a_flood_across_read_boundaries():
+    """Now and then the last packet of a read has nothing behind it yet; most have."""
+    budget = InboundBudget(OPTS, now=0.0)
+    now = 0.0
+    for i in range(100):
+        now += 0.05
+        budget.charge(OPTS, 1, now, more=i % 10 != 9)
+    assert budget.flooding(OPTS, now)
+
+
 def test_a_quiet_pause_ends_the_run_at_the_budget():
     budget = InboundBudget(OPTS, now=0.0)
     for _ in range(7):
