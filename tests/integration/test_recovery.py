@@ -393,3 +393,57 @@ async def test_one_node_restart_recovers_its_sessions(tmp_path, node_driver):
         for app in (first, second):
             if app is not None:
                 await app.stop()
+
+
+async def test_chat_presence_does_not_flap_and_a_leave_is_told_after_the_window(
+        tmp_path, node_driver):
+    """open-webui 0.12 shared chats: the other viewer sees no chat:presence change when a
+    tab recovers; when a tab does not come back, its leave is told once the window passed
+    (with the chat rooms it had)."""
+    from tests.integration.test_openwebui_identity import env_for, session_token
+    from tests.support.openwebui_standin import serve_standin
+
+    async with serve_standin() as ow:
+        ow.add("a", "Ann")
+        ow.add("b", "Bob")
+        ow.chats["chat1"] = {"a": "write", "b": "write"}
+        ini = "[openwebui]\ncache_ttl = 30\n[recovery]\nmax_disconnection = 1\n"
+        async with running(tmp_path, ini, env_for(ow)) as h:
+            proxy = await CutProxy(h.app.port).start()
+            try:
+                ann = await node_driver.connect("a", proxy.url, **opts(session_token(h, "a")))
+                bob = await h.connect(session_token(h, "b"))
+                join = {"chat_id": "chat1", "data": {"type": "join"}}
+                assert (await ann.emit("events:chat", join))[0] is True
+                assert await bob.call("events:chat", join, timeout=WAIT) is True
+
+                def presences():
+                    return [e["data"]["data"]["users"] for e in bob.rec.of("events")
+                            if e["data"]["type"] == "chat:presence"]
+                await until(lambda: [{"id": "a", "name": "Ann"}, {"id": "b", "name": "Bob"}]
+                            in presences(), "both viewers")
+                seen = len(presences())
+                proxy.cut()
+                await ann.wait_disconnect(timeout=WAIT)
+                again = await ann.wait_notification("connect", timeout=WAIT)
+                assert again["recovered"] is True
+                await asyncio.sleep(1.5)  # past the window: nothing was due
+                assert len(presences()) == seen
+                await ann.disconnect()  # a client's own disconnect: told at once
+                await until(lambda: presences()[-1:] == [[{"id": "b", "name": "Bob"}]],
+                            "Ann's leave")
+                # a tab that goes for good: its leave is told once the window passed
+                ann = await node_driver.connect("a2", proxy.url, **opts(
+                    session_token(h, "a"), reconnection=False))
+                assert (await ann.emit("events:chat", join))[0] is True
+                await until(lambda: len(presences()[-1]) == 2, "Ann back")
+                seen = len(presences())
+                proxy.cut()
+                await ann.wait_disconnect(timeout=WAIT)
+                await asyncio.sleep(0.5)
+                assert len(presences()) == seen  # not yet: she may still come back
+                await until(lambda: presences()[-1:] == [[{"id": "b", "name": "Bob"}]],
+                            "Ann's leave after the window")
+                assert h.app.recovery.results["expired"] == 1
+            finally:
+                await proxy.stop()
