@@ -30,7 +30,8 @@ class Consumer(Protocol):
     close_reason: str | None
 
     def close(self, reason: str = ..., notify_client: bool = ...,
-              drop_pending: bool = ...) -> None: ...
+              drop_pending: bool = ..., ws_close: tuple[int, str, bool] | None = ...
+              ) -> None: ...
 
 
 # the session whose messages the current task is handling (each consumer is its own task):

@@ -26,7 +26,7 @@ from .contracts import EngineStats, MessageHandler, SessionRef, WsTransport
 from .inbox import Consumer, consuming
 from .options import EngineOptions
 from .protocol import MESSAGE, HandshakeError, Packet
-from .session import EngineSession
+from .session import WS_INVALID_PACKET, EngineSession
 
 __all__ = ["EngineOptions", "EngineServer"]
 
@@ -170,7 +170,8 @@ class EngineServer:
         if session is not None:
             if not session.closed:
                 self.counters.protocol_errors += 1
-            session.close(reason, drop_pending=True)
+            # the client's close event says why: 1002 "invalid packet"
+            session.close(reason, drop_pending=True, ws_close=WS_INVALID_PACKET)
 
     async def shutdown(self) -> None:
         await self.disconnect()
