@@ -520,7 +520,9 @@ class Conn:
 
     def drain(self) -> list[str]:
         """The Socket.IO packets queued for this client (and forget them)."""
-        queued, self.session.queue = self.session.queue, []
+        queued = list(self.session.queue)
+        self.session.queue.clear()
+        self.session.queued_bytes = 0  # as a poll that collected them would
         return [p.data for p in queued if p.packet_type == MESSAGE and isinstance(p.data, str)]
 
 
@@ -866,14 +868,18 @@ class World:
         conn.session.close()
         await self._settle(conn.session)
         app, sid, eio_sid = self.app, conn.sid, conn.session.sid
+        away = app.recovery is not None and await app.recovery.away(sid)
         leftovers = {
             "identity": sid in app.gateway.identities,
             "presence": await app.backend.presence.user_of(sid) is not None,
             "rooms": [str(r) for r, sids in app.sio.manager.rooms.get("/", {}).items()
                       if sid in sids],
             "usage": sid in app.backend.usage._models_of,
-            "editors": [d for d, eds in self.collab.editors.items() if sid in eds],
-            "joined": sid in self.collab.joined,
+            # a session that may still recover keeps its documents until its window ends
+            # (connection state recovery: no leave/join pair for a tab that comes back)
+            "editors": [] if away else [d for d, eds in self.collab.editors.items()
+                                        if sid in eds],
+            "joined": not away and sid in self.collab.joined,
             "limits": sid in app.limits._ip_of,
             "binary packet": eio_sid in app.sio._binary_packet,
         }
