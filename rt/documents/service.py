@@ -304,6 +304,7 @@ class CollabService:
                 doc.drop()
                 raise
             if seq is None:  # another node seeded it since the load: its seed won
+                doc.drop()  # the copy holds our seed too: rebuilt from the store
                 await self._current(doc)
                 return await doc.encode()
             await self._accepted(sid, identity, doc, seq, update, wire)

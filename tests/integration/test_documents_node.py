@@ -54,13 +54,14 @@ class NodeEditor:
             "document_id": DOC, "user_id": "forged", "user_name": "Forged",
             "user_color": "#abcdef"}, ack=True, timeout=WAIT)
         assert ack == [{"ok": True}]
-        (state,) = await self.sock.wait_for("ydoc:document:state", timeout=WAIT)
+        # the first argument; an offset of connection state recovery may follow
+        state = (await self.sock.wait_for("ydoc:document:state", timeout=WAIT))[0]
         await self.driver.ydoc_apply(self.name, bytes(state["state"]))
 
     async def pull(self) -> str:
         updates = self.sock.received("ydoc:document:update")
-        for (data,) in updates[self.applied:]:
-            await self.driver.ydoc_apply(self.name, bytes(data["update"]))
+        for args in updates[self.applied:]:
+            await self.driver.ydoc_apply(self.name, bytes(args[0]["update"]))
         self.applied = len(updates)
         return await self.driver.ydoc_text(self.name, "t")
 
@@ -108,7 +109,7 @@ async def test_python_and_node_clients_edit_one_note_and_converge(tmp_path, node
         text = await converge([a, b], [n])
         for piece in ("Hello", " from y-py", "[pycrdt] ", "[yjs] ", "a9", "n9", "b9"):
             assert piece in text
-        relayed = [d for (d,) in n.sock.received("ydoc:document:update")]
+        relayed = [args[0] for args in n.sock.received("ydoc:document:update")]
         assert {d["user_id"] for d in relayed} == {"a", "b"}  # identities, never "forged"
         assert all(d["socket_id"] in (a.client.get_sid(), b.client.get_sid()) for d in relayed)
         got = [d for d in b.client.rec.of("ydoc:document:update") if d["user_id"] == "n"]
@@ -188,8 +189,8 @@ async def test_open_webui_editors_seed_an_empty_note_and_apply_the_stored_state(
         n2 = await NodeEditor.start(node_driver, h, "n2", tok["n2"])
         for editor in (n1, n2):
             await editor.join()
-        (state,) = n1.sock.received("ydoc:document:state")[0]
-        assert state["state"] == [0, 0] and state["content"] is None  # empty: both seed
+        state = n1.sock.received("ydoc:document:state")[0][0]
+        assert state["state"] == b"\x00\x00" and state["content"] is None  # empty: both seed
 
         # the first seed is stored; its ack is the seed itself, which the editor applies
         first = await node_driver.ydoc_initialize("n1", "n1", DOC, "Seeded by n1")
@@ -217,7 +218,7 @@ async def test_open_webui_editors_seed_an_empty_note_and_apply_the_stored_state(
         # a late joiner gets the seeded state and the content
         late = await NodeEditor.start(node_driver, h, "late", tok["late"])
         await late.join()
-        (state,) = late.sock.received("ydoc:document:state")[0]
+        state = late.sock.received("ydoc:document:state")[0][0]
         assert state["content"] == content
         assert await node_driver.ydoc_xml("late") == paragraph("Seeded by n1")
 
@@ -257,8 +258,8 @@ async def test_two_editors_on_two_nodes_racing_to_seed_store_one_seed(
                 ack = await sock.emit("ydoc:document:join", {"document_id": document_id},
                                       timeout=WAIT)
                 assert ack == [{"ok": True}]
-                (state,) = await sock.wait_for("ydoc:document:state", timeout=WAIT)
-                assert state["state"] == [0, 0]
+                state = (await sock.wait_for("ydoc:document:state", timeout=WAIT))[0]
+                assert state["state"] == b"\x00\x00"  # binary: empty
                 editors[user] = name
 
             results = await asyncio.gather(*(
