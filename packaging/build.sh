@@ -4,7 +4,8 @@
 #
 #   1. the build root: Debian 11 (glibc 2.31) from Debian's archive (packaging/rootfs.sh),
 #      and in it CPython 3.11 from Debian 12's source package, built once
-#      (packaging/build-python.sh); both cached in ~/.cache/rt-appliance ($RT_CACHE);
+#      (packaging/build-python.sh; arm64 on x86-64: cross-compiled,
+#      packaging/build-python-cross.sh); both cached in ~/.cache/rt-appliance ($RT_CACHE);
 #   2. in that root, a clean virtual environment: the project and its pinned runtime
 #      dependencies (constraints.txt), no test extras, plus the pinned PyInstaller; then
 #      PyInstaller with packaging/rt-appliance.spec (one file; test packages, aiohttp,
@@ -45,7 +46,11 @@ say() { printf '==> %s\n' "$*"; }
 [[ $(id -u) == 0 ]] || { echo "packaging/build.sh needs root (debootstrap, chroot)" >&2; exit 1; }
 
 say "build root and CPython ($ARCH)"
-ROOT_PY=$(bash packaging/build-python.sh "$ARCH")
+if [[ $ARCH == arm64 && $(uname -m) != aarch64 ]]; then
+  ROOT_PY=$(bash packaging/build-python-cross.sh)   # compiling under emulation: hours
+else
+  ROOT_PY=$(bash packaging/build-python.sh "$ARCH")
+fi
 ROOT=${ROOT_PY%%:*}
 ROOT_PYTHON=${ROOT_PY#*:}
 setup_s=$((SECONDS - started))
