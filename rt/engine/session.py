@@ -77,7 +77,8 @@ CLOSE_LINGER_S = 5.0
 class EngineSession:
     __slots__ = (
         "server", "sid", "environ", "transport", "session", "created_at", "closed",
-        "queue", "queued_bytes", "ws", "_probe_ws", "_poll", "_posting", "_post_rest",
+        "queue", "queued_bytes", "queue_allowance", "ws", "_probe_ws", "_poll", "_posting",
+        "_post_rest",
         "_post_at",
         "_post_done", "_post_failed", "inbox", "gate",
         "_ping_handle", "_pong_handle", "_pong_extended", "_linger_handle", "_upgrade_handle",
@@ -94,6 +95,8 @@ class EngineSession:
         self.closed = False
         self.queue: list[Packet] = []  # waiting for the next poll (polling, or mid-upgrade)
         self.queued_bytes = 0  # about how much the queue holds (max_outbound_bytes bounds it)
+        # one packet larger than the limit (a large document's state) may wait on top of it
+        self.queue_allowance = 0
         self.ws: WsTransport | None = None  # the websocket once the session is on one
         self._probe_ws: WsTransport | None = None  # a websocket probing for an upgrade
         self._poll: asyncio.Future[None] | None = None  # the GET waiting for packets
@@ -180,9 +183,15 @@ class EngineSession:
         if self.ws is not None:
             self.ws.send_wire_frame(ws_frame_of(pkt), pkt)
             return
+        limit = self.server.options.max_outbound_bytes
+        if self.queued_bytes <= limit:
+            self.queue_allowance = 0
+        size = _size(pkt)
         self.queue.append(pkt)
-        self.queued_bytes += _size(pkt)
-        if self.queued_bytes > self.server.options.max_outbound_bytes:
+        self.queued_bytes += size
+        if size > limit:
+            self.queue_allowance = max(self.queue_allowance, size)
+        if self.queued_bytes > limit + self.queue_allowance:
             # a polling client that stopped collecting: cut it off, as a websocket is
             log.warning("session %s: slow consumer (%d bytes waiting for a poll), closing",
                         self.sid, self.queued_bytes)

@@ -86,11 +86,14 @@ class WebSocket(asyncio.Protocol):
     __slots__ = ("max_message", "max_outbound", "stats", "session", "probed",
                  "transport", "_buf", "_fragments", "_fragment_op", "_fragment_size",
                  "_closing", "_close_timer", "_lost", "_held", "_turn_held", "_reading",
-                 "_dropped", "_discarded")
+                 "_dropped", "_discarded", "_allowance")
 
     def __init__(self, max_message: int, max_outbound: int, stats: EngineStats):
         self.max_message = max_message
         self.max_outbound = max_outbound
+        # one message larger than max_outbound (a large document's state) is let through
+        # once: its size is allowed on top of the limit until the buffer drained below it
+        self._allowance = 0
         self.stats = stats
         # set once the session is open; reading waits until then
         self.session: WsListener | None = None
@@ -170,9 +173,13 @@ class WebSocket(asyncio.Protocol):
         transport = self.transport
         if self._closing or transport is None:
             return
+        if transport.get_write_buffer_size() <= self.max_outbound:
+            self._allowance = 0  # whatever large message there was has gone out
         transport.write(frame)
+        if len(frame) > self.max_outbound:
+            self._allowance = max(self._allowance, len(frame))
         unsent = transport.get_write_buffer_size()
-        if unsent > self.max_outbound:
+        if unsent > self.max_outbound + self._allowance:
             if self.session is not None:
                 self.session.on_ws_overflow(self, unsent)
             else:
