@@ -40,6 +40,7 @@ from typing import Any, Protocol
 import orjson
 
 from ..core.errors import StoreError
+from ..core.tasks import TaskGroup
 from .redis_conn import AnyRedis, KeySpace
 from .redis_ops import Lua, RedisUser, text
 
@@ -396,11 +397,6 @@ READ_BATCH = 500
 log = logging.getLogger("rt.recovery")
 
 
-def _log_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("recovery log repair failed: %r", task.exception())
-
-
 class RedisRecoveryState(RedisUser):
     """A cluster's recovery state: the log is one stream, on the slot of the client
     manager's pub/sub channel (so one script appends and publishes, on a Cluster too);
@@ -426,6 +422,7 @@ class RedisRecoveryState(RedisUser):
         self.repaired = 0
         self.deliver: Deliver | None = None
         self.appended = 0
+        self.tasks = TaskGroup()  # the repair of a gap in what reached this node
 
     def _record_key(self, sid: str) -> str:
         return self.keys.key(f"recovery:{sid}")
@@ -461,9 +458,7 @@ class RedisRecoveryState(RedisUser):
         last = self._last
         if last is not None and n > last[0] + 1:
             self._held = [payload]
-            task = asyncio.get_running_loop().create_task(self._repair(last[1]),
-                                                          name="recovery log repair")
-            task.add_done_callback(_log_failure)
+            self.tasks.spawn("recovery log repair", self._repair(last[1]))
             return
         self._deliver(payload)
 

@@ -58,6 +58,7 @@ from ..backends.recovery_state import (
 )
 from ..backends.redis_conn import KeySpace
 from ..core.errors import StoreError
+from ..core.tasks import TaskGroup
 from ..metrics import Figure
 
 if TYPE_CHECKING:
@@ -126,7 +127,7 @@ class RecoveryService:
         self._foreign: set[str] | None = None
         self._foreign_all = False
         self._foreign_task: asyncio.Task[None] | None = None
-        self._parked: set[asyncio.Task[None]] = set()  # calls waiting for their session
+        self.tasks = TaskGroup()  # calls waiting for their session, the foreign marker
         state.deliver = self.deliver
 
     # ------------------------------------------------------------------ who may recover
@@ -206,10 +207,8 @@ class RecoveryService:
         if record is None or record.live:
             return False
         until = record.until or time.time() + self.window
-        task = asyncio.get_running_loop().create_task(
-            self._call_when_back(event, data, to, callback, until), name=f"parked call {to}")
-        self._parked.add(task)
-        task.add_done_callback(self._parked.discard)
+        self.tasks.spawn(f"parked call {to}",
+                         self._call_when_back(event, data, to, callback, until))
         self.results["call_parked"] += 1
         return True
 
@@ -249,8 +248,8 @@ class RecoveryService:
                            else [])
             self._foreign = pending
         if self._foreign_task is None:
-            self._foreign_task = asyncio.get_running_loop().create_task(
-                self._mark_foreign(), name="recovery foreign marker")
+            self._foreign_task = self.tasks.spawn("recovery foreign marker",
+                                                  self._mark_foreign())
 
     async def _mark_foreign(self) -> None:
         try:
@@ -622,10 +621,7 @@ class RecoveryService:
             log.warning("recovery: the previous run's state is not usable: %s", exc)
 
     async def close(self) -> None:
-        if self._foreign_task is not None:
-            self._foreign_task.cancel()
-        for task in list(self._parked):
-            task.cancel()
+        await self.tasks.stop()
 
 
 def build_state(settings: Any, backend: Any) -> RecoveryState:

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..auth import Identity
 from ..backends import Store
+from ..core.tasks import TaskGroup
 from ..metrics import Figure
 from .request import ChatRequest, Outcome, RelayRefused
 from .stream import RelayStream
@@ -39,6 +40,7 @@ class RelayService:
         self._per_user: dict[str, int] = {}
         self._stopping = False
         self.counters = RelayCounters()
+        self.tasks = TaskGroup()  # the streams' runs
 
     # ------------------------------------------------------------------ streams
     async def start(self, identity: Identity, request: ChatRequest,
@@ -72,8 +74,7 @@ class RelayService:
         self._streams[request.message_id] = stream
         self._per_user[identity.id] = self._per_user.get(identity.id, 0) + 1
         self.counters.started += 1
-        stream.task = asyncio.ensure_future(stream.run())
-        stream.task.set_name(f"relay {request.message_id}")
+        stream.task = self.tasks.spawn(f"relay {request.message_id}", stream.run())
         return stream
 
     def get(self, message_id: str) -> RelayStream | None:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 
 from ..backends import UsageRegistry
-from ..core.tasks import cancel_and_wait
+from ..core.tasks import TaskGroup
 from ..emitter import Emitter
 
 log = logging.getLogger("rt.app")
@@ -49,7 +49,8 @@ class UsageService:
         self.timer = timer  # paces broadcasts (node-local, so always monotonic)
         self.broadcasts = 0  # `usage` messages sent by this node
         self._dirty = False  # a change not broadcast yet
-        self._task: asyncio.Task | None = None  # the broadcaster while changes are pending
+        self.tasks = TaskGroup()  # the broadcaster, while changes are pending
+        self._task: asyncio.Task[None] | None = None
         self._next_at = -float("inf")  # timer() before which no broadcast goes out
         self._sent: tuple[int, list[str]] | None = None  # (version, models) last sent
 
@@ -79,7 +80,7 @@ class UsageService:
             return
         self._dirty = True
         if self._task is None:
-            self._task = asyncio.ensure_future(self._broadcaster())
+            self._task = self.tasks.spawn("usage broadcast", self._broadcaster())
 
     async def _broadcaster(self) -> None:
         """Runs while changes are pending; one broadcast per interval at most."""
@@ -119,4 +120,4 @@ class UsageService:
 
     async def close(self) -> None:
         """Stop a pending broadcast (at shutdown: the clients are going anyway)."""
-        await cancel_and_wait(self._task)
+        await self.tasks.stop()
