@@ -251,6 +251,29 @@ class CollabService:
 
     async def update(self, sid: str, identity: Identity, document_id: str, wire: Any,
                      content: Any = _MISSING) -> dict:
+        """Accept an update (the four steps of the module's docstring). A writer's update
+        that is refused (too large, invalid) leaves the sender's copy ahead of everybody
+        else's, and open-webui's editor does not send it again: the sender also gets the
+        document's state, on which the editor resynchronises."""
+        try:
+            return await self._update(sid, identity, document_id, wire, content)
+        except p.EventError:
+            await self._resync(sid, document_id)
+            raise
+
+    async def _resync(self, sid: str, document_id: str) -> None:
+        editor = self.editors.get(document_id, {}).get(sid)
+        if editor is None or editor.level != "write":
+            return  # not joined, or never allowed to write: nothing diverged
+        try:
+            async with self._use(document_id) as doc, doc.lock:
+                await self._current(doc)
+                await self._send_state(sid, doc)
+        except (StoreError, p.EventError) as exc:
+            log.info("state for %s after a refused update not sent: %s", sid, exc)
+
+    async def _update(self, sid: str, identity: Identity, document_id: str, wire: Any,
+                      content: Any) -> dict:
         s = self.settings()
         update = bytes_of(wire, "update", s.max_update_bytes)
         await self._writer(sid, identity, document_id)

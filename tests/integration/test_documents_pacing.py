@@ -36,3 +36,30 @@ async def test_an_editor_at_acknowledgement_speed_is_never_refused(tmp_path):
         assert {"ok": True} in acks
         assert any(isinstance(a, dict) and a.get("error") == "rate_limited" for a in acks)
         assert h.app.limits.refused["events"] >= 1
+
+
+async def test_a_refused_update_is_followed_by_the_state_to_resynchronise(tmp_path):
+    ini = "[documents]\nmax_update_bytes = 300\n"
+    async with running(tmp_path, ini) as h:
+        await setup_note(h, owner="a", read=["r"])
+        editor = Editor(await h.connect(await h.user("a")), PyReplica("pycrdt"))
+        await editor.join()
+        await editor.type(0, "kept")
+        states = len(editor.client.rec.of("ydoc:document:state"))
+        too_big = editor.replica.insert(0, "x" * 400)  # the editor's copy is now ahead
+        ack = await editor.send(too_big)
+        assert ack["error"] == "too_large"
+        # the document as everybody has it, for the editor to start again from
+        state = await editor.client.rec.wait_for("ydoc:document:state",
+                                                 lambda d: b"kept" in d["state"])
+        assert len(editor.client.rec.of("ydoc:document:state")) == states + 1
+        check = PyReplica("pycrdt")
+        check.apply(state["state"])
+        assert check.value() == "kept"
+        # a reader's refused update diverges nothing: no state for it
+        reader = Editor(await h.connect(await h.user("r")), PyReplica("pycrdt"))
+        await reader.join()
+        before = len(reader.client.rec.of("ydoc:document:state"))
+        assert (await reader.send(reader.replica.insert(0, "no")))["error"] == "forbidden"
+        await h.app.documents.tasks.settle(0.2)
+        assert len(reader.client.rec.of("ydoc:document:state")) == before
