@@ -119,7 +119,7 @@ fi
 
 size=$(stat -c %s "$RELEASE")
 glibc=$(sed -n 's/^oldest glibc the binary runs on: //p' "build/rt-appliance-$ARCH.report.txt")
-summary="$RELEASE: $((size / 1048576)).$(((size % 1048576) * 10 / 1048576)) MiB ($size bytes), newest glibc symbol needed $glibc, root and CPython ${setup_s} s, PyInstaller build ${build_s} s"
+summary="$RELEASE: $(awk -v s="$size" 'BEGIN { printf "%.1f", s / 1048576 }') MiB ($size bytes), newest glibc symbol needed $glibc, root and CPython ${setup_s} s, PyInstaller build ${build_s} s"
 say "$summary"
 
 if [[ "${SKIP_SMOKE:-}" == 1 ]]; then
