@@ -74,6 +74,14 @@ def engine_options(settings: Any) -> EngineOptions:
         cors_origins=None if "*" in origins else origins,
         compression=s.websocket_compression,
         max_outbound_bytes=settings.limits.max_outbound_bytes,
+        # every packet a session sends counts against its inbound budget; a budget below the
+        # event limit would slow what the event limit is there to refuse
+        inbound_rate=max(settings.limits.inbound_packets_per_second,
+                         settings.limits.events_per_second),
+        inbound_burst=max(settings.limits.inbound_packet_burst, settings.limits.events_burst),
+        inbound_bytes_rate=settings.limits.inbound_bytes_per_second,
+        inbound_bytes_burst=settings.limits.inbound_bytes_burst,
+        flood_close_after=settings.limits.flood_close_after,
     )
 
 
@@ -442,6 +450,7 @@ class Appliance:
             await self.documents.close()  # content still debounced if the drain timed out
             await self.usage.close()  # a coalesced usage broadcast still pending
             await self.backend.stop()
+            await self.sio.engine.tasks.stop()  # python-socketio's own background tasks
             if self.metrics_http is not None:
                 self.metrics_http.stop()
             logging.getLogger("rt").removeHandler(self.recent_errors)

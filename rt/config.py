@@ -432,6 +432,24 @@ class LimitsSettings:
         reload=True)
     events_burst: int = opt(
         "200", integer(1), "Events one session may send at once above that rate.", reload=True)
+    inbound_packets_per_second: float = opt(
+        "100", POSITIVE, "Packets one session may send per second, sustained (events, "
+        "attachments, pongs; never less than events_per_second); above it the appliance "
+        "stops reading the socket until the budget refills: the client is slowed, nothing is "
+        "refused.", reload=True)
+    inbound_packet_burst: int = opt(
+        "200", integer(1), "Packets one session may send at once above that rate (never less "
+        "than events_burst).", reload=True)
+    inbound_bytes_per_second: int = opt(
+        "1048576", integer(1024), "Bytes one session may send per second, sustained (slowed "
+        "above it, as for packets).", reload=True)
+    inbound_bytes_burst: int = opt(
+        "4194304", integer(1024), "Bytes one session may send at once above that rate.",
+        reload=True)
+    flood_close_after: float = opt(
+        "10", NON_NEGATIVE, "Seconds a session may stay at its inbound budget, sending without "
+        "waiting for answers, before it is closed as a flood (websocket close 1008 'inbound "
+        "flood'); 0 = never.", reload=True)
     max_rooms_per_connection: int = opt(
         "2000", integer(1), "Rooms one session may be in (its channels, notes, documents).",
         reload=True)

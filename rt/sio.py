@@ -184,8 +184,18 @@ class SocketServer(socketio.AsyncServer):
                      label="transport")
         yield Figure("rt_rooms", "Socket.IO rooms with members on this node",
                      len(self.manager.rooms.get("/", {})))
-        yield Figure("rt_limited", "", {"outbound_bytes": engine.slow_consumers},
-                     label="limit", counter=True)
+        stats = engine.stats()
+        yield Figure("rt_limited", "", {
+            "outbound_bytes": stats["slow_consumers"],
+            "inbound_rate": stats["inbound_throttled"],
+            "inbound_backlog": stats["inbound_backlogged"],
+            "inbound_flood": stats["flood_disconnects"]}, label="limit", counter=True)
+        yield Figure("rt_protocol_errors", "Connections closed for undecodable or malformed "
+                     "input", stats["protocol_errors"], counter=True)
+        yield Figure("rt_engine_messages_in", "Messages handed to the handlers",
+                     stats["messages_in"], counter=True)
+        yield Figure("rt_sessions_held", "Sessions whose socket is not read now (inbound "
+                     "budget or backlog)", stats["sessions_held"])
 
     async def emit(self, event, data=None, to=None, room=None, skip_sid=None,
                    namespace=None, callback=None, ignore_queue=False):

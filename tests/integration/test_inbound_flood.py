@@ -89,6 +89,12 @@ async def test_flood_is_slowed_then_cut_while_others_are_answered(tmp_path):
         await eventually(lambda: len(h.app.gateway.identities) == 1)  # the flooder's is gone
         assert await other.call("user-join", {}, timeout=WAIT)
         flooder.close()
+        # and the operator sees it in /metrics
+        status, body = await h.api("GET", "/metrics")
+        text = body.decode() if isinstance(body, bytes) else str(body)
+        assert status == 200
+        assert 'rt_limited_total{limit="inbound_flood"} 1.0' in text
+        assert 'rt_limited_total{limit="inbound_rate"}' in text
 
 
 async def test_burst_above_the_budget_is_slowed_not_cut_nor_lost(tmp_path):
