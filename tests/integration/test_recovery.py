@@ -4,6 +4,9 @@ and every missed event in order and exactly once; a forged or another user's pid
 expired window, a log past its bounds give a new session; python-socketio clients get no
 offsets; a recovered session announces no leave/join."""
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -12,6 +15,16 @@ from tests.support.cut_proxy import CutProxy
 from tests.support.node_fixtures import node_driver, node_driver_factory  # noqa: F401
 
 pytestmark = pytest.mark.asyncio
+
+
+@contextlib.asynccontextmanager
+async def cut_proxy(h: Any) -> AsyncIterator[CutProxy]:
+    """A proxy in front of the appliance whose connections a test can cut, stopped after."""
+    proxy = await CutProxy(h.app.port).start()
+    try:
+        yield proxy
+    finally:
+        await proxy.stop()
 
 WAIT = 10.0
 RECONNECT = {"reconnection": True, "reconnectionDelay": 50, "reconnectionDelayMax": 200,
@@ -54,8 +67,7 @@ async def drop_and_emit(h, proxy, sock, user, numbers_missed):
 async def test_dropped_connection_recovers_everything_in_order(tmp_path, node_driver):
     async with running(tmp_path) as h:
         tok = await h.user("ann")
-        proxy = await CutProxy(h.app.port).start()
-        try:
+        async with cut_proxy(h) as proxy:
             sock = await node_driver.connect("a", proxy.url, **opts(tok))
             sid = sock.sid
             assert (await sock.emit("user-join", {"auth": {"token": tok}}))[0]["id"] == "ann"
@@ -80,8 +92,6 @@ async def test_dropped_connection_recovers_everything_in_order(tmp_path, node_dr
             await until(lambda: numbers(sock)[-1:] == [12], "the live event")
             assert numbers(sock) == list(range(13))
             await sock.disconnect()
-        finally:
-            await proxy.stop()
 
 
 async def test_recovery_without_any_event_seen(tmp_path, node_driver):
@@ -89,16 +99,13 @@ async def test_recovery_without_any_event_seen(tmp_path, node_driver):
     session's start."""
     async with running(tmp_path) as h:
         tok = await h.user("ann")
-        proxy = await CutProxy(h.app.port).start()
-        try:
+        async with cut_proxy(h) as proxy:
             sock = await node_driver.connect("a", proxy.url, **opts(tok))
             await until(lambda: sock.sid in h.app.gateway.identities, "bound")
             again = await drop_and_emit(h, proxy, sock, "ann", [1, 2])
             assert again["recovered"] is True and again["sid"] == sock.sid
             await until(lambda: numbers(sock) == [1, 2], "the missed events")
             await sock.disconnect()
-        finally:
-            await proxy.stop()
 
 
 async def test_forged_and_foreign_pid_recover_nothing(tmp_path, node_driver):
@@ -132,8 +139,7 @@ async def test_expired_window_gives_a_new_session(tmp_path, node_driver):
     ini = "[recovery]\nmax_disconnection = 0.5\n"
     async with running(tmp_path, ini) as h:
         tok = await h.user("ann")
-        proxy = await CutProxy(h.app.port).start()
-        try:
+        async with cut_proxy(h) as proxy:
             sock = await node_driver.connect("a", proxy.url, **opts(
                 tok, reconnectionDelay=1500, reconnectionDelayMax=1500))
             await emit(h, "ann", 1)
@@ -143,16 +149,13 @@ async def test_expired_window_gives_a_new_session(tmp_path, node_driver):
             await emit(h, "ann", 3)
             await until(lambda: numbers(sock) == [1, 3], "the live event")
             await sock.disconnect()
-        finally:
-            await proxy.stop()
 
 
 async def test_bounds_exceeded_fails_cleanly(tmp_path, node_driver):
     ini = "[recovery]\nmax_packets = 3\n"
     async with running(tmp_path, ini) as h:
         tok = await h.user("ann")
-        proxy = await CutProxy(h.app.port).start()
-        try:
+        async with cut_proxy(h) as proxy:
             sock = await node_driver.connect("a", proxy.url, **opts(tok))
             await emit(h, "ann", 0)
             await until(lambda: numbers(sock) == [0], "the event")
@@ -168,16 +171,13 @@ async def test_bounds_exceeded_fails_cleanly(tmp_path, node_driver):
             assert again["recovered"] is True
             await until(lambda: numbers(sock)[-1:] == [7], "the missed event")
             await sock.disconnect()
-        finally:
-            await proxy.stop()
 
 
 async def test_event_too_large_to_keep_fails_recovery(tmp_path, node_driver):
     ini = "[recovery]\nmax_packet_bytes = 1024\n"
     async with running(tmp_path, ini) as h:
         tok = await h.user("ann")
-        proxy = await CutProxy(h.app.port).start()
-        try:
+        async with cut_proxy(h) as proxy:
             sock = await node_driver.connect("a", proxy.url, **opts(tok))
             await emit(h, "ann", 0)
             await until(lambda: numbers(sock) == [0], "the event")
@@ -190,8 +190,6 @@ async def test_event_too_large_to_keep_fails_recovery(tmp_path, node_driver):
             again = await sock.wait_notification("connect", timeout=WAIT)
             assert again["recovered"] is False
             await sock.disconnect()
-        finally:
-            await proxy.stop()
 
 
 async def test_python_socketio_client_is_unaffected(tmp_path):
@@ -226,8 +224,7 @@ async def test_no_leave_join_for_a_recovered_session(tmp_path, node_driver):
         tok_b = await h.user("bob")
         await h.api("PUT", "/api/v1/notes/n1", {"owner": "ann", "read": ["bob"],
                                                 "write": ["bob"]})
-        proxy = await CutProxy(h.app.port).start()
-        try:
+        async with cut_proxy(h) as proxy:
             a = await node_driver.connect("a", proxy.url, **opts(tok_a))
             b = await node_driver.connect("b", h.url, **opts(tok_b, reconnection=False))
             for sock in (b, a):
@@ -249,15 +246,12 @@ async def test_no_leave_join_for_a_recovered_session(tmp_path, node_driver):
             # a client's own disconnect is a leave, announced at once
             await b.wait_for("ydoc:user:left", timeout=WAIT)
             await b.disconnect()
-        finally:
-            await proxy.stop()
 
 
 async def test_binary_events_are_recovered(tmp_path, node_driver):
     async with running(tmp_path) as h:
         tok = await h.user("ann")
-        proxy = await CutProxy(h.app.port).start()
-        try:
+        async with cut_proxy(h) as proxy:
             sock = await node_driver.connect("a", proxy.url, **opts(tok))
             await h.app.sio.emit("blob", {"n": 0, "bytes": b"\x00\x01"}, to="user:ann")
             await until(lambda: len(sock.received("blob")) == 1, "the binary event")
@@ -271,8 +265,6 @@ async def test_binary_events_are_recovered(tmp_path, node_driver):
             got = [(args[0]["n"], args[0]["bytes"]) for args in sock.received("blob")]
             assert got == [(0, b"\x00\x01"), (1, b"\x01" * 3), (2, b"\x02" * 3)]
             await sock.disconnect()
-        finally:
-            await proxy.stop()
 
 
 async def test_half_open_connection_is_taken_over(tmp_path, node_driver):
@@ -281,8 +273,7 @@ async def test_half_open_connection_is_taken_over(tmp_path, node_driver):
     connection's ping timeout, and nothing is announced."""
     async with running(tmp_path) as h:
         tok = await h.user("ann")
-        proxy = await CutProxy(h.app.port).start()
-        try:
+        async with cut_proxy(h) as proxy:
             sock = await node_driver.connect("a", proxy.url, **opts(tok))
             sid = sock.sid
             await emit(h, "ann", 0)
@@ -300,8 +291,6 @@ async def test_half_open_connection_is_taken_over(tmp_path, node_driver):
             status, body = await h.api("GET", "/api/v1/users/ann/presence")
             assert body["sessions"] == 1
             await sock.disconnect()
-        finally:
-            await proxy.stop()
 
 
 async def test_leave_is_announced_when_the_window_passes(tmp_path, node_driver):
@@ -311,8 +300,7 @@ async def test_leave_is_announced_when_the_window_passes(tmp_path, node_driver):
         tok_b = await h.user("bob")
         await h.api("PUT", "/api/v1/notes/n1", {"owner": "ann", "read": ["bob"],
                                                 "write": ["bob"]})
-        proxy = await CutProxy(h.app.port).start()
-        try:
+        async with cut_proxy(h) as proxy:
             a = await node_driver.connect("a", proxy.url, **opts(tok_a, reconnection=False))
             b = await node_driver.connect("b", h.url, **opts(tok_b, reconnection=False))
             for sock in (b, a):
@@ -326,8 +314,6 @@ async def test_leave_is_announced_when_the_window_passes(tmp_path, node_driver):
             status, body = await h.api("GET", "/api/v1/users/ann/presence")
             assert body["online"] is False
             await b.disconnect()
-        finally:
-            await proxy.stop()
 
 
 async def test_call_to_a_tab_that_is_away_is_asked_when_it_is_back(tmp_path, node_driver):
@@ -335,8 +321,7 @@ async def test_call_to_a_tab_that_is_away_is_asked_when_it_is_back(tmp_path, nod
     asked once it has recovered, and its answer reaches the caller."""
     async with running(tmp_path) as h:
         tok = await h.user("ann")
-        proxy = await CutProxy(h.app.port).start()
-        try:
+        async with cut_proxy(h) as proxy:
             sock = await node_driver.connect("a", proxy.url, **opts(
                 tok, autoAck="yes", reconnectionDelay=500, reconnectionDelayMax=500))
             sid = sock.sid
@@ -350,8 +335,6 @@ async def test_call_to_a_tab_that_is_away_is_asked_when_it_is_back(tmp_path, nod
             assert answer == {"answer": "yes", "got": [{"q": "run the tool?"}]}
             assert h.app.recovery.results["call_parked"] == 1
             await sock.disconnect()
-        finally:
-            await proxy.stop()
 
 
 async def test_one_node_restart_recovers_its_sessions(tmp_path, node_driver):
@@ -409,8 +392,7 @@ async def test_chat_presence_does_not_flap_and_a_leave_is_told_after_the_window(
         ow.chats["chat1"] = {"a": "write", "b": "write"}
         ini = "[openwebui]\ncache_ttl = 30\n[recovery]\nmax_disconnection = 1\n"
         async with running(tmp_path, ini, env_for(ow)) as h:
-            proxy = await CutProxy(h.app.port).start()
-            try:
+            async with cut_proxy(h) as proxy:
                 ann = await node_driver.connect("a", proxy.url, **opts(session_token(h, "a")))
                 bob = await h.connect(session_token(h, "b"))
                 join = {"chat_id": "chat1", "data": {"type": "join"}}
@@ -445,5 +427,3 @@ async def test_chat_presence_does_not_flap_and_a_leave_is_told_after_the_window(
                 await until(lambda: presences()[-1:] == [[{"id": "b", "name": "Bob"}]],
                             "Ann's leave after the window")
                 assert h.app.recovery.results["expired"] == 1
-            finally:
-                await proxy.stop()
