@@ -133,7 +133,10 @@ async def test_one_session_across_the_appliance_and_open_webui(tmp_path: Path) -
     topo = start_standalone(tmp_path / "redis")
     raw = aioredis.Redis.from_url(topo.url)
     target = RedisTarget(url=topo.url, key_prefix="")
-    settings = settings_for(tmp_path / "appliance", "[log]\nlevel = warning\n")
+    # as open-webui here (WEBSOCKET_REDIS_ROOM_CHANNELS=false): the appliance's room emits
+    # are mirrored on the one channel open-webui's manager reads
+    settings = settings_for(tmp_path / "appliance",
+                            "[log]\nlevel = warning\n[openwebui]\nroom_channels = false\n")
     app = Appliance(settings, backend=build_redis_backend(settings, target))
     h = bob = None
     try:
