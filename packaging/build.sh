@@ -77,9 +77,11 @@ pip_env=(PIP_CERT=/etc/ssl/build-host-ca.crt)
 for var in PIP_INDEX_URL http_proxy https_proxy HTTP_PROXY HTTPS_PROXY no_proxy NO_PROXY; do
   [[ -n ${!var:-} ]] && pip_env+=("$var=${!var}")
 done
-bash packaging/in-root.sh "$ROOT" --bind "$CACHE/pip-$ARCH:/root/.cache/pip" \
-  /usr/bin/env -i HOME=/root PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 \
-  PIP_DISABLE_PIP_VERSION_CHECK=1 "${pip_env[@]}" /bin/sh -ec "
+# everything of the build lives under /build in the root (its pip cache is bound there)
+bash packaging/in-root.sh "$ROOT" --bind "$CACHE/pip-$ARCH:/build/pip-cache" \
+  /usr/bin/env -i HOME=/build/home PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 \
+  PIP_CACHE_DIR=/build/pip-cache PIP_DISABLE_PIP_VERSION_CHECK=1 "${pip_env[@]}" /bin/sh -ec "
+    mkdir -p /build/home
     cd /build/src
     $ROOT_PYTHON -m venv /build/venv
     /build/venv/bin/python -m pip install --quiet -c constraints.txt .
@@ -93,13 +95,13 @@ if present:
     sys.exit(f'test-only packages in the build environment: {present}')
 PY
     /build/venv/bin/python -m PyInstaller --noconfirm --clean --log-level WARN \
-      --distpath /build/dist --workpath /build/work packaging/rt-appliance.spec
+      --distpath /build/dist --workpath /build/pyinstaller packaging/rt-appliance.spec
   "
 mkdir -p dist build
 rm -f "$RELEASE" "$RELEASE.sha256"
 cp "$ROOT/build/dist/rt-appliance" "$RELEASE"
 # PyInstaller's list of modules it left out or could not find, and who imports them
-cp "$ROOT/build/work/rt-appliance/warn-rt-appliance.txt" "build/warn-rt-appliance-$ARCH.txt"
+cp "$ROOT/build/pyinstaller/rt-appliance/warn-rt-appliance.txt" "build/warn-rt-appliance-$ARCH.txt"
 rm -rf "$ROOT/build"
 build_s=$((SECONDS - started - setup_s))
 
