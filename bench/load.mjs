@@ -207,6 +207,47 @@ const commands = {
     return { sent, acked, failed, errors, hist, t0, t1, lost: pending, max_us: maxUs };
   },
 
+  // Saturated acked round trips (closed loop): each of the first `clients` clients keeps
+  // `inflight` requests in flight, sending the next as soon as an ack arrives, until
+  // duration_ms has passed; then the outstanding ones are waited for (at most timeout_ms;
+  // what has not come back by then is `lost`). Plain ack callbacks, no timer per request,
+  // so the generator spends as little as it can per round trip.
+  async echo({ event, data = {}, clients: k, inflight = 10, duration_ms, timeout_ms = 10000 }) {
+    const senders = clients.slice(0, k);
+    const hist = new Hist();
+    const errors = {};
+    let sent = 0, acked = 0, failed = 0, pending = 0;
+    const t0 = nowUs();
+    const stopAt = Date.now() + duration_ms;
+    const lanes = [];
+    for (const c of senders) {
+      for (let j = 0; j < inflight; j += 1) {
+        lanes.push(new Promise((resolve) => {
+          const fire = () => {
+            if (Date.now() >= stopAt || !c.sock.connected) return resolve();
+            const ts = nowUs();
+            sent += 1; pending += 1;
+            c.sock.emit(event, data, (res) => {
+              pending -= 1;
+              if (res && res.error) { failed += 1; countError(errors, res.error); } else {
+                acked += 1;
+                hist.add(nowUs() - ts);
+              }
+              fire();
+            });
+          };
+          fire();
+        }));
+      }
+    }
+    let timer;
+    await Promise.race([Promise.all(lanes),
+                        new Promise((r) => { timer = setTimeout(r, duration_ms + timeout_ms); })]);
+    clearTimeout(timer);
+    const t1 = nowUs();
+    return { sent, acked, failed, errors, hist, t0, t1, lost: pending };
+  },
+
   // POST /api/v1/emit. mode "rate": `rate` requests/s for duration_ms; mode "closed":
   // `count` requests with `concurrency` in flight. The payload carries the send time.
   async http_emit({ url, api_key, room, event = "events", phase, mode, rate, duration_ms,

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """The project's benchmark: the appliance against python-socketio under uvicorn and the
-reference Node socket.io 4.8 server, side by side in one run.
+reference Node socket.io 4.8 server, on node:http (`ws`) and on uWebSockets.js, side by side
+in one run.
 
     python bench/run.py            # full run (10k idle connections, 1000-member room), <= 15 min
     python bench/run.py --quick    # CI-sized run, ~2 min
@@ -11,7 +12,8 @@ bench/results/<date>[-quick].md, raw figures in bench/results/latest.json. bench
 describes the scenarios and how to read the figures.
 
 This script uses the standard library only; the servers run on the project's .venv and on
-Node with tests/node/node_modules (socket.io 4.8, socket.io-client 4.8).
+Node with tests/node/node_modules (socket.io 4.8, socket.io-client 4.8) and
+bench/peers/node_modules (socket.io 4.8 with uWebSockets.js: `npm ci` in bench/peers).
 """
 from __future__ import annotations
 
@@ -43,18 +45,22 @@ BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
 VENV_PY = ROOT / ".venv" / "bin" / "python"
 NODE_MODULES = ROOT / "tests" / "node" / "node_modules"
+PEERS = BENCH / "peers"
+PEER_MODULES = PEERS / "node_modules"  # bench/peers/package.json: socket.io on uWebSockets.js
+UWS_PACKAGE = "uwebsockets"  # npm name of the uWebSockets.js binaries (third-party republish)
 SECRET = "bench-secret-" + "k" * 64  # >= 64 bytes: no PyJWT short-key warning anywhere
 API_KEY = "bench-api-key-0123456789abcdef"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 HOST = "127.0.0.1"
 CHANNEL = "bench"
 
-SERVERS = ("appliance", "pysio", "node")
+SERVERS = ("appliance", "pysio", "node", "node-uws")
 # pysio-deflate: uvicorn as configured out of the box, which negotiates permessage-deflate
 # with every client that offers it (browsers and socket.io-client do); opt-in via --servers.
 OPTIONAL_SERVERS = ("pysio-deflate",)
 LABELS = {"appliance": "appliance", "pysio": "python-socketio+uvicorn",
-          "node": "node socket.io", "pysio-deflate": "python-socketio+uvicorn (deflate)"}
+          "node": "node socket.io (ws)", "node-uws": "node socket.io (uWS)",
+          "pysio-deflate": "python-socketio+uvicorn (deflate)"}
 
 # The appliance's production limits are per-connection and per-address policies (typing
 # 5/s, 20 connects/s per address, 200 connections per address, 500 API calls/s ...). The
@@ -80,14 +86,14 @@ level = warning
 PROFILES = {
     "quick": dict(
         rounds=3, conns=500, warmup_conns=20, settle=1.0, connect_concurrency=50,
-        rtt_clients=50, rtt_rate=500, rtt_duration=2.0,
+        rtt_clients=50, rtt_rate=500, rtt_duration=2.0, echo_inflight=10, echo_duration=2.0,
         room=200, typing_senders=4, fixed_rate=10, fixed_duration=1.5,
-        sat_messages=100, emit_concurrency=4, deadline=300, gen_check=False),
+        sat_messages=100, emit_concurrency=4, deadline=420, gen_check=False, scaling=False),
     "full": dict(
         rounds=3, conns=10000, warmup_conns=50, settle=3.0, connect_concurrency=50,
-        rtt_clients=50, rtt_rate=500, rtt_duration=8.0,
+        rtt_clients=50, rtt_rate=500, rtt_duration=8.0, echo_inflight=10, echo_duration=6.0,
         room=1000, typing_senders=4, fixed_rate=5, fixed_duration=6.0,
-        sat_messages=100, emit_concurrency=4, deadline=900, gen_check=True),
+        sat_messages=100, emit_concurrency=4, deadline=1200, gen_check=True, scaling=True),
 }
 
 
@@ -239,7 +245,9 @@ class Server:
             # like-for-like by default: the appliance and Node do not compress either
             return [str(VENV_PY), str(BENCH / "peers" / "pysio_uvicorn.py"), "--port", "0"] + (
                 [] if self.kind == "pysio-deflate" else ["--no-deflate"])
-        return ["node", str(BENCH / "peers" / "node_server.mjs"), "--port", "0"]
+        if self.kind == "node-uws":
+            return ["node", str(PEERS / "node_uws_server.mjs"), "--port", "0"]
+        return ["node", str(PEERS / "node_server.mjs"), "--port", "0"]
 
     def start(self, timeout: float = 30.0) -> Server:
         env = {**os.environ, "WEBUI_SECRET_KEY": SECRET, "RT_API_KEY": API_KEY,
@@ -539,37 +547,66 @@ class Bench:
         finally:
             server.stop()
 
-    # --------------------------------------------------------------------- acked RTT
-    def block_rtt(self, server: Server, rnd: int) -> dict:
+    # ------------------------------------------------------------- acked RTT, echo
+    def block_rtt(self, server: Server, rnd: int, echo_only: bool = False,
+                  tag: str = "") -> dict:
+        """(1) `heartbeat` with ack at a fixed total rate (open loop): round trip p50/p99 and
+        server CPU per 10k; (2) echo: the same acked round trip saturated, every client
+        keeping `echo_inflight` requests in flight (closed loop): acked round trips/s and
+        server CPU per 10k. The appliance has no `echo` event; `heartbeat` (ack without
+        arguments) is the round trip every server has, so both phases use it."""
         p = self.p
         k = p["rtt_clients"]
         parts = split(self.users[:k], len(self.receivers))
         call_all([(w, "connect", dict(url=server.url, path="/ws/socket.io", users=part,
                                       concurrency=25))
                   for w, part in zip(self.receivers, parts)], timeout=60)
+        out: dict[str, Any] = {}
         try:
+            if not echo_only:
+                meter = Meter(server, self.receivers)
+                replies = call_all([(w, "rtt", dict(
+                    event="heartbeat", data={}, clients=len(part),
+                    rate_per_client=p["rtt_rate"] / k,
+                    duration_ms=int(p["rtt_duration"] * 1000), timeout_ms=5000))
+                    for w, part in zip(self.receivers, parts)],
+                    timeout=p["rtt_duration"] + 30)
+                m = meter.done()
+                self.record_gen("rtt" + tag, server.kind, m)
+                hist = merge_hists([r["hist"] for r in replies])
+                acked = sum(r["acked"] for r in replies)
+                out.update({
+                    "sent": sum(r["sent"] for r in replies), "acked": acked,
+                    "failed": sum(r["failed"] for r in replies),
+                    "lost": sum(r["lost"] for r in replies),
+                    "rate": acked / p["rtt_duration"],
+                    "p50_ms": percentile_ms(hist, 0.50), "p99_ms": percentile_ms(hist, 0.99),
+                    "cpu_per_10k": 1e4 * m["server_cpu_s"] / acked if acked else None,
+                    "server_cores": m["server_cores"],
+                })
+            DEADLINE.check("echo")
             meter = Meter(server, self.receivers)
-            replies = call_all([(w, "rtt", dict(
-                event="heartbeat", data={}, clients=len(part),
-                rate_per_client=p["rtt_rate"] / k, duration_ms=int(p["rtt_duration"] * 1000),
-                timeout_ms=5000)) for w, part in zip(self.receivers, parts)],
-                timeout=p["rtt_duration"] + 30)
+            replies = call_all([(w, "echo", dict(
+                event="heartbeat", data={}, clients=len(part), inflight=p["echo_inflight"],
+                duration_ms=int(p["echo_duration"] * 1000), timeout_ms=10000))
+                for w, part in zip(self.receivers, parts)], timeout=p["echo_duration"] + 30)
             m = meter.done()
-            cpu_s = m["server_cpu_s"]
-            self.record_gen("rtt", server.kind, m)
+            self.record_gen("echo" + tag, server.kind, m)
+            hist = merge_hists([r["hist"] for r in replies])
+            acked = sum(r["acked"] for r in replies)
+            span = (max(r["t1"] for r in replies) - min(r["t0"] for r in replies)) / 1e6
+            out["echo"] = {
+                "sent": sum(r["sent"] for r in replies), "acked": acked,
+                "failed": sum(r["failed"] for r in replies),
+                "lost": sum(r["lost"] for r in replies),
+                "rate": acked / span if span > 0 else None,
+                "p50_ms": percentile_ms(hist, 0.50), "p99_ms": percentile_ms(hist, 0.99),
+                "cpu_per_10k": 1e4 * m["server_cpu_s"] / acked if acked else None,
+                "server_cores": m["server_cores"],
+            }
         finally:
             self.disconnect_all(self.receivers)
-        hist = merge_hists([r["hist"] for r in replies])
-        acked = sum(r["acked"] for r in replies)
-        sent = sum(r["sent"] for r in replies)
-        return {
-            "sent": sent, "acked": acked, "failed": sum(r["failed"] for r in replies),
-            "lost": sum(r["lost"] for r in replies),
-            "rate": acked / p["rtt_duration"],
-            "p50_ms": percentile_ms(hist, 0.50), "p99_ms": percentile_ms(hist, 0.99),
-            "cpu_per_10k": 1e4 * cpu_s / acked if acked else None,
-            "server_cores": m["server_cores"],
-        }
+        return out
 
     # ---------------------------------------------------------------------- fan-out
     def block_fanout(self, server: Server, rnd: int, receivers: list[Worker] | None = None,
@@ -643,6 +680,115 @@ class Bench:
         return out
 
 
+# -------------------------------------------------------------- workers scaling ---
+
+def appliance_ini(workers: int | None = None) -> str:
+    """bench's INI, with `[server] workers = N` when asked (issue 18: the appliance's worker
+    processes behind one port)."""
+    if workers is None:
+        return APPLIANCE_INI
+    line = f"workers = {workers}\n"
+    if "[server]\n" in APPLIANCE_INI:
+        return APPLIANCE_INI.replace("[server]\n", "[server]\n" + line, 1)
+    return APPLIANCE_INI + "\n[server]\n" + line
+
+
+def core_counts() -> list[int]:
+    """1, 2 and all cores (deduplicated: {1, 2} on a 2-core machine)."""
+    n = os.cpu_count() or 1
+    return sorted({1, min(2, n), n})
+
+
+def probe_appliance_workers(run_dir: Path) -> tuple[bool, str]:
+    """Does this appliance know `[server] workers`? Asked of `appliance.py check-config`, which
+    refuses an unknown option: nothing is assumed from the source."""
+    ini = run_dir / "probe-workers.ini"
+    ini.write_text(appliance_ini(min(2, os.cpu_count() or 1)))
+    env = {**os.environ, "WEBUI_SECRET_KEY": SECRET, "RT_API_KEY": API_KEY}
+    try:
+        r = subprocess.run([str(VENV_PY), str(ROOT / "appliance.py"), "check-config",
+                            "--config", str(ini), "--data-dir", str(run_dir / "probe-data")],
+                           capture_output=True, text=True, timeout=DEADLINE.cap(60), cwd=ROOT,
+                           env=env)
+    except subprocess.TimeoutExpired:
+        return False, "check-config did not answer within 60 s"
+    if r.returncode == 0:
+        return True, ""
+    text = (r.stdout + r.stderr).strip().replace(str(ini), "<ini>")
+    return False, (text.splitlines()[-1] if text else f"check-config exited {r.returncode}")
+
+
+def block_scaling(bench: Bench) -> dict:
+    """Fan-out deliveries/s (saturated HTTP emits and typing events) and echo round trips/s
+    with the appliance on 1, 2 and all cores (`[server] workers = N`). Without that option
+    the block says so and measures nothing."""
+    counts = core_counts()
+    ok, why = probe_appliance_workers(bench.run_dir)
+    out: dict[str, Any] = {"cores": counts, "available": ok, "reason": why, "rounds": {}}
+    if not ok:
+        log(f"workers scaling: not available ({why})")
+        return out
+    p = bench.p
+    for rnd in range(p["rounds"]):
+        for n in counts:
+            DEADLINE.check("workers scaling")
+            log(f"workers scaling round {rnd + 1}: appliance, workers = {n}")
+            server = Server("appliance", bench.run_dir, f"workers{n}-{rnd}",
+                            ini=appliance_ini(n)).start()
+            try:
+                bench.register(server, max(p["room"], p["rtt_clients"]))
+                put_channel(server, bench.users[:p["room"]])
+                r = bench.block_fanout(server, rnd, tag=f"-w{n}", only=("emit_sat", "typing_sat"))
+                r["echo"] = bench.block_rtt(server, rnd, echo_only=True, tag=f"-w{n}")["echo"]
+            finally:
+                server.stop()
+            out["rounds"].setdefault(f"appliance/{n}", []).append(r)
+            log(f"  emit {fmt(r['emit_sat']['deliveries_per_s'])}/s, typing "
+                f"{fmt(r['typing_sat']['deliveries_per_s'])}/s, echo {fmt(r['echo']['rate'])}/s")
+    return out
+
+
+SCALING_METRICS = [("emit_sat.deliveries_per_s", "fan-out deliveries/s (HTTP emit)"),
+                   ("typing_sat.deliveries_per_s", "fan-out deliveries/s (typing)"),
+                   ("echo.rate", "echo round trips/s"),
+                   ("echo.cpu_per_10k", "echo CPU per 10k (s)")]
+
+
+def render_scaling(scaling: dict, summary: dict) -> str:
+    counts = ", ".join(str(n) for n in scaling["cores"])
+    lines = [f"## Workers scaling: the appliance on {counts} cores (`[server] workers = N`)", ""]
+    if not scaling["available"]:
+        lines.append("Not available: this appliance has no `[server] workers` option "
+                     f"(`appliance.py check-config`: {scaling['reason']}). Once it has, this "
+                     "block runs saturated fan-out (deliveries/s) and echo (round trips/s) with "
+                     f"{counts} workers.")
+        return "\n".join(lines) + "\n"
+    lines += ["Saturated phases of the fan-out block and the echo phase, one fresh appliance per "
+              "worker count, median over rounds; ×1 = against the same figure with 1 worker. "
+              "The single-process Node servers of the main table for reference.", "",
+              "| server | workers | " + " | ".join(label for _, label in SCALING_METRICS)
+              + " | ×1 (emit / typing / echo) |",
+              "|---|---:|" + "---:|" * len(SCALING_METRICS) + "---:|"]
+    base: dict[str, float | None] = {}
+    for n in scaling["cores"]:
+        rounds = scaling["rounds"].get(f"appliance/{n}", [])
+        vals = {path: med([pick(r, path) for r in rounds]) for path, _ in SCALING_METRICS}
+        if n == scaling["cores"][0]:
+            base = vals
+        x1 = " / ".join(ratio(vals[path], base.get(path)) for path, _ in SCALING_METRICS[:3])
+        lines.append(f"| appliance | {n} | "
+                     + " | ".join(fmt(vals[path]) for path, _ in SCALING_METRICS)
+                     + f" | {x1} |")
+    for kind in ("node", "node-uws"):
+        if kind not in summary.get("rtt.echo.rate", {}) and kind not in summary.get(
+                "fanout.emit_sat.deliveries_per_s", {}):
+            continue
+        cells = [fmt(summary.get(f"{'rtt' if path.startswith('echo') else 'fanout'}.{path}",
+                                 {}).get(kind)) for path, _ in SCALING_METRICS]
+        lines.append(f"| {LABELS[kind]} | 1 | " + " | ".join(cells) + " | – |")
+    return "\n".join(lines) + "\n"
+
+
 # ---------------------------------------------------------------------- report ---
 
 def med(values: list) -> float | None:
@@ -658,6 +804,8 @@ METRICS = [
     ("rtt", "p50_ms", "acked round trip p50 @ fixed rate", "ms", "lower"),
     ("rtt", "p99_ms", "acked round trip p99 @ fixed rate", "ms", "lower"),
     ("rtt", "cpu_per_10k", "server CPU per 10k acked requests", "s", "lower"),
+    ("rtt", "echo.rate", "echo: acked round trips/s (saturated)", "msg/s", "higher"),
+    ("rtt", "echo.cpu_per_10k", "echo: server CPU per 10k acked round trips (saturated)", "s", "lower"),
     ("fanout", "emit_sat.deliveries_per_s", "fan-out via HTTP emit: deliveries/s (saturated)", "msg/s", "higher"),
     ("fanout", "emit_fixed.p50_ms", "fan-out via HTTP emit: latency p50 @ fixed rate", "ms", "lower"),
     ("fanout", "emit_fixed.p99_ms", "fan-out via HTTP emit: latency p99 @ fixed rate", "ms", "lower"),
@@ -745,9 +893,38 @@ def machine_info() -> dict:
         "socket.io": json.loads(sio_pkg.read_text())["version"] if sio_pkg.exists() else "?",
         "socket.io-client": json.loads(cli_pkg.read_text())["version"] if cli_pkg.exists() else "?",
         "loadavg_at_start": open("/proc/loadavg").read().split()[:3],
+        **peer_packages(),
     }
     info.update(dict(zip(names, versions)))
     return info
+
+
+def peer_packages() -> dict:
+    """What bench/peers/node_modules holds: socket.io and the uWebSockets.js binaries (the npm
+    package, its version and the uWebSockets.js commit it was built from, when it says)."""
+    def version(name: str) -> str | None:
+        pkg = PEER_MODULES / name / "package.json"
+        try:
+            return json.loads(pkg.read_text())["version"]
+        except (OSError, ValueError, KeyError):
+            return None
+    commit = None
+    try:
+        commit = (PEER_MODULES / UWS_PACKAGE / "source_commit").read_text().strip() or None
+    except OSError:
+        pass
+    return {"peers.socket.io": version("socket.io"),
+            "uws.package": UWS_PACKAGE, "uws.version": version(UWS_PACKAGE),
+            "uws.source_commit": commit}
+
+
+def uws_line(info: dict) -> str:
+    commit = info.get("uws.source_commit")
+    return (f"socket.io {info.get('peers.socket.io')} on uWebSockets.js from the npm package "
+            f"`{info.get('uws.package')}@{info.get('uws.version')}` (a third-party republish of "
+            "uWebSockets.js: the official name is not on the npm registry and "
+            "`@btc-vision/uwebsockets.js` needs glibc 2.38"
+            + (f"; built from uWebSockets.js commit {commit[:12]}" if commit else "") + ")")
 
 
 def render(bench: Bench, info: dict, mode: str, summary: dict, elapsed: float,
@@ -763,13 +940,17 @@ def render(bench: Bench, info: dict, mode: str, summary: dict, elapsed: float,
         f"python-engineio {info.get('python-engineio')}, tornado {info.get('tornado')}, "
         f"uvicorn {info.get('uvicorn')}, websockets {info.get('websockets')}, uvloop "
         f"{info.get('uvloop')}); Node {info['node']} (socket.io {info['socket.io']}, "
-        f"socket.io-client {info['socket.io-client']})",
+        f"socket.io-client {info['socket.io-client']})"
+        + (f"; `node-uws`: {uws_line(info)}" if "node-uws" in srv else ""),
         f"- {p['rounds']} rounds, servers alternated within each scenario, median shown; "
         f"{len(bench.receivers)} receiving load processes + 1 driver; run took "
         f"{elapsed:.0f} s; websocket compression off on every server (python-socketio+uvicorn "
         f"is started with ws_per_message_deflate=False; `(deflate)` = uvicorn's default)",
         f"- idle connections: {p['conns']}; acked round trip: `heartbeat` with ack, "
         f"{p['rtt_rate']} req/s over {p['rtt_clients']} clients for {p['rtt_duration']:g} s; "
+        f"echo: the same `heartbeat` with ack saturated, {p['rtt_clients']} clients x "
+        f"{p.get('echo_inflight')} in flight for {p.get('echo_duration'):g} s (the appliance "
+        "has no `echo` event; `heartbeat`'s ack is the same round trip on every server); "
         f"fan-out: room of {p['room']} clients, fixed rate {p['fixed_rate']} msg/s for "
         f"{p['fixed_duration']:g} s, saturated = {p['sat_messages']} messages "
         f"({p['emit_concurrency']} HTTP emits in flight / {p['typing_senders']} typing "
@@ -788,20 +969,35 @@ def render(bench: Bench, info: dict, mode: str, summary: dict, elapsed: float,
         lines.append(row + " |")
     # deliveries actually made, so a server that drops messages cannot look fast
     lines += ["", "Deliveries received / expected (all rounds):", ""]
+    short: list[str] = []
     for kind in srv:
         parts = []
         for phase in ("emit_fixed", "emit_sat", "typing_fixed", "typing_sat"):
-            rec = sum(r[phase]["received"] for r in bench.raw.get("fanout", {}).get(kind, []))
-            exp = sum(r[phase]["expected"] for r in bench.raw.get("fanout", {}).get(kind, []))
+            done = [r[phase] for r in bench.raw.get("fanout", {}).get(kind, []) if phase in r]
+            rec = sum(r["received"] for r in done)
+            exp = sum(r["expected"] for r in done)
             parts.append(f"{phase} {rec}/{exp}")
+            if rec < exp:
+                short.append(f"{LABELS[kind]} {phase} {rec}/{exp}")
         conn = bench.raw.get("connect", {}).get(kind, [])
         failed = sum(r["failed"] for r in conn)
         rtt = bench.raw.get("rtt", {}).get(kind, [])
-        rtt_bad = sum(r["failed"] + r["lost"] for r in rtt)
+        rtt_bad = sum(r.get("failed", 0) + r.get("lost", 0) for r in rtt)
+        echo = [r["echo"] for r in rtt if "echo" in r]
+        echo_bad = sum(r["failed"] + r["lost"] for r in echo)
+        echo_ok = sum(r["acked"] for r in echo)
+        echo_sent = sum(r["sent"] for r in echo)
         ext = conn[0].get("ws_extensions") if conn else None
         lines.append(f"- {LABELS[kind]}: {', '.join(parts)}; refused connects {failed}; "
-                     f"failed/lost acks {rtt_bad}; websocket extensions negotiated: "
-                     f"{ext or 'none'}")
+                     f"failed/lost acks {rtt_bad}; echo acked {echo_ok}/{echo_sent}, failed/"
+                     f"lost {echo_bad}; websocket extensions negotiated: {ext or 'none'}")
+        if failed:
+            short.append(f"{LABELS[kind]} refused {failed} connects")
+        if rtt_bad or echo_bad:
+            short.append(f"{LABELS[kind]} failed/lost acks {rtt_bad} (rtt) {echo_bad} (echo)")
+    lines += ["", "Deliveries check: " + (
+        "every expected delivery and ack arrived on every server." if not short else
+        "MISSING: " + "; ".join(short) + ".")]
     # load generator's own CPU
     lines += ["", "CPU during each phase, in cores (median over rounds): server / load "
               "generator, all processes (busiest one) / rest of the machine (other work, "
@@ -810,7 +1006,7 @@ def render(bench: Bench, info: dict, mode: str, summary: dict, elapsed: float,
               "by the machine.", "",
               "| phase | " + " | ".join(LABELS[s] for s in srv) + " |",
               "|---|" + "---:|" * len(srv)]
-    saturated = {"connect", "emit_sat", "typing_sat"}
+    saturated = {"connect", "echo", "emit_sat", "typing_sat"}
     worst_proc = worst_total = 0.0
     unbound: list[str] = []
     for phase, per in bench.gen.items():
@@ -881,13 +1077,27 @@ def render(bench: Bench, info: dict, mode: str, summary: dict, elapsed: float,
 
 # ------------------------------------------------------------------------ main ---
 
-def preflight(install: bool) -> None:
+def peer_modules_ok() -> bool:
+    return all((PEER_MODULES / name / "package.json").exists()
+               for name in ("socket.io", UWS_PACKAGE))
+
+
+def preflight(install: bool, servers: tuple[str, ...] | list[str] = SERVERS) -> None:
     if not VENV_PY.exists():
         raise BenchError(f"{VENV_PY} missing: run `make install` first")
     if shutil.which("node") is None:
         raise BenchError("node is not on PATH")
     if not (NODE_MODULES / "socket.io").exists() or not (NODE_MODULES / "socket.io-client").exists():
         raise BenchError("tests/node/node_modules lacks socket.io: run `make node-deps`")
+    if "node-uws" in servers and not peer_modules_ok():
+        if not install:
+            raise BenchError("bench/peers/node_modules lacks socket.io or uWebSockets.js: run "
+                             "`cd bench/peers && npm ci` (or `make bench`), or pass --install")
+        if shutil.which("npm") is None:
+            raise BenchError("npm is not on PATH (needed for bench/peers)")
+        log("installing bench/peers (npm ci: socket.io, uWebSockets.js)")
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+                       check=True, timeout=600, cwd=PEERS)
     probe = subprocess.run([str(VENV_PY), "-c", "import uvicorn, websockets, httptools"],
                            capture_output=True, timeout=60)
     if probe.returncode != 0:
@@ -907,15 +1117,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2,
                     help="receiving load-generator processes (default 2; plus one driver)")
     ap.add_argument("--servers", default=",".join(SERVERS),
-                    help="comma-separated, from appliance,pysio,node,pysio-deflate (the last: "
-                         "uvicorn's out-of-the-box permessage-deflate)")
+                    help="comma-separated, from appliance,pysio,node,node-uws,pysio-deflate "
+                         "(node-uws: socket.io on uWebSockets.js; pysio-deflate: uvicorn's "
+                         "out-of-the-box permessage-deflate)")
     ap.add_argument("--blocks", default="connect,rtt,fanout,flood",
                     help="comma-separated subset of connect,rtt,fanout,flood (flood: the "
                          "appliance only, bench/flood.py)")
     ap.add_argument("--gen-check", action=argparse.BooleanOptionalAction, default=None,
                     help="rerun fan-out with twice the load processes (default: full mode only)")
+    ap.add_argument("--workers-scaling", action=argparse.BooleanOptionalAction, default=None,
+                    help="the appliance with [server] workers = 1, 2, all cores: saturated "
+                         "fan-out and echo (default: full mode only; 'not available' when the "
+                         "appliance has no such option)")
     ap.add_argument("--install", action="store_true",
-                    help="pip-install bench/requirements.txt into .venv when missing")
+                    help="pip-install bench/requirements.txt into .venv and `npm ci` "
+                         "bench/peers when missing")
+    ap.add_argument("--name", help="results/<date>-NAME[-quick].md and .json (raw figures) "
+                                   "instead of results/<date>[-quick].md and latest.json")
     ap.add_argument("--no-write", action="store_true", help="print only; write no results")
     for key in ("conns", "room", "deadline"):
         ap.add_argument(f"--{key}", type=int, help=f"override the profile's {key}")
@@ -928,6 +1146,10 @@ def main(argv: list[str] | None = None) -> int:
             prof[key] = getattr(args, key)
     if args.gen_check is not None:
         prof["gen_check"] = args.gen_check
+    if args.workers_scaling is not None:
+        prof["scaling"] = args.workers_scaling
+    if args.name and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", args.name):
+        ap.error("--name: letters, digits, '.', '_', '-'")
     servers = [s for s in args.servers.split(",") if s]
     blocks = [b for b in args.blocks.split(",") if b]
     if any(s not in SERVERS + OPTIONAL_SERVERS for s in servers) or any(
@@ -945,9 +1167,10 @@ def main(argv: list[str] | None = None) -> int:
     failure = None
     gen_check = None
     flood_block = None
+    scaling = None
     info = {}
     try:
-        preflight(args.install)
+        preflight(args.install, servers)
         info = machine_info()
         log(f"{mode} run, servers {servers}, logs in {run_dir}")
         bench = Bench(prof, run_dir, args.workers, servers)
@@ -1003,6 +1226,8 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 for s in live.values():
                     s.stop()
+        if prof["scaling"] and "appliance" in servers:
+            scaling = block_scaling(bench)
         if "flood" in blocks and "appliance" in servers:
             log("flood block (appliance)")
             flood_block = flood.run_block(sys.modules[__name__], mode, run_dir, args.rounds)
@@ -1020,7 +1245,7 @@ def main(argv: list[str] | None = None) -> int:
                 w.close()
         end_all()
 
-    if bench is None or not (bench.raw or flood_block):
+    if bench is None or not (bench.raw or flood_block or scaling):
         log(f"no results: {failure}")
         return 1
     if failure:
@@ -1035,27 +1260,33 @@ def main(argv: list[str] | None = None) -> int:
     if bench.raw:
         summary = summarise(bench)
         text = render(bench, info, mode, summary, elapsed, gen_check)
+        if scaling:
+            text += "\n" + render_scaling(scaling, summary)
         if flood_text:
             text += "\n" + flood_text
     else:  # the flood block alone
         text = (f"# flood — {day} ({mode})\n\nMachine: {info.get('cpu_model')}, "
                 f"{info.get('nproc')} cores, load average at the end "
                 f"{os.getloadavg()[0]:.2f}.\n\n" + (flood_text or "")
+                + (render_scaling(scaling, summary) if scaling else "")
                 + "".join(f"\n- {n}" for n in bench.notes))
     print(text)
     if not args.no_write:
         RESULTS.mkdir(parents=True, exist_ok=True)
         suffix = "" if mode == "full" else f"-{mode}"
-        md = RESULTS / (f"{day}{suffix}.md" if bench.raw else f"{day}-flood{suffix}.md")
+        named = f"-{args.name}" if args.name else ""
+        md = RESULTS / (f"{day}{named}{suffix}.md" if bench.raw or not flood_block
+                        else f"{day}-flood{named}{suffix}.md")
         md.write_text(text)
-        (RESULTS / "latest.json").write_text(json.dumps({
+        raw = md.with_suffix(".json") if args.name else RESULTS / "latest.json"
+        raw.write_text(json.dumps({
             "mode": mode, "profile": prof, "machine": info, "servers": servers,
             "elapsed_s": elapsed, "complete": failure is None, "notes": bench.notes,
             "median": summary, "rounds": bench.raw, "generator_cpu": bench.gen,
-            "generator_check": gen_check, "markdown": md.name,
+            "generator_check": gen_check, "markdown": md.name, "workers_scaling": scaling,
             "flood": flood_block and {"summary": flood_summary, **flood_block},
         }, indent=1, sort_keys=True))
-        log(f"wrote {md.relative_to(ROOT)} and bench/results/latest.json")
+        log(f"wrote {md.relative_to(ROOT)} and {raw.relative_to(ROOT)}")
     if failure is None:
         shutil.rmtree(run_dir, ignore_errors=True)
     else:
