@@ -54,12 +54,14 @@ SOAK_ARGS ?= --minutes 5 --clients 1000
 soak: $(STAMP)
 	$(PY) soak/soak.py $(SOAK_ARGS)
 
-# Benchmark against python-socketio+uvicorn and Node socket.io 4.8 (bench/README.md);
+# Benchmark against python-socketio+uvicorn and Node socket.io 4.8 on ws and on uWebSockets.js
+# (bench/README.md; bench/peers/package.json holds the uWebSockets.js peer's packages);
 # BENCH_ARGS=--quick for a run of about two minutes. Then the cost of connection state
 # recovery, on and off, one node and Redis (bench/recovery.py, about two minutes), and the
 # join of 0.5-32 MB documents with the pause another client sees (bench/documents.py).
 bench: $(STAMP)
 	@if command -v npm >/dev/null 2>&1 && [ -f tests/node/package-lock.json ]; then $(MAKE) --no-print-directory node-deps; fi
+	@if command -v npm >/dev/null 2>&1; then cd bench/peers && npm ci --no-audit --no-fund --loglevel=error; fi
 	$(PY) -m pip install --quiet -c constraints.txt -r bench/requirements.txt
 	$(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) bench/recovery.py $(RECOVERY_BENCH_ARGS)
