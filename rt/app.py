@@ -32,6 +32,7 @@ from .core.tasks import TaskGroup, every
 from .direct.service import DirectStream
 from .directory import Directory
 from .documents.events import DocumentEvents
+from .documents.host_client import DocumentHost
 from .documents.http import routes as document_routes
 from .documents.service import CollabService
 from .emitter import Emitter
@@ -180,9 +181,10 @@ class Appliance:
                                self.usage, self.limits, self.typing, self.tasks,
                                (s.openwebui.unbound_per_ip, s.openwebui.unbound_max))
         self.channels = ChannelEvents(self.gateway, ChannelService(self.emitter, self.typing))
+        self.document_host = DocumentHost()  # pycrdt's copies, in a process of its own
         self.documents = CollabService(
             self.emitter, self.backend.store, lambda: self.settings.documents,
-            limits=self.limits, registry=self.backend.editors,
+            self.document_host, limits=self.limits, registry=self.backend.editors,
             note_access=self._note_access,
             on_content=(self.openwebui.content_hook(self.gateway.token_for)
                         if self.openwebui is not None else None),
@@ -383,6 +385,8 @@ class Appliance:
                 admin.routes(self.metrics, lambda: self.settings.auth.api_key, self.status)[-1:]))
             self.metrics_http.listen(int(port), host.strip("[]"))
         logging.getLogger("rt").addHandler(self.recent_errors)
+        # started now so that the first join does not wait for it (else at first use)
+        self.tasks.spawn("document host start", self.document_host.start())
         self.tasks.start("loop lag", self.metrics.sample_loop_lag())
         self.tasks.start("last-active flush", every(
             "last-active flush", s.state.last_active_flush_interval, self.presence.flush))
@@ -448,6 +452,7 @@ class Appliance:
                 except OSError as exc:
                     log.warning("recovery state not kept for the next start: %s", exc)
             await self.documents.close()  # content still debounced if the drain timed out
+            await self.document_host.close()
             await self.usage.close()  # a coalesced usage broadcast still pending
             await self.backend.stop()
             await self.sio.engine.tasks.stop()  # python-socketio's own background tasks

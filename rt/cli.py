@@ -1,4 +1,4 @@
-"""Command line: serve | check-config | print-config | token | version."""
+"""Command line: serve | check-config | print-config | token | version (| document-host)."""
 from __future__ import annotations
 
 import argparse
@@ -40,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--role", choices=("user", "admin"), default="user")
     token.add_argument("--expires", default="1h", help="e.g. 30m, 1h, 7d, 3600, never")
     sub.add_parser("version", help="print the version")
+    # internal: `serve` starts it as a child that holds the Yjs documents' pycrdt copies
+    sub.add_parser("document-host", help="(internal) the document process `serve` starts")
     install.add_parsers(sub)
     return parser
 
@@ -71,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command in ("install", "uninstall"):
         return install.run(args)
+    if args.command == "document-host":
+        from .documents import host  # noqa: PLC0415 - the child needs nothing else
+
+        return host.main()
     try:
         settings = _load(args)
     except config.ConfigError as exc:

@@ -1,43 +1,42 @@
-"""A document in memory: its pycrdt copy, what it was built from, and what a joiner gets.
+"""A loaded document: where its copy lives, what it was built from, what a joiner gets.
 
-A document stays loaded while anybody uses it, so a join costs what is new, not the whole
-document:
+The pycrdt copy lives in the document host (host.py, a process of its own: pycrdt holds
+the interpreter lock for a whole call, 180 ms for a 32 MB state); this object keeps what
+the appliance decides with (state vector, surrogate pairs, stored counts) and the state a
+joiner gets. A document stays loaded while anybody uses it, so a join costs what is new,
+not the whole document:
 
-- **Loading** (the first use, or after a failure) reads the stored snapshot and log and
-  replays them. Above `OFF_LOOP_BYTES` the replay and the surrogate-pair scan run on a
-  worker thread (pycrdt documents may be used from any thread; the document's lock keeps
-  every use of it one at a time), the snapshot first, then each update in its own call, so
-  the interpreter lock changes hands between calls and the event loop keeps serving others.
-- **Catching up** (a shared store: several nodes append to one log) applies only the stored
-  updates after `last_seq`; a log compacted past that point means a full load.
+- **Loading** (the first use, after a failure, or after the host was restarted) reads the
+  stored snapshot and log and has the host replay them.
+- **Catching up** (a shared store: several nodes append to one log) has the host apply
+  only the stored updates after `last_seq`; a log compacted past that point means a full
+  load.
 - **A joiner's state** is encoded once and kept until the next change, so joins of a
-  document nobody is editing cost nothing; encoding a large document runs on the worker
-  thread. (A joiner always gets one complete state: open-webui's editor decides from it
-  whether the note is empty.)
+  document nobody is editing cost nothing; right after a load of a compacted document it
+  is the stored snapshot itself. (A joiner always gets one complete state: open-webui's
+  editor decides from it whether the note is empty.)
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-
-import pycrdt
+from typing import Any
 
 from ..backends import Store
-from .yjs import InvalidUpdate, decode_state_vector, inspect_update
+from .host_client import DocumentHost, HostError
 
 log = logging.getLogger("rt.documents")
-
-OFF_LOOP_BYTES = 256 * 1024  # replay / parse / encode work above this runs on a thread
 
 
 class LoadedDocument:
     """One document in memory; every field is guarded by `lock` once loaded."""
 
-    def __init__(self, document_id: str):
+    def __init__(self, document_id: str, host: DocumentHost):
         self.id = document_id
+        self.host = host
         self.lock = asyncio.Lock()
         self.refs = 0  # operations and tasks using it: it stays in memory while > 0
-        self.ydoc: pycrdt.Doc | None = None  # None = (re)load from the store at next use
+        self.generation: int | None = None  # the host process holding the copy; None: none
         self.sv: dict[int, int] = {}
         self.pairs: dict[int, set[int]] = {}  # surrogate pairs of its strings (see UpdateShape)
         self.exists = False  # stored
@@ -51,20 +50,42 @@ class LoadedDocument:
         self.compacting = False
         self.state: bytes | None = None  # the encoded state a joiner gets, until a change
 
-    def loaded(self) -> pycrdt.Doc:
-        """The in-memory Yjs document: only under `lock`, after a load."""
-        if self.ydoc is None:
-            raise RuntimeError(f"document {self.id!r} is used before it is loaded")
-        return self.ydoc
+    @property
+    def loaded(self) -> bool:
+        """The host holds a current copy (a restarted host holds none; a host that is not
+        running yet is the next one)."""
+        return self.host.running and self.generation == self.host.generation
 
     @property
     def stored_bytes(self) -> int:
         return self.snapshot_bytes + self.log_bytes
 
     def drop(self) -> None:
-        """Forget the in-memory copy: rebuilt from the store at next use."""
-        self.ydoc = None
+        """Forget the copy: rebuilt from the store at next use (the host's is replaced
+        then, or forgotten when the document leaves memory)."""
+        self.generation = None
         self.state = None
+
+    def forget(self) -> None:
+        """The document leaves memory: the host forgets its copy (asked now, so before any
+        later load of the same document)."""
+        if self.loaded:
+            self.host.tell("forget", self.id)
+        self.drop()
+
+    async def apply(self, update: bytes) -> dict[int, int] | None:
+        """Under lock: the host applies a checked update; the state vector after it, or None
+        when pycrdt refused it (the copy is dropped: it may hold part of the update)."""
+        try:
+            answer, _ = await self.host.call("apply", self.id, [update])
+        except HostError:
+            self.drop()
+            raise
+        if not answer["ok"]:
+            self.drop()
+            return None
+        self.state = None
+        return state_vector(answer)
 
     # ------------------------------------------------------------------ from the store
     async def load(self, store: Store) -> None:
@@ -72,17 +93,18 @@ class LoadedDocument:
         stored = await store.load_document(self.id)
         self.state, self.behind = None, False
         if stored is None:
-            self.ydoc, self.sv, self.pairs = pycrdt.Doc(), {}, {}
+            await self.host.call("load", self.id)
+            self.generation, self.sv, self.pairs = self.host.generation, {}, {}
             self.exists, self.snapshot_bytes, self.log_count, self.log_bytes = False, 0, 0, 0
             self.last_seq, self.content, self.updated_at = 0, None, None
             return
         parts = ([stored.snapshot] if stored.snapshot else []) + list(stored.updates)
-        if sum(len(part) for part in parts) > OFF_LOOP_BYTES:
-            ydoc, pairs = await asyncio.to_thread(_build, self.id, parts)
-        else:
-            ydoc, pairs = _build(self.id, parts)
-        self.ydoc, self.pairs = ydoc, pairs
-        self.sv = decode_state_vector(ydoc.get_state())
+        # a compacted document's snapshot is its state as pycrdt encodes it: no encode
+        answer, _ = await self.host.call("load", self.id, parts)
+        self.generation = self.host.generation
+        self.pairs, self.sv = _pairs(answer), state_vector(answer)
+        if stored.snapshot and not stored.updates and not answer["skipped"]:
+            self.state = stored.snapshot
         self.exists = True
         self.snapshot_bytes = len(stored.snapshot or b"")
         self.log_count = len(stored.updates)
@@ -95,7 +117,7 @@ class LoadedDocument:
         """Under lock: the in-memory copy gets what other nodes stored since it was current
         (a shared store); loads it whole when it is not in memory or the log was compacted
         past it."""
-        if self.ydoc is None:
+        if not self.loaded:
             await self.load(store)
             return
         stored = await store.load_document(self.id)
@@ -109,14 +131,10 @@ class LoadedDocument:
             return
         new = list(stored.updates[self.last_seq - first_seq + 1:])
         if new:
-            ydoc = self.loaded()
-            if sum(len(u) for u in new) > OFF_LOOP_BYTES:
-                pairs = await asyncio.to_thread(_apply_all, ydoc, self.id, new)
-            else:
-                pairs = _apply_all(ydoc, self.id, new)
-            for client, clocks in pairs.items():
+            answer, _ = await self.host.call("catch_up", self.id, new)
+            for client, clocks in _pairs(answer).items():
                 self.pairs.setdefault(client, set()).update(clocks)
-            self.sv = decode_state_vector(ydoc.get_state())
+            self.sv = state_vector(answer)
             self.state = None
         self.exists = True
         self.last_seq = stored.last_seq
@@ -140,31 +158,14 @@ class LoadedDocument:
 
     async def encode(self) -> bytes:
         """Under lock: the whole document as one update."""
-        ydoc = self.loaded()
-        if self.stored_bytes > OFF_LOOP_BYTES:
-            return await asyncio.to_thread(ydoc.get_update)
-        return ydoc.get_update()
+        _, state = await self.host.call("encode", self.id)
+        return state[0]
 
 
-def _build(document_id: str, parts: list[bytes]) -> tuple[pycrdt.Doc, dict[int, set[int]]]:
-    ydoc: pycrdt.Doc = pycrdt.Doc()
-    return ydoc, _apply_all(ydoc, document_id, parts)
+def _pairs(answer: dict[str, Any]) -> dict[int, set[int]]:
+    return {int(client): set(clocks) for client, clocks in answer["pairs"].items()}
 
 
-def _apply_all(ydoc: pycrdt.Doc, document_id: str,
-               parts: list[bytes]) -> dict[int, set[int]]:
-    """Apply stored parts one call each (an unreadable one is logged and skipped); returns
-    the surrogate pairs of their strings."""
-    pairs: dict[int, set[int]] = {}
-    for index, part in enumerate(parts):
-        try:
-            ydoc.apply_update(part)
-        except Exception:
-            log.error("stored update #%d of %s is unreadable; skipped", index, document_id)
-            continue
-        try:
-            for client, clocks in inspect_update(part).pairs.items():
-                pairs.setdefault(client, set()).update(clocks)
-        except InvalidUpdate:
-            pass  # an empty snapshot; a log from before validation existed
-    return pairs
+def state_vector(answer: dict[str, Any]) -> dict[int, int]:
+    """The state vector in a host's answer."""
+    return {int(client): clock for client, clock in answer["sv"].items()}

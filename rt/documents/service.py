@@ -1,7 +1,8 @@
 """Collaborative documents: Yjs updates validated, stored durably, relayed (protocol §3.1).
 
-The CRDT engine is pycrdt (never y-py: it aborts the process on some malformed updates).
-Every document is touched only on the event-loop thread.
+The CRDT engine is pycrdt (never y-py: it aborts the process on some malformed updates),
+run in the document host process; this module decides, on the event loop, with what the
+host answers.
 
 An update from a client is accepted in four steps, under the document's lock so that the
 in-memory document, the stored log and the order of relays always agree:
@@ -19,10 +20,10 @@ in-memory document, the stored log and the order of relays always agree:
    stored, so that no client ever receives something it cannot integrate either. An
    update that would cut a character in two (between the halves of a UTF-16 surrogate
    pair) is refused too: Yrs mangles such text, where npm yjs writes U+FFFD.
-3. pycrdt applies it to the in-memory document; the state vector afterwards must cover it.
-   If pycrdt raises, or the update did not integrate, the in-memory copy is dropped and is
-   rebuilt from the store at next use (the store never saw the update), so a refused update
-   leaves no trace.
+3. pycrdt applies it to the loaded copy, in the document host (a process of its own:
+   memory.py, host.py); the state vector afterwards must cover it. If pycrdt raises, or the
+   update did not integrate, the copy is dropped and is rebuilt from the store at next use
+   (the store never saw the update), so a refused update leaves no trace.
 4. the store appends it (on disk before returning); only then is the sender acked and the
    update relayed to the document's room.
 
@@ -67,12 +68,12 @@ from ..core.tasks import TaskGroup
 from ..directory import note_document_id
 from ..metrics import Figure
 from ..rights import DirectoryRights
+from .host_client import DocumentHost
 from .memory import LoadedDocument
 from .yjs import (
     EMPTY_UPDATE,
     InvalidUpdate,
     UpdateShape,
-    decode_state_vector,
     inspect_update,
     integrated,
     missing_dependencies,
@@ -82,7 +83,6 @@ from .yjs import (
 log = logging.getLogger("rt.documents")
 
 NOTE = "note"
-_FATAL = (KeyboardInterrupt, SystemExit, asyncio.CancelledError, GeneratorExit)
 _MISSING = object()  # a payload field that was not sent (None is JSON null)
 
 # (identity, note id) → "write", "read" or None (no access); may raise p.NotFound
@@ -144,11 +144,13 @@ def directory_note_access(store: Store) -> NoteAccess:
 
 
 class CollabService:
-    def __init__(self, emitter, store: Store, settings: Callable[[], Any], limits=None,
+    def __init__(self, emitter, store: Store, settings: Callable[[], Any], host: DocumentHost,
+                 limits=None,
                  clock: Callable[[], float] = time.time, registry=None,
                  note_access: NoteAccess | None = None, on_content: ContentHook | None = None,
                  shared: bool = False):
         self.emitter = emitter
+        self.host = host  # holds the pycrdt copies (a process of its own)
         # cluster-wide editors (the `sessions` of a state, leaves of sessions whose node
         # died); `editors` below is this node's own view, used for access decisions
         self.registry = registry if registry is not None else MemoryEditors()
@@ -257,7 +259,7 @@ class CollabService:
         document's state, on which the editor resynchronises."""
         try:
             return await self._update(sid, identity, document_id, wire, content)
-        except p.EventError:
+        except (p.EventError, StoreError):  # refused, or not stored
             await self._resync(sid, document_id)
             raise
 
@@ -292,7 +294,7 @@ class CollabService:
             if missing_dependencies(shape, doc.sv) is not None:
                 # in cluster mode another node may have stored what this update builds on
                 await self._current(doc)
-            self._apply(doc, update, shape)
+            await self._apply(doc, update, shape)
             try:
                 seq = await self.store.append_update(document_id, update)
             except BaseException:
@@ -320,7 +322,7 @@ class CollabService:
             if doc.last_seq or shape is None:
                 return await doc.encode()
             self._check_size(doc, update)
-            self._apply(doc, update, shape)
+            await self._apply(doc, update, shape)
             try:
                 seq = await self.store.append_first_update(document_id, update)
             except BaseException:
@@ -382,24 +384,15 @@ class CollabService:
             doc.compacting = True
             self.tasks.spawn(f"compact {doc.id}", self._compact_soon(doc.id))
 
-    def _apply(self, doc: LoadedDocument, update: bytes, shape: UpdateShape) -> None:
+    async def _apply(self, doc: LoadedDocument, update: bytes, shape: UpdateShape) -> None:
         why = missing_dependencies(shape, doc.sv)
         if why is None and splits_pair(shape, doc.pairs):
             why = "it cuts a character in two (a UTF-16 surrogate pair)"
         if why is not None:
             self.counts["refused"] += 1
             raise p.BadRequest(f"invalid update: {why}")
-        ydoc = doc.loaded()
-        try:
-            ydoc.apply_update(update)
-            sv = decode_state_vector(ydoc.get_state())
-            ok = integrated(shape, sv)
-        except BaseException as exc:  # pyo3's PanicException is a BaseException
-            if isinstance(exc, _FATAL):
-                raise
-            log.info("update refused by pycrdt for %s: %s", doc.id, exc)
-            ok = False
-        if not ok:
+        sv = await doc.apply(update)
+        if sv is None or not integrated(shape, sv):
             doc.drop()  # may hold part of the update: rebuilt from the store
             self.counts["refused"] += 1
             raise p.BadRequest("invalid update: it does not apply to the document")
@@ -523,7 +516,7 @@ class CollabService:
     async def _use(self, document_id: str) -> AsyncIterator[LoadedDocument]:
         doc = self.docs.get(document_id)
         if doc is None:
-            doc = self.docs[document_id] = LoadedDocument(document_id)
+            doc = self.docs[document_id] = LoadedDocument(document_id, self.host)
         doc.refs += 1
         try:
             yield doc
@@ -535,10 +528,11 @@ class CollabService:
         doc = self.docs.get(document_id)
         if doc is not None and doc.refs == 0 and document_id not in self.editors:
             del self.docs[document_id]  # stored: loaded again at next use
+            doc.forget()
 
     async def _ready(self, doc: LoadedDocument) -> None:
         """Under doc.lock: loaded (from memory when it is kept)."""
-        if doc.ydoc is None:
+        if not doc.loaded:
             await doc.load(self.store)
         elif doc.behind:
             await doc.catch_up(self.store)
@@ -613,7 +607,7 @@ class CollabService:
             log.exception("storing the rendered content of %s failed", document_id)
         else:
             doc = self.docs.get(document_id)
-            if doc is not None and doc.ydoc is not None:
+            if doc is not None and doc.loaded:
                 doc.content, doc.updated_at, doc.exists = text, self.clock(), True
         if self.on_content is None:
             return

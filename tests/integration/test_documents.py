@@ -12,9 +12,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import os
 import random
+import signal
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pycrdt
@@ -33,6 +37,7 @@ pytestmark = pytest.mark.asyncio
 DOC = "note:n1"
 # many events per second: the tests stream updates faster than a person types
 FAST = "[limits]\nevents_per_second = 100000\nevents_burst = 100000\n"
+HALF_APPLYING_HOST = Path(__file__).parent.parent / "support" / "half_applying_host.py"
 
 
 # ---------------------------------------------------------------------- harness
@@ -347,28 +352,32 @@ async def test_invalid_updates_are_refused_stored_nowhere_relayed_to_nobody(tmp_
         assert await api_text(h) == "good! 😀 text"
 
 
+async def restart_host_with(h, command: list[str]) -> None:
+    """The document host ends (killed, as a crash would) and the next one runs `command`."""
+    host = h.collab.host
+    host.command = command
+    await host.start()
+    os.kill(host._proc.pid, signal.SIGKILL)
+    await eventually(lambda: not host.running, what="the killed host noticed")
+
+
 async def test_a_failure_inside_pycrdt_leaves_no_trace(tmp_path):
     """If pycrdt raises (or does not integrate the update) after changing the document,
-    the in-memory copy is rebuilt from the store, which never saw the update."""
+    the loaded copy is rebuilt from the store, which never saw the update."""
     async with documents(tmp_path) as h:
         tok_a, tok_b = await h.user("a"), await h.user("b")
         await setup_note(h, owner="a", write=["b"])
         a = Editor(await h.connect(tok_a), PyReplica())
         await a.join()
         await a.type(0, "kept")
-        doc = h.collab.docs[DOC]
         sneaky = PyReplica()
         sneaky.apply(a.replica.doc.get_update())
         sneaky_update = sneaky.insert(0, "SNEAKED ")
-        real_apply = doc.ydoc.apply_update
-
-        def half_then_fail(update: bytes) -> None:
-            real_apply(sneaky_update)  # the document changes ...
-            raise ValueError("... and then pycrdt fails")
-
-        doc.ydoc.apply_update = half_then_fail
+        real = h.collab.host.command
+        await restart_host_with(h, [sys.executable, str(HALF_APPLYING_HOST), sneaky_update.hex()])
         ack = await a.send(a.replica.insert(4, "!"))
         assert ack["error"] == "bad_request"
+        await restart_host_with(h, real)
         a.replica = PyReplica()  # that client's copy has the refused edit: start over
         b = Editor(await h.connect(tok_b), PyReplica())
         await b.join()
@@ -377,6 +386,26 @@ async def test_a_failure_inside_pycrdt_leaves_no_trace(tmp_path):
         await a.join()
         await a.type(4, " going")
         await eventually(lambda: b.pull() == "kept going")
+
+
+async def test_a_crashed_document_host_costs_nothing_stored(tmp_path):
+    """The process holding the pycrdt copies dies (SIGKILL) between edits: a new one
+    loads the documents from the store at next use; editing goes on, nothing acked is
+    lost, and the appliance itself never stopped serving."""
+    async with documents(tmp_path) as h:
+        await setup_note(h, owner="a", write=["b"])
+        a = Editor(await h.connect(await h.user("a")), PyReplica())
+        b = Editor(await h.connect(await h.user("b")), PyReplica())
+        await a.join()
+        await b.join()
+        await a.type(0, "before ")
+        await eventually(lambda: b.pull() == "before ")
+        first = h.collab.host.generation
+        await restart_host_with(h, h.collab.host.command)
+        assert await b.send(b.replica.insert(7, "after")) == {"ok": True}
+        await eventually(lambda: a.pull() == "before after")
+        assert h.collab.host.generation != first and h.collab.host.restarts == 1
+        assert await api_text(h) == "before after"
 
 
 async def test_awareness_is_relayed_and_never_stored(tmp_path):
