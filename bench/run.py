@@ -58,8 +58,12 @@ SERVERS = ("appliance", "pysio", "node", "node-uws")
 # pysio-deflate: uvicorn as configured out of the box, which negotiates permessage-deflate
 # with every client that offers it (browsers and socket.io-client do); opt-in via --servers.
 OPTIONAL_SERVERS = ("pysio-deflate",)
+# node-cluster: socket.io on node:cluster with @socket.io/sticky and @socket.io/cluster-adapter,
+# N workers; only in the workers-scaling block.
+CLUSTER_PACKAGES = ("socket.io", "@socket.io/sticky", "@socket.io/cluster-adapter")
 LABELS = {"appliance": "appliance", "pysio": "python-socketio+uvicorn",
           "node": "node socket.io (ws)", "node-uws": "node socket.io (uWS)",
+          "node-cluster": "node socket.io cluster (ws)",
           "pysio-deflate": "python-socketio+uvicorn (deflate)"}
 
 # The appliance's production limits are per-connection and per-address policies (typing
@@ -227,8 +231,10 @@ def rss_bytes(pids: list[int]) -> int:
 class Server:
     """One benchmarked server as a child process on a free port of 127.0.0.1."""
 
-    def __init__(self, kind: str, run_dir: Path, tag: str, ini: str = APPLIANCE_INI):
+    def __init__(self, kind: str, run_dir: Path, tag: str, ini: str = APPLIANCE_INI,
+                 workers: int = 1):
         self.kind = kind
+        self.workers = workers  # node-cluster's worker processes
         self.ini = ini  # the appliance's configuration
         self.run_dir = run_dir
         self.log_path = run_dir / f"{kind}-{tag}.log"
@@ -247,6 +253,9 @@ class Server:
                 [] if self.kind == "pysio-deflate" else ["--no-deflate"])
         if self.kind == "node-uws":
             return ["node", str(PEERS / "node_uws_server.mjs"), "--port", "0"]
+        if self.kind == "node-cluster":
+            return ["node", str(PEERS / "node_cluster_server.mjs"), "--port", "0",
+                    "--workers", str(self.workers)]
         return ["node", str(PEERS / "node_server.mjs"), "--port", "0"]
 
     def start(self, timeout: float = 30.0) -> Server:
@@ -720,31 +729,35 @@ def probe_appliance_workers(run_dir: Path) -> tuple[bool, str]:
 
 def block_scaling(bench: Bench) -> dict:
     """Fan-out deliveries/s (saturated HTTP emits and typing events) and echo round trips/s
-    with the appliance on 1, 2 and all cores (`[server] workers = N`). Without that option
-    the block says so and measures nothing."""
+    on 1, 2 and all cores: the appliance with `[server] workers = N` (without that option the
+    block says so and measures nothing for it) and Node socket.io on node:cluster with N
+    workers (@socket.io/sticky + @socket.io/cluster-adapter)."""
     counts = core_counts()
     ok, why = probe_appliance_workers(bench.run_dir)
-    out: dict[str, Any] = {"cores": counts, "available": ok, "reason": why, "rounds": {}}
+    out: dict[str, Any] = {"cores": counts, "available": ok, "reason": why, "rounds": {},
+                           "kinds": (["appliance"] if ok else []) + ["node-cluster"]}
     if not ok:
-        log(f"workers scaling: not available ({why})")
-        return out
+        log(f"workers scaling: appliance not available ({why})")
     p = bench.p
     for rnd in range(p["rounds"]):
-        for n in counts:
-            DEADLINE.check("workers scaling")
-            log(f"workers scaling round {rnd + 1}: appliance, workers = {n}")
-            server = Server("appliance", bench.run_dir, f"workers{n}-{rnd}",
-                            ini=appliance_ini(n)).start()
-            try:
-                bench.register(server, max(p["room"], p["rtt_clients"]))
-                put_channel(server, bench.users[:p["room"]])
-                r = bench.block_fanout(server, rnd, tag=f"-w{n}", only=("emit_sat", "typing_sat"))
-                r["echo"] = bench.block_rtt(server, rnd, echo_only=True, tag=f"-w{n}")["echo"]
-            finally:
-                server.stop()
-            out["rounds"].setdefault(f"appliance/{n}", []).append(r)
-            log(f"  emit {fmt(r['emit_sat']['deliveries_per_s'])}/s, typing "
-                f"{fmt(r['typing_sat']['deliveries_per_s'])}/s, echo {fmt(r['echo']['rate'])}/s")
+        for kind in out["kinds"]:
+            for n in counts:
+                DEADLINE.check("workers scaling")
+                log(f"workers scaling round {rnd + 1}: {kind}, {n} workers")
+                server = Server(kind, bench.run_dir, f"workers{n}-{rnd}", ini=appliance_ini(n),
+                                workers=n).start()
+                try:
+                    bench.register(server, max(p["room"], p["rtt_clients"]))
+                    put_channel(server, bench.users[:p["room"]])
+                    tag = f"-{'cl' if kind == 'node-cluster' else 'w'}{n}"
+                    r = bench.block_fanout(server, rnd, tag=tag, only=("emit_sat", "typing_sat"))
+                    r["echo"] = bench.block_rtt(server, rnd, echo_only=True, tag=tag)["echo"]
+                finally:
+                    server.stop()
+                out["rounds"].setdefault(f"{kind}/{n}", []).append(r)
+                log(f"  emit {fmt(r['emit_sat']['deliveries_per_s'])}/s, typing "
+                    f"{fmt(r['typing_sat']['deliveries_per_s'])}/s, echo "
+                    f"{fmt(r['echo']['rate'])}/s")
     return out
 
 
@@ -756,36 +769,54 @@ SCALING_METRICS = [("emit_sat.deliveries_per_s", "fan-out deliveries/s (HTTP emi
 
 def render_scaling(scaling: dict, summary: dict) -> str:
     counts = ", ".join(str(n) for n in scaling["cores"])
-    lines = [f"## Workers scaling: the appliance on {counts} cores (`[server] workers = N`)", ""]
+    lines = [f"## Workers scaling: {counts} cores", ""]
     if not scaling["available"]:
-        lines.append("Not available: this appliance has no `[server] workers` option "
-                     f"(`appliance.py check-config`: {scaling['reason']}). Once it has, this "
-                     "block runs saturated fan-out (deliveries/s) and echo (round trips/s) with "
-                     f"{counts} workers.")
-        return "\n".join(lines) + "\n"
-    lines += ["Saturated phases of the fan-out block and the echo phase, one fresh appliance per "
-              "worker count, median over rounds; ×1 = against the same figure with 1 worker. "
-              "The single-process Node servers of the main table for reference.", "",
+        lines += ["The appliance: **not available** — it has no `[server] workers` option "
+                  f"(`appliance.py check-config`: {scaling['reason']}). Once it has, this block "
+                  "runs the appliance too, with "
+                  f"`[server] workers` = {counts}.", ""]
+    lines += ["Saturated fan-out (HTTP emit and typing, room of the fan-out block) and echo "
+              "(the echo phase of the rtt block), one fresh server per worker count, median "
+              "over rounds; ×1 = the same figure with 1 worker (emit / typing / echo). "
+              "`node socket.io cluster (ws)`: socket.io on node:cluster, @socket.io/sticky in "
+              "the primary, @socket.io/cluster-adapter between the workers (the primary's CPU "
+              "counts). The single-process Node servers of the main table for reference. On a "
+              "machine with as many cores as workers the load generator shares them: compare "
+              "the curves, not the ceilings.", "",
               "| server | workers | " + " | ".join(label for _, label in SCALING_METRICS)
-              + " | ×1 (emit / typing / echo) |",
-              "|---|---:|" + "---:|" * len(SCALING_METRICS) + "---:|"]
-    base: dict[str, float | None] = {}
-    for n in scaling["cores"]:
-        rounds = scaling["rounds"].get(f"appliance/{n}", [])
-        vals = {path: med([pick(r, path) for r in rounds]) for path, _ in SCALING_METRICS}
-        if n == scaling["cores"][0]:
-            base = vals
-        x1 = " / ".join(ratio(vals[path], base.get(path)) for path, _ in SCALING_METRICS[:3])
-        lines.append(f"| appliance | {n} | "
-                     + " | ".join(fmt(vals[path]) for path, _ in SCALING_METRICS)
-                     + f" | {x1} |")
+              + " | ×1 | server cores used (emit / typing / echo) |",
+              "|---|---:|" + "---:|" * len(SCALING_METRICS) + "---:|---:|"]
+    for kind in scaling["kinds"]:
+        base: dict[str, float | None] = {}
+        for n in scaling["cores"]:
+            rounds = scaling["rounds"].get(f"{kind}/{n}", [])
+            vals = {path: med([pick(r, path) for r in rounds]) for path, _ in SCALING_METRICS}
+            if n == scaling["cores"][0]:
+                base = vals
+            x1 = " / ".join(ratio(vals[path], base.get(path)) for path, _ in SCALING_METRICS[:3])
+            cores = " / ".join(fmt(med([pick(r, f"{ph}.server_cores") for r in rounds]))
+                               for ph in ("emit_sat", "typing_sat", "echo"))
+            lines.append(f"| {LABELS[kind]} | {n} | "
+                         + " | ".join(fmt(vals[path]) for path, _ in SCALING_METRICS)
+                         + f" | {x1} | {cores} |")
     for kind in ("node", "node-uws"):
-        if kind not in summary.get("rtt.echo.rate", {}) and kind not in summary.get(
-                "fanout.emit_sat.deliveries_per_s", {}):
+        if summary.get("rtt.echo.rate", {}).get(kind) is None and summary.get(
+                "fanout.emit_sat.deliveries_per_s", {}).get(kind) is None:
             continue
         cells = [fmt(summary.get(f"{'rtt' if path.startswith('echo') else 'fanout'}.{path}",
                                  {}).get(kind)) for path, _ in SCALING_METRICS]
-        lines.append(f"| {LABELS[kind]} | 1 | " + " | ".join(cells) + " | – |")
+        lines.append(f"| {LABELS[kind]} | 1 | " + " | ".join(cells) + " | – | – |")
+    short = []
+    for key, rounds in scaling["rounds"].items():
+        for r in rounds:
+            for phase in ("emit_sat", "typing_sat"):
+                if r[phase]["received"] < r[phase]["expected"]:
+                    short.append(f"{key} {phase} {r[phase]['received']}/{r[phase]['expected']}")
+            if r["echo"]["failed"] or r["echo"]["lost"]:
+                short.append(f"{key} echo failed/lost {r['echo']['failed']}/{r['echo']['lost']}")
+    if scaling["rounds"]:
+        lines += ["", "Deliveries check: " + ("every expected delivery and ack arrived." if not
+                                               short else "MISSING: " + "; ".join(short) + ".")]
     return "\n".join(lines) + "\n"
 
 
@@ -915,7 +946,9 @@ def peer_packages() -> dict:
         pass
     return {"peers.socket.io": version("socket.io"),
             "uws.package": UWS_PACKAGE, "uws.version": version(UWS_PACKAGE),
-            "uws.source_commit": commit}
+            "uws.source_commit": commit,
+            "cluster.sticky": version("@socket.io/sticky"),
+            "cluster.adapter": version("@socket.io/cluster-adapter")}
 
 
 def uws_line(info: dict) -> str:
@@ -1010,6 +1043,8 @@ def render(bench: Bench, info: dict, mode: str, summary: dict, elapsed: float,
     worst_proc = worst_total = 0.0
     unbound: list[str] = []
     for phase, per in bench.gen.items():
+        if re.search(r"-(w|cl)\d+$", phase):
+            continue  # the workers-scaling block: its own table
         cells = []
         for kind in srv:
             g = per.get(kind, [])
@@ -1077,21 +1112,23 @@ def render(bench: Bench, info: dict, mode: str, summary: dict, elapsed: float,
 
 # ------------------------------------------------------------------------ main ---
 
-def peer_modules_ok() -> bool:
-    return all((PEER_MODULES / name / "package.json").exists()
-               for name in ("socket.io", UWS_PACKAGE))
+def peer_modules_ok(names: tuple[str, ...] = ("socket.io", UWS_PACKAGE)) -> bool:
+    return all((PEER_MODULES / name / "package.json").exists() for name in names)
 
 
-def preflight(install: bool, servers: tuple[str, ...] | list[str] = SERVERS) -> None:
+def preflight(install: bool, servers: tuple[str, ...] | list[str] = SERVERS,
+              cluster: bool = False) -> None:
     if not VENV_PY.exists():
         raise BenchError(f"{VENV_PY} missing: run `make install` first")
     if shutil.which("node") is None:
         raise BenchError("node is not on PATH")
     if not (NODE_MODULES / "socket.io").exists() or not (NODE_MODULES / "socket.io-client").exists():
         raise BenchError("tests/node/node_modules lacks socket.io: run `make node-deps`")
-    if "node-uws" in servers and not peer_modules_ok():
+    if ("node-uws" in servers and not peer_modules_ok()) or (
+            cluster and not peer_modules_ok(CLUSTER_PACKAGES)):
         if not install:
-            raise BenchError("bench/peers/node_modules lacks socket.io or uWebSockets.js: run "
+            raise BenchError("bench/peers/node_modules lacks socket.io, uWebSockets.js or the "
+                             "cluster packages: run "
                              "`cd bench/peers && npm ci` (or `make bench`), or pass --install")
         if shutil.which("npm") is None:
             raise BenchError("npm is not on PATH (needed for bench/peers)")
@@ -1170,7 +1207,7 @@ def main(argv: list[str] | None = None) -> int:
     scaling = None
     info = {}
     try:
-        preflight(args.install, servers)
+        preflight(args.install, servers, cluster=prof["scaling"])
         info = machine_info()
         log(f"{mode} run, servers {servers}, logs in {run_dir}")
         bench = Bench(prof, run_dir, args.workers, servers)
