@@ -14,11 +14,16 @@ Three behaviours differ from stock python-socketio, all on purpose:
 """
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import inspect
+import json
 import logging
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
+import orjson
 import socketio
 from socketio import packet as sio_packet
 from socketio.exceptions import ConnectionRefusedError as Refused
@@ -36,6 +41,52 @@ MAX_ACK_ID_DIGITS = 100  # python-socketio's bound (the reference has none): int
 _ABSENT = object()  # a packet without a payload (not the same as a JSON null)
 
 
+# ---------------------------------------------------------------- JSON of the event path
+# python-socketio's JSON is the standard library's with python-engineio's bound on integers
+# (engineio.json: at most 100 digits), and it builds a new decoder (and encoder) for every
+# packet. orjson does the same work several times faster; where it would answer differently,
+# the standard library still decides, so what is accepted and what it decodes to is unchanged.
+
+def _safe_int(digits: str) -> int:
+    if len(digits) > 100:  # engineio.json's rule: int() of a huge number is quadratic
+        raise ValueError("Integer is too large")
+    return int(digits)
+
+
+_std_decoder = json.JSONDecoder(parse_int=_safe_int)
+# orjson turns integers beyond 64 bits into floats: a run of 19 digits or more is left to
+# the standard library (a long fraction too, harmlessly)
+_LONG_NUMBER = re.compile(r"[0-9]{19}")
+
+
+def loads(text: str) -> Any:
+    """python-engineio's `json.loads`: ValueError (or RecursionError) for what it refuses.
+    orjson refuses NaN, Infinity, out-of-range floats, lone surrogates and nesting deeper
+    than 1024, all of which go to the standard library, which decides as before."""
+    if _LONG_NUMBER.search(text) is None:
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass
+    return _std_decoder.decode(text)
+
+
+# Whatever orjson would encode differently from the standard library (dataclasses,
+# datetimes, subclasses of builtins, non-str keys, big integers, bytes, lone surrogates)
+# makes it raise, and the caller takes python-socketio's own path instead.
+_ORJSON_STRICT = (orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+                  | orjson.OPT_PASSTHROUGH_SUBCLASS)
+
+
+def dumps_plain(data: Any) -> bytes | None:
+    """`data` as compact JSON (UTF-8), or None when it holds anything but plain JSON values
+    (binary attachments above all): python-socketio's Packet encodes those."""
+    try:
+        return orjson.dumps(data, option=_ORJSON_STRICT)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return None
+
+
 class MalformedPacket(ValueError):
     """An inbound Socket.IO packet the reference server would refuse; the connection is
     closed."""
@@ -43,10 +94,11 @@ class MalformedPacket(ValueError):
 
 class Decoded:
     """One inbound Socket.IO text packet, validated."""
-    __slots__ = ("type", "namespace", "id", "data", "attachments")
+    __slots__ = ("type", "namespace", "id", "data", "attachments", "sid")
 
     def __init__(self, ptype: int, namespace: str, ack_id: int | None, data: Any,
                  attachments: int):
+        self.sid: str | None = None  # the Socket.IO session it is for, once known
         self.type = ptype
         self.namespace = namespace
         self.id = ack_id
@@ -142,6 +194,7 @@ class Recovery(Protocol):
     async def call(self, event: str, data: Any, to: Any, callback: Any) -> bool: ...
     def pid_of(self, sid: Any) -> str | None: ...
     async def recover(self, eio_sid: str, auth: dict[str, Any]) -> bool: ...
+    async def sending(self, eio_sid: str, pkt: Any) -> None: ...
 
 
 # Whether the event being handled asked for an acknowledgement: a failure is then answered
@@ -170,6 +223,8 @@ class SocketServer(socketio.AsyncServer):
         # rooms of sessions whose leave is announced after their connection ended (a
         # recovery window that passed): what `rooms(sid)` answers for them meanwhile
         self.gone_rooms: dict[str, list[str]] = {}
+        # handler → whether it is a coroutine function (inspect's answer, asked once)
+        self._coroutine_handlers: dict[Any, bool] = {}
 
     def _engineio_server_class(self):
         return EngineServer
@@ -220,17 +275,67 @@ class SocketServer(socketio.AsyncServer):
             pid = self.recovery.pid_of(pkt.data.get("sid"))
             if pid is not None:
                 pkt.data = {**pkt.data, "pid": pid}
+        # a call (an event with an ack id): kept until answered, for a recovery
+        if (self.recovery is not None and pkt.id is not None and pkt.namespace in (None, "/")
+                and pkt.packet_type in (sio_packet.EVENT, sio_packet.BINARY_EVENT)):
+            await self.recovery.sending(eio_sid, pkt)
         await super()._send_packet(eio_sid, pkt)
 
     async def _refuse_namespace(self, namespace, sid, environ, auth=None):
         raise Refused("Invalid namespace")
 
+    # ---------------------------------------------------------------- events and acks
+    # python-socketio's _handle_event, _handle_event_internal and _trigger_event with the
+    # same outcome and fewer layers: an event decoded here (its session known connected)
+    # goes straight to its handler, and a plain ack is encoded by orjson and written to
+    # the session without a Packet object or the engine's generic send.
     async def _handle_event(self, eio_sid, namespace, id, data):
+        namespace = namespace or "/"
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        if not self.manager.is_connected(sid, namespace):
+            self.logger.warning("%s is not connected to namespace %s", sid, namespace)
+            return
+        await self._event(eio_sid, sid, namespace, id, data)
+
+    async def _event(self, eio_sid: str, sid: str, namespace: str, id: int | None,
+                     data: list[Any]) -> None:
+        self.logger.info('received event "%s" from %s [%s]', data[0], sid, namespace)
         token = ack_requested.set(id is not None)
         try:
-            await super()._handle_event(eio_sid, namespace, id, data)
+            r = await self._trigger_event(data[0], namespace, sid, *data[1:])
+            if r is not self.not_handled and id is not None:
+                await self._send_ack(eio_sid, namespace, id, r)
         finally:
             ack_requested.reset(token)
+
+    async def _send_ack(self, eio_sid: str, namespace: str, id: int, r: Any) -> None:
+        # tuples are expanded as several arguments (python-socketio's rule)
+        args = [] if r is None else list(r) if isinstance(r, tuple) else [r]
+        body = dumps_plain(args)
+        if body is None:  # binary attachments, or values only the stock encoder takes
+            await self._send_packet(eio_sid, self.packet_class(
+                sio_packet.ACK, namespace=namespace, id=id, data=args))
+            return
+        head = f"3{id}" if namespace == "/" else f"3{namespace},{id}"
+        self.eio.send_text(eio_sid, head.encode() + body)
+
+    async def _trigger_event(self, event, namespace, *args):
+        handlers = self.handlers.get(namespace)
+        handler = handlers.get(event) if handlers is not None else None
+        if handler is None or event == "disconnect" or not self._is_coroutine(handler):
+            # catch-alls, the legacy one-argument disconnect, plain functions: the stock
+            # resolution and call
+            return await super()._trigger_event(event, namespace, *args)
+        try:
+            return await handler(*args)
+        except asyncio.CancelledError:  # as python-socketio does
+            return None
+
+    def _is_coroutine(self, handler: Callable[..., Any]) -> bool:
+        known = self._coroutine_handlers.get(handler)
+        if known is None:
+            known = self._coroutine_handlers[handler] = inspect.iscoroutinefunction(handler)
+        return known
 
     # ---------------------------------------------------------------- inbound packets
     async def _handle_eio_message(self, eio_sid, data):
@@ -244,18 +349,25 @@ class SocketServer(socketio.AsyncServer):
             return
         if pkt is None:  # a binary packet waiting for more attachments
             return
-        namespace = pkt.namespace
-        if pkt.packet_type == sio_packet.CONNECT:
-            await self._handle_connect(eio_sid, namespace, pkt.data)
-        elif pkt.packet_type == sio_packet.DISCONNECT:
-            await self._handle_disconnect(eio_sid, namespace, self.reason.CLIENT_DISCONNECT)
-        elif pkt.packet_type in (sio_packet.EVENT, sio_packet.BINARY_EVENT):
-            await self._handle_event(eio_sid, namespace, pkt.id, pkt.data)
+        if type(pkt) is Decoded:
+            ptype, namespace = pkt.type, pkt.namespace
+            if ptype == sio_packet.EVENT:  # the common case: its session is connected
+                await self._event(eio_sid, pkt.sid or "", namespace, pkt.id, pkt.data)
+            elif ptype == sio_packet.CONNECT:
+                await self._handle_connect(eio_sid, namespace, pkt.data)
+            elif ptype == sio_packet.DISCONNECT:
+                await self._handle_disconnect(eio_sid, namespace,
+                                              self.reason.CLIENT_DISCONNECT)
+            else:
+                await self._handle_ack(eio_sid, namespace, pkt.id, pkt.data)
+        elif pkt.packet_type == sio_packet.BINARY_EVENT:  # complete with its attachments
+            await self._handle_event(eio_sid, pkt.namespace, pkt.id, pkt.data)
         else:
-            await self._handle_ack(eio_sid, namespace, pkt.id, pkt.data)
+            await self._handle_ack(eio_sid, pkt.namespace, pkt.id, pkt.data)
 
     def _decode(self, eio_sid: str, data: str | bytes):
-        """The complete packet this message ends, None if more attachments are due."""
+        """The complete packet this message ends (a Decoded text packet, or a binary one
+        with its attachments), None if more attachments are due."""
         pending = self._binary_packet.get(eio_sid)
         if pending is not None:
             if not isinstance(data, bytes):
@@ -266,7 +378,7 @@ class SocketServer(socketio.AsyncServer):
             return pending
         if not isinstance(data, str):
             raise MalformedPacket("binary data without a binary packet")
-        decoded = decode_packet(data, self.packet_class.json.loads)
+        decoded = decode_packet(data, loads)
         # the reference server's states: CONNECT to a namespace the client is not in,
         # anything else only to a namespace it is in
         sid = self.manager.sid_from_eio_sid(eio_sid, decoded.namespace)
@@ -275,13 +387,14 @@ class SocketServer(socketio.AsyncServer):
                 raise MalformedPacket(f"second CONNECT to {decoded.namespace}")
         elif sid is None or not self.manager.is_connected(sid, decoded.namespace):
             raise MalformedPacket(f"packet type {decoded.type} outside {decoded.namespace}")
-        pkt = self.packet_class(decoded.type, decoded.data, namespace=decoded.namespace,
-                                id=decoded.id, binary=False)
+        decoded.sid = sid
         if decoded.attachments:
+            pkt = self.packet_class(decoded.type, decoded.data, namespace=decoded.namespace,
+                                    id=decoded.id, binary=False)
             pkt.attachment_count = decoded.attachments
             self._binary_packet[eio_sid] = pkt
             return None
-        return pkt
+        return decoded
 
     async def _handle_connect(self, eio_sid, namespace, data):
         if (self.recovery is not None and namespace == "/" and isinstance(data, dict)

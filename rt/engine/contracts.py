@@ -65,6 +65,10 @@ class WsTransport(Protocol):
 
     def send_frame(self, data: str | bytes) -> None: ...
 
+    def send_message_text(self, text: bytes) -> None:
+        """A MESSAGE packet whose text is `text`, UTF-8 (python-socketio's packets)."""
+        ...
+
     def close_transport(self, code: int | None = None, reason: str | None = None,
                         now: bool = False) -> None: ...
 

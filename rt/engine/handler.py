@@ -287,6 +287,9 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
     def send_frame(self, data: str | bytes) -> None:
         self.send_wire_frame(b"", data)
 
+    def send_message_text(self, text: bytes) -> None:
+        self.send_wire_frame(b"", "4" + text.decode("utf-8"))
+
     def send_wire_frame(self, frame: bytes, message: Packet | str | bytes) -> None:
         if self._closing or self.ws_connection is None:
             return

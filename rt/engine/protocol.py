@@ -19,7 +19,8 @@ from engineio.packet import CLOSE, MESSAGE, NOOP, OPEN, PING, PONG, UPGRADE, Pac
 __all__ = [
     "CLOSE", "MESSAGE", "NOOP", "OPEN", "PING", "PONG", "UPGRADE", "Packet",
     "SEPARATOR", "ProtocolError", "HandshakeError", "decode_packet", "decode_payload",
-    "encode_payload", "iter_payload", "payload_text", "websocket_frame", "wire",
+    "encode_payload", "iter_payload", "payload_text", "message_frame", "websocket_frame",
+    "wire",
 ]
 
 SEPARATOR = "\x1e"  # record separator between packets of one polling payload
@@ -137,3 +138,16 @@ def websocket_frame(data: str | bytes) -> bytes:
     else:
         header = struct.pack("!BBQ", 0x80 | opcode, 127, size)
     return header + payload
+
+
+def message_frame(text: bytes) -> bytes:
+    """The websocket frame of a MESSAGE packet whose text is `text` (UTF-8): a text frame
+    of "4" + text, built without the str round trip of `websocket_frame(wire(pkt))`."""
+    size = len(text) + 1
+    if size < 126:
+        header = struct.pack("!BBB", 0x81, size, 0x34)
+    elif size <= 0xFFFF:
+        header = struct.pack("!BBHB", 0x81, 126, size, 0x34)
+    else:
+        header = struct.pack("!BBQB", 0x81, 127, size, 0x34)
+    return header + text

@@ -149,6 +149,12 @@ class EngineServer:
     async def send(self, sid: str, data: str | bytes) -> None:
         await self.send_packet(sid, Packet(MESSAGE, data))
 
+    def send_text(self, sid: str, text: bytes) -> None:
+        """A MESSAGE packet whose text is `text` (UTF-8); never waits."""
+        session = self.sessions.get(sid)
+        if session is not None:
+            session.send_message_text(text)
+
     async def send_packet(self, sid: str, pkt: Packet) -> None:
         session = self.sessions.get(sid)
         if session is not None:

@@ -202,6 +202,16 @@ class EngineSession:
             return
         self._wake_poll()
 
+    def send_message_text(self, text: bytes) -> None:
+        """A MESSAGE packet whose text is given encoded (UTF-8): on a websocket it is framed
+        as it is, without a Packet."""
+        if self.closed:
+            return
+        if self.ws is not None:
+            self.ws.send_message_text(text)
+            return
+        self.send(Packet(MESSAGE, text.decode("utf-8")))
+
     def _wake_poll(self) -> None:
         if self._poll is not None and not self._poll.done():
             self._poll.set_result(None)

@@ -29,7 +29,7 @@ from typing import Any, cast
 from tornado.util import _websocket_mask  # Tornado's C speed-up where it is built
 
 from .contracts import EngineStats, WsListener
-from .protocol import Packet, websocket_frame
+from .protocol import Packet, message_frame, websocket_frame
 
 log = logging.getLogger("rt.conn")
 
@@ -164,6 +164,9 @@ class WebSocket(asyncio.Protocol):
 
     def send_frame(self, data: str | bytes) -> None:
         self.send_wire_frame(websocket_frame(data), data)
+
+    def send_message_text(self, text: bytes) -> None:
+        self.send_wire_frame(message_frame(text))
 
     def send_wire_frame(self, frame: bytes, message: Packet | str | bytes | None = None
                         ) -> None:
