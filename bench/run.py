@@ -767,7 +767,7 @@ SCALING_METRICS = [("emit_sat.deliveries_per_s", "fan-out deliveries/s (HTTP emi
                    ("echo.cpu_per_10k", "echo CPU per 10k (s)")]
 
 
-def render_scaling(scaling: dict, summary: dict) -> str:
+def render_scaling(scaling: dict, summary: dict, info: dict) -> str:
     counts = ", ".join(str(n) for n in scaling["cores"])
     lines = [f"## Workers scaling: {counts} cores", ""]
     if not scaling["available"]:
@@ -778,9 +778,10 @@ def render_scaling(scaling: dict, summary: dict) -> str:
     lines += ["Saturated fan-out (HTTP emit and typing, room of the fan-out block) and echo "
               "(the echo phase of the rtt block), one fresh server per worker count, median "
               "over rounds; ×1 = the same figure with 1 worker (emit / typing / echo). "
-              "`node socket.io cluster (ws)`: socket.io on node:cluster, @socket.io/sticky in "
-              "the primary, @socket.io/cluster-adapter between the workers (the primary's CPU "
-              "counts). The single-process Node servers of the main table for reference. On a "
+              f"`node socket.io cluster (ws)`: socket.io {info.get('peers.socket.io')} on "
+              f"node:cluster, @socket.io/sticky {info.get('cluster.sticky')} in the primary, "
+              f"@socket.io/cluster-adapter {info.get('cluster.adapter')} between the workers "
+              "(the primary's CPU counts). The single-process Node servers of the main table for reference. On a "
               "machine with as many cores as workers the load generator shares them: compare "
               "the curves, not the ceilings.", "",
               "| server | workers | " + " | ".join(label for _, label in SCALING_METRICS)
@@ -924,6 +925,10 @@ def machine_info() -> dict:
         "socket.io": json.loads(sio_pkg.read_text())["version"] if sio_pkg.exists() else "?",
         "socket.io-client": json.loads(cli_pkg.read_text())["version"] if cli_pkg.exists() else "?",
         "loadavg_at_start": open("/proc/loadavg").read().split()[:3],
+        # what was measured: the commit, and whether the appliance's code had changes on top
+        "commit": run(["git", "rev-parse", "--short=10", "HEAD"]),
+        "appliance_changes": len([line for line in run(
+            ["git", "status", "--porcelain", "--", "rt", "appliance.py"]).splitlines() if line]),
         **peer_packages(),
     }
     info.update(dict(zip(names, versions)))
@@ -969,6 +974,10 @@ def render(bench: Bench, info: dict, mode: str, summary: dict, elapsed: float,
         "",
         f"- machine: `nproc` = {info['nproc']}, CPU {info['cpu_model']}, kernel "
         f"{info['kernel']}, load average at start {' '.join(info['loadavg_at_start'])}",
+        f"- appliance: commit {info.get('commit')}"
+        + (f" with uncommitted changes in {info['appliance_changes']} file(s) of rt/ and "
+           "appliance.py (the working tree was measured)" if info.get("appliance_changes")
+           else ""),
         f"- Python {info.get('python')} (python-socketio {info.get('python-socketio')}, "
         f"python-engineio {info.get('python-engineio')}, tornado {info.get('tornado')}, "
         f"uvicorn {info.get('uvicorn')}, websockets {info.get('websockets')}, uvloop "
@@ -1237,7 +1246,9 @@ def main(argv: list[str] | None = None) -> int:
                             bench.record("rtt", kind, r)
                             log(f"rtt round {rnd + 1} {kind}: p50 {fmt(r['p50_ms'])} ms, "
                                 f"p99 {fmt(r['p99_ms'])} ms, {fmt(r['rate'])} req/s, "
-                                f"cpu/10k {fmt(r['cpu_per_10k'])} s")
+                                f"cpu/10k {fmt(r['cpu_per_10k'])} s; echo "
+                                f"{fmt(r['echo']['rate'])}/s, cpu/10k "
+                                f"{fmt(r['echo']['cpu_per_10k'])} s")
                 if "fanout" in blocks:
                     for rnd in range(prof["rounds"]):
                         for kind in servers:
@@ -1298,14 +1309,14 @@ def main(argv: list[str] | None = None) -> int:
         summary = summarise(bench)
         text = render(bench, info, mode, summary, elapsed, gen_check)
         if scaling:
-            text += "\n" + render_scaling(scaling, summary)
+            text += "\n" + render_scaling(scaling, summary, info)
         if flood_text:
             text += "\n" + flood_text
     else:  # the flood block alone
         text = (f"# flood — {day} ({mode})\n\nMachine: {info.get('cpu_model')}, "
                 f"{info.get('nproc')} cores, load average at the end "
                 f"{os.getloadavg()[0]:.2f}.\n\n" + (flood_text or "")
-                + (render_scaling(scaling, summary) if scaling else "")
+                + (render_scaling(scaling, summary, info) if scaling else "")
                 + "".join(f"\n- {n}" for n in bench.notes))
     print(text)
     if not args.no_write:
