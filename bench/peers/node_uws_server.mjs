@@ -157,7 +157,7 @@ app.any("/*", (res, req) => {
   const method = req.getCaseSensitiveMethod ? req.getCaseSensitiveMethod() : req.getMethod().toUpperCase();
   const url = req.getUrl();
   const auth = req.getHeader("authorization");
-  const length = Number(req.getHeader("content-length") || "0");
+  const hasBody = Number(req.getHeader("content-length") || "0") > 0 || req.getHeader("transfer-encoding") !== "";
   res.aborted = false;
   res.onAborted(() => { res.aborted = true; });
   const finish = (raw) => {
@@ -167,7 +167,7 @@ app.any("/*", (res, req) => {
       reply(res, 400, { error: "bad_request", message: String(err && err.message) });
     }
   };
-  if (!length) return finish(Buffer.alloc(0));
+  if (!hasBody) return finish(Buffer.alloc(0));
   const chunks = [];
   res.onData((chunk, isLast) => {
     chunks.push(Buffer.from(chunk.slice(0)));
