@@ -1,16 +1,50 @@
 """Who is calling: JWT verification for browsers, the API key for backends."""
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import hmac
+import json
 import math
+import re
 import time
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import jwt
+from jwt.algorithms import HMACAlgorithm
 
 HMAC_ALGORITHMS = {"HS256", "HS384", "HS512"}
 MAX_TOKEN_BYTES = 8192  # far above any real token; a hostile blob is refused unparsed
+# Tokens whose signature was verified, kept so that the token a tab sends again (its
+# `user-join`, its reconnects, its user's other tabs, the periodic re-verification) is not
+# checked again: at most this many, the least recently used dropped first, ~0.4 KB each.
+MAX_VERIFIED_TOKENS = 2048
+
+_HASHES = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
+# a compact JWS in its canonical form: three non-empty base64url segments, no padding
+_COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+# header parameters with which PyJWT verifies a token as it is (`kid` must be a string)
+_PLAIN_HEADER = frozenset({"alg", "typ", "kid"})
+
+
+def _digest(signed: str) -> bytes:
+    return hashlib.blake2b(signed.encode(), digest_size=16).digest()
+
+
+def _segment(text: str) -> bytes | None:
+    """A base64url segment's bytes; None unless it is canonical (PyJWT refuses the rest)."""
+    if len(text) % 4 == 1:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != text:
+        return None
+    return raw
 
 
 class AuthError(Exception):
@@ -53,16 +87,96 @@ class TokenVerifier:
         # PyJWT warns on HMAC keys shorter than the hash; open-webui deployments often have
         # such a secret, so the warning is given once at start-up (app.py), not per token.
         self.short_secret = len(secret.encode()) < 64
+        # the secret as the HMAC fast path uses it: only one PyJWT accepts as an HMAC key
+        # (not empty, not an asymmetric key or a JWK), decided once
+        self._hmac_key: bytes | None = None
+        try:
+            self._hmac_key = HMACAlgorithm(HMACAlgorithm.SHA256).prepare_key(secret)
+        except (jwt.InvalidKeyError, ValueError, TypeError):
+            pass
+        # signature segment → (digest of the signed part, the claims' JSON) of the tokens
+        # the fast path verified (compact: a connection's token is held by its session)
+        self._verified: OrderedDict[str, tuple[bytes, bytes]] = OrderedDict()
+        self.cache_hits = self.cache_misses = 0
 
     def _key_for(self, alg: str):
         return self.secret if alg in HMAC_ALGORITHMS else self.public_key
 
     def verify(self, token: object) -> dict:
-        """The token's claims, or AuthError(token_missing | token_invalid | token_expired)."""
+        """The token's claims, or AuthError(token_missing | token_invalid | token_expired).
+
+        A token verified before is found by its signature (and its signed part compared):
+        the signature is not checked again, its times are, on every call. What a token
+        means beyond its signature (open-webui's revocation markers, the user's state) is
+        the identity sources' concern and is asked every time."""
         if token is None or token == "":
             raise AuthError("token_missing")
         if not isinstance(token, str) or len(token) > MAX_TOKEN_BYTES:
             raise AuthError("token_invalid", "token is not a string of sane length")
+        signed, _, signature = token.rpartition(".")
+        known = self._verified.get(signature)
+        if known is not None and known[0] == _digest(signed):
+            self.cache_hits += 1
+            claims = json.loads(known[1])  # verified: what the fast path decoded before
+            try:
+                self._check_times(claims)
+            except AuthError:
+                del self._verified[signature]  # expired: it will never pass again
+                raise
+            self._verified.move_to_end(signature)
+            return claims
+        self.cache_misses += 1
+        verified = self._verify_hmac(token)
+        if verified is None:
+            claims = self._verify_pyjwt(token)  # anything unusual, and every refusal
+            self._check_times(claims)
+            return claims
+        claims, raw_claims = verified
+        self._check_times(claims)
+        self._verified[signature] = (_digest(signed), raw_claims)
+        if len(self._verified) > MAX_VERIFIED_TOKENS:
+            self._verified.popitem(last=False)
+        return claims
+
+    def _verify_hmac(self, token: str) -> tuple[dict, bytes] | None:
+        """The claims (and their JSON) of an HMAC-signed token in its plain form, verified
+        without PyJWT's generic machinery; None for anything else, refusals included:
+        PyJWT decides those, so what is accepted, and why a token is refused, stays
+        PyJWT's."""
+        key = self._hmac_key
+        if key is None or _COMPACT.fullmatch(token) is None:
+            return None
+        head, body, sig = token.split(".")
+        raw_header, raw_claims, mac = _segment(head), _segment(body), _segment(sig)
+        if raw_header is None or raw_claims is None or mac is None:
+            return None
+        try:
+            header = json.loads(raw_header)
+        except (ValueError, RecursionError):
+            return None
+        if not isinstance(header, dict) or not header.keys() <= _PLAIN_HEADER:
+            return None
+        alg = header.get("alg")
+        if (not isinstance(alg, str) or alg not in self.algorithms or alg not in _HASHES
+                or not isinstance(header.get("kid", ""), str)):
+            return None
+        expected = hmac.new(key, f"{head}.{body}".encode("ascii"), _HASHES[alg]).digest()
+        if not hmac.compare_digest(expected, mac):
+            return None
+        try:
+            claims = json.loads(raw_claims)
+        except (ValueError, RecursionError):
+            return None
+        # PyJWT's checks with the options of _verify_pyjwt: `id` required (not null),
+        # `sub` and `jti` strings where present
+        if (not isinstance(claims, dict) or claims.get("id") is None
+                or not isinstance(claims.get("sub", ""), str)
+                or not isinstance(claims.get("jti", ""), str)):
+            return None
+        self._check_id(claims)
+        return claims, raw_claims
+
+    def _verify_pyjwt(self, token: str) -> dict:
         try:
             header = jwt.get_unverified_header(token)
             alg = header.get("alg")
@@ -83,10 +197,13 @@ class TokenVerifier:
             raise
         except (jwt.InvalidTokenError, ValueError, TypeError) as exc:
             raise AuthError("token_invalid", str(exc)) from exc
+        self._check_id(claims)
+        return claims
+
+    @staticmethod
+    def _check_id(claims: dict) -> None:
         if not isinstance(claims.get("id"), str) or not claims["id"]:
             raise AuthError("token_invalid", "claim 'id' must be a non-empty string")
-        self._check_times(claims)
-        return claims
 
     def _check_times(self, claims: dict) -> None:
         now = self.clock()
