@@ -12,7 +12,10 @@ is restarted so that the first join loads it from the store (cold); two more joi
 while the first joiner stays (warm). Per join: the time from `ydoc:document:join` to the
 `ydoc:document:state` in hand (the client's decoding included), and the longest acked round
 trip of the probing client (a separate process, `heartbeat` every 12 ms) while the join ran,
-which is how long the server's event loop was unavailable to others. Results:
+which is how long the server's event loop was unavailable to others, and the CPU time the
+server's event-loop thread used during the join (from /proc/PID/task/PID/schedstat, in ns):
+the sum of every pause it could have caused, whatever else the machine was running, where
+a round trip also counts time the probe or the server waited for a core. Results:
 bench/results/<date>-documents.md.
 """
 from __future__ import annotations
@@ -104,18 +107,24 @@ async def write_document(url: str, size: int) -> int:
     return state
 
 
-async def join_once(url: str, user: str) -> tuple[float, float, float, socketio.AsyncClient]:
-    """(wall start, wall end, seconds, the joined client)."""
+def loop_thread_cpu(pid: int) -> float:
+    """Seconds of CPU the process's main thread (the appliance's event loop) has used."""
+    return int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[0]) / 1e9
+
+
+async def join_once(url: str, user: str, pid: int,
+                    ) -> tuple[float, float, float, float, socketio.AsyncClient]:
+    """(wall start, wall end, seconds, loop thread CPU seconds, the joined client)."""
     sio = await client(url, user)
     got: asyncio.Future = asyncio.get_running_loop().create_future()
     sio.on("ydoc:document:state", lambda data: got.done() or got.set_result(data))
-    start_wall, start = time.time(), time.perf_counter()
+    start_wall, start, cpu = time.time(), time.perf_counter(), loop_thread_cpu(pid)
     ack = await sio.call("ydoc:document:join", {"document_id": DOC}, timeout=WAIT)
     assert ack == {"ok": True}, ack
     state = await asyncio.wait_for(got, WAIT)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, loop_thread_cpu(pid) - cpu
     assert len(bytes(state["state"])) > 0
-    return start_wall, time.time(), seconds, sio
+    return start_wall, time.time(), seconds, cpu, sio
 
 
 def probe_main(url: str, seconds: float, out: str) -> None:
@@ -163,9 +172,10 @@ async def measure(size_mb: float, joins: int, run_dir: Path) -> dict:
     try:
         await asyncio.sleep(0)
         for i in range(joins):
-            start, end, seconds, sio = await join_once(server.url, f"j{i}")
+            start, end, seconds, cpu, sio = await join_once(server.url, f"j{i}",
+                                                            server.proc.pid)
             clients.append(sio)
-            results.append((start, end, seconds))
+            results.append((start, end, seconds, cpu))
             await asyncio.sleep(0.5)
     except BaseException:
         bench.log(server.log_path.read_text()[-3000:])
@@ -180,7 +190,8 @@ async def measure(size_mb: float, joins: int, run_dir: Path) -> dict:
     quiet = sorted(rtt for _, rtt in samples)
     return {
         "size_mb": size_mb, "state_bytes": state_bytes,
-        "joins": [{"seconds": s, "worst_rtt": worst_rtt(samples, a, b)} for a, b, s in results],
+        "joins": [{"seconds": s, "loop_cpu": cpu, "worst_rtt": worst_rtt(samples, a, b)}
+                  for a, b, s, cpu in results],
         "probe_p50": quiet[len(quiet) // 2] if quiet else None,
     }
 
@@ -201,13 +212,14 @@ def render(rows: list[dict], elapsed: float) -> str:
              "`python bench/documents.py` (bench/documents.py says what is measured). One "
              "appliance, SQLite; a probing client with acked round trips in its own process.",
              "", "| document (text written) | state | join | join time | longest round trip "
-             "of another client during the join |", "|---|---|---|---|---|"]
+             "of another client during the join | event-loop thread CPU during the join |",
+             "|---|---|---|---|---|---|"]
     for row in rows:
         for i, j in enumerate(row["joins"]):
             kind = "cold (loaded from the store)" if i == 0 else "warm (document in memory)"
             lines.append(f"| {row['size_mb']} MB | {row['state_bytes'] / 1048576:.1f} MiB | "
                          f"{kind} | {j['seconds'] * 1000:.0f} ms | "
-                         f"{j['worst_rtt'] * 1000:.1f} ms |")
+                         f"{j['worst_rtt'] * 1000:.1f} ms | {j['loop_cpu'] * 1000:.1f} ms |")
     probe = [r["probe_p50"] for r in rows if r["probe_p50"]]
     lines += ["", f"Probe round trip p50 over the runs: "
               f"{1000 * sorted(probe)[len(probe) // 2]:.2f} ms. Whole run {elapsed:.0f} s.", ""]

@@ -1,10 +1,12 @@
 """The appliance's side of the document host (host.py): starts it, asks it, restarts it.
 
 Requests are written whole, in the order their answers are awaited; the host answers in
-that order, so one queue of futures pairs them. When the host ends (it crashed, or was
-killed), every waiting request fails with `HostError` and the next one starts a new host:
-`generation` tells the documents whose copies lived in the old one that they must load
-again.
+that order, so one queue of futures pairs them. Answers are read piece by piece as they
+arrive (wire.FrameReader), so a large state never holds the event loop for long; its parts
+are bytearrays, which the socket layers send as they send bytes. When the host ends (it
+crashed, or was killed), every waiting request fails with `HostError` and the next one
+starts a new host: `generation` tells the documents whose copies lived in the old one that
+they must load again.
 """
 from __future__ import annotations
 
@@ -15,17 +17,17 @@ import itertools
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from ..core.errors import StoreError
-from ..core.tasks import TaskGroup
-from .wire import PREFIX_BYTES, WireError, frame, header_length, read_header
+from .wire import FrameReader, WireError, frame
 
 log = logging.getLogger("rt.documents")
 
-READ_LIMIT = 1024 * 1024  # pipe buffer before reading pauses: a large state in few turns
 STOP_TIMEOUT = 5.0
 _generations = itertools.count(1)  # one number per host process, across DocumentHosts
+
+Answer = tuple[dict[str, Any], list[bytearray]]
 
 
 class HostError(StoreError):
@@ -39,49 +41,114 @@ def host_command() -> list[str]:
     return [sys.executable, "-m", "rt.documents.host"]
 
 
+class _Process(asyncio.SubprocessProtocol):
+    """One host process: its answers in order, its end, its input's flow control."""
+
+    def __init__(self) -> None:
+        self.reader = FrameReader()
+        self.waiting: collections.deque[asyncio.Future[Answer]] = collections.deque()
+        self.transport: asyncio.SubprocessTransport | None = None
+        self.ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.exited: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.writable = asyncio.Event()
+        self.writable.set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # (uvloop's transports do not derive from asyncio's classes: no isinstance check)
+        self.transport = cast(asyncio.SubprocessTransport, transport)
+
+    def pipe_data_received(self, fd: int, data: bytes | str) -> None:
+        if self.ended.done() or not isinstance(data, bytes):
+            return
+        try:
+            answers = self.reader.feed(data)
+        except WireError as exc:
+            self.end(f"the document host answered unreadably ({exc})", unreadable=True)
+            return
+        for answer in answers:
+            if not self.waiting:
+                self.end("the document host answered what nobody asked", unreadable=True)
+                return
+            waiter = self.waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(answer)
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd == 1:
+            self.end("the document host stopped")
+
+    def process_exited(self) -> None:
+        self.end("the document host stopped")
+        if not self.exited.done():
+            self.exited.set_result(None)
+        if self.transport is not None:
+            self.transport.close()  # its pipes (the process is reaped: nothing to kill)
+
+    def pause_writing(self) -> None:
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.writable.set()
+
+    def end(self, why: str, unreadable: bool = False) -> None:
+        """No more answers: every waiting request fails."""
+        if not self.ended.done():
+            self.ended.set_result(why)
+        self.writable.set()
+        while self.waiting:
+            waiter = self.waiting.popleft()
+            if not waiter.done():
+                waiter.set_exception(HostError(why))
+        if unreadable and self.transport is not None and not self.exited.done():
+            # only then: killing polls first, and reaping a host that exited on its own
+            # behind asyncio's child watcher makes it report an unknown child
+            with contextlib.suppress(ProcessLookupError):
+                self.transport.kill()
+
+
 class DocumentHost:
     def __init__(self, command: Sequence[str] | None = None) -> None:
         self.command = list(command) if command is not None else host_command()
         self.generation = 0  # the host process now running: a copy lives in one of them
-        self._proc: asyncio.subprocess.Process | None = None
-        self._waiting: collections.deque[asyncio.Future[tuple[dict, list[bytes]]]] = (
-            collections.deque())
+        self._process: _Process | None = None
         self._start_lock = asyncio.Lock()
-        self._tasks = TaskGroup()
         self._closed = False
         self.restarts = 0  # hosts that ended while the appliance ran
 
     @property
     def running(self) -> bool:
-        return self._proc is not None
+        return self._process is not None and not self._process.ended.done()
+
+    @property
+    def pid(self) -> int | None:
+        process = self._process
+        transport = process.transport if process is not None else None
+        return transport.get_pid() if transport is not None else None
 
     async def start(self) -> None:
         """Start the host now (else at the first request)."""
         async with self._start_lock:
-            if self._proc is not None:
+            if self.running:
                 return
             if self._closed:
                 raise HostError("the document host is stopped")
-            proc = await asyncio.create_subprocess_exec(
-                *self.command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                limit=READ_LIMIT)
-            self._proc = proc
+            _, process = await asyncio.get_running_loop().subprocess_exec(
+                _Process, *self.command, stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, stderr=None)
+            self._process = process
             self.generation = next(_generations)
-            self._tasks.spawn(f"document host {proc.pid} answers", self._answers(proc))
+            process.ended.add_done_callback(lambda ended: self._ended(process, ended.result()))
 
-    async def call(self, op: str, document_id: str, parts: Sequence[bytes] = (),
-                   **fields: Any) -> tuple[dict[str, Any], list[bytes]]:
+    async def call(self, op: str, document_id: str, parts: Sequence[bytes | bytearray] = (),
+                   **fields: Any) -> Answer:
         """One request; its answer's header and parts. Raises HostError."""
-        if self._proc is None:
+        if not self.running:
             await self.start()
-        proc = self._proc
-        if proc is None or proc.stdin is None:
+        process = self._process
+        if process is None:
             raise HostError("the document host is not running")
-        answer = self._send(proc, op, document_id, parts, fields)
-        try:
-            await proc.stdin.drain()
-        except (ConnectionError, BrokenPipeError):
-            pass  # the host is gone: its reader fails the answer
+        answer = self._send(process, {**fields, "op": op, "id": document_id}, parts)
+        await process.writable.wait()  # the host reads what it was sent before more comes
         header, reply = await answer
         if "error" in header:
             raise HostError(f"document host: {header['error']}")
@@ -90,81 +157,51 @@ class DocumentHost:
     def tell(self, op: str, document_id: str) -> None:
         """A request whose answer nobody awaits, written now (so before any later request);
         nothing when no host runs (a new one holds nothing)."""
-        proc = self._proc
-        if proc is None or proc.stdin is None or proc.stdin.is_closing():
-            return
-        self._send(proc, op, document_id, ()).add_done_callback(_ignore_answer)
+        process = self._process
+        if process is not None and self.running:
+            self._send(process, {"op": op, "id": document_id}, ()).add_done_callback(
+                _ignore_answer)
 
-    def _send(self, proc: asyncio.subprocess.Process, op: str, document_id: str,
-              parts: Sequence[bytes], fields: dict[str, Any] | None = None,
-              ) -> asyncio.Future[tuple[dict, list[bytes]]]:
+    def _send(self, process: _Process, header: dict[str, Any],
+              parts: Sequence[bytes | bytearray]) -> asyncio.Future[Answer]:
         """Write a request whole; the future its answer will settle."""
-        assert proc.stdin is not None
-        answer: asyncio.Future[tuple[dict, list[bytes]]] = (
-            asyncio.get_running_loop().create_future())
-        self._waiting.append(answer)
-        proc.stdin.writelines(frame({**(fields or {}), "op": op, "id": document_id},
-                                       list(parts)))
+        answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        if process.ended.done():
+            answer.set_exception(HostError(process.ended.result()))
+            return answer
+        process.waiting.append(answer)
+        assert process.transport is not None
+        stdin = cast(asyncio.WriteTransport, process.transport.get_pipe_transport(0))
+        stdin.writelines(frame(header, list(parts)))
         return answer
 
-    async def _answers(self, proc: asyncio.subprocess.Process) -> None:
-        """Pair each answer with the oldest waiting request, until the host ends."""
-        assert proc.stdout is not None
-        why, unreadable = "the document host stopped", False
-        try:
-            while True:
-                prefix = await proc.stdout.readexactly(PREFIX_BYTES)
-                head = await proc.stdout.readexactly(header_length(prefix))
-                header, sizes = read_header(head)
-                parts = [await proc.stdout.readexactly(size) for size in sizes]
-                if not self._waiting:
-                    raise WireError("an answer nobody asked for")
-                waiter = self._waiting.popleft()
-                if not waiter.done():
-                    waiter.set_result((header, parts))
-        except asyncio.IncompleteReadError:
-            pass
-        except WireError as exc:
-            why, unreadable = f"the document host answered unreadably ({exc})", True
-        finally:
-            self._ended(proc, why, unreadable)
-
-    def _ended(self, proc: asyncio.subprocess.Process, why: str, unreadable: bool) -> None:
-        if self._proc is proc:
-            self._proc = None
-            if not self._closed:
-                self.restarts += 1
-                log.error("%s (pid %d); documents load again in a new one", why, proc.pid)
-        if proc.returncode is None:
-            if unreadable:
-                # (only then: Popen.kill polls first, and reaping a host that exited on
-                # its own behind asyncio's child watcher makes it report an unknown child)
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-            self._tasks.spawn(f"document host {proc.pid} reaped", proc.wait())
-        while self._waiting:
-            waiter = self._waiting.popleft()
-            if not waiter.done():
-                waiter.set_exception(HostError(why))
+    def _ended(self, process: _Process, why: str) -> None:
+        if self._process is process and not self._closed:
+            self.restarts += 1
+            log.error("%s (pid %s); documents load again in a new one", why,
+                      process.transport.get_pid() if process.transport else "?")
 
     async def close(self) -> None:
         """End the host: its input closes, it finishes what it was asked and exits."""
         self._closed = True
-        proc = self._proc
-        if proc is not None:
-            if proc.stdin is not None:
-                proc.stdin.close()
-            try:
-                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
-            except TimeoutError:
-                log.warning("the document host did not stop within %.0f s; killed", STOP_TIMEOUT)
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-        await self._tasks.settle(timeout=STOP_TIMEOUT)
-        await self._tasks.stop()
+        process = self._process
+        if process is None or process.transport is None:
+            return
+        transport = process.transport
+        stdin = transport.get_pipe_transport(0)
+        if stdin is not None:
+            stdin.close()
+        try:
+            await asyncio.wait_for(asyncio.shield(process.exited), STOP_TIMEOUT)
+        except TimeoutError:
+            log.warning("the document host did not stop within %.0f s; killed", STOP_TIMEOUT)
+            with contextlib.suppress(ProcessLookupError):
+                transport.kill()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(process.exited), STOP_TIMEOUT)
+        transport.close()
 
 
-def _ignore_answer(answer: asyncio.Future[tuple[dict, list[bytes]]]) -> None:
+def _ignore_answer(answer: asyncio.Future[Answer]) -> None:
     if not answer.cancelled():
         answer.exception()  # retrieved: a host that ended is logged where it is noticed

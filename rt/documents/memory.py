@@ -48,7 +48,8 @@ class LoadedDocument:
         self.content: str | None = None  # stored rendered content, JSON text
         self.updated_at: float | None = None
         self.compacting = False
-        self.state: bytes | None = None  # the encoded state a joiner gets, until a change
+        # the encoded state a joiner gets, until a change (as the host sent it: a bytearray)
+        self.state: bytes | bytearray | None = None
 
     @property
     def loaded(self) -> bool:
@@ -150,13 +151,13 @@ class LoadedDocument:
         """An update applied to the in-memory copy: the kept state is out of date."""
         self.state = None
 
-    async def joiner_state(self) -> bytes:
+    async def joiner_state(self) -> bytes | bytearray:
         """Under lock: the whole document as one update, encoded once per change."""
         if self.state is None:
             self.state = await self.encode()
         return self.state
 
-    async def encode(self) -> bytes:
+    async def encode(self) -> bytes | bytearray:
         """Under lock: the whole document as one update."""
         _, state = await self.host.call("encode", self.id)
         return state[0]

@@ -306,7 +306,7 @@ class CollabService:
         return {"ok": True}
 
     async def initialize(self, sid: str, identity: Identity, document_id: str, wire: Any,
-                         content: Any = _MISSING) -> bytes:
+                         content: Any = _MISSING) -> bytes | bytearray:
         """open-webui 0.12's seed of a document its editor found empty: the first write
         wins. Returns the stored state when the document has had updates (the seed is
         dropped: applying it too would duplicate the text), else stores the seed, relays
@@ -558,7 +558,7 @@ class CollabService:
         the store first, so that the snapshot holds every update up to `last_seq` even when
         other nodes appended some; the store keeps those appended after it."""
         await self._current(doc)
-        snapshot = await doc.joiner_state()
+        snapshot = bytes(await doc.joiner_state())
         await self.store.compact_document(doc.id, doc.last_seq, snapshot)
         doc.snapshot_bytes, doc.log_count, doc.log_bytes = len(snapshot), 0, 0
         self.counts["compactions"] += 1

@@ -357,7 +357,7 @@ async def restart_host_with(h, command: list[str]) -> None:
     host = h.collab.host
     host.command = command
     await host.start()
-    os.kill(host._proc.pid, signal.SIGKILL)
+    os.kill(host.pid, signal.SIGKILL)
     await eventually(lambda: not host.running, what="the killed host noticed")
 
 
