@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .options import EngineOptions
-from .protocol import Packet
+from .protocol import Frame, Packet
 
 MessageHandler = Callable[..., Awaitable[Any]]
 
@@ -61,9 +61,9 @@ class WsTransport(Protocol):
 
     probed: bool  # the upgrade probe was answered on it
 
-    def send_wire_frame(self, frame: bytes, message: Packet | str | bytes) -> None: ...
+    def send_wire_frame(self, frame: Frame, message: Packet | str | bytes) -> None: ...
 
-    def send_frame(self, data: str | bytes) -> None: ...
+    def send_frame(self, data: str | bytes | bytearray) -> None: ...
 
     def send_message_text(self, text: bytes) -> None:
         """A MESSAGE packet whose text is `text`, UTF-8 (python-socketio's packets)."""

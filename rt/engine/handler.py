@@ -14,7 +14,7 @@ import tornado.httputil
 import tornado.web
 import tornado.websocket
 
-from .protocol import HandshakeError, Packet, wire
+from .protocol import Frame, HandshakeError, Packet, wire
 from .server import EngineServer
 from .session import EngineSession
 from .websocket import WebSocket, handshake_response, valid_key
@@ -284,16 +284,18 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
 
     # Tornado's websocket serves only connections with per-message compression, whose
     # frames differ per connection: a broadcast's shared frame is not used here.
-    def send_frame(self, data: str | bytes) -> None:
+    def send_frame(self, data: str | bytes | bytearray) -> None:
         self.send_wire_frame(b"", data)
 
     def send_message_text(self, text: bytes) -> None:
         self.send_wire_frame(b"", "4" + text.decode("utf-8"))
 
-    def send_wire_frame(self, frame: bytes, message: Packet | str | bytes) -> None:
+    def send_wire_frame(self, frame: Frame, message: Packet | str | bytes) -> None:
         if self._closing or self.ws_connection is None:
             return
         data = wire(message) if isinstance(message, Packet) else message
+        if isinstance(data, bytearray):
+            data = bytes(data)  # Tornado writes bytes or str
         try:
             future = self.write_message(data, binary=isinstance(data, bytes))
         except tornado.websocket.WebSocketClosedError:

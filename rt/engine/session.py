@@ -29,6 +29,7 @@ from .protocol import (
     PONG,
     SEPARATOR,
     UPGRADE,
+    Frame,
     HandshakeError,
     Packet,
     ProtocolError,
@@ -50,10 +51,10 @@ WS_OUTBOUND_FULL = (1008, "outbound buffer full", False)
 WS_FLOOD = (1008, "inbound flood", True)
 
 
-def ws_frame_of(pkt: Packet) -> bytes:
+def ws_frame_of(pkt: Packet) -> Frame:
     """The websocket frame of a packet, built once and kept on the packet: a broadcast
     shares one Packet among all its recipients."""
-    frame: bytes | None = pkt.__dict__.get("_rt_ws_frame")
+    frame: Frame | None = pkt.__dict__.get("_rt_ws_frame")
     if frame is None:
         frame = pkt._rt_ws_frame = websocket_frame(wire(pkt))
     return frame

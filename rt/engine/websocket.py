@@ -29,7 +29,7 @@ from typing import Any, cast
 from tornado.util import _websocket_mask  # Tornado's C speed-up where it is built
 
 from .contracts import EngineStats, WsListener
-from .protocol import Packet, message_frame, websocket_frame
+from .protocol import Frame, Packet, frame_size, message_frame, websocket_frame
 
 log = logging.getLogger("rt.conn")
 
@@ -162,13 +162,13 @@ class WebSocket(asyncio.Protocol):
         if self._buf:
             self._parse()
 
-    def send_frame(self, data: str | bytes) -> None:
+    def send_frame(self, data: str | bytes | bytearray) -> None:
         self.send_wire_frame(websocket_frame(data), data)
 
     def send_message_text(self, text: bytes) -> None:
         self.send_wire_frame(message_frame(text))
 
-    def send_wire_frame(self, frame: bytes, message: Packet | str | bytes | None = None
+    def send_wire_frame(self, frame: Frame, message: Packet | str | bytes | None = None
                         ) -> None:
         """Write a framed message (a broadcast builds the frame once for all recipients).
         The transport sends at once what the kernel takes and buffers the rest; a client
@@ -178,9 +178,13 @@ class WebSocket(asyncio.Protocol):
             return
         if transport.get_write_buffer_size() <= self.max_outbound:
             self._allowance = 0  # whatever large message there was has gone out
-        transport.write(frame)
-        if len(frame) > self.max_outbound:
-            self._allowance = max(self._allowance, len(frame))
+        if isinstance(frame, bytes):
+            transport.write(frame)
+        else:
+            transport.writelines(frame)  # a large payload, not joined to its header
+        size = frame_size(frame)
+        if size > self.max_outbound:
+            self._allowance = max(self._allowance, size)
         unsent = transport.get_write_buffer_size()
         if unsent > self.max_outbound + self._allowance:
             if self.session is not None:
