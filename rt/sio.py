@@ -302,22 +302,30 @@ class SocketServer(socketio.AsyncServer):
         self.logger.info('received event "%s" from %s [%s]', data[0], sid, namespace)
         token = ack_requested.set(id is not None)
         try:
-            r = await self._trigger_event(data[0], namespace, sid, *data[1:])
-            if r is not self.not_handled and id is not None:
-                await self._send_ack(eio_sid, namespace, id, r)
+            event = data[0]
+            handlers = self.handlers.get(namespace)
+            handler = handlers.get(event) if handlers is not None else None
+            if handler is not None and self._is_coroutine(handler):
+                # _trigger_event's first case, without a coroutine of its own
+                try:
+                    r = await handler(sid, *data[1:])
+                except asyncio.CancelledError:  # as python-socketio does
+                    r = None
+            else:
+                r = await self._trigger_event(event, namespace, sid, *data[1:])
+            if r is self.not_handled or id is None:
+                return
+            # tuples are expanded as several arguments (python-socketio's rule)
+            args = [] if r is None else list(r) if isinstance(r, tuple) else [r]
+            body = dumps_plain(args)
+            if body is None:  # binary attachments, or values only the stock encoder takes
+                await self._send_packet(eio_sid, self.packet_class(
+                    sio_packet.ACK, namespace=namespace, id=id, data=args))
+            else:
+                head = f"3{id}" if namespace == "/" else f"3{namespace},{id}"
+                self.eio.send_text(eio_sid, head.encode() + body)
         finally:
             ack_requested.reset(token)
-
-    async def _send_ack(self, eio_sid: str, namespace: str, id: int, r: Any) -> None:
-        # tuples are expanded as several arguments (python-socketio's rule)
-        args = [] if r is None else list(r) if isinstance(r, tuple) else [r]
-        body = dumps_plain(args)
-        if body is None:  # binary attachments, or values only the stock encoder takes
-            await self._send_packet(eio_sid, self.packet_class(
-                sio_packet.ACK, namespace=namespace, id=id, data=args))
-            return
-        head = f"3{id}" if namespace == "/" else f"3{namespace},{id}"
-        self.eio.send_text(eio_sid, head.encode() + body)
 
     async def _trigger_event(self, event, namespace, *args):
         handlers = self.handlers.get(namespace)

@@ -48,7 +48,7 @@ _CLOSED = _Closed()
 
 
 class Inbox:
-    __slots__ = ("_owner", "_items", "bytes", "consumer", "_on_handled")
+    __slots__ = ("_owner", "_items", "bytes", "consumer", "_on_handled", "_loop")
 
     def __init__(self, owner: Consumer, on_handled: Callable[[], None]):
         self._owner = owner
@@ -58,6 +58,9 @@ class Inbox:
         self.bytes = 0  # about how much the queued messages hold
         self.consumer: asyncio.Task[None] | None = None
         self._on_handled = on_handled  # after each message: the session may read again
+        # the session's loop, from its first message on (asking for the running loop costs
+        # a getpid() system call on Python 3.11: twice per message, with ensure_future)
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def __len__(self) -> int:
         return len(self._items) if self._items is not None else 0
@@ -80,12 +83,14 @@ class Inbox:
             self._items = deque()
         self._items.append(item)
         if self.consumer is None:
-            self.consumer = asyncio.ensure_future(self._consume())
+            loop = self._loop
+            if loop is None:
+                loop = self._loop = asyncio.get_running_loop()
+            self.consumer = loop.create_task(self._consume(loop))
 
-    async def _consume(self) -> None:
+    async def _consume(self, loop: asyncio.AbstractEventLoop) -> None:
         owner = self._owner
         consuming.set(owner)
-        loop = asyncio.get_running_loop()
         handled, turn_start = 0, loop.time()
         try:
             while self._items:

@@ -66,17 +66,28 @@ class InboundBudget:
         had sent more already, it does not wait for answers; a run at the budget is a flood
         only when that is so for most packets over it. A client that asks and waits for each
         answer is slowed, never cut."""
-        packet_cap, byte_cap = float(options.inbound_burst), float(_byte_capacity(options))
-        elapsed = max(0.0, now - self._stamp)
+        # (once per inbound packet: written out rather than with min/max and helpers)
+        packet_cap = float(options.inbound_burst)
+        byte_cap = float(options.inbound_bytes_capacity)
+        elapsed = now - self._stamp
+        if elapsed < 0.0:
+            elapsed = 0.0
         self._stamp = now
-        self._packets = min(packet_cap, self._packets + elapsed * options.inbound_rate)
-        self._bytes = min(byte_cap, self._bytes + elapsed * options.inbound_bytes_rate)
-        if self._packets >= packet_cap and self._bytes >= byte_cap:
+        packet_rate, byte_rate = options.inbound_rate, options.inbound_bytes_rate
+        packets = self._packets + elapsed * packet_rate
+        if packets > packet_cap:
+            packets = packet_cap
+        size_left = self._bytes + elapsed * byte_rate
+        if size_left > byte_cap:
+            size_left = byte_cap
+        if packets >= packet_cap and size_left >= byte_cap:
             self.held_since = None  # quiet long enough to have its whole allowance back
-        self._packets -= 1.0
-        self._bytes -= size
-        wait = max(0.0, -self._packets / options.inbound_rate,
-                   -self._bytes / options.inbound_bytes_rate)
+        packets -= 1.0
+        size_left -= size
+        self._packets, self._bytes = packets, size_left
+        if packets >= 0.0 and size_left >= 0.0:
+            return 0.0
+        wait = max(0.0, -packets / packet_rate, -size_left / byte_rate)
         if wait > 0.0:
             if self.held_since is None:
                 self.held_since, self._over, self._over_with_more = now, 0, 0
@@ -93,7 +104,7 @@ class InboundBudget:
 
 def _byte_capacity(options: EngineOptions) -> int:
     # one largest message always fits, however the burst is configured
-    return max(options.inbound_bytes_burst, options.max_payload)
+    return options.inbound_bytes_capacity
 
 
 class InboundGate:
@@ -104,7 +115,7 @@ class InboundGate:
     does the stopping and resuming; this decides."""
 
     __slots__ = ("_host", "_inbox", "_budget", "held", "_timer", "_on_hold", "_on_resume",
-                 "_on_flood")
+                 "_on_flood", "_loop")
 
     def __init__(self, host: SessionHost, inbox: Backlog, on_hold: Callable[[], None],
                  on_resume: Callable[[], None], on_flood: Callable[[], None]):
@@ -116,10 +127,15 @@ class InboundGate:
         # session's work to settle (a test harness) sees that more is coming
         self._timer: asyncio.Task[None] | None = None
         self._on_hold, self._on_resume, self._on_flood = on_hold, on_resume, on_flood
+        # the session's loop, from its first packet on (asking for the running loop costs
+        # a getpid() system call on Python 3.11, and this runs for every packet)
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def account(self, size: int, more: bool = True) -> None:
         opts = self._host.options
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         now = loop.time()
         if self._budget is None:
             self._budget = InboundBudget(opts, now)

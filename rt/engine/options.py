@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 
@@ -35,6 +36,11 @@ class EngineOptions:
     # closed (websocket close 1008 "inbound flood"); 0 = never
     flood_close_after: float = 10.0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def inbound_bytes_capacity(self) -> int:
+        """The byte bucket's size: the burst, never below one largest message."""
+        return max(self.inbound_bytes_burst, self.max_payload)
 
     def origin_allowed(self, origin: str | None) -> bool:
         # requests without Origin come from non-browser clients; CORS does not apply

@@ -13,7 +13,7 @@ import asyncio
 import base64
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import Any, TypeVar
@@ -71,8 +71,9 @@ class EngineServer:
             return fn
         return register(handler) if handler is not None else register
 
-    async def on_message(self, sid: str, data: str | bytes) -> None:
-        await self.handlers["message"](sid, data)
+    def on_message(self, sid: str, data: str | bytes) -> Awaitable[None]:
+        # the handler's own coroutine, not one more around it: this runs for every message
+        return self.handlers["message"](sid, data)
 
     async def fire_connect(self, session: EngineSession) -> bool:
         result = await self.handlers["connect"](session.sid, session.environ)

@@ -342,6 +342,14 @@ class EngineSession:
             return
         if ws is not self.ws or self.closed:
             return
+        if type(message) is str and message[:1] == "4":
+            # a message, by far the most common packet: _on_packet's MESSAGE case, inline
+            if self._pong_handle is not None:
+                self._extend_pong_deadline()
+            self.inbox.put(message[1:])
+            if not self.closed:
+                self.gate.account(len(message), more=ws.has_unread())
+            return
         try:
             ptype, data = decode_packet(message)
         except ProtocolError as exc:
