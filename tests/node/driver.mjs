@@ -130,6 +130,7 @@ function packageVersion(name) {
 // --------------------------------------------------------------- sockets ---
 
 const sockets = new Map(); // name -> socket.io-client Socket
+const heldAcks = new Map(); // name -> [ack function of each call received, in order]
 const watchedEngines = new WeakSet();
 
 function socketFor(msg) {
@@ -196,6 +197,10 @@ function cmdConnect(msg) {
     const last = args[args.length - 1];
     if (typeof last === "function" && options.autoAck !== undefined) {
       last({ answer: options.autoAck, got: encode(args.slice(0, -1)) });
+    } else if (typeof last === "function" && options.holdAcks) {
+      // options.holdAcks: keep every call's ack for the `answer` command (a user who
+      // answers a dialog later, maybe while disconnected)
+      heldAcks.set(name, [...(heldAcks.get(name) || []), last]);
     }
     notify("recv", { name, ev, args: encode(args) });
   });
@@ -362,6 +367,14 @@ const commands = {
     return { transport: transportName(socket), connected: socket.connected, sid: socket.id ?? null };
   },
   disconnect: cmdDisconnect,
+  // answer the index-th call held (holdAcks) with `value`, connected or not
+  answer: (msg) => {
+    const socket = socketFor(msg);
+    const ack = (heldAcks.get(msg.name) || [])[need(msg, "index", "number")];
+    if (!ack) throw new Error(`no held call ${msg.index} for '${msg.name}'`);
+    ack(decode(msg.value));
+    return { connected: socket.connected };
+  },
   clients: () => ({
     clients: [...sockets.entries()].map(([name, s]) => ({ name, connected: s.connected, sid: s.id ?? null })),
   }),
