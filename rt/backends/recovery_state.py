@@ -22,6 +22,11 @@ its rooms while it lives (so it survives a node killed without a goodbye), and m
 disconnected when its connection ends; its TTL is the recovery window. A recovery takes it
 (compare the secret, then delete: one recovery only).
 
+Calls (events with an ack: a tool's confirmation or input dialog) sent to a recoverable
+session, or made for it while it was away, are kept per session until answered (`add_call`,
+`drop_call`, `calls`), so that the node where it recovers asks them again and routes the
+answer to the caller.
+
 Longer than most modules because it is one contract with its two implementations side by
 side (in process and Redis), and the Redis one also repairs the delivery order after a lost
 subscription.
@@ -141,6 +146,11 @@ class RecoveryState(Protocol):
     async def drop(self, sid: str, node: str) -> bool: ...
     async def due(self, now: float) -> list[SessionRecord]: ...
     async def missed(self, start: str, rooms: Sequence[str], sid: str) -> Missed: ...
+    async def add_call(self, sid: str, key: str, value: bytes, ttl: float,
+                       only_new: bool = False) -> None: ...
+    async def drop_call(self, sid: str, key: str) -> None: ...
+    async def calls(self, sid: str) -> list[bytes]: ...
+    async def drop_calls(self, sid: str) -> None: ...
     def figures_data(self) -> dict[str, float]: ...
 
 
@@ -172,6 +182,7 @@ class MemoryRecoveryState:
         self._dropped: Offset = ZERO  # newest offset dropped from the log
         self._records: dict[str, tuple[SessionRecord, float]] = {}
         self._pending: dict[str, float] = {}  # disconnected sid → end of its window
+        self._calls: dict[str, dict[str, bytes]] = {}  # sid → call key → the call
         self.evicted = 0
 
     def _next(self) -> Offset:
@@ -298,6 +309,25 @@ class MemoryRecoveryState:
                 return Missed(reason="bounds")
         return Missed(out)
 
+    async def add_call(self, sid: str, key: str, value: bytes, ttl: float,
+                       only_new: bool = False) -> None:
+        calls = self._calls.setdefault(sid, {})
+        if not (only_new and key in calls):
+            calls[key] = value
+
+    async def drop_call(self, sid: str, key: str) -> None:
+        calls = self._calls.get(sid)
+        if calls is not None:
+            calls.pop(key, None)
+            if not calls:
+                del self._calls[sid]
+
+    async def calls(self, sid: str) -> list[bytes]:
+        return list(self._calls.get(sid, {}).values())
+
+    async def drop_calls(self, sid: str) -> None:
+        self._calls.pop(sid, None)
+
     def figures_data(self) -> dict[str, float]:
         return {"entries": len(self._log), "bytes": self._bytes, "evicted": self.evicted,
                 "records": len(self._records), "pending": len(self._pending)}
@@ -313,7 +343,9 @@ class MemoryRecoveryState:
                      wall - (now - e.at)] for e in self._log],
             "records": [[asdict(r), wall + (deadline - now)]
                         for r, deadline in self._records.values() if deadline > now],
-            "pending": self._pending})
+            "pending": self._pending,
+            "calls": {sid: {k: v.decode() for k, v in calls.items()}
+                      for sid, calls in self._calls.items() if sid in self._records}})
 
     def load(self, raw: bytes) -> int:
         """What `dump` wrote (by an earlier run of this node); returns the records read.
@@ -334,6 +366,8 @@ class MemoryRecoveryState:
                 self._records[record.sid] = (record, now + (deadline - wall))
         self._pending = {sid: float(until) for sid, until in data["pending"].items()
                          if sid in self._records}
+        self._calls = {sid: {k: v.encode() for k, v in calls.items()}
+                       for sid, calls in data.get("calls", {}).items() if sid in self._records}
         return len(self._records)
 
 
@@ -426,6 +460,34 @@ class RedisRecoveryState(RedisUser):
 
     def _record_key(self, sid: str) -> str:
         return self.keys.key(f"recovery:{sid}")
+
+    def _calls_key(self, sid: str) -> str:
+        return self.keys.key(f"recovery-calls:{sid}")
+
+    async def add_call(self, sid: str, key: str, value: bytes, ttl: float,
+                       only_new: bool = False) -> None:
+        name, px = self._calls_key(sid), max(1, int(ttl * 1000))
+
+        async def add(c: AnyRedis) -> None:
+            if only_new:
+                await c.hsetnx(name, key, value)
+            else:
+                await c.hset(name, key, value)
+            await c.pexpire(name, px)
+        await self._run(add)
+
+    async def drop_call(self, sid: str, key: str) -> None:
+        name = self._calls_key(sid)
+        await self._run(lambda c: c.hdel(name, key))
+
+    async def calls(self, sid: str) -> list[bytes]:
+        name = self._calls_key(sid)
+        got: Any = await self._run(lambda c: c.hgetall(name))
+        return [bytes(v) for v in dict(got).values()]
+
+    async def drop_calls(self, sid: str) -> None:
+        name = self._calls_key(sid)
+        await self._run(lambda c: c.delete(name))
 
     async def emit(self, rooms: list[str] | None, skip: list[str], prefix: str,
                    blobs: tuple[bytes, ...] = ()) -> str:

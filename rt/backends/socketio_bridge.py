@@ -32,6 +32,11 @@ before it. `settled()` waits for that, so an `enter_room` (or a connect: the sid
 returns only when an emit published after it cannot be missed. (That bookkeeping is
 socketio_rooms.py.)
 
+With connection state recovery (rt/recovery) an emit to this node's recoverable sessions,
+or to its sessions that are away (whose rooms stay subscribed: socketio_away.py), goes to
+the recorder, which keeps it in the recovery log for exactly those sessions and delivers
+it from there; a call to an away session is kept for its recovery.
+
 Only JSON is accepted: a message that is not a JSON object (a pickle, as older
 python-socketio versions sent, or garbage), has fields of the wrong type or is larger than
 `max_message_bytes` is dropped and counted in `stats`; nothing is unpickled, and nothing
@@ -45,7 +50,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import functools
 import json
 import logging
 import random
@@ -68,10 +72,14 @@ from .redis_conn import (
     close_subscription,
 )
 from .redis_manager import RedisClientManager
+from .socketio_away import AwaySessions, ForeignAnswer, Recorder
 from .socketio_protocol import (
+    HELD_METHOD,
     MAX_MESSAGE_BYTES,
     METHODS,
     MIRROR_HOST_PREFIX,
+    OWN_METHODS,
+    OWNER_METHOD,
     PICKLE_PROTO,
     Malformed,
     namespace_of,
@@ -133,6 +141,14 @@ class SocketioBridge:
         self.filters: list[Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = []
         if room_channels:
             manager.room_watch = self
+        # connection state recovery, when on (set by the app): records what is sent to
+        # recoverable sessions of this node, and to the away ones held here
+        self.recorder: Recorder | None = None
+        # sessions away from this node whose rooms stay subscribed, and which node records
+        # for a session that recovers (socketio_away.py)
+        self.away = AwaySessions(self.rooms, self.publish, self.host_id,
+                                 room_channels=room_channels, channel=channel,
+                                 timeout=self.timeout)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self, wait: float | None = None) -> None:
@@ -297,6 +313,14 @@ class SocketioBridge:
             return
         method = data["method"]
         try:
+            if method == OWNER_METHOD:
+                await self.away.on_owner(data)  # ours come back to us too: the point
+                self.stats["owner"] += 1
+                return
+            if method == HELD_METHOD:
+                self.away.on_held(data)
+                self.stats["held"] += 1
+                return
             if method == "callback":
                 if data.get("host_id") != self.host_id:
                     # an answer to somebody else's call (the ones this bridge publishes
@@ -353,7 +377,7 @@ class SocketioBridge:
             except (ValueError, RecursionError):
                 self._refuse("not_json", "not JSON")
                 return None
-        if not isinstance(data, dict) or data.get("method") not in METHODS:
+        if not isinstance(data, dict) or data.get("method") not in METHODS + OWN_METHODS:
             if isinstance(data, dict) and isinstance(data.get("method"), str):
                 self.stats["ignored"] += 1  # somebody else's business (a newer protocol)
                 return None
@@ -380,8 +404,12 @@ class SocketioBridge:
             raise Malformed("event is not a non-empty string")
         room = rooms_of(data.get("room"), "room")
         skip_sid = rooms_of(data.get("skip_sid"), "skip_sid")
+        skipped = set([skip_sid] if isinstance(skip_sid, str) else skip_sid or ())
+        recorder = self.recorder if namespace == "/" else None
+        away = self.away.targets(room, skipped) if recorder is not None else []
         # the cheap look first: most emits are for rooms without a member on this node
-        if not self.manager.has_local_target({"namespace": namespace, "room": room}):
+        local = self.manager.has_local_target({"namespace": namespace, "room": room})
+        if not local and not away:
             self.stats["skipped_no_local_member"] += 1
             return
         args = data.get("data")
@@ -389,21 +417,54 @@ class SocketioBridge:
             raise Malformed("data is not a list")
         if data.get("binary"):
             args = reconstruct_binary(args)
-        callback = None
+        payload: Any = args[0] if len(args) == 1 else tuple(args)
         remote = data.get("callback")
         if remote is not None:
             if not (isinstance(remote, list) and len(remote) == 3
                     and isinstance(remote[0], str) and isinstance(remote[1], str)
                     and type(remote[2]) is int and isinstance(data.get("host_id"), str)):
                 raise Malformed("callback is not [sid, namespace, id] with a host_id")
-            callback = functools.partial(self._answer, data["host_id"], *remote)
-        payload: Any = args[0] if len(args) == 1 else tuple(args)
+            callback = ForeignAnswer(self.answer, data["host_id"], *remote)
+            if local:
+                await self.manager.emit(event, payload, namespace=namespace, room=room,
+                                        skip_sid=skip_sid, callback=callback,
+                                        ignore_queue=True)
+            for sid in away:  # asked when it is back, on whichever node
+                assert recorder is not None
+                await recorder.park_foreign_call(sid, event, args, callback.origin)
+                self.stats["calls_parked"] += 1
+            return
+        recorded: list[str] = []
+        waiting: list[str] = []  # recovering here: the node that held them records
+        if recorder is not None and local:
+            for sid, _ in self.manager.get_participants(namespace, room):
+                if sid in skipped:
+                    continue
+                if self.away.claiming(sid):
+                    waiting.append(sid)
+                elif recorder.owns(sid):
+                    recorded.append(sid)
+        recorded += away
+        extra = set(waiting)
+        if recorded and recorder is not None \
+                and await recorder.record_foreign(event, args, recorded):
+            # delivered from the log (with offsets); the other local sessions as before
+            self.stats["recorded"] += 1
+            extra |= set(recorded)
+        if not local:
+            return
+        if extra:
+            skipped |= extra
+            if not any(sid not in skipped
+                       for sid, _ in self.manager.get_participants(namespace, room)):
+                return
+            skip_sid = sorted(skipped)
         await self.manager.emit(event, payload, namespace=namespace, room=room,
-                                skip_sid=skip_sid, callback=callback, ignore_queue=True)
+                                skip_sid=skip_sid, ignore_queue=True)
 
-    async def _answer(self, host_id: str, sid: str, namespace: str, callback_id: int,
-                      *args: Any) -> None:
-        """A local client acked a foreign call: the answer goes back to the caller."""
+    async def answer(self, host_id: str, sid: str, namespace: str, callback_id: int,
+                     *args: Any) -> None:
+        """A client acked a foreign call: the answer goes back to the caller."""
         try:
             payload = orjson.dumps({"method": "callback", "host_id": host_id, "sid": sid,
                                     "namespace": namespace, "id": callback_id,

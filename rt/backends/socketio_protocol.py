@@ -19,6 +19,12 @@ METHODS = ("emit", "callback", "disconnect", "enter_room", "leave_room", "close_
 # host ids of the copies appliance nodes publish for open-webui's listeners (`mirror`):
 # every appliance bridge ignores them, their sessions got the original on the cluster channel
 MIRROR_HOST_PREFIX = "rt-appliance-mirror-"
+# the appliance's own messages on those channels (connection state recovery): "this node
+# records for that session from here on" and its answer (socketio_away.py);
+# python-socketio ignores methods it does not know
+OWNER_METHOD = "rt-recovery-owner"
+HELD_METHOD = "rt-recovery-held"  # the answer of the node that held the session
+OWN_METHODS = (OWNER_METHOD, HELD_METHOD)
 
 
 class Malformed(ValueError):

@@ -7,6 +7,10 @@ The client manager reports every room whose local membership may have changed
 or UNSUBSCRIBEs, then sends a numbered PING. The reader hands the PONG back (`confirm`)
 once Redis has applied everything before it, and `settled()` waits for that, so a room
 entry returns only when an emit published after it cannot be missed.
+
+Rooms can also be held without a local member (`hold`): those of sessions that lost their
+connection and may still recover (rt/recovery), so that what open-webui sends them
+meanwhile is heard and kept for their recovery.
 """
 from __future__ import annotations
 
@@ -44,6 +48,8 @@ class RoomChannels:
         self._on_wait_timeout = on_wait_timeout
         self.connected = False  # a connection is up and its first sync confirmed
         self.subscribed: set[str] = set()
+        # channels held for sessions that are away (see `hold`): how many hold each
+        self.held: collections.Counter[str] = collections.Counter()
         self._dirty: set[tuple[str, str]] = set()
         self._changed = asyncio.Event()
         self._full_sync = True
@@ -67,6 +73,19 @@ class RoomChannels:
             self._dirty.add((namespace, room))
             self._requested += 1
             self._changed.set()
+
+    def hold(self, namespace: str, rooms: list[str], held: bool) -> None:
+        """Keep (or stop keeping) the channels of `rooms` subscribed without a local
+        member: a session that is away still needs what is published to its rooms."""
+        for room in rooms:
+            channel = self.room_channel(namespace, room)
+            if held:
+                self.held[channel] += 1
+            else:
+                self.held[channel] -= 1
+                if self.held[channel] <= 0:
+                    del self.held[channel]
+            self.changed(namespace, room)
 
     async def settled(self) -> None:
         """Return once every room change reported so far is in effect in Redis (subscribed
@@ -124,7 +143,7 @@ class RoomChannels:
                                     for sid in list(rooms[None]) if isinstance(sid, str))
                 elif isinstance(room, str):
                     channels.add(self.room_channel(namespace, room))
-        return channels
+        return channels | set(self.held)
 
     async def sync(self, pubsub: Any) -> None:
         """Bring the subscriptions in line with the local rooms, then PING with the
@@ -148,7 +167,7 @@ class RoomChannels:
                 dirty, self._dirty = self._dirty, set()
                 for namespace, room in dirty:
                     channel = self.room_channel(namespace, room)
-                    if self.manager.has_room(namespace, room):
+                    if self.manager.has_room(namespace, room) or channel in self.held:
                         if channel not in self.subscribed:
                             add.add(channel)
                     elif channel in self.subscribed:

@@ -23,6 +23,11 @@ cluster.
   hooks (chat presence, document editors, ...) run only when the window passed without a
   recovery, by whichever node claims the record first. A recovery announces no join.
 
+- open-webui's own emits (its pub/sub, through the bridge) to this node's recoverable
+  sessions, and to its sessions that are away (whose rooms the bridge keeps subscribed),
+  are recorded too, addressed to exactly those sessions (`record_foreign`). Calls are kept
+  until answered and asked again where the session recovers (calls.py).
+
 Longer than most modules because recovery is one sequence seen from both ends: recording
 and delivering emits, a session's record through its life, and the reconnect that takes it
 over, restores it and replays what it missed without a gap or a repeat.
@@ -33,7 +38,6 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import itertools
 import logging
 import os
 import secrets
@@ -60,8 +64,10 @@ from ..backends.redis_conn import KeySpace
 from ..core.errors import StoreError
 from ..core.tasks import TaskGroup
 from ..metrics import Figure
+from .calls import PendingCalls
 
 if TYPE_CHECKING:
+    from ..backends.socketio_bridge import SocketioBridge
     from ..presence.service import PresenceService
     from ..sio import SocketServer
 
@@ -72,6 +78,8 @@ RECOVERABLE = frozenset({"transport close", "transport error", "ping timeout"})
 TAKEOVER_WAIT = 3.0  # seconds a recovery waits for the old connection to be let go
 SYNC_INTERVAL = 1.0  # seconds between writes of changed room sets
 CLAIM_GRACE = 10.0  # seconds a record outlives its window, for the leave to claim it
+# seconds a stopping node keeps listening for the claims of the sessions it drained
+HOLD_AT_STOP = 5.0
 # the host id of the log's messages on the cluster channel: no node's, so every node,
 # the emitting one included, delivers them (in the log's order)
 RECOVERY_HOST_ID = "rt-recovery"
@@ -123,11 +131,12 @@ class RecoveryService:
         self.unrecorded: Counter[str] = Counter()
         self._since_refresh = 0.0
         self._gap_pending = False
-        # rooms of foreign emits (open-webui's pub/sub) not marked in the log yet
-        self._foreign: set[str] | None = None
-        self._foreign_all = False
-        self._foreign_task: asyncio.Task[None] | None = None
-        self.tasks = TaskGroup()  # calls waiting for their session, the foreign marker
+        self.tasks = TaskGroup()  # calls waiting for their session, kept calls' removal
+        # the bridge to open-webui's pub/sub, when there is one (set by the app): holds
+        # the rooms of sessions away from this node, records open-webui's emits to them
+        self.bridge: SocketioBridge | None = None
+        self.calls = PendingCalls(sio, state, node_id, ttl=window * 2 + 300,
+                                  tasks=self.tasks)
         state.deliver = self.deliver
 
     # ------------------------------------------------------------------ who may recover
@@ -204,7 +213,16 @@ class RecoveryService:
             record = await self.state.get(to)
         except StoreError:
             return False
-        if record is None or record.live:
+        if record is None:
+            return False
+        if record.live:
+            if record.node != self.node_id:
+                # connected on another node, which may have died without a word: kept
+                # (once the emit below registered it) for wherever the session recovers
+                args = list(data) if isinstance(data, tuple) else [] if data is None \
+                    else [data]
+                self.tasks.spawn(f"call guard {to}",
+                                 self.calls.guard(to, event, args, callback))
             return False
         until = record.until or time.time() + self.window
         self.tasks.spawn(f"parked call {to}",
@@ -229,41 +247,59 @@ class RecoveryService:
         self.results["call_sent_after_recovery"] += 1
         await self.sio.emit(event, data, to=sid, callback=callback)
 
-    def foreign(self, message: dict[str, Any]) -> None:
-        """An emit of open-webui's backend (the bridge to its pub/sub, told before it is
-        delivered): not in the log, so a recovery across it cannot be complete. A marker
-        for its rooms follows it in the log (coalesced, after the delivery): the sessions
-        of those rooms that recover across it get a new session instead of a replay with
-        a hole."""
-        if message.get("method") != "emit":
-            return
-        self.unrecorded["foreign"] += 1
-        room = message.get("room")
-        if room is None:
-            self._foreign_all = True
-        else:
-            pending = self._foreign if self._foreign is not None else set()
-            pending.update([room] if isinstance(room, str) else
-                           [r for r in room if isinstance(r, str)] if isinstance(room, list)
-                           else [])
-            self._foreign = pending
-        if self._foreign_task is None:
-            self._foreign_task = self.tasks.spawn("recovery foreign marker",
-                                                  self._mark_foreign())
+    def attach(self, bridge: SocketioBridge) -> None:
+        """The bridge to open-webui's pub/sub (Redis mode): it records open-webui's emits
+        to this node's recoverable sessions here, and answers open-webui's calls asked
+        again after a recovery."""
+        self.bridge = bridge
+        bridge.recorder = self
+        self.calls.answer_foreign = bridge.answer
 
-    async def _mark_foreign(self) -> None:
+    def owns(self, sid: str) -> bool:
+        """Whether open-webui's emits to this local session are recorded here."""
+        return sid in self.secrets
+
+    async def record_foreign(self, event: str, args: list[Any], sids: list[str]) -> bool:
+        """An emit of open-webui's backend to these sessions (local and recoverable, or
+        away and held here): recorded for exactly them, and delivered from the log. False
+        when it could not be kept: the caller delivers it as before, and those sessions'
+        recoveries across it fail (a marker)."""
+        encoded = self.sio.packet_class(sio_packet.EVENT, namespace="/",
+                                        data=[event, *args]).encode()
+        blobs: tuple[bytes, ...] = ()
+        if isinstance(encoded, list):
+            encoded, blobs = encoded[0], tuple(encoded[1:])
         try:
-            await asyncio.sleep(0)  # after the delivery the bridge makes next
-            while self._foreign or self._foreign_all:
-                rooms = None if self._foreign_all else sorted(self._foreign or ())
-                self._foreign, self._foreign_all = None, False
-                try:
-                    await self.state.mark_gap(rooms, [])
-                except StoreError as exc:
-                    self._gap_pending = True  # a marker for everybody at the next emit
-                    log.warning("foreign emit not marked for recovery: %s", exc)
-        finally:
-            self._foreign_task = None
+            if not isinstance(encoded, str) or not encoded.endswith("]") or \
+                    len(encoded) + sum(map(len, blobs)) > self.state.bounds.max_packet_bytes:
+                self.unrecorded["too_large"] += 1
+                await self.state.mark_gap(sids, [])
+                return False
+            if self._gap_pending:
+                await self.state.mark_gap(None, [])
+                self._gap_pending = False
+            await self.state.emit(sids, [], encoded[:-1], blobs)
+        except StoreError as exc:
+            self._gap_pending = True  # a marker for everybody at the next emit
+            self.unrecorded["unavailable"] += 1
+            log.warning("open-webui's emit not recorded for recovery: %s", exc)
+            return False
+        self.results["foreign_recorded"] += 1
+        return True
+
+    async def park_foreign_call(self, sid: str, event: str, args: list[Any],
+                                origin: list[Any]) -> None:
+        """A call of open-webui's to a session away from this node: asked where it
+        recovers (calls.py)."""
+        self.results["call_parked"] += 1
+        await self.calls.made_for(sid, event, args, origin)
+
+    async def sending(self, eio_sid: str, pkt: Any) -> None:
+        """A call (an event with an ack id) is about to go out on this node: kept until
+        answered when its session is recoverable."""
+        sid = self.sio.manager.sid_from_eio_sid(eio_sid, "/")
+        if sid is not None and sid in self.secrets:
+            await self.calls.sent(sid, pkt)
 
     def deliver(self, offset: str, rooms: list[str] | None, skip: list[str],
                 prefix: str, blobs: tuple[bytes, ...] = ()) -> None:
@@ -324,32 +360,45 @@ class RecoveryService:
         in a recovery: nothing to announce), 'superseded' (it recovered on another node
         already, which holds its presence entry now), 'deferred' (recoverable: its leave
         waits for the window), or 'ended'."""
+        draining = sid in self.draining
+        superseded = sid in self.superseded
+        bridge = self.bridge
+        if bridge is not None and sid in self.secrets and not superseded and (
+                sid in self.taken or draining or reason in RECOVERABLE):
+            # before anything else (its rooms are left right after this hook): what
+            # open-webui sends it from now on is still heard here, and recorded for it
+            bridge.away.hold(sid, self.sio.manager.get_rooms(sid, "/"),
+                            time.time() + self.window)
         secret = self.secrets.pop(sid, None)
         record = self.records.pop(sid, None)
         self.holding.pop(sid, None)
-        draining = sid in self.draining
         self.draining.discard(sid)
         if sid in self.taken:
             self.taken.discard(sid)
-            if sid in self.superseded:
+            if superseded:
                 self.superseded.discard(sid)
                 return "superseded"
-            return "taken"
+            return "taken"  # held until the node where it recovers claims it
         if secret is None or record is None:
             return "ended"
+        fate = "deferred"
         try:
             if not (draining or reason in RECOVERABLE):
                 await self.state.drop(sid, self.node_id)
-                return "ended"
-            record.rooms = sorted(self.sio.manager.get_rooms(sid, "/"))
-            # kept a little longer than the window: the leave claims it at the window's end
-            record.until = time.time() + self.window
-            if not await self.state.disconnected(record, self.window + CLAIM_GRACE):
-                return "superseded"  # its record is another node's: recovered there
+                await self.state.drop_calls(sid)
+                fate = "ended"
+            else:
+                record.rooms = sorted(self.sio.manager.get_rooms(sid, "/"))
+                # kept a little longer than the window: the leave claims it at its end
+                record.until = time.time() + self.window
+                if not await self.state.disconnected(record, self.window + CLAIM_GRACE):
+                    fate = "superseded"  # its record is another node's: recovered there
         except StoreError as exc:
             log.warning("session %s: recovery state not written: %s", sid, exc)
-            return "ended"
-        return "deferred"
+            fate = "ended"
+        if fate != "deferred" and bridge is not None:
+            bridge.away.release(sid)
+        return fate
 
     async def dead(self, sid: str, identity: Identity) -> bool:
         """A session of a node that died: True when its record says it may still recover
@@ -373,6 +422,7 @@ class RecoveryService:
             if not await self.state.drop(record.sid, record.node):
                 continue
             self.results["expired"] += 1
+            await self.state.drop_calls(record.sid)
             if self.on_leave is not None:
                 # the features see the rooms the session had, as at any leave
                 self.sio.gone_rooms[record.sid] = record.rooms
@@ -404,6 +454,9 @@ class RecoveryService:
                 if sid in self.records:
                     self.superseded.add(sid)
                     await self._let_go(sid)
+        if self.bridge is not None:
+            self.bridge.away.expire(time.time())
+        self.calls.expire()
         await self.sweep()
 
     async def on_emit(self, payload: dict[str, Any]) -> None:
@@ -505,12 +558,12 @@ class RecoveryService:
         assert gateway is not None
         manager = self.sio.manager
         self.holding[sid] = []
+        if self.bridge is not None:  # the node that held it records until our claim
+            self.bridge.away.begin_claim(sid)
         self.secrets[sid] = secret
         manager.basic_enter_room(sid, "/", None, eio_sid=eio_sid)
         manager.basic_enter_room(sid, "/", sid, eio_sid=eio_sid)
-        # ack ids of calls made from now on start far from those of the old connection: a
-        # late answer to a call it had shown cannot complete another call
-        manager.callbacks[sid] = {0: itertools.count(secrets.randbelow(1 << 30) + (1 << 20))}
+        self.calls.adopt(sid)  # fresh ack ids; this node's calls to it kept apart
         reason = ""
         missed = None
         try:
@@ -518,16 +571,24 @@ class RecoveryService:
                 if room != sid:
                     await self.sio.enter_room(sid, room)
             await gateway.rebind(sid, identity, auth.get("token"), ip)
+            # from here on this node records open-webui's emits for it (the node that
+            # held it did so up to here); not confirmed: what it sent may be lost
+            if self.bridge is not None and not await self.bridge.away.claim(sid):
+                reason = "unrecorded"
             offset = auth.get("offset")
             start = offset if isinstance(offset, str) else record.since
             missed = await self.state.missed(start, record.rooms, sid)
-            reason = missed.reason
+            reason = reason or missed.reason
         except StoreError as exc:
             reason = "unavailable"
             log.warning("recovery of %s: %s", sid, exc)
         except BaseException:
             self.holding.pop(sid, None)
+            if self.bridge is not None:
+                self.bridge.away.end_claim(sid)
             raise
+        if self.bridge is not None:
+            self.bridge.away.end_claim(sid)
         # from here to the end: no await, nothing delivered in between
         held = self.holding.pop(sid, [])
         if reason:
@@ -566,6 +627,8 @@ class RecoveryService:
             await self.state.save(record, self._live_ttl)
         except StoreError as exc:
             log.warning("session %s: recovery record not written: %s", sid, exc)
+        # calls it had not answered (shown before the drop, or made while it was away)
+        await self.calls.ask(sid, eio_sid)
 
     # ------------------------------------------------------------------ figures
     def figures(self) -> Iterator[Figure]:
@@ -577,6 +640,8 @@ class RecoveryService:
         yield Figure("rt_recovery_unrecorded_events", "Emits not kept for recovery (a "
                      "recovery needing one fails)", dict(self.unrecorded), label="reason",
                      counter=True)
+        yield Figure("rt_recovery_calls_asked_again", "Unanswered calls asked again after a "
+                     "recovery", self.calls.asked, counter=True)
         yield Figure("rt_recovery_sessions", "Recoverable sessions connected to this node",
                      len(self.secrets))
         data = self.state.figures_data()
@@ -621,6 +686,15 @@ class RecoveryService:
             log.warning("recovery: the previous run's state is not usable: %s", exc)
 
     async def close(self) -> None:
+        """At a graceful stop, after the drain: the sessions this node holds (the drained
+        ones) recover completely on another node only with this node's answer to their
+        claim (socketio_away.py), so it listens a little longer, until they have (they
+        reconnect within about a second) or HOLD_AT_STOP passed."""
+        bridge = self.bridge
+        if bridge is not None and bridge.away.held and bridge.listening:
+            if not await bridge.away.none_held(HOLD_AT_STOP):
+                log.info("%d drained session(s) not recovered elsewhere yet: their "
+                         "recovery will not be complete", len(bridge.away.held))
         await self.tasks.stop()
 
 
