@@ -221,8 +221,9 @@ class Appliance:
             if self.sio.manager.multi_node:
                 self.sio.manager.on_control("recovery:emit", self.recovery.on_emit)
                 self.sio.manager.on_control("recovery:takeover", self.recovery.on_takeover)
-            if bridge is not None:  # open-webui's emits are not in the log: marked there
-                bridge.observers.append(self.recovery.foreign)
+                self.sio.manager.on_control("recovery:answer", self.recovery.calls.on_answer)
+            if bridge is not None:  # open-webui's emits and calls to recoverable sessions
+                self.recovery.attach(bridge)
         if self.openwebui is not None and bridge is not None:
             bridge.filters.append(self.openwebui.echoes.strip_echo)
             bridge.observers.append(self.openwebui.observer(
