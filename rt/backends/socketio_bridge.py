@@ -203,6 +203,9 @@ class SocketioBridge:
         await self.rooms.settled()
 
     def _subscribed(self) -> None:
+        if self._first_subscribe.is_set() and self.recorder is not None:
+            # subscribed again after a loss: what came meanwhile was heard by nobody here
+            self.recorder.pubsub_gap()
         self.listening = True
         self._first_subscribe.set()
         log.info("open-webui pub/sub subscribed to %s (%d channels) on %s", self.channel,

@@ -294,6 +294,23 @@ class RecoveryService:
         self.results["call_parked"] += 1
         await self.calls.made_for(sid, event, args, origin)
 
+    def pubsub_gap(self) -> None:
+        """The bridge lost open-webui's pub/sub for a while: what it sent this node's
+        recoverable and away sessions meanwhile is unknown, so their recoveries across
+        this point fail (a marker for exactly them)."""
+        held = self.bridge.away.held if self.bridge is not None else {}
+        sids = sorted(set(self.secrets) | set(held))
+        if sids:
+            self.unrecorded["pubsub_lost"] += 1
+            self.tasks.spawn("recovery pub/sub gap", self._mark_gap(sids))
+
+    async def _mark_gap(self, sids: list[str]) -> None:
+        try:
+            await self.state.mark_gap(sids, [])
+        except StoreError as exc:
+            self._gap_pending = True  # a marker for everybody at the next emit
+            log.warning("open-webui pub/sub gap not marked for recovery: %s", exc)
+
     async def sending(self, eio_sid: str, pkt: Any) -> None:
         """A call (an event with an ack id) is about to go out on this node: kept until
         answered when its session is recoverable."""

@@ -276,3 +276,32 @@ async def test_no_call_is_asked_twice_once_answered(tmp_path, node_driver):
             assert len(sock.received("confirm")) == 1
             assert h.app.recovery.calls.asked == 0
             await sock.disconnect()
+
+
+async def test_a_lost_pub_sub_makes_an_away_tabs_recovery_fail_cleanly(
+        tmp_path, node_driver, redis_server):
+    """The node's connection to open-webui's pub/sub is lost while the tab is away: what
+    open-webui sent meanwhile is unknown, so the tab goes on (same sid) without a replay
+    presented as complete."""
+    channel = f"socketio-{uuid.uuid4().hex[:10]}"
+    async with appliance(tmp_path, redis_server, channel) as h:
+        tok = await h.user("ann")
+        async with away_tab(h, node_driver, tok, reconnectionDelay=2500,
+                            reconnectionDelayMax=2500) as (sock, proxy):
+            sid = sock.sid
+            proxy.cut()
+            await sock.wait_disconnect(timeout=WAIT)
+            bridge = h.app.backend.bridge
+            lost = bridge.stats["listen_errors"]
+            admin = redis_server.server.client()
+            try:
+                assert admin.client_kill_filter(_type="pubsub") >= 1
+            finally:
+                admin.close()
+            await until(lambda: bridge.stats["listen_errors"] > lost and bridge.listening,
+                        "the bridge subscribed again")
+            await until(lambda: h.app.recovery.unrecorded["pubsub_lost"] >= 1, "the gap")
+            again = await sock.wait_notification("connect", timeout=WAIT * 2)
+            assert again["recovered"] is False and again["sid"] == sid
+            assert h.app.recovery.results["failed_unrecorded"] == 1
+            await sock.disconnect()

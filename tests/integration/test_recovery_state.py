@@ -153,3 +153,32 @@ async def test_memory_state_survives_a_restart_of_its_node():
     assert missed.packets == [(first, '2["e",0', (b"\x01",))]
     later = await again.emit(["user:u"], [], '2["e",1')
     assert parse_offset(later) > parse_offset(first)  # offsets go on
+
+
+async def test_kept_calls_are_added_once_dropped_and_read_per_session(make_state):
+    """The calls kept for a session (rt/recovery/calls.py): a sent call overwrites what was
+    kept under its key (its ack id now known), an unsent one is kept only when the key is
+    new; each session has its own; dropping one or all of them."""
+    state = make_state()
+    await state.add_call("s1", "rt:h:1", b'{"w":null}', 60)
+    await state.add_call("s1", "rt:h:1", b'{"w":7}', 60)
+    await state.add_call("s1", "rt:h:1", b'{"w":null,"again":1}', 60, only_new=True)
+    await state.add_call("s1", "ow:h:2", b'{"w":8}', 60)
+    await state.add_call("s2", "ow:h:3", b'{"w":9}', 60)
+    assert sorted(await state.calls("s1")) == [b'{"w":7}', b'{"w":8}']
+    await state.drop_call("s1", "rt:h:1")
+    assert await state.calls("s1") == [b'{"w":8}']
+    await state.drop_calls("s1")
+    assert await state.calls("s1") == []
+    assert await state.calls("s2") == [b'{"w":9}']
+
+
+async def test_kept_calls_survive_a_restart_of_the_one_node():
+    state = MemoryRecoveryState(Bounds())
+    await state.save(record("s1"), 60)
+    await state.add_call("s1", "n:x:s1:1:a", b'{"w":1}', 60)
+    await state.add_call("gone", "n:x:gone:1:a", b'{"w":1}', 60)  # no record: not kept
+    again = MemoryRecoveryState(Bounds())
+    assert again.load(state.dump()) == 1
+    assert await again.calls("s1") == [b'{"w":1}']
+    assert await again.calls("gone") == []
