@@ -184,6 +184,18 @@ def connect(path: str) -> sqlite3.Connection:
     return db
 
 
+def connect_reader(path: str) -> sqlite3.Connection:
+    """A second connection, for reads only, to a file `connect` has opened (and migrated)."""
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        db.execute("PRAGMA query_only = ON")
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
 def _migrate(db: sqlite3.Connection, path: str) -> None:
     (version,) = db.execute("PRAGMA user_version").fetchone()
     if version > SCHEMA_VERSION:

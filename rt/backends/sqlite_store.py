@@ -1,11 +1,14 @@
 """The durable store of a single node: one SQLite file.
 
-Every statement runs on one dedicated worker thread, so the event loop never waits on disk
-and the connection is only ever touched by the thread that opened it. Methods are
-coroutines that hand a closure to that thread and await it. Because the thread runs one
-closure at a time, each closure sees the database without interleaving from this process;
-explicit transactions still make multi-step changes atomic on disk and towards other
-processes (e.g. `rt-appliance token` registering a user while the server runs). Opening the
+Every write runs on one dedicated worker thread, so the event loop never waits on disk and
+the connection is only ever touched by the thread that opened it. Methods are coroutines
+that hand a closure to that thread and await it. Because the thread runs one closure at a
+time, each closure sees the database without interleaving from this process; explicit
+transactions still make multi-step changes atomic on disk and towards other processes
+(e.g. `rt-appliance token` registering a user while the server runs). Reads run on a second
+thread with a connection of their own (WAL lets it read beside the writer), so that a
+user's read never queues behind another user's fsynced writes: an editor typing at full
+speed fsyncs every update. A read sees every write committed before it began. Opening the
 file, the schema and the transactions are in sqlite_file.py.
 
 Readiness (`ping`) reads, it never writes: every real write tells the store how the write
@@ -24,8 +27,15 @@ from typing import TypeVar
 
 from ..core.errors import StoreError
 from . import ChatMessage, Note, StoredDocument, User
-from .sqlite_file import check_disk, check_readable, check_writable, connect, write_path_failed
-from .sqlite_file import read as _read
+from .sqlite_file import (
+    check_disk,
+    check_readable,
+    check_writable,
+    connect,
+    connect_reader,
+    write_path_failed,
+)
+from .sqlite_file import read as _read_transaction
 from .sqlite_file import transaction as _transaction
 
 T = TypeVar("T")
@@ -37,6 +47,8 @@ class SqliteStore:
         self.path = path
         self._executor: ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None
+        self._reader: ThreadPoolExecutor | None = None  # reads, on a connection of their own
+        self._reader_db: sqlite3.Connection | None = None
         # Why the last write that failed for a reason outside its statement failed (see
         # sqlite_file.WRITE_PATH_ERRORS), until a write succeeds again; `ping` reports it.
         self._write_failure: str | None = None
@@ -68,6 +80,13 @@ class SqliteStore:
 
         return await self._submit(executor, call)
 
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """A read, on the reading thread."""
+        reader, db = self._reader, self._reader_db
+        if reader is None or db is None:
+            raise StoreError(f"SQLite store {self.path} is not open")
+        return await self._submit(reader, lambda: fn(db))
+
     # lifecycle -----------------------------------------------------------------------
     async def open(self) -> None:
         if self._executor is not None:
@@ -81,7 +100,15 @@ class SqliteStore:
         except BaseException:
             executor.shutdown(wait=True)
             raise
-        self._executor = executor
+        reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rt-sqlite-read")
+        try:
+            self._reader_db = await self._submit(reader, lambda: connect_reader(self.path))
+        except BaseException:
+            reader.shutdown(wait=True)
+            await self._submit(executor, self._db.close)
+            executor.shutdown(wait=True)
+            raise
+        self._executor, self._reader = executor, reader
 
     async def close(self) -> None:
         executor, db = self._executor, self._db
@@ -89,11 +116,16 @@ class SqliteStore:
             return
         # Mark closed first: new calls fail at once, calls already queued on the thread
         # still run before the connection is closed (the thread is FIFO).
-        self._executor = self._db = None
+        reader, reader_db = self._reader, self._reader_db
+        self._executor = self._db = self._reader = self._reader_db = None
         try:
+            if reader is not None and reader_db is not None:
+                await self._submit(reader, reader_db.close)
             if db is not None:
                 await self._submit(executor, db.close)
         finally:
+            if reader is not None:
+                reader.shutdown(wait=True)
             executor.shutdown(wait=True)
 
     async def ping(self) -> None:
@@ -104,7 +136,7 @@ class SqliteStore:
         node is out of service)."""
         check_disk(os.path.dirname(self.path) or ".")
         if self._write_failure is None:
-            await self._run(check_readable)
+            await self._read(check_readable)
             return
         await self._run(check_writable)  # raises (and keeps the failure) while it persists
         self._write_failure = None
@@ -137,7 +169,7 @@ class SqliteStore:
             name, role, disabled, last_active_at = row
             return User(user_id, name, role, bool(disabled), last_active_at)
 
-        return await self._run(run)
+        return await self._read(run)
 
     async def delete_user(self, user_id: str) -> bool:
         def run(db: sqlite3.Connection) -> bool:
@@ -190,12 +222,12 @@ class SqliteStore:
 
     async def get_channel_members(self, channel_id: str) -> list[str] | None:
         def run(db: sqlite3.Connection) -> list[str] | None:
-            with _read(db):
+            with _read_transaction(db):
                 if not _channel_exists(db, channel_id):
                     return None
                 return _members(db, channel_id)
 
-        return await self._run(run)
+        return await self._read(run)
 
     async def delete_channel(self, channel_id: str) -> bool:
         def run(db: sqlite3.Connection) -> bool:
@@ -212,7 +244,7 @@ class SqliteStore:
             )
             return [channel_id for (channel_id,) in rows]
 
-        return await self._run(run)
+        return await self._read(run)
 
     async def set_channel_read(self, channel_id: str, user_id: str, at: float) -> None:
         def run(db: sqlite3.Connection) -> None:
@@ -232,7 +264,7 @@ class SqliteStore:
             ).fetchone()
             return None if row is None else row[0]
 
-        return await self._run(run)
+        return await self._read(run)
 
     # chats ---------------------------------------------------------------------------
     async def set_chat_read(self, chat_id: str, user_id: str, at: float,
@@ -273,7 +305,7 @@ class SqliteStore:
             ).fetchone()
             return None if row is None else row[0]
 
-        return await self._run(run)
+        return await self._read(run)
 
     async def put_chat_message(self, message: ChatMessage) -> None:
         m = message
@@ -302,7 +334,7 @@ class SqliteStore:
             usage = None if usage is None else json.loads(usage)
             return ChatMessage(chat_id, message_id, user_id, content, status, usage, updated_at)
 
-        return await self._run(run)
+        return await self._read(run)
 
     # notes ---------------------------------------------------------------------------
     async def put_note(self, note: Note) -> None:
@@ -325,7 +357,7 @@ class SqliteStore:
 
     async def get_note(self, note_id: str) -> Note | None:
         def run(db: sqlite3.Connection) -> Note | None:
-            with _read(db):
+            with _read_transaction(db):
                 row = db.execute("SELECT owner FROM notes WHERE id = ?", (note_id,)).fetchone()
                 if row is None:
                     return None
@@ -336,7 +368,7 @@ class SqliteStore:
                     grants[access].add(user_id)
             return Note(note_id, row[0], frozenset(grants["read"]), frozenset(grants["write"]))
 
-        return await self._run(run)
+        return await self._read(run)
 
     async def delete_note(self, note_id: str) -> bool:
         def run(db: sqlite3.Connection) -> bool:
@@ -369,7 +401,7 @@ class SqliteStore:
 
     async def load_document(self, document_id: str) -> StoredDocument | None:
         def run(db: sqlite3.Connection) -> StoredDocument | None:
-            with _read(db):
+            with _read_transaction(db):
                 row = db.execute(
                     "SELECT snapshot, content, updated_at, last_seq FROM documents WHERE id = ?",
                     (document_id,),
@@ -386,7 +418,7 @@ class SqliteStore:
             snapshot, content, updated_at, last_seq = row
             return StoredDocument(document_id, snapshot, updates, last_seq, content, updated_at)
 
-        return await self._run(run)
+        return await self._read(run)
 
     async def compact_document(self, document_id: str, upto_seq: int, snapshot: bytes) -> None:
         def run(db: sqlite3.Connection) -> None:
@@ -430,7 +462,7 @@ class SqliteStore:
             ).fetchone()
             return count, total
 
-        return await self._run(run)
+        return await self._read(run)
 
 
 

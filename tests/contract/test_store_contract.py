@@ -439,6 +439,9 @@ async def test_ping_and_idempotent_close(store: Store) -> None:
 
 
 # SQLite only --------------------------------------------------------------------------
+WAIT = 10.0
+
+
 def _sqlite_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("rt-sqlite")]
 
@@ -455,13 +458,33 @@ async def test_sqlite_constructor_does_no_io(db_path: Path) -> None:
     await store.close()  # closing a never-opened store is harmless
 
 
-async def test_sqlite_open_and_close_own_one_thread(db_path: Path) -> None:
+async def test_sqlite_open_and_close_own_their_two_threads(db_path: Path) -> None:
     store = SqliteStore(str(db_path))
     await store.open()
     await store.open()  # already open: nothing more
-    assert len(_sqlite_threads()) == 1
+    assert sorted(t.name.rsplit("_", 1)[0] for t in _sqlite_threads()) == [
+        "rt-sqlite", "rt-sqlite-read"]  # the writer, the reader
     await store.close()
     assert _sqlite_threads() == []
+
+
+async def test_sqlite_reads_do_not_queue_behind_writes(db_path: Path) -> None:
+    """A user's read is answered while the writer thread is busy (an editor's fsynced
+    updates, one after another), and it sees every write committed before it began."""
+    store = SqliteStore(str(db_path))
+    await store.open()
+    try:
+        await store.put_user(User("u1", "Ann"))
+        gate = threading.Event()
+        busy = asyncio.ensure_future(store._run(lambda db: gate.wait(WAIT)))
+        try:
+            user = await asyncio.wait_for(store.get_user("u1"), WAIT / 2)
+            assert user is not None and user.name == "Ann" and not busy.done()
+        finally:
+            gate.set()
+            await asyncio.wait_for(busy, WAIT)
+    finally:
+        await store.close()
 
 
 async def test_sqlite_data_survives_close_and_reopen(db_path: Path) -> None:
