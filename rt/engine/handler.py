@@ -270,6 +270,12 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
         if self.session is not None:
             self.session.on_ws_closed(self)
 
+    def cork(self) -> bool:
+        return False  # Tornado writes each message itself
+
+    def uncork(self) -> None:
+        pass
+
     def pause_reading(self) -> None:
         if self._reading is None:
             self._reading = asyncio.get_running_loop().create_future()

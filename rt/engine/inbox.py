@@ -12,8 +12,8 @@ import asyncio
 import contextvars
 import logging
 from collections import deque
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any, Protocol
 
 from .contracts import SessionHost
 from .inflow import TURN_MESSAGES, TURN_SECONDS
@@ -32,6 +32,49 @@ class Consumer(Protocol):
     def close(self, reason: str = ..., notify_client: bool = ...,
               drop_pending: bool = ..., ws_close: tuple[int, str, bool] | None = ...
               ) -> None: ...
+
+    def cork(self) -> Corked | None: ...
+
+
+class Corked(Protocol):
+    def uncork(self) -> None: ...
+
+
+class _CorkedSteps(Coroutine[Any, Any, None]):
+    """The inbox's consumer, its owner's output corked during each of its steps: what the
+    handlers write between two suspensions (the acks of a turn's messages) leaves in one
+    system call, before the task suspends. A coroutine object, not a generator, so that
+    it is a task's coroutine on every supported Python."""
+
+    __slots__ = ("_coro", "_owner")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], owner: Consumer):
+        self._coro = coro
+        self._owner = owner
+
+    def send(self, value: Any) -> Any:
+        corked = self._owner.cork()
+        try:
+            return self._coro.send(value)
+        finally:
+            if corked is not None:
+                corked.uncork()
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        corked = self._owner.cork()
+        try:
+            if val is None and tb is None:
+                return self._coro.throw(typ)
+            return self._coro.throw(typ, val, tb)  # pragma: no cover - old signature
+        finally:
+            if corked is not None:
+                corked.uncork()
+
+    def close(self) -> None:
+        self._coro.close()
+
+    def __await__(self) -> Generator[Any, None, None]:  # pragma: no cover - a task's only
+        return self._coro.__await__()
 
 
 # the session whose messages the current task is handling (each consumer is its own task):
@@ -86,7 +129,7 @@ class Inbox:
             loop = self._loop
             if loop is None:
                 loop = self._loop = asyncio.get_running_loop()
-            self.consumer = loop.create_task(self._consume(loop))
+            self.consumer = loop.create_task(_CorkedSteps(self._consume(loop), self._owner))
 
     async def _consume(self, loop: asyncio.AbstractEventLoop) -> None:
         owner = self._owner

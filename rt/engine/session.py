@@ -213,6 +213,15 @@ class EngineSession:
             return
         self.send(Packet(MESSAGE, text.decode("utf-8")))
 
+    def cork(self) -> WsTransport | None:
+        """Hold this session's output while its inbox hands messages over, so that what
+        the handlers send in one turn goes out in one write: the websocket it corked (to
+        be uncorked), or None."""
+        ws = self.ws
+        if ws is not None and ws.cork():
+            return ws
+        return None
+
     def _wake_poll(self) -> None:
         if self._poll is not None and not self._poll.done():
             self._poll.set_result(None)

@@ -86,7 +86,7 @@ class WebSocket(asyncio.Protocol):
     __slots__ = ("max_message", "max_outbound", "stats", "session", "probed",
                  "transport", "_buf", "_fragments", "_fragment_op", "_fragment_size",
                  "_closing", "_close_timer", "_lost", "_held", "_turn_held", "_reading",
-                 "_dropped", "_discarded", "_allowance")
+                 "_dropped", "_discarded", "_allowance", "_corked", "_corked_size")
 
     def __init__(self, max_message: int, max_outbound: int, stats: EngineStats):
         self.max_message = max_message
@@ -111,6 +111,9 @@ class WebSocket(asyncio.Protocol):
         self._reading = True  # whether the transport reads the socket now
         self._dropped = False  # closing: what the client sends is dropped unread
         self._discarded = 0  # data frames parsed and discarded while closing
+        # frames held while corked (None: not corked), and their size
+        self._corked: list[Frame] | None = None
+        self._corked_size = 0
 
     # ---------------------------------------------------------------- asyncio
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -139,6 +142,7 @@ class WebSocket(asyncio.Protocol):
             self._close_timer = None
         self._buf = bytearray()
         self._fragments = None
+        self._corked, self._corked_size = None, 0
         session, self.session = self.session, None
         # no cycles left (session <-> websocket <-> transport): a closed connection is freed
         # at once by reference counting, not by a later pass of the cyclic collector
@@ -172,28 +176,69 @@ class WebSocket(asyncio.Protocol):
                         ) -> None:
         """Write a framed message (a broadcast builds the frame once for all recipients).
         The transport sends at once what the kernel takes and buffers the rest; a client
-        whose unsent output passes the limit is a slow consumer and is cut off."""
+        whose unsent output passes the limit is a slow consumer and is cut off. While
+        corked, the frame waits for `uncork`, counted as unsent."""
         transport = self.transport
         if self._closing or transport is None:
             return
-        if transport.get_write_buffer_size() <= self.max_outbound:
+        corked = self._corked
+        if transport.get_write_buffer_size() + self._corked_size <= self.max_outbound:
             self._allowance = 0  # whatever large message there was has gone out
-        if isinstance(frame, bytes):
-            transport.write(frame)
-        else:
-            transport.writelines(frame)  # a large payload, not joined to its header
         size = frame_size(frame)
+        if corked is not None:
+            corked.append(frame)
+            self._corked_size += size
+            unsent = transport.get_write_buffer_size() + self._corked_size
+        else:
+            if isinstance(frame, bytes):
+                transport.write(frame)
+            else:
+                transport.writelines(frame)  # a large payload, not joined to its header
+            unsent = transport.get_write_buffer_size()
         if size > self.max_outbound:
             self._allowance = max(self._allowance, size)
-        unsent = transport.get_write_buffer_size()
         if unsent > self.max_outbound + self._allowance:
             if self.session is not None:
                 self.session.on_ws_overflow(self, unsent)
             else:
                 self.close_transport()
 
+    def cork(self) -> bool:
+        """Hold what is written until `uncork`, which writes it with one system call (the
+        acks of the messages handled in one turn of a session's inbox). False if it is
+        corked already, or gone."""
+        if self._corked is not None or self.transport is None:
+            return False
+        self._corked = []
+        return True
+
+    def uncork(self) -> None:
+        corked, self._corked = self._corked, None
+        if corked:
+            self._write_corked(corked)
+
+    def _write_corked(self, corked: list[Frame]) -> None:
+        self._corked_size = 0
+        transport = self.transport
+        if transport is None:
+            return
+        if len(corked) == 1 and isinstance(corked[0], bytes):
+            transport.write(corked[0])
+        elif all(isinstance(frame, bytes) for frame in corked):
+            transport.write(b"".join(corked))  # type: ignore[arg-type]
+        else:  # large payloads among them: not copied into one buffer
+            parts: list[bytes | bytearray] = []
+            for frame in corked:
+                if isinstance(frame, bytes):
+                    parts.append(frame)
+                else:
+                    parts.extend(frame)
+            transport.writelines(parts)
+
     def unsent(self) -> int:
-        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+        if self.transport is None:
+            return 0
+        return self.transport.get_write_buffer_size() + self._corked_size
 
     def socket(self) -> Any:
         return self.transport.get_extra_info("socket") if self.transport is not None else None
@@ -297,6 +342,9 @@ class WebSocket(asyncio.Protocol):
 
     def _write_control(self, opcode: int, payload: bytes) -> None:
         if self.transport is not None:
+            if self._corked:  # what was written before goes first; still corked after
+                corked, self._corked = self._corked, []
+                self._write_corked(corked)
             self.transport.write(struct.pack("!BB", 0x80 | opcode, len(payload)) + payload)
 
     # ---------------------------------------------------------------- inbound frames

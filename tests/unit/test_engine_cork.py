@@ -1,0 +1,150 @@
+"""Corked output (issue 18): the acks written during one step of a session's inbox leave in
+one write, in order, before the task suspends; control frames never overtake them."""
+import asyncio
+
+from rt.engine.contracts import EngineStats
+from rt.engine.inbox import Inbox
+from rt.engine.protocol import message_frame
+from rt.engine.websocket import WebSocket
+
+
+class Transport:
+    def __init__(self):
+        self.writes: list[bytes] = []
+        self.buffered = 0
+
+    def write(self, data):
+        self.writes.append(bytes(data))
+
+    def writelines(self, parts):
+        self.writes.append(b"".join(bytes(p) for p in parts))
+
+    def get_write_buffer_size(self):
+        return self.buffered
+
+    def get_extra_info(self, name):
+        return None
+
+    def close(self):
+        pass
+
+
+class Listener:
+    sid = "s1"
+
+    def __init__(self):
+        self.overflows = []
+
+    def on_ws_overflow(self, ws, unsent):
+        self.overflows.append(unsent)
+
+    def on_ws_closed(self, ws):
+        pass
+
+
+def websocket(max_outbound=1 << 20):
+    ws = WebSocket(1 << 20, max_outbound, EngineStats())
+    ws.connection_made(Transport())
+    ws.session = Listener()
+    return ws
+
+
+def test_corked_frames_leave_in_one_write_in_order():
+    ws = websocket()
+    assert ws.cork() and not ws.cork()  # once
+    for i in range(3):
+        ws.send_message_text(b"3%d[]" % i)
+    assert ws.transport.writes == []
+    assert ws.unsent() == sum(len(message_frame(b"3%d[]" % i)) for i in range(3))
+    ws.uncork()
+    assert ws.transport.writes == [b"".join(message_frame(b"3%d[]" % i) for i in range(3))]
+    assert ws.unsent() == 0
+    ws.send_message_text(b"34[]")  # uncorked: written at once
+    assert ws.transport.writes[-1] == message_frame(b"34[]")
+
+
+def test_a_control_frame_follows_what_was_corked():
+    async def main():
+        ws = websocket()
+        ws.cork()
+        ws.send_message_text(b"30[]")
+        ws.close_transport(1000, "bye")
+        ws.send_message_text(b"31[]")  # closing: dropped
+        ws.uncork()
+        ws._close_timer.cancel()
+        return ws.transport.writes
+
+    first, close = asyncio.run(main())  # nothing held back, nothing written twice
+    assert first == message_frame(b"30[]")
+    assert close[0] == 0x88  # the close frame, after the data
+
+
+def test_corked_output_counts_against_the_outbound_limit():
+    ws = websocket(max_outbound=64)
+    ws.cork()
+    ws.send_message_text(b"x" * 40)
+    assert ws.session.overflows == []
+    ws.send_message_text(b"x" * 40)
+    assert ws.session.overflows and ws.session.overflows[0] > 64
+
+
+def test_large_frames_are_not_joined():
+    ws = websocket()
+    ws.cork()
+    ws.send_message_text(b"30[]")
+    ws.send_wire_frame((b"\x82\x7f" + (8).to_bytes(8, "big"), bytearray(b"12345678")))
+    ws.uncork()
+    assert ws.transport.writes == [message_frame(b"30[]") + b"\x82\x7f" + (8).to_bytes(8, "big")
+                                   + b"12345678"]
+
+
+class Owner:
+    """A session as its inbox sees it, writing one ack per message to a corked socket."""
+
+    def __init__(self, ws, server):
+        self.sid = "s1"
+        self.server = server
+        self.closed = False
+        self.close_reason = None
+        self.ws = ws
+
+    def cork(self):
+        return self.ws if self.ws.cork() else None
+
+    def close(self, *args, **kwargs):
+        self.closed = True
+
+
+class Server:
+    def __init__(self, ws, pause_on=()):
+        self.ws = ws
+        self.counters = EngineStats()
+        self.pause_on = pause_on
+
+    async def on_message(self, sid, data):
+        if data in self.pause_on:
+            await asyncio.sleep(0.01)  # a handler that waits for I/O
+            current = asyncio.current_task()
+            assert current is not None  # handlers run inside the consumer task
+        self.ws.send_message_text(b"3" + data.encode() + b"[]")
+
+    async def fire_disconnect(self, sid, reason):
+        pass
+
+
+def test_an_inbox_turn_is_written_once_and_flushed_before_waiting():
+    async def main():
+        ws = websocket()
+        server = Server(ws, pause_on=("3",))
+        inbox = Inbox(Owner(ws, server), lambda: None)
+        for i in range(6):
+            inbox.put(str(i))
+        while inbox.consumer is not None:
+            await asyncio.sleep(0.005)
+        return ws.transport.writes
+
+    writes = asyncio.run(main())
+    acks = [message_frame(b"3%d[]" % i) for i in range(6)]
+    # 0..2 in the first step, flushed before "3" waits; after its wait the turn's time is
+    # up (the task yields: "3" goes out), then the rest: never an ack held while it waits
+    assert writes == [b"".join(acks[:3]), acks[3], b"".join(acks[4:])]
