@@ -39,6 +39,7 @@ class Recorder(Protocol):
     async def park_foreign_call(self, sid: str, event: str, args: list[Any],
                                 origin: list[Any]) -> None: ...
     def pubsub_gap(self) -> None: ...
+    async def ended(self, sid: str) -> None: ...
 
 
 class ForeignAnswer:
@@ -58,13 +59,13 @@ class ForeignAnswer:
 
 
 class _Claim:
-    __slots__ = ("echo", "held", "holder_here")
+    __slots__ = ("echo", "held", "wait_held")
 
-    def __init__(self, holder_here: bool) -> None:
+    def __init__(self, wait_held: bool) -> None:
         loop = asyncio.get_running_loop()
         self.echo: asyncio.Future[None] = loop.create_future()  # our owner message back
         self.held: asyncio.Future[None] = loop.create_future()  # the holder's answer
-        self.holder_here = holder_here  # held here: nobody else needs to answer
+        self.wait_held = wait_held  # False when held here: nobody else has to answer
 
 
 class AwaySessions:
@@ -141,18 +142,20 @@ class AwaySessions:
 
     def begin_claim(self, sid: str) -> None:
         if sid not in self._claims:
-            self._claims[sid] = _Claim(holder_here=sid in self.held)
+            self._claims[sid] = _Claim(wait_held=sid not in self.held)
 
     def end_claim(self, sid: str) -> None:
         self._claims.pop(sid, None)
 
-    async def claim(self, sid: str) -> bool:
+    async def claim(self, sid: str, holder: bool = True) -> bool:
         """Make this node the one that records for `sid` (its rooms are entered here).
         True once our owner message came back and the node that held `sid` answered it
-        (or we held it); False after `timeout`: what open-webui sent it while it was
-        away may be lost."""
+        (or we held it, or `holder` is False: nobody is expected to); False after
+        `timeout`: what open-webui sent it while it was away may be lost."""
         self.begin_claim(sid)
         claim = self._claims[sid]
+        if not holder:
+            claim.wait_held = False
         try:
             await self.rooms.settled()
             channel = self.rooms.room_channel("/", sid) if self.room_channels else None
@@ -160,7 +163,7 @@ class AwaySessions:
                                     "host_id": self.host_id})
             if not await self.publish(message, channel):
                 return False
-            waits = [claim.echo] if claim.holder_here else [claim.echo, claim.held]
+            waits = [claim.echo, claim.held] if claim.wait_held else [claim.echo]
             await asyncio.wait_for(asyncio.gather(*map(asyncio.shield, waits)), self.timeout)
             return True
         except TimeoutError:

@@ -522,6 +522,9 @@ class SocketioBridge:
         sid, namespace = sid_of(data), namespace_of(data)
         if self.manager.is_connected(sid, namespace):
             await self.manager.server.disconnect(sid, namespace=namespace, ignore_queue=True)
+        elif sid in self.away.held and self.recorder is not None:
+            # away: it must not come back with what it had (e.g. after `access:updated`)
+            await self.recorder.ended(sid)
 
     def _on_room_member(self, data: dict[str, Any], enter: bool) -> None:
         sid, namespace, room = sid_of(data), namespace_of(data), room_of(data)

@@ -439,15 +439,33 @@ class RecoveryService:
             if not await self.state.drop(record.sid, record.node):
                 continue
             self.results["expired"] += 1
-            await self.state.drop_calls(record.sid)
-            if self.on_leave is not None:
-                # the features see the rooms the session had, as at any leave
-                self.sio.gone_rooms[record.sid] = record.rooms
-                try:
-                    await self.on_leave(record.sid,
-                                        Identity(record.user, record.name, record.role))
-                finally:
-                    self.sio.gone_rooms.pop(record.sid, None)
+            await self._leave(record)
+
+    async def _leave(self, record: SessionRecord) -> None:
+        """A session whose record this node dropped will not recover: its leave."""
+        await self.state.drop_calls(record.sid)
+        if self.on_leave is not None:
+            # the features see the rooms the session had, as at any leave
+            self.sio.gone_rooms[record.sid] = record.rooms
+            try:
+                await self.on_leave(record.sid,
+                                    Identity(record.user, record.name, record.role))
+            finally:
+                self.sio.gone_rooms.pop(record.sid, None)
+
+    async def ended(self, sid: str) -> None:
+        """open-webui disconnected a session that is away (held here): it must not
+        recover what it had (its access changed); its leave now."""
+        if self.bridge is not None:
+            self.bridge.away.release(sid)
+        try:
+            record = await self.state.get(sid)
+            if record is None or record.live or not await self.state.drop(sid, record.node):
+                return
+            self.results["ended_by_openwebui"] += 1
+            await self._leave(record)
+        except StoreError as exc:
+            log.warning("session %s: not ended for recovery: %s", sid, exc)
 
     # ------------------------------------------------------------------ keeping records
     async def sync(self) -> None:
@@ -531,8 +549,11 @@ class RecoveryService:
             self.results["forged"] += 1
             log.info("recovery of %s refused: pid does not match the session", sid)
             return False
+        # a live record whose connection nobody lets go: its node died, and nobody held
+        # the session's rooms on open-webui's pub/sub since
+        unheld = False
         if record.live or self.sio.manager.is_connected(sid, "/"):
-            await self._take_over(sid, record)
+            unheld = not await self._take_over(sid, record)
         try:
             taken = await self.state.take(sid, record.secret)
         except StoreError:
@@ -541,12 +562,13 @@ class RecoveryService:
             self.results["raced"] += 1
             return False
         ip = (environ or {}).get("REMOTE_ADDR", "")
-        await self._restore(eio_sid, sid, secret, taken, identity, auth, ip)
+        await self._restore(eio_sid, sid, secret, taken, identity, auth, ip, unheld)
         return True
 
-    async def _take_over(self, sid: str, record: SessionRecord) -> None:
+    async def _take_over(self, sid: str, record: SessionRecord) -> bool:
         """The old connection is still open (a half-open TCP not timed out yet): let it go,
-        here or on its node, and wait (bounded) until it is gone."""
+        here or on its node, and wait (bounded) until it is gone. False when it was not let
+        go in time (its node is dead)."""
         manager = self.sio.manager
         if manager.is_connected(sid, "/"):
             await self._let_go(sid)
@@ -564,13 +586,15 @@ class RecoveryService:
             except StoreError:
                 gone = False
             if gone:
-                return
+                return True
             await asyncio.sleep(0.02)
         log.warning("recovery of %s: the old connection was not let go within %g s",
                     sid, TAKEOVER_WAIT)
+        return False
 
     async def _restore(self, eio_sid: str, sid: str, secret: str, record: SessionRecord,
-                       identity: Identity, auth: dict[str, Any], ip: str) -> None:
+                       identity: Identity, auth: dict[str, Any], ip: str,
+                       unheld: bool = False) -> None:
         gateway = self.gateway
         assert gateway is not None
         manager = self.sio.manager
@@ -590,7 +614,8 @@ class RecoveryService:
             await gateway.rebind(sid, identity, auth.get("token"), ip)
             # from here on this node records open-webui's emits for it (the node that
             # held it did so up to here); not confirmed: what it sent may be lost
-            if self.bridge is not None and not await self.bridge.away.claim(sid):
+            if self.bridge is not None and (
+                    not await self.bridge.away.claim(sid, holder=not unheld) or unheld):
                 reason = "unrecorded"
             offset = auth.get("offset")
             start = offset if isinstance(offset, str) else record.since

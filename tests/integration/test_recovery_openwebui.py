@@ -293,6 +293,8 @@ async def test_a_lost_pub_sub_makes_an_away_tabs_recovery_fail_cleanly(
             await sock.wait_disconnect(timeout=WAIT)
             bridge = h.app.backend.bridge
             lost = bridge.stats["listen_errors"]
+            await bridge.settled()  # the leave's room changes applied: the reader alone
+            await asyncio.sleep(0.2)  # (a kill during a SUBSCRIBE trips redis-py itself)
             admin = redis_server.server.client()
             try:
                 assert admin.client_kill_filter(_type="pubsub") >= 1
@@ -305,3 +307,28 @@ async def test_a_lost_pub_sub_makes_an_away_tabs_recovery_fail_cleanly(
             assert again["recovered"] is False and again["sid"] == sid
             assert h.app.recovery.results["failed_unrecorded"] == 1
             await sock.disconnect()
+
+
+async def test_open_webui_disconnecting_a_tab_that_is_away_ends_it(
+        tmp_path, node_driver, redis_server):
+    """open-webui disconnects a sid after its access changed (`access:updated`, then a
+    disconnect): a tab that is away at the time does not come back with its rooms; it
+    gets a new session when it reconnects."""
+    channel = f"socketio-{uuid.uuid4().hex[:10]}"
+    async with appliance(tmp_path, redis_server, channel) as h:
+        foreign = await ForeignServer(redis_server, channel, True).start()
+        try:
+            tok = await h.user("ann")
+            async with away_tab(h, node_driver, tok, reconnectionDelay=1500,
+                                reconnectionDelayMax=1500) as (sock, proxy):
+                sid = sock.sid
+                proxy.cut()
+                await sock.wait_disconnect(timeout=WAIT)
+                await foreign.sio.disconnect(sid)
+                await until(lambda: h.app.recovery.results["ended_by_openwebui"] == 1,
+                            "the away session ended")
+                again = await sock.wait_notification("connect", timeout=WAIT * 2)
+                assert again["recovered"] is False and again["sid"] != sid
+                await sock.disconnect()
+        finally:
+            await foreign.die()
