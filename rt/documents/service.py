@@ -593,10 +593,18 @@ class CollabService:
 
     async def _flush_content(self, document_id: str) -> None:
         self._content_timers.pop(document_id, None)
-        text = self.pending_content.pop(document_id, None)
-        editor = self._content_editor.pop(document_id, None)
-        if text is not None and editor is not None:
+        text = self.pending_content.get(document_id)
+        editor = self._content_editor.get(document_id)
+        if text is None or editor is None:
+            return
+        try:
             await self._store_content(document_id, text, editor)
+        finally:
+            # pending until written (a read of the store after that finds it), unless a
+            # newer content came meanwhile: that one has its own timer
+            if self.pending_content.get(document_id) is text:
+                del self.pending_content[document_id]
+                self._content_editor.pop(document_id, None)
 
     async def _store_content(self, document_id: str, text: str, editor: Identity) -> None:
         try:

@@ -56,6 +56,16 @@ async def setup_note(h, owner="a", read=(), write=(), note="n1"):
     assert status == 200, body
 
 
+async def two_writers(h) -> tuple[Editor, Editor]:
+    """Users a and b, both writers of note n1 (a owns it), each joined with a replica."""
+    await setup_note(h, owner="a", write=["b"])
+    a = Editor(await h.connect(await h.user("a")), PyReplica())
+    b = Editor(await h.connect(await h.user("b")), PyReplica())
+    await a.join()
+    await b.join()
+    return a, b
+
+
 async def eventually(pred: Callable[[], bool], timeout: float = WAIT, what: str = "") -> None:
     deadline = time.monotonic() + timeout
     while not pred():
@@ -393,11 +403,7 @@ async def test_a_crashed_document_host_costs_nothing_stored(tmp_path):
     loads the documents from the store at next use; editing goes on, nothing acked is
     lost, and the appliance itself never stopped serving."""
     async with documents(tmp_path) as h:
-        await setup_note(h, owner="a", write=["b"])
-        a = Editor(await h.connect(await h.user("a")), PyReplica())
-        b = Editor(await h.connect(await h.user("b")), PyReplica())
-        await a.join()
-        await b.join()
+        a, b = await two_writers(h)
         await a.type(0, "before ")
         await eventually(lambda: b.pull() == "before ")
         first = h.collab.host.generation
@@ -490,11 +496,7 @@ async def test_size_limits(tmp_path):
 async def test_compaction_keeps_the_merged_state_and_survives_restart(tmp_path):
     ini = "[documents]\ncompaction_threshold = 10\n"
     async with documents(tmp_path, ini) as h:
-        await setup_note(h, owner="a", write=["b"])
-        a = Editor(await h.connect(await h.user("a")), PyReplica())
-        b = Editor(await h.connect(await h.user("b")), PyReplica())
-        await a.join()
-        await b.join()
+        a, b = await two_writers(h)
         for i in range(35):
             editor = a if i % 2 else b
             editor.pull()
@@ -558,11 +560,7 @@ async def test_rendered_content_is_debounced_and_flushed_on_stop(tmp_path):
 
 async def test_documents_api(tmp_path):
     async with documents(tmp_path) as h:
-        await setup_note(h, owner="a", write=["b"])
-        a = Editor(await h.connect(await h.user("a")), PyReplica())
-        b = Editor(await h.connect(await h.user("b")), PyReplica())
-        await a.join()
-        await b.join()
+        a, b = await two_writers(h)
         await a.type(0, "to be deleted")
         assert (await h.api("GET", f"/api/v1/documents/{DOC}", key=None))[0] == 401
         assert (await h.api("GET", f"/api/v1/documents/{DOC}", key="wrong-key-123"))[0] == 401
