@@ -403,11 +403,14 @@ class SqliteStore:
         def run(db: sqlite3.Connection) -> StoredDocument | None:
             with _read_transaction(db):
                 row = db.execute(
-                    "SELECT snapshot, content, updated_at, last_seq FROM documents WHERE id = ?",
+                    "SELECT rowid, length(snapshot), content, updated_at, last_seq"
+                    " FROM documents WHERE id = ?",
                     (document_id,),
                 ).fetchone()
                 if row is None:
                     return None
+                rowid, size, content, updated_at, last_seq = row
+                snapshot = None if size is None else _read_snapshot(db, rowid)
                 updates = [
                     blob
                     for (blob,) in db.execute(
@@ -415,7 +418,6 @@ class SqliteStore:
                         (document_id,),
                     )
                 ]
-            snapshot, content, updated_at, last_seq = row
             return StoredDocument(document_id, snapshot, updates, last_seq, content, updated_at)
 
         return await self._read(run)
@@ -464,6 +466,14 @@ class SqliteStore:
 
         return await self._read(run)
 
+
+
+def _read_snapshot(db: sqlite3.Connection, rowid: int) -> bytes:
+    """A document's snapshot through SQLite's blob API, which copies it into the new bytes
+    with the interpreter lock released: a 32 MB snapshot read as a column value holds the
+    lock (and so the event loop) for the whole copy."""
+    with db.blobopen("documents", "snapshot", rowid, readonly=True) as blob:
+        return blob.read()
 
 
 def _append(db: sqlite3.Connection, document_id: str, update: bytes) -> int:
