@@ -88,7 +88,11 @@ async function connectOne(url, path, user, timeoutMs) {
       path, transports: ["websocket"], auth: { token: token(user) },
       forceNew: true, reconnection: false, timeout: timeoutMs,
     });
+    // socket.io-client's `timeout` covers the Engine.IO handshake only: a namespace CONNECT
+    // that the server never answers would wait for ever, so the whole connect has a limit too
+    const timer = setTimeout(() => done("connect timeout (no CONNECT answer)"), timeoutMs + 5000);
     const done = (err) => {
+      clearTimeout(timer);
       sock.off("connect"); sock.off("connect_error");
       resolve(err ? { err, sock } : { sock });
     };

@@ -3,8 +3,8 @@
 reference Node socket.io 4.8 server, on node:http (`ws`) and on uWebSockets.js, side by side
 in one run.
 
-    python bench/run.py            # full run (10k idle connections, 1000-member room), <= 15 min
-    python bench/run.py --quick    # CI-sized run, ~2 min
+    python bench/run.py            # full run (10k idle connections, 1000-member room), <= 25 min
+    python bench/run.py --quick    # CI-sized run, ~3 min
 
 Each scenario is run for every server in turn (A, B, C, A, B, C, ...) for several rounds and
 the median is reported. Results: a markdown table printed and written to
@@ -97,7 +97,7 @@ PROFILES = {
         rounds=3, conns=10000, warmup_conns=50, settle=3.0, connect_concurrency=50,
         rtt_clients=50, rtt_rate=500, rtt_duration=8.0, echo_inflight=10, echo_duration=6.0,
         room=1000, typing_senders=4, fixed_rate=5, fixed_duration=6.0,
-        sat_messages=100, emit_concurrency=4, deadline=1200, gen_check=True, scaling=True),
+        sat_messages=100, emit_concurrency=4, deadline=1500, gen_check=True, scaling=True),
 }
 
 
@@ -627,11 +627,18 @@ class Bench:
         parts = split(others, len(receivers))
         placement = [(self.driver, senders)] + list(zip(receivers, parts))
         workers = [w for w, _ in placement]
-        call_all([(w, "connect", dict(url=server.url, path="/ws/socket.io", users=us,
-                                      concurrency=50))
-                  for w, us in placement], timeout=60 + len(room) / 20)
+        conns = call_all([(w, "connect", dict(url=server.url, path="/ws/socket.io", users=us,
+                                              concurrency=50))
+                          for w, us in placement], timeout=60 + len(room) / 20)
         out: dict[str, Any] = {}
         try:
+            if sum(c["failed"] for c in conns):
+                errors: dict[str, int] = {}
+                for c in conns:
+                    for k, v in c["errors"].items():
+                        errors[k] = errors.get(k, 0) + v
+                raise BenchError(f"{server.kind}: {sum(c['failed'] for c in conns)} of "
+                                 f"{len(room)} room members could not connect: {errors}")
             joined = call_all([(w, "emit_all", dict(event="user-join", data={}))
                                for w in workers], timeout=60)
             if sum(j["acked"] for j in joined) != len(room):
@@ -745,13 +752,21 @@ def block_scaling(bench: Bench) -> dict:
                 DEADLINE.check("workers scaling")
                 log(f"workers scaling round {rnd + 1}: {kind}, {n} workers")
                 server = Server(kind, bench.run_dir, f"workers{n}-{rnd}", ini=appliance_ini(n),
-                                workers=n).start()
+                                workers=n)
                 try:
+                    server.start()
                     bench.register(server, max(p["room"], p["rtt_clients"]))
                     put_channel(server, bench.users[:p["room"]])
                     tag = f"-{'cl' if kind == 'node-cluster' else 'w'}{n}"
                     r = bench.block_fanout(server, rnd, tag=tag, only=("emit_sat", "typing_sat"))
                     r["echo"] = bench.block_rtt(server, rnd, echo_only=True, tag=tag)["echo"]
+                except BenchError as exc:
+                    # one failed configuration is reported, the others still run
+                    DEADLINE.check("workers scaling")
+                    log(f"  failed: {exc}")
+                    out.setdefault("errors", []).append(f"{LABELS[kind]}, {n} workers, round "
+                                                        f"{rnd + 1}: {exc}")
+                    continue
                 finally:
                     server.stop()
                 out["rounds"].setdefault(f"{kind}/{n}", []).append(r)
@@ -818,6 +833,9 @@ def render_scaling(scaling: dict, summary: dict, info: dict) -> str:
     if scaling["rounds"]:
         lines += ["", "Deliveries check: " + ("every expected delivery and ack arrived." if not
                                                short else "MISSING: " + "; ".join(short) + ".")]
+    if scaling.get("errors"):
+        lines += ["", "Failed runs (left out of the medians):", ""]
+        lines += [f"- {e}" for e in scaling["errors"]]
     return "\n".join(lines) + "\n"
 
 
@@ -1158,7 +1176,7 @@ def preflight(install: bool, servers: tuple[str, ...] | list[str] = SERVERS,
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="CI-sized run (~2 min)")
+    ap.add_argument("--quick", action="store_true", help="CI-sized run (~3 min)")
     ap.add_argument("--rounds", type=int, help="rounds per scenario (default 3)")
     ap.add_argument("--workers", type=int, default=2,
                     help="receiving load-generator processes (default 2; plus one driver)")
