@@ -41,7 +41,9 @@ async def relay_state(request) -> AsyncIterator[MemoryRelayState | RedisRelaySta
                          key_prefix=unique_prefix())
     client = target.client()
     try:
-        yield RedisRelayState(client, target.key_prefix, lock_wait=0.5)
+        # the production wait and more: four transactions queue for one lock, and on a
+        # loaded machine a cluster's round trips stretch (a wait of 0.5 s timed out)
+        yield RedisRelayState(client, target.key_prefix, lock_wait=5.0)
     finally:
         await close_quietly(client)
 
