@@ -20,7 +20,8 @@ returns False): never a replay with a hole presented as complete.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
 import orjson
@@ -38,6 +39,8 @@ class Recorder(Protocol):
     async def record_foreign(self, event: str, args: list[Any], sids: list[str]) -> bool: ...
     async def park_foreign_call(self, sid: str, event: str, args: list[Any],
                                 origin: list[Any]) -> None: ...
+    async def keep_foreign_call(self, sid: str, event: str, args: list[Any],
+                                origin: list[Any]) -> bool: ...
     def pubsub_gap(self) -> None: ...
     async def ended(self, sid: str) -> None: ...
 
@@ -134,6 +137,35 @@ class AwaySessions:
             return True
         except TimeoutError:
             return False
+
+    def split(self, recorder: Recorder, participants: Iterable[tuple[str, str]],
+              skipped: set[str]) -> tuple[list[str], list[str]]:
+        """Of an emit's local recipients: those it is recorded for here, and those that
+        recover here and whose claim is not back (the node that held them records)."""
+        recorded: list[str] = []
+        waiting: list[str] = []
+        for sid, _ in participants:
+            if sid in skipped:
+                continue
+            if sid in self._claims:
+                waiting.append(sid)
+            elif recorder.owns(sid):
+                recorded.append(sid)
+        return recorded, waiting
+
+    async def keep_call(self, recorder: Recorder, sids: list[str], elsewhere: str | None,
+                        event: str, args: list[Any], origin: list[Any]) -> Counter[str]:
+        """A call of open-webui's to sessions away from this node (kept, asked where they
+        recover), or to `elsewhere`, a session connected to no node here (kept when it
+        is recoverable: its node may have died). Returns the counts for the stats."""
+        counts: Counter[str] = Counter()
+        for sid in sids:
+            await recorder.park_foreign_call(sid, event, args, origin)
+            counts["calls_parked"] += 1
+        if elsewhere is not None and await recorder.keep_foreign_call(
+                elsewhere, event, args, origin):
+            counts["calls_kept_elsewhere"] += 1
+        return counts
 
     # ------------------------------------------------------------------ claiming
     def claiming(self, sid: str) -> bool:

@@ -412,7 +412,12 @@ class SocketioBridge:
         away = self.away.targets(room, skipped) if recorder is not None else []
         # the cheap look first: most emits are for rooms without a member on this node
         local = self.manager.has_local_target({"namespace": namespace, "room": room})
-        if not local and not away:
+        remote = data.get("callback")
+        # a call to a session of no node here (one channel: every node hears it): kept
+        # if that session is recoverable, in case its node died (calls.py)
+        elsewhere = (not local and not away and remote is not None
+                     and recorder is not None and isinstance(room, str))
+        if not local and not away and not elsewhere:
             self.stats["skipped_no_local_member"] += 1
             return
         args = data.get("data")
@@ -421,7 +426,6 @@ class SocketioBridge:
         if data.get("binary"):
             args = reconstruct_binary(args)
         payload: Any = args[0] if len(args) == 1 else tuple(args)
-        remote = data.get("callback")
         if remote is not None:
             if not (isinstance(remote, list) and len(remote) == 3
                     and isinstance(remote[0], str) and isinstance(remote[1], str)
@@ -432,21 +436,16 @@ class SocketioBridge:
                 await self.manager.emit(event, payload, namespace=namespace, room=room,
                                         skip_sid=skip_sid, callback=callback,
                                         ignore_queue=True)
-            for sid in away:  # asked when it is back, on whichever node
-                assert recorder is not None
-                await recorder.park_foreign_call(sid, event, args, callback.origin)
-                self.stats["calls_parked"] += 1
+            if recorder is not None:  # kept for where the sessions come back
+                self.stats.update(await self.away.keep_call(
+                    recorder, away, room if elsewhere and isinstance(room, str) else None,
+                    event, args, callback.origin))
             return
         recorded: list[str] = []
         waiting: list[str] = []  # recovering here: the node that held them records
         if recorder is not None and local:
-            for sid, _ in self.manager.get_participants(namespace, room):
-                if sid in skipped:
-                    continue
-                if self.away.claiming(sid):
-                    waiting.append(sid)
-                elif recorder.owns(sid):
-                    recorded.append(sid)
+            recorded, waiting = self.away.split(
+                recorder, self.manager.get_participants(namespace, room), skipped)
         recorded += away
         extra = set(waiting)
         if recorded and recorder is not None \

@@ -294,6 +294,20 @@ class RecoveryService:
         self.results["call_parked"] += 1
         await self.calls.made_for(sid, event, args, origin)
 
+    async def keep_foreign_call(self, sid: str, event: str, args: list[Any],
+                                origin: list[Any]) -> bool:
+        """A call of open-webui's to `sid`, connected to no node here (heard on the main
+        channel): kept, unsent, when `sid` is a recoverable session of another node (that
+        node may have died; if it lives, it keeps the same call under the same key)."""
+        try:
+            record = await self.state.get(sid)
+        except StoreError:
+            return False
+        if record is None or record.node == self.node_id:
+            return False
+        await self.calls.made_for(sid, event, args, origin)
+        return True
+
     def pubsub_gap(self) -> None:
         """The bridge lost open-webui's pub/sub for a while: what it sent this node's
         recoverable and away sessions meanwhile is unknown, so their recoveries across

@@ -417,3 +417,40 @@ async def test_leave_of_a_tab_that_never_returns_is_announced_by_another_node(
             await bob.disconnect()
         finally:
             await proxy.stop()
+
+
+async def test_open_webuis_call_after_a_node_sigkill_is_asked_with_one_channel(
+        tmp_path, node_driver, redis_server):
+    """open-webui with one pub/sub channel (WEBSOCKET_REDIS_ROOM_CHANNELS=false): every
+    node hears its calls. One made to a tab whose node was just SIGKILLed is kept by the
+    node that heard it, and asked when the tab is back on that node; open-webui's
+    `sio.call` gets the answer. (With room channels nobody hears it: see docs/protocol.md,
+    "Calls across a drop".)"""
+    from tests.contract.test_socketio_bridge import ForeignServer
+
+    channel = f"socketio-{uuid.uuid4().hex[:10]}"
+    async with fleet(tmp_path, redis_server) as f:
+        f.env = {**f.env, "RT_OPENWEBUI_PUBSUB_CHANNEL": channel,
+                 "RT_OPENWEBUI_ROOM_CHANNELS": "false"}
+        proc_a, a = await f.start("a")
+        _, b = await f.start("b")
+        tok = await b.user("ann")
+        foreign = await ForeignServer(redis_server, channel, False).start()
+        proxy = await CutProxy(proc_a.port).start()
+        try:
+            sock = await node_driver.connect("t", proxy.url, **opts(
+                tok, reconnectionDelay=1000, reconnectionDelayMax=1000, autoAck="ok"))
+            sid = sock.sid
+            proxy.target_port = int(b.url.rsplit(":", 1)[1])
+            proc_a.kill()  # SIGKILL: no goodbye
+            await sock.wait_disconnect(timeout=WAIT)
+            call = asyncio.ensure_future(
+                foreign.sio.call("events", {"q": 7}, to=sid, timeout=WAIT * 4))
+            again = await sock.wait_notification("connect", timeout=WAIT * 3)
+            assert again["sid"] == sid  # not complete (nobody held it), the same session
+            assert await asyncio.wait_for(call, WAIT * 3) == {"answer": "ok",
+                                                              "got": [{"q": 7}]}
+            await sock.disconnect()
+        finally:
+            await proxy.stop()
+            await foreign.die()
