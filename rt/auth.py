@@ -10,7 +10,6 @@ import math
 import re
 import time
 import warnings
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import jwt
@@ -20,8 +19,8 @@ HMAC_ALGORITHMS = {"HS256", "HS384", "HS512"}
 MAX_TOKEN_BYTES = 8192  # far above any real token; a hostile blob is refused unparsed
 # Tokens whose signature was verified, kept so that the token a tab sends again (its
 # `user-join`, its reconnects, its user's other tabs, the periodic re-verification) is not
-# checked again: at most this many, the least recently used dropped first, ~0.4 KB each.
-MAX_VERIFIED_TOKENS = 2048
+# checked again: at most this many (the oldest dropped first), about 0.2 KB each.
+MAX_VERIFIED_TOKENS = 1024
 
 _HASHES = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
 # a compact JWS in its canonical form: three non-empty base64url segments, no padding
@@ -30,8 +29,8 @@ _COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 _PLAIN_HEADER = frozenset({"alg", "typ", "kid"})
 
 
-def _digest(signed: str) -> bytes:
-    return hashlib.blake2b(signed.encode(), digest_size=16).digest()
+def _digest(token: str) -> bytes:
+    return hashlib.blake2b(token.encode(), digest_size=16).digest()
 
 
 def _segment(text: str) -> bytes | None:
@@ -94,9 +93,9 @@ class TokenVerifier:
             self._hmac_key = HMACAlgorithm(HMACAlgorithm.SHA256).prepare_key(secret)
         except (jwt.InvalidKeyError, ValueError, TypeError):
             pass
-        # signature segment → (digest of the signed part, the claims' JSON) of the tokens
-        # the fast path verified (compact: a connection's token is held by its session)
-        self._verified: OrderedDict[str, tuple[bytes, bytes]] = OrderedDict()
+        # digest of the token → its claims' JSON, for the tokens the fast path verified
+        # (compact: about 0.2 KB each; the token itself is held by its session)
+        self._verified: dict[bytes, bytes] = {}
         self.cache_hits = self.cache_misses = 0
 
     def _key_for(self, alg: str):
@@ -105,25 +104,24 @@ class TokenVerifier:
     def verify(self, token: object) -> dict:
         """The token's claims, or AuthError(token_missing | token_invalid | token_expired).
 
-        A token verified before is found by its signature (and its signed part compared):
-        the signature is not checked again, its times are, on every call. What a token
+        A token verified before is found by its digest (BLAKE2b, 128 bits, of the whole
+        token): the signature is not checked again, its times are, on every call. What a token
         means beyond its signature (open-webui's revocation markers, the user's state) is
         the identity sources' concern and is asked every time."""
         if token is None or token == "":
             raise AuthError("token_missing")
         if not isinstance(token, str) or len(token) > MAX_TOKEN_BYTES:
             raise AuthError("token_invalid", "token is not a string of sane length")
-        signed, _, signature = token.rpartition(".")
-        known = self._verified.get(signature)
-        if known is not None and known[0] == _digest(signed):
+        key = _digest(token)
+        raw_claims = self._verified.get(key)
+        if raw_claims is not None:
             self.cache_hits += 1
-            claims = json.loads(known[1])  # verified: what the fast path decoded before
+            claims = json.loads(raw_claims)  # verified: what the fast path decoded before
             try:
                 self._check_times(claims)
             except AuthError:
-                del self._verified[signature]  # expired: it will never pass again
+                del self._verified[key]  # expired: it will never pass again
                 raise
-            self._verified.move_to_end(signature)
             return claims
         self.cache_misses += 1
         verified = self._verify_hmac(token)
@@ -133,9 +131,9 @@ class TokenVerifier:
             return claims
         claims, raw_claims = verified
         self._check_times(claims)
-        self._verified[signature] = (_digest(signed), raw_claims)
-        if len(self._verified) > MAX_VERIFIED_TOKENS:
-            self._verified.popitem(last=False)
+        if len(self._verified) >= MAX_VERIFIED_TOKENS:
+            del self._verified[next(iter(self._verified))]  # the oldest
+        self._verified[key] = raw_claims
         return claims
 
     def _verify_hmac(self, token: str) -> tuple[dict, bytes] | None:
