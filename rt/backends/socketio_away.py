@@ -62,29 +62,43 @@ class ForeignAnswer:
 
 
 class _Claim:
-    __slots__ = ("echo", "held", "wait_held")
+    __slots__ = ("echo", "held", "wait_held", "early")
 
     def __init__(self, wait_held: bool) -> None:
         loop = asyncio.get_running_loop()
         self.echo: asyncio.Future[None] = loop.create_future()  # our owner message back
         self.held: asyncio.Future[None] = loop.create_future()  # the holder's answer
         self.wait_held = wait_held  # False when held here: nobody else has to answer
+        # emits after our owner message, before the holder's answer: recorded once the
+        # holder has recorded everything before it (its answer), so the log keeps their
+        # order even when the holder reads its messages later than we do
+        self.early: list[tuple[str, list[Any]]] = []
+
+    @property
+    def ours(self) -> bool:
+        return self.echo.done()
+
+    @property
+    def settled(self) -> bool:
+        return self.echo.done() and (self.held.done() or not self.wait_held)
 
 
 class AwaySessions:
     def __init__(self, rooms: RoomChannels, publish: Publish, host_id: str, *,
-                 room_channels: bool, channel: str, timeout: float) -> None:
+                 room_channels: bool, timeout: float) -> None:
         self.rooms = rooms
         self.publish = publish
         self.host_id = host_id
         self.room_channels = room_channels
-        self.channel = channel
         self.timeout = timeout
         self.held: dict[str, tuple[list[str], float]] = {}  # sid → its rooms, until when
         self._in: dict[str, set[str]] = {}  # room → away sids held here
         self._claims: dict[str, _Claim] = {}  # sids recovering here
         self._none_held = asyncio.Event()
         self._none_held.set()
+        # connection state recovery, when on (set by it): records what is sent to this
+        # node's recoverable sessions and to those held here
+        self.recorder: Recorder | None = None
 
     # ------------------------------------------------------------------ holding
     def hold(self, sid: str, rooms: list[str], until: float) -> None:
@@ -139,19 +153,28 @@ class AwaySessions:
             return False
 
     def split(self, recorder: Recorder, participants: Iterable[tuple[str, str]],
-              skipped: set[str]) -> tuple[list[str], list[str]]:
-        """Of an emit's local recipients: those it is recorded for here, and those that
-        recover here and whose claim is not back (the node that held them records)."""
+              skipped: set[str], event: str, args: list[Any]) -> tuple[list[str], list[str]]:
+        """Of an emit's local recipients: those it is recorded for here now, and those it
+        is not delivered to as before: recovering here, their claim not back (the node
+        that held them records it) or not answered yet (recorded at the answer)."""
         recorded: list[str] = []
         waiting: list[str] = []
         for sid, _ in participants:
             if sid in skipped:
                 continue
-            if sid in self._claims:
+            claim = self._claims.get(sid)
+            if claim is not None and not claim.settled:
                 waiting.append(sid)
+                if claim.ours:
+                    claim.early.append((event, args))
             elif recorder.owns(sid):
                 recorded.append(sid)
         return recorded, waiting
+
+    async def _record_early(self, sid: str, claim: _Claim) -> None:
+        while claim.early and self.recorder is not None:
+            event, args = claim.early.pop(0)
+            await self.recorder.record_foreign(event, args, [sid])
 
     async def keep_call(self, recorder: Recorder, sids: list[str], elsewhere: str | None,
                         event: str, args: list[Any], origin: list[Any]) -> Counter[str]:
@@ -201,6 +224,7 @@ class AwaySessions:
         except TimeoutError:
             return False
         finally:
+            await self._record_early(sid, claim)  # a claim not answered: all the same
             self._claims.pop(sid, None)
 
     async def on_owner(self, data: dict[str, Any]) -> None:
@@ -220,10 +244,11 @@ class AwaySessions:
             await self.publish(orjson.dumps({"method": HELD_METHOD, "sid": sid,
                                              "host_id": self.host_id, "to": host}), channel)
 
-    def on_held(self, data: dict[str, Any]) -> None:
+    async def on_held(self, data: dict[str, Any]) -> None:
         sid, to = data.get("sid"), data.get("to")
         if not isinstance(sid, str) or not isinstance(to, str):
             raise Malformed("held needs sid and to")
         claim = self._claims.get(sid)
         if to == self.host_id and claim is not None and not claim.held.done():
+            await self._record_early(sid, claim)  # before anything after the answer
             claim.held.set_result(None)

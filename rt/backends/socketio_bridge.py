@@ -32,10 +32,9 @@ before it. `settled()` waits for that, so an `enter_room` (or a connect: the sid
 returns only when an emit published after it cannot be missed. (That bookkeeping is
 socketio_rooms.py.)
 
-With connection state recovery (rt/recovery) an emit to this node's recoverable sessions,
-or to its sessions that are away (whose rooms stay subscribed: socketio_away.py), goes to
-the recorder, which keeps it in the recovery log for exactly those sessions and delivers
-it from there; a call to an away session is kept for its recovery.
+With connection state recovery an emit to this node's recoverable sessions, or to those
+away from it (socketio_away.py), is kept in the recovery log for exactly them and
+delivered from there; a call to an away session is kept for its recovery.
 
 Only JSON is accepted: a message that is not a JSON object (a pickle, as older
 python-socketio versions sent, or garbage), has fields of the wrong type or is larger than
@@ -72,7 +71,7 @@ from .redis_conn import (
     close_subscription,
 )
 from .redis_manager import RedisClientManager
-from .socketio_away import AwaySessions, ForeignAnswer, Recorder
+from .socketio_away import AwaySessions, ForeignAnswer
 from .socketio_protocol import (
     HELD_METHOD,
     MAX_MESSAGE_BYTES,
@@ -121,7 +120,8 @@ class SocketioBridge:
         # counters the integrator exports (see `counters`): received; one per method
         # handled (emit, callback, disconnect, enter_room, leave_room, close_room);
         # ignored (callbacks for other hosts, methods python-socketio 5.18 does not have);
-        # skipped_no_local_member;
+        # skipped_no_local_member; recorded, calls_parked, calls_kept_elsewhere, owner,
+        # held (connection state recovery: socketio_away.py);
         # refused_{pickle,not_json,malformed,too_large}; callbacks_published,
         # callbacks_failed; channels_subscribed, channels_unsubscribed; listen_errors,
         # handler_errors, subscribe_wait_timeouts
@@ -141,14 +141,10 @@ class SocketioBridge:
         self.filters: list[Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = []
         if room_channels:
             manager.room_watch = self
-        # connection state recovery, when on (set by the app): records what is sent to
-        # recoverable sessions of this node, and to the away ones held here
-        self.recorder: Recorder | None = None
         # sessions away from this node whose rooms stay subscribed, and which node records
         # for a session that recovers (socketio_away.py)
         self.away = AwaySessions(self.rooms, self.publish, self.host_id,
-                                 room_channels=room_channels, channel=channel,
-                                 timeout=self.timeout)
+                                 room_channels=room_channels, timeout=self.timeout)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self, wait: float | None = None) -> None:
@@ -203,9 +199,9 @@ class SocketioBridge:
         await self.rooms.settled()
 
     def _subscribed(self) -> None:
-        if self._first_subscribe.is_set() and self.recorder is not None:
+        if self._first_subscribe.is_set() and self.away.recorder is not None:
             # subscribed again after a loss: what came meanwhile was heard by nobody here
-            self.recorder.pubsub_gap()
+            self.away.recorder.pubsub_gap()
         self.listening = True
         self._first_subscribe.set()
         log.info("open-webui pub/sub subscribed to %s (%d channels) on %s", self.channel,
@@ -321,7 +317,7 @@ class SocketioBridge:
                 self.stats["owner"] += 1
                 return
             if method == HELD_METHOD:
-                self.away.on_held(data)
+                await self.away.on_held(data)
                 self.stats["held"] += 1
                 return
             if method == "callback":
@@ -408,13 +404,12 @@ class SocketioBridge:
         room = rooms_of(data.get("room"), "room")
         skip_sid = rooms_of(data.get("skip_sid"), "skip_sid")
         skipped = set([skip_sid] if isinstance(skip_sid, str) else skip_sid or ())
-        recorder = self.recorder if namespace == "/" else None
+        recorder = self.away.recorder if namespace == "/" else None
         away = self.away.targets(room, skipped) if recorder is not None else []
         # the cheap look first: most emits are for rooms without a member on this node
         local = self.manager.has_local_target({"namespace": namespace, "room": room})
         remote = data.get("callback")
-        # a call to a session of no node here (one channel: every node hears it): kept
-        # if that session is recoverable, in case its node died (calls.py)
+        # a call to a session of no node here (one channel): kept if it is recoverable
         elsewhere = (not local and not away and remote is not None
                      and recorder is not None and isinstance(room, str))
         if not local and not away and not elsewhere:
@@ -445,7 +440,8 @@ class SocketioBridge:
         waiting: list[str] = []  # recovering here: the node that held them records
         if recorder is not None and local:
             recorded, waiting = self.away.split(
-                recorder, self.manager.get_participants(namespace, room), skipped)
+                recorder, self.manager.get_participants(namespace, room), skipped,
+                event, args)
         recorded += away
         extra = set(waiting)
         if recorded and recorder is not None \
@@ -521,9 +517,9 @@ class SocketioBridge:
         sid, namespace = sid_of(data), namespace_of(data)
         if self.manager.is_connected(sid, namespace):
             await self.manager.server.disconnect(sid, namespace=namespace, ignore_queue=True)
-        elif sid in self.away.held and self.recorder is not None:
+        elif sid in self.away.held and self.away.recorder is not None:
             # away: it must not come back with what it had (e.g. after `access:updated`)
-            await self.recorder.ended(sid)
+            await self.away.recorder.ended(sid)
 
     def _on_room_member(self, data: dict[str, Any], enter: bool) -> None:
         sid, namespace, room = sid_of(data), namespace_of(data), room_of(data)

@@ -252,7 +252,7 @@ class RecoveryService:
         to this node's recoverable sessions here, and answers open-webui's calls asked
         again after a recovery."""
         self.bridge = bridge
-        bridge.recorder = self
+        bridge.away.recorder = self
         self.calls.answer_foreign = bridge.answer
 
     def owns(self, sid: str) -> bool:
