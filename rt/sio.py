@@ -279,6 +279,21 @@ class SocketServer(socketio.AsyncServer):
         if (self.recovery is not None and pkt.id is not None and pkt.namespace in (None, "/")
                 and pkt.packet_type in (sio_packet.EVENT, sio_packet.BINARY_EVENT)):
             await self.recovery.sending(eio_sid, pkt)
+        # python-socketio's Packet.encode with orjson, written as bytes (CONNECT answers,
+        # refusals, calls); binary packets and unusual values take its own path
+        ptype = pkt.packet_type
+        if ptype != sio_packet.BINARY_EVENT and ptype != sio_packet.BINARY_ACK:
+            data = pkt.data
+            body = b"" if data is None else dumps_plain(data)
+            if body is not None:
+                namespace = pkt.namespace
+                head = str(ptype)
+                if namespace is not None and namespace != "/":
+                    head += namespace + ","
+                if pkt.id is not None:
+                    head += str(pkt.id)
+                self.eio.send_text(eio_sid, head.encode() + body)
+                return
         await super()._send_packet(eio_sid, pkt)
 
     async def _refuse_namespace(self, namespace, sid, environ, auth=None):
