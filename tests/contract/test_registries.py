@@ -404,11 +404,12 @@ async def test_retire_forgets_the_node(redis_env: RedisEnv) -> None:
 
 async def test_many_sessions_of_a_dead_node(redis_env: RedisEnv) -> None:
     a = redis_env.presence()
-    dying = redis_env.presence(node_ttl=0.3)
+    dying = redis_env.presence(node_ttl=1.0)
     n = 1200  # more than one reaping batch
     await asyncio.gather(*(dying.add(f"s{i}", f"u{i % 50}") for i in range(n)))
+    await dying.heartbeat()  # its lease renewed now: adding may have taken longer than it
     assert sum((await a.users()).values()) == n
-    await asyncio.sleep(0.4)
+    await asyncio.sleep(1.1)
     reaped = await a.dead_sessions()
     assert len(reaped) == n and len(set(reaped)) == n
     assert await a.users() == {}
