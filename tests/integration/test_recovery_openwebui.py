@@ -332,3 +332,52 @@ async def test_open_webui_disconnecting_a_tab_that_is_away_ends_it(
                 await sock.disconnect()
         finally:
             await foreign.die()
+
+
+async def test_the_handover_keeps_open_webuis_emits_in_order(
+        tmp_path, node_driver, redis_server):
+    """Node a held the tab and reads its messages late (its recording slowed here); the
+    tab recovers on node b, and open-webui's next emit reaches b right after b's claim,
+    before a has answered it: b records it once a has recorded everything before, so the
+    tab gets both, in open-webui's order."""
+    from tests.contract.conftest import unique_prefix
+    from tests.contract.test_socketio_bridge import appliance as node
+
+    channel = f"socketio-{uuid.uuid4().hex[:10]}"
+    prefix = unique_prefix()
+    foreign = manager_class(True)(redis_server.url, channel=channel, write_only=True)
+    async with node(tmp_path / "a", redis_server, channel, True, prefix) as a, \
+            node(tmp_path / "b", redis_server, channel, True, prefix) as b, closing(foreign):
+        tok = await a.user("ann")
+        proxy = await CutProxy(a.app.port).start()
+        try:
+            sock = await node_driver.connect("t", proxy.url, **opts(tok))
+            proxy.target_port = b.app.port
+            proxy.cut()
+            await sock.wait_disconnect(timeout=WAIT)
+            recorder = a.app.recovery
+            record = recorder.record_foreign
+
+            async def late(event: str, args: list, sids: list) -> bool:
+                await asyncio.sleep(1.0)
+                return await record(event, args, sids)
+            recorder.record_foreign = late  # type: ignore[method-assign]
+            away = b.app.backend.bridge.away
+            on_owner = away.on_owner
+            published: list[asyncio.Task] = []
+
+            async def claimed(data: dict) -> None:
+                await on_owner(data)
+                if data.get("host_id") == b.app.backend.bridge.host_id and not published:
+                    published.append(asyncio.ensure_future(
+                        foreign.emit("events", {"n": 2}, room="user:ann")))
+            away.on_owner = claimed  # type: ignore[method-assign]
+            await foreign.emit("events", {"n": 1}, room="user:ann")
+            again = await sock.wait_notification("connect", timeout=WAIT * 2)
+            assert again["recovered"] is True
+            await until(lambda: len(numbers(sock)) >= 2, "both events")
+            await asyncio.sleep(0.3)
+            assert numbers(sock) == [1, 2]
+            await sock.disconnect()
+        finally:
+            await proxy.stop()
