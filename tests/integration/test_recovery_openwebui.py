@@ -21,7 +21,7 @@ from tests.contract.test_socketio_bridge import ForeignServer, manager_class
 from tests.support.appliance import WAIT, Harness, running
 from tests.support.cut_proxy import CutProxy
 from tests.support.node_fixtures import node_driver, node_driver_factory  # noqa: F401
-from tests.support.redis_servers import redis_server  # noqa: F401 (fixture)
+from tests.support.redis_servers import Cluster, redis_cluster, redis_server  # noqa: F401
 
 pytestmark = pytest.mark.asyncio
 
@@ -52,12 +52,20 @@ def room_channels(request: pytest.FixtureRequest) -> bool:
     return request.param
 
 
+@pytest.fixture(params=["standalone", "cluster"])
+def topology(request: pytest.FixtureRequest) -> Any:
+    return request.getfixturevalue("redis_server" if request.param == "standalone"
+                                   else "redis_cluster")
+
+
 @contextlib.asynccontextmanager
 async def appliance(tmp_path: Any, redis: Any, channel: str,
                     room_channels: bool = True) -> AsyncIterator[Harness]:
     """One appliance in Redis mode, its bridge on `channel` (each test its own)."""
     env = {"WEBSOCKET_MANAGER": "redis", "WEBSOCKET_REDIS_URL": redis.url,
            "REDIS_KEY_PREFIX": f"rt-rw-{uuid.uuid4().hex[:10]}"}
+    if isinstance(redis, Cluster):
+        env["WEBSOCKET_REDIS_CLUSTER"] = "true"
     ini = (f"[openwebui]\npubsub_channel = {channel}\n"
            f"room_channels = {'true' if room_channels else 'false'}\n[log]\nlevel = warning\n")
     async with running(tmp_path, ini, env=env) as h:
@@ -87,15 +95,15 @@ async def away_tab(h: Harness, node_driver: Any, token: str, **extra: Any
 
 
 async def test_open_webuis_emits_to_a_tab_that_is_away_are_replayed(
-        tmp_path, node_driver, redis_server, room_channels):
+        tmp_path, node_driver, topology, room_channels):
     """The tab is the only member of its rooms: once it is away, no node has a member
     there. Its node keeps the rooms subscribed; what open-webui emits meanwhile (to the
     user's room, and to the tab's sid) is kept for it and replayed at its recovery, in
     order with the appliance's own emits."""
     channel = f"socketio-{uuid.uuid4().hex[:10]}"
-    foreign = manager_class(room_channels)(redis_server.url, channel=channel,
+    foreign = manager_class(room_channels)(topology.url, channel=channel,
                                            write_only=True)
-    async with appliance(tmp_path, redis_server, channel, room_channels) as h, \
+    async with appliance(tmp_path, topology, channel, room_channels) as h, \
             closing(foreign):
         def recorded() -> int:  # open-webui's emits the bridge has handled
             return h.app.backend.bridge.stats["emit"]
@@ -335,7 +343,7 @@ async def test_open_webui_disconnecting_a_tab_that_is_away_ends_it(
 
 
 async def test_the_handover_keeps_open_webuis_emits_in_order(
-        tmp_path, node_driver, redis_server):
+        tmp_path, node_driver, topology):
     """Node a held the tab and reads its messages late (its recording slowed here); the
     tab recovers on node b, and open-webui's next emit reaches b right after b's claim,
     before a has answered it: b records it once a has recorded everything before, so the
@@ -345,9 +353,9 @@ async def test_the_handover_keeps_open_webuis_emits_in_order(
 
     channel = f"socketio-{uuid.uuid4().hex[:10]}"
     prefix = unique_prefix()
-    foreign = manager_class(True)(redis_server.url, channel=channel, write_only=True)
-    async with node(tmp_path / "a", redis_server, channel, True, prefix) as a, \
-            node(tmp_path / "b", redis_server, channel, True, prefix) as b, closing(foreign):
+    foreign = manager_class(True)(topology.url, channel=channel, write_only=True)
+    async with node(tmp_path / "a", topology, channel, True, prefix) as a, \
+            node(tmp_path / "b", topology, channel, True, prefix) as b, closing(foreign):
         tok = await a.user("ann")
         proxy = await CutProxy(a.app.port).start()
         try:
