@@ -46,6 +46,22 @@ class StoredDocument:
 
 
 @dataclass(frozen=True)
+class DocumentTail:
+    """What a store holds of a document after a given seq: what a copy that is current up
+    to that seq lacks (a shared store: other nodes appended)."""
+
+    id: str
+    # the updates after the seq asked for, in order; None when the log no longer holds all
+    # of them (compacted past that seq): only a whole load brings such a copy up to date
+    updates: list[bytes] | None
+    last_seq: int
+    content: str | None
+    updated_at: float
+    stored_bytes: int  # the snapshot's and every logged update's bytes
+    log_count: int  # the updates logged since the snapshot
+
+
+@dataclass(frozen=True)
 class ChatMessage:
     chat_id: str
     message_id: str
@@ -112,6 +128,10 @@ class Store(Protocol):
         node, exactly one stores its update (the first write wins a seeding race)."""
 
     async def load_document(self, document_id: str) -> StoredDocument | None: ...
+    async def document_tail(self, document_id: str, after_seq: int) -> DocumentTail | None:
+        """The updates after `after_seq` (and the document's current figures), reading
+        nothing before them; None when the document is not stored."""
+
     async def compact_document(self, document_id: str, upto_seq: int, snapshot: bytes) -> None:
         """Atomically replace the snapshot and every update with seq <= upto_seq by
         `snapshot` (which must already contain them). Updates appended meanwhile stay."""

@@ -52,7 +52,7 @@ from typing import Any, TypeVar
 from redis.exceptions import NoScriptError
 
 from ..core.errors import StoreError
-from . import ChatMessage, Note, StoredDocument, User
+from . import ChatMessage, DocumentTail, Note, StoredDocument, User
 from .redis_conn import REDIS_ERRORS, AnyRedis, KeySpace, RedisUnavailable, close_quietly, redact
 from .redis_ops import Lua as Lua  # noqa: F401 - the import path of other modules
 from .redis_ops import RedisUser as RedisUser
@@ -71,6 +71,7 @@ from .redis_store_scripts import (
     SET_CHAT_READ,
     SET_CONTENT,
     SET_LAST_ACTIVE,
+    TAIL,
     UPDATE_MEMBERS,
 )
 
@@ -354,6 +355,16 @@ class RedisStore(RedisUser):
         (last_seq, updated_at, content), snapshot, updates = got
         return StoredDocument(document_id, snapshot, list(updates), int(last_seq or 0),
                               _s(content), float(updated_at))
+
+    async def document_tail(self, document_id: str, after_seq: int) -> DocumentTail | None:
+        meta, log_key, _, _ = self._doc(document_id)
+        got = await self._lua(TAIL, [meta, log_key], [int(after_seq)])
+        if got is None:
+            return None
+        (last_seq, updated_at, content, _, stored_bytes), count, updates = got
+        return DocumentTail(document_id, None if updates is None else list(updates),
+                            int(last_seq or 0), _s(content), float(updated_at),
+                            int(stored_bytes or 0), int(count))
 
     async def compact_document(self, document_id: str, upto_seq: int, snapshot: bytes) -> None:
         await self._lua(COMPACT, self._doc(document_id), [int(upto_seq), bytes(snapshot)])

@@ -154,6 +154,16 @@ if not m[2] then return false end
 return {m, redis.call('GET', KEYS[3]), redis.call('LRANGE', KEYS[2], 0, -1)}
 """)
 
+# KEYS: meta, log; ARGV: after_seq. The log holds the seqs after `base`.
+TAIL = Lua("""
+local m = redis.call('HMGET', KEYS[1], 'last_seq', 'updated_at', 'content', 'base', 'bytes')
+if not m[2] then return false end
+local count = redis.call('LLEN', KEYS[2])
+local skip = tonumber(ARGV[1]) - tonumber(m[4] or '0')
+if skip < 0 then return {m, count, false} end
+return {m, count, redis.call('LRANGE', KEYS[2], skip, -1)}
+""")
+
 # KEYS: meta, log, snap, stats; ARGV: upto_seq, snapshot
 COMPACT = Lua("""
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from ..core.errors import StoreError
-from . import ChatMessage, Note, StoredDocument, User
+from . import ChatMessage, DocumentTail, Note, StoredDocument, User
 from .sqlite_file import (
     check_disk,
     check_readable,
@@ -419,6 +419,36 @@ class SqliteStore:
                     )
                 ]
             return StoredDocument(document_id, snapshot, updates, last_seq, content, updated_at)
+
+        return await self._read(run)
+
+    async def document_tail(self, document_id: str, after_seq: int) -> DocumentTail | None:
+        def run(db: sqlite3.Connection) -> DocumentTail | None:
+            with _read_transaction(db):
+                row = db.execute(
+                    "SELECT content, updated_at, last_seq, stored_bytes FROM documents"
+                    " WHERE id = ?",
+                    (document_id,),
+                ).fetchone()
+                if row is None:
+                    return None
+                content, updated_at, last_seq, stored_bytes = row
+                first, count = db.execute(
+                    "SELECT MIN(seq), COUNT(*) FROM document_updates WHERE document_id = ?",
+                    (document_id,),
+                ).fetchone()
+                # the log holds every seq after `covered`; the snapshot the rest
+                covered = last_seq if first is None else first - 1
+                updates = None if after_seq < covered else [
+                    blob
+                    for (blob,) in db.execute(
+                        "SELECT blob FROM document_updates WHERE document_id = ? AND seq > ?"
+                        " ORDER BY seq",
+                        (document_id, after_seq),
+                    )
+                ]
+            return DocumentTail(document_id, updates, last_seq, content, updated_at,
+                                stored_bytes, count)
 
         return await self._read(run)
 

@@ -8,9 +8,9 @@ not the whole document:
 
 - **Loading** (the first use, after a failure, or after the host was restarted) reads the
   stored snapshot and log and has the host replay them.
-- **Catching up** (a shared store: several nodes append to one log) has the host apply
-  only the stored updates after `last_seq`; a log compacted past that point means a full
-  load.
+- **Catching up** (a shared store: several nodes append to one log) reads and has the
+  host apply only the stored updates after `last_seq` (`Store.document_tail`); a log
+  compacted past that point means a full load.
 - **A joiner's state** is encoded once and kept until the next change, so joins of a
   document nobody is editing cost nothing; right after a load of a compacted document it
   is the stored snapshot itself. (A joiner always gets one complete state: open-webui's
@@ -40,9 +40,8 @@ class LoadedDocument:
         self.sv: dict[int, int] = {}
         self.pairs: dict[int, set[int]] = {}  # surrogate pairs of its strings (see UpdateShape)
         self.exists = False  # stored
-        self.snapshot_bytes = 0
+        self.stored_bytes = 0  # the stored snapshot's and log's bytes
         self.log_count = 0  # stored updates since the snapshot
-        self.log_bytes = 0
         self.last_seq = 0
         self.behind = False  # other nodes stored updates this copy lacks: catch up
         self.content: str | None = None  # stored rendered content, JSON text
@@ -56,10 +55,6 @@ class LoadedDocument:
         """The host holds a current copy (a restarted host holds none; a host that is not
         running yet is the next one)."""
         return self.host.running and self.generation == self.host.generation
-
-    @property
-    def stored_bytes(self) -> int:
-        return self.snapshot_bytes + self.log_bytes
 
     def drop(self) -> None:
         """Forget the copy: rebuilt from the store at next use (the host's is replaced
@@ -96,7 +91,7 @@ class LoadedDocument:
         if stored is None:
             await self.host.call("load", self.id)
             self.generation, self.sv, self.pairs = self.host.generation, {}, {}
-            self.exists, self.snapshot_bytes, self.log_count, self.log_bytes = False, 0, 0, 0
+            self.exists, self.stored_bytes, self.log_count = False, 0, 0
             self.last_seq, self.content, self.updated_at = 0, None, None
             return
         parts = ([stored.snapshot] if stored.snapshot else []) + list(stored.updates)
@@ -107,43 +102,38 @@ class LoadedDocument:
         if stored.snapshot and not stored.updates and not answer["skipped"]:
             self.state = stored.snapshot
         self.exists = True
-        self.snapshot_bytes = len(stored.snapshot or b"")
+        self.stored_bytes = len(stored.snapshot or b"") + sum(len(u) for u in stored.updates)
         self.log_count = len(stored.updates)
-        self.log_bytes = sum(len(u) for u in stored.updates)
         self.last_seq = stored.last_seq
         self.content = stored.content
         self.updated_at = stored.updated_at
 
     async def catch_up(self, store: Store) -> None:
-        """Under lock: the in-memory copy gets what other nodes stored since it was current
-        (a shared store); loads it whole when it is not in memory or the log was compacted
-        past it."""
+        """Under lock: the loaded copy gets what other nodes stored since it was current
+        (a shared store), reading only that; loads it whole when it is not loaded or the
+        log was compacted past it."""
         if not self.loaded:
             await self.load(store)
             return
-        stored = await store.load_document(self.id)
-        if stored is None:
+        tail = await store.document_tail(self.id, self.last_seq)
+        if tail is None:
             if self.exists:  # deleted elsewhere
                 await self.load(store)
             return
-        first_seq = stored.last_seq - len(stored.updates) + 1
-        if stored.last_seq < self.last_seq or self.last_seq < first_seq - 1:
+        if tail.updates is None or tail.last_seq < self.last_seq:
             await self.load(store)  # compacted past this copy, or an older log
             return
-        new = list(stored.updates[self.last_seq - first_seq + 1:])
-        if new:
-            answer, _ = await self.host.call("catch_up", self.id, new)
+        if tail.updates:
+            answer, _ = await self.host.call("catch_up", self.id, tail.updates)
             for client, clocks in _pairs(answer).items():
                 self.pairs.setdefault(client, set()).update(clocks)
             self.sv = state_vector(answer)
             self.state = None
         self.exists = True
-        self.last_seq = stored.last_seq
-        self.snapshot_bytes = len(stored.snapshot or b"")
-        self.log_count = len(stored.updates)
-        self.log_bytes = sum(len(u) for u in stored.updates)
-        self.content = stored.content
-        self.updated_at = stored.updated_at
+        self.stored_bytes, self.log_count = tail.stored_bytes, tail.log_count
+        self.last_seq = tail.last_seq
+        self.content = tail.content
+        self.updated_at = tail.updated_at
         self.behind = False
 
     # ------------------------------------------------------------------ to joiners

@@ -122,6 +122,12 @@ def _content_text(content: Any, limit: int) -> str | None:
     return text
 
 
+# A writer whose updates are refused gets the state to resynchronise on, at most this
+# often (then once more at the end of the interval): a client sending refused updates in
+# a loop must not make the appliance send it the whole document for each of them.
+RESYNC_INTERVAL = 1.0
+
+
 # =========================================================================== service
 @dataclass
 class Editor:
@@ -131,6 +137,8 @@ class Editor:
     user_color: str | None
     identity: Identity  # access is re-checked with it when rights change
     level: str = "read"  # "write" or "read", decided at join, re-decided on an ACL change
+    resynced_at: float = -RESYNC_INTERVAL  # when it was last sent the state after a refusal
+    resync_due: bool = False  # one more is on its way (the refusals came faster)
 
 
 def directory_note_access(store: Store) -> NoteAccess:
@@ -267,6 +275,19 @@ class CollabService:
         editor = self.editors.get(document_id, {}).get(sid)
         if editor is None or editor.level != "write":
             return  # not joined, or never allowed to write: nothing diverged
+        wait = editor.resynced_at + RESYNC_INTERVAL - time.monotonic()
+        if wait <= 0:
+            await self._send_resync(editor, document_id)
+        elif not editor.resync_due:
+            editor.resync_due = True
+            asyncio.get_running_loop().call_later(wait, lambda: self.tasks.spawn(
+                f"resync {sid}", self._send_resync(editor, document_id)))
+
+    async def _send_resync(self, editor: Editor, document_id: str) -> None:
+        sid = editor.sid
+        if self.editors.get(document_id, {}).get(sid) is not editor:
+            return  # left meanwhile
+        editor.resynced_at, editor.resync_due = time.monotonic(), False
         try:
             async with self._use(document_id) as doc, doc.lock:
                 await self._current(doc)
@@ -371,7 +392,7 @@ class CollabService:
         else:
             doc.last_seq = seq
             doc.log_count += 1
-            doc.log_bytes += len(update)
+            doc.stored_bytes += len(update)
         doc.exists = True
         doc.updated_at = self.clock()
         self.counts["accepted"] += 1
@@ -560,7 +581,7 @@ class CollabService:
         await self._current(doc)
         snapshot = bytes(await doc.joiner_state())
         await self.store.compact_document(doc.id, doc.last_seq, snapshot)
-        doc.snapshot_bytes, doc.log_count, doc.log_bytes = len(snapshot), 0, 0
+        doc.stored_bytes, doc.log_count = len(snapshot), 0
         self.counts["compactions"] += 1
         log.debug("compacted %s into %d bytes", doc.id, len(snapshot))
 

@@ -349,6 +349,30 @@ async def test_compaction_keeps_later_updates(store: Store) -> None:
     assert (doc.snapshot, doc.updates, doc.last_seq) == (b"snapshot-0-5", [], later)
 
 
+async def test_document_tail_is_what_comes_after_a_seq(store: Store) -> None:
+    """A copy current up to a seq reads only what comes after it; a copy the log was
+    compacted past learns that it must load the whole document."""
+    assert await store.document_tail("note:a", 0) is None
+    seqs = [await store.append_update("note:a", f"u{i}".encode()) for i in range(5)]
+    await store.set_document_content("note:a", "text")
+    tail = await store.document_tail("note:a", seqs[1])
+    assert tail is not None and tail.updates == [b"u2", b"u3", b"u4"]
+    assert (tail.last_seq, tail.content, tail.stored_bytes, tail.log_count) == (
+        seqs[-1], "text", 10, 5)
+    assert (await store.document_tail("note:a", seqs[-1])).updates == []  # current
+    assert (await store.document_tail("note:a", 0)).updates == [f"u{i}".encode()
+                                                                 for i in range(5)]
+    await store.compact_document("note:a", seqs[2], b"snapshot-0-2")
+    tail = await store.document_tail("note:a", seqs[2])  # exactly what the snapshot covers
+    assert tail.updates == [b"u3", b"u4"]
+    assert (tail.stored_bytes, tail.log_count) == (len(b"snapshot-0-2") + 4, 2)
+    assert (await store.document_tail("note:a", seqs[1])).updates is None  # compacted past
+    await store.compact_document("note:a", seqs[-1], b"snapshot-0-4")
+    tail = await store.document_tail("note:a", seqs[-1])
+    assert (tail.updates, tail.log_count) == ([], 0)
+    assert (await store.document_tail("note:a", seqs[3])).updates is None
+
+
 async def test_compaction_is_atomic_with_concurrent_appends_and_loads(store: Store) -> None:
     for i in range(10):
         await store.append_update("note:a", f"u{i}".encode())

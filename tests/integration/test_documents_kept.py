@@ -45,6 +45,39 @@ async def test_a_node_holding_an_editor_answers_with_updates_acked_elsewhere(
         assert await api_text(b) == x.pull()
 
 
+async def test_a_kept_copy_reads_only_what_other_nodes_added(tmp_path, redis_server):
+    """Joins on a node that keeps the document loaded ask the store for the updates after
+    its copy's last seq, never for the whole document again."""
+    target = RedisTarget(url=redis_server.url, key_prefix=f"rt-it-{uuid.uuid4().hex[:10]}")
+    async with redis_node(tmp_path / "a", target) as a, redis_node(tmp_path / "b", target) as b:
+        await setup_note(a, owner="x", write=["y"], read=["z"])
+        x = Editor(await a.connect(await a.user("x")), PyReplica())
+        y = Editor(await b.connect(await b.user("y")), PyReplica())
+        await x.join()
+        await y.join()
+        await x.type(0, "kept on a ")
+        store = a.collab.store
+        whole, tails = [], []
+        real_load, real_tail = store.load_document, store.document_tail
+
+        async def load(document_id):
+            whole.append(document_id)
+            return await real_load(document_id)
+
+        async def tail(document_id, after_seq):
+            tails.append(after_seq)
+            return await real_tail(document_id, after_seq)
+
+        store.load_document, store.document_tail = load, tail
+        for word in ("one ", "two "):
+            await y.type(0, word)  # acked by node b
+            z = Editor(await a.connect(await a.user("z")), PyReplica())
+            await z.join()  # on node a, which holds x's copy
+            assert z.pull() == y.pull()
+            await z.client.disconnect()
+        assert whole == [] and len(tails) >= 2 and tails == sorted(tails)
+
+
 async def test_joins_of_a_kept_document_do_not_reload_it(tmp_path):
     async with documents(tmp_path) as h:
         await setup_note(h, owner="a", read=["b"])

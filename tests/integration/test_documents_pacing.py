@@ -3,8 +3,12 @@ refused for rate (open-webui's editor does not resend a refused one, so its note
 silently diverge); other events of the same socket still are."""
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 
+from rt.documents.service import RESYNC_INTERVAL
 from tests.integration.test_documents import DOC, Editor, PyReplica, api_text, setup_note
 from tests.support.appliance import WAIT, running
 
@@ -63,3 +67,30 @@ async def test_a_refused_update_is_followed_by_the_state_to_resynchronise(tmp_pa
         assert (await reader.send(reader.replica.insert(0, "no")))["error"] == "forbidden"
         await h.app.documents.tasks.settle(0.2)
         assert len(reader.client.rec.of("ydoc:document:state")) == before
+
+
+async def test_refusals_in_a_row_resynchronise_at_most_once_a_second(tmp_path):
+    """A writer whose updates are refused again and again is sent the state once at once
+    and once more at the end of the interval, never once per refusal."""
+    ini = "[documents]\nmax_update_bytes = 300\n[limits]\nevents_per_second = 1000\n"
+    async with running(tmp_path, ini) as h:
+        await setup_note(h, owner="a")
+        editor = Editor(await h.connect(await h.user("a")), PyReplica("pycrdt"))
+        await editor.join()
+        await editor.type(0, "kept")
+        states = len(editor.client.rec.of("ydoc:document:state"))
+        started = time.monotonic()
+        for _ in range(20):
+            ack = await editor.send(editor.replica.insert(0, "x" * 400))
+            assert ack["error"] == "too_large"
+        elapsed = time.monotonic() - started
+        await asyncio.sleep(RESYNC_INTERVAL + 0.5)  # the trailing one, for the later refusals
+        await h.app.documents.tasks.settle(WAIT)
+        sent = len(editor.client.rec.of("ydoc:document:state")) - states
+        # at once, and at the end of each interval the refusals went on into (one of them
+        # when 20 refusals take less than a second, as they do but on a crawling machine)
+        assert 2 <= sent <= 2 + int(elapsed / RESYNC_INTERVAL), (sent, elapsed)
+        last = editor.client.rec.of("ydoc:document:state")[-1]
+        check = PyReplica("pycrdt")
+        check.apply(last["state"])
+        assert check.value() == "kept"

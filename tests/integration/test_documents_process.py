@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+import threading
 import time
+from typing import Any
 
 import pycrdt
 import pytest
@@ -125,6 +127,39 @@ async def test_restart_keeps_documents_and_content(tmp_path):
         await h.close()
 
 
+class ThreadedClient:
+    """A python-socketio AsyncClient on an event loop of its own thread, for a test that is
+    synchronous (hypothesis). Not the sync `socketio.Client`: its Engine.IO client hands
+    every message to a new thread, so the attachment of a binary event (the state sent
+    after a refused update) can overtake its header, and the next message (an ack) is then
+    taken for the attachment and lost."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.client = socketio.AsyncClient(reconnection=False)
+
+    def run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(WAIT + 5)
+
+    def connect(self, base: str, token: str) -> None:
+        self.run(self.client.connect(base, socketio_path="/ws/socket.io",
+                                     transports=["websocket"], auth={"token": token},
+                                     wait_timeout=WAIT))
+
+    def call(self, event: str, data: Any) -> Any:
+        return self.run(self.client.call(event, data, timeout=WAIT))
+
+    def close(self) -> None:
+        try:
+            self.run(self.client.disconnect())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(WAIT)
+            self.loop.close()
+
+
 def rich_update() -> bytes:
     """A full state with text, formatting, an emoji, maps, arrays and XML."""
     doc = pycrdt.Doc(client_id=0x5EED)
@@ -144,23 +179,21 @@ def test_hostile_updates_are_all_refused_and_never_crash_or_block(tmp_path):
     proc.start()
     base = f"http://127.0.0.1:{proc.port}"
     auth = {"Authorization": f"Bearer {API_KEY}"}
-    client = socketio.Client(reconnection=False)
+    client = ThreadedClient()
     try:
         for path, body in (("/api/v1/users/a", {"name": "A"}),
                            ("/api/v1/notes/n1", {"owner": "a"})):
             assert requests.put(base + path, json=body, headers=auth, timeout=WAIT).ok
         token = TokenVerifier(SECRET).issue("a", 3600, {})
-        client.connect(base, socketio_path="/ws/socket.io", transports=["websocket"],
-                       auth={"token": token}, wait_timeout=WAIT)
-        assert client.call("ydoc:document:join", {"document_id": DOC}, timeout=WAIT) == {"ok": True}
+        client.connect(base, token)
+        assert client.call("ydoc:document:join", {"document_id": DOC}) == {"ok": True}
         replica = PyReplica()
         good = replica.insert(0, "still 😀 here")
         slowest = [0.0]
 
         def send(update) -> dict:
             started = time.monotonic()
-            ack = client.call("ydoc:document:update", {"document_id": DOC, "update": update},
-                              timeout=WAIT)
+            ack = client.call("ydoc:document:update", {"document_id": DOC, "update": update})
             slowest[0] = max(slowest[0], time.monotonic() - started)
             return ack
 
@@ -191,17 +224,16 @@ def test_hostile_updates_are_all_refused_and_never_crash_or_block(tmp_path):
 
         # never crashed, never blocked; the document is intact and still editable
         assert proc.proc.poll() is None
-        assert slowest[0] < 1.0, slowest
-        state = client.call("ydoc:document:state", {"document_id": DOC}, timeout=WAIT)
+        assert slowest[0] < 3.0, slowest  # no update stalls the decoder (a loaded CI box: slack)
+        state = client.call("ydoc:document:state", {"document_id": DOC})
         assert state is None
-        other = socketio.Client(reconnection=False)
+        other = ThreadedClient()
         got: list[dict] = []
         # the first argument (an offset of connection state recovery may follow)
-        other.on("ydoc:document:state", lambda data, *offset: got.append(data))
-        other.connect(base, socketio_path="/ws/socket.io", transports=["websocket"],
-                      auth={"token": token}, wait_timeout=WAIT)
+        other.client.on("ydoc:document:state", lambda data, *offset: got.append(data))
+        other.connect(base, token)
         try:
-            ack = other.call("ydoc:document:join", {"document_id": DOC}, timeout=WAIT)
+            ack = other.call("ydoc:document:join", {"document_id": DOC})
             assert ack == {"ok": True}
             deadline = time.monotonic() + WAIT
             while not got and time.monotonic() < deadline:
@@ -210,8 +242,8 @@ def test_hostile_updates_are_all_refused_and_never_crash_or_block(tmp_path):
             check.apply(got[0]["state"])
             assert check.value() == "still 😀 here"
         finally:
-            other.disconnect()
+            other.close()
         assert send(replica.insert(0, ">")) == {"ok": True}
     finally:
-        client.disconnect()
+        client.close()
         assert proc.stop() == 0
