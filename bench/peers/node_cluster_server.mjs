@@ -52,6 +52,23 @@ else worker();
 function primary() {
   const httpServer = createServer();
   setupMaster(httpServer, { loadBalancingMethod: "least-connection" });
+  // @socket.io/sticky 2.0.1 hands a connection without a request body (a websocket upgrade)
+  // to a worker by sending its handle over IPC. Node keeps the primary's copy of the handle
+  // open, still reading (into a no-op), until the worker acknowledges it: a client frame that
+  // arrives in between (the namespace CONNECT right after the 101) is read here and lost
+  // (about 1 in 1000 connects under load: a client that never connects). So reading stops at
+  // the first chunk of such a connection, before sticky's own "data" listener sends the
+  // handle (prepended; sticky removes the listeners before it in its "connection" handler,
+  // which runs first): what follows stays in the kernel for the worker.
+  httpServer.on("connection", (socket) => {
+    socket.prependOnceListener("data", (chunk) => {
+      const end = chunk.indexOf("\r\n\r\n");
+      const head = chunk.subarray(0, end < 0 ? chunk.length : end).toString().toLowerCase();
+      if (head.includes("content-length:") || head.includes("transfer-encoding:")) return;
+      socket.pause();
+      if (socket._handle && typeof socket._handle.readStop === "function") socket._handle.readStop();
+    });
+  });
   setupPrimary(); // cluster-adapter: relays the workers' broadcasts
   cluster.setupPrimary({ serialization: "advanced" });
 
