@@ -784,6 +784,9 @@ SCALING_METRICS = [("emit_sat.deliveries_per_s", "fan-out deliveries/s (HTTP emi
 
 def render_scaling(scaling: dict, summary: dict, info: dict) -> str:
     counts = ", ".join(str(n) for n in scaling["cores"])
+    refs = [kind for kind in ("node", "node-uws")
+            if summary.get("rtt.echo.rate", {}).get(kind) is not None
+            or summary.get("fanout.emit_sat.deliveries_per_s", {}).get(kind) is not None]
     lines = [f"## Workers scaling: {counts} cores", ""]
     if not scaling["available"]:
         lines += ["The appliance: **not available** — it has no `[server] workers` option "
@@ -796,9 +799,11 @@ def render_scaling(scaling: dict, summary: dict, info: dict) -> str:
               f"`node socket.io cluster (ws)`: socket.io {info.get('peers.socket.io')} on "
               f"node:cluster, @socket.io/sticky {info.get('cluster.sticky')} in the primary, "
               f"@socket.io/cluster-adapter {info.get('cluster.adapter')} between the workers "
-              "(the primary's CPU counts). The single-process Node servers of the main table for reference. On a "
-              "machine with as many cores as workers the load generator shares them: compare "
-              "the curves, not the ceilings.", "",
+              "(the primary's CPU counts)."
+              + (" The single-process Node servers of the main table for reference." if refs
+                 else "")
+              + " On a machine with as many cores as workers the load generator shares them: "
+              "compare the curves, not the ceilings.", "",
               "| server | workers | " + " | ".join(label for _, label in SCALING_METRICS)
               + " | ×1 | server cores used (emit / typing / echo) |",
               "|---|---:|" + "---:|" * len(SCALING_METRICS) + "---:|---:|"]
@@ -815,10 +820,7 @@ def render_scaling(scaling: dict, summary: dict, info: dict) -> str:
             lines.append(f"| {LABELS[kind]} | {n} | "
                          + " | ".join(fmt(vals[path]) for path, _ in SCALING_METRICS)
                          + f" | {x1} | {cores} |")
-    for kind in ("node", "node-uws"):
-        if summary.get("rtt.echo.rate", {}).get(kind) is None and summary.get(
-                "fanout.emit_sat.deliveries_per_s", {}).get(kind) is None:
-            continue
+    for kind in refs:
         cells = [fmt(summary.get(f"{'rtt' if path.startswith('echo') else 'fanout'}.{path}",
                                  {}).get(kind)) for path, _ in SCALING_METRICS]
         lines.append(f"| {LABELS[kind]} | 1 | " + " | ".join(cells) + " | – | – |")
@@ -1330,10 +1332,15 @@ def main(argv: list[str] | None = None) -> int:
             text += "\n" + render_scaling(scaling, summary, info)
         if flood_text:
             text += "\n" + flood_text
-    else:  # the flood block alone
-        text = (f"# flood — {day} ({mode})\n\nMachine: {info.get('cpu_model')}, "
+    else:  # the flood block and/or the workers-scaling block alone
+        what = " and ".join(x for x, on in (("flood", flood_text), ("workers scaling", scaling))
+                            if on)
+        text = (f"# {what} — {day} ({mode})\n\nMachine: {info.get('cpu_model')}, "
                 f"{info.get('nproc')} cores, load average at the end "
-                f"{os.getloadavg()[0]:.2f}.\n\n" + (flood_text or "")
+                f"{os.getloadavg()[0]:.2f}; appliance commit {info.get('commit')}"
+                + (f" with uncommitted changes in {info['appliance_changes']} file(s)"
+                   if info.get("appliance_changes") else "") + ".\n\n" + (flood_text or "")
+                + ("\n" if flood_text and scaling else "")
                 + (render_scaling(scaling, summary, info) if scaling else "")
                 + "".join(f"\n- {n}" for n in bench.notes))
     print(text)
