@@ -13,6 +13,10 @@ file, the schema and the transactions are in sqlite_file.py.
 
 Readiness (`ping`) reads, it never writes: every real write tells the store how the write
 path fares, so a probe needs no fsync of its own to know (see `ping`).
+
+Longer than most modules: it is the whole Store contract (users, channels, read markers,
+chat messages, notes, documents) in SQL, each method a closure for the writing or the
+reading thread; split by kind of record, each part would repeat that plumbing.
 """
 from __future__ import annotations
 
