@@ -13,6 +13,7 @@ import pytest
 from tests.support.appliance import Harness, running
 from tests.support.cut_proxy import CutProxy
 from tests.support.node_fixtures import node_driver, node_driver_factory  # noqa: F401
+from tests.support.waits import until
 
 pytestmark = pytest.mark.asyncio
 
@@ -44,15 +45,6 @@ async def emit(h, user, n, event="events"):
 
 def numbers(sock, event="events"):
     return [args[0]["n"] for args in sock.received(event)]
-
-
-async def until(check, what, timeout=WAIT):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def drop_and_emit(h, proxy, sock, user, numbers_missed):

@@ -17,6 +17,7 @@ from tests.support.appliance import WAIT, ApplianceProcess, Harness, running
 from tests.support.cut_proxy import CutProxy
 from tests.support.node_fixtures import node_driver, node_driver_factory  # noqa: F401
 from tests.support.redis_servers import redis_cluster, redis_server  # noqa: F401 (fixtures)
+from tests.support.waits import until
 
 pytestmark = pytest.mark.asyncio
 
@@ -81,15 +82,6 @@ async def emit(h: Harness, user: str, n: int) -> None:
 
 def numbers(sock) -> list[int]:
     return [args[0]["n"] for args in sock.received("events")]
-
-
-async def until(check, what: str, timeout: float = WAIT * 2) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def across_nodes(tmp_path, topology, node_driver, graceful: bool) -> None:

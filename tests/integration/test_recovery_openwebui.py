@@ -22,6 +22,7 @@ from tests.support.appliance import WAIT, Harness, running
 from tests.support.cut_proxy import CutProxy
 from tests.support.node_fixtures import node_driver, node_driver_factory  # noqa: F401
 from tests.support.redis_servers import Cluster, redis_cluster, redis_server  # noqa: F401
+from tests.support.waits import until
 
 pytestmark = pytest.mark.asyncio
 
@@ -36,15 +37,6 @@ def opts(token: str, **extra: Any) -> dict:
 
 def numbers(sock: Any) -> list[int]:
     return [args[0]["n"] for args in sock.received("events")]
-
-
-async def until(check: Any, what: str, timeout: float = WAIT * 2) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture(params=[True, False], ids=["room-channels", "one-channel"])
