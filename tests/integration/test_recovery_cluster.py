@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import statistics
 import time
+import urllib.request
 import uuid
 
 import pytest
@@ -84,6 +85,16 @@ def numbers(sock) -> list[int]:
     return [args[0]["n"] for args in sock.received("events")]
 
 
+async def recovery_outcomes(h: Harness) -> list[str]:
+    """The node's recovery counters (rt_recovery_total by result), to say why one failed."""
+    def read() -> str:
+        with urllib.request.urlopen(h.url + "/metrics", timeout=WAIT) as answer:
+            return answer.read().decode()
+
+    return [line for line in (await asyncio.to_thread(read)).splitlines()
+            if line.startswith("rt_recovery_total")]
+
+
 async def across_nodes(tmp_path, topology, node_driver, graceful: bool) -> None:
     async with fleet(tmp_path, topology) as f:
         if not graceful:
@@ -116,7 +127,9 @@ async def across_nodes(tmp_path, topology, node_driver, graceful: bool) -> None:
                 "sid": sid, "event": "confirm", "data": {"q": 1}, "timeout_s": WAIT * 2})
             ) if graceful else None
             again = await sock.wait_notification("connect", timeout=WAIT * 2)
-            assert again["recovered"] is True and again["sid"] == sid
+            assert again["recovered"] is True and again["sid"] == sid, (
+                again, await recovery_outcomes(b))
+            assert any('result="recovered"' in line for line in await recovery_outcomes(b))
             if call is not None:
                 assert await asyncio.wait_for(call, WAIT * 3) == (
                     200, {"ack": {"answer": "ok", "got": [{"q": 1}]}})
