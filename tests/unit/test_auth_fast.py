@@ -11,16 +11,7 @@ import pytest
 
 from rt import auth
 from rt.auth import AuthError, TokenVerifier
-
-SECRET = "s" * 64
-
-
-class Clock:
-    def __init__(self):
-        self.now = time.time()
-
-    def __call__(self):
-        return self.now
+from tests.unit.test_auth_clock import SECRET, Clock
 
 
 def b64(raw: bytes) -> str:
