@@ -80,7 +80,7 @@ class LoadedDocument:
         if not answer["ok"]:
             self.drop()
             return None
-        self.state = None
+        self.changed()
         return state_vector(answer)
 
     # ------------------------------------------------------------------ from the store

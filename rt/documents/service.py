@@ -384,7 +384,6 @@ class CollabService:
                         update: bytes, wire: Any) -> None:
         """Under doc.lock, once the store has the update as `seq`: bookkeeping, the relay
         and, past the threshold, a compaction."""
-        doc.changed()
         if seq != doc.last_seq + 1:
             # other nodes appended meanwhile: this copy catches up from its own last_seq
             # at next use (this update again among them: applying it twice changes nothing)
