@@ -100,6 +100,9 @@ def admin_key_ok(expected: str, authorization: str | None) -> bool:
     return api_key_matches(expected, f"Bearer {password}")
 
 
+WORKER_LOCAL = "X-RT-Worker-Local"
+
+
 class MetricsHandler(BaseHandler):
     def initialize(self, metrics: Metrics) -> None:  # type: ignore[override]
         self.metrics = metrics
@@ -107,7 +110,12 @@ class MetricsHandler(BaseHandler):
     async def get(self) -> None:
         await self.metrics.refresh()
         self.set_header("Content-Type", CONTENT_TYPE)
-        self.finish(self.metrics.exposition())
+        body = self.metrics.exposition()
+        # workers: one view of them all, from whichever worker the scrape reached (the
+        # header asks a worker for its own figures: the others ask so when gathering)
+        if self.metrics.gather is not None and not self.request.headers.get(WORKER_LOCAL):
+            body = await self.metrics.gather(body)
+        self.finish(body)
 
 
 class _AdminBase(BaseHandler):

@@ -60,6 +60,9 @@ from .sio import SocketServer
 from .typing_gate import TypingGate
 from .usage.events import UsageEvents
 from .usage.service import UsageService
+from .workers.gather import WorkerMetrics
+from .workers.role import WorkerRole
+from .workers.routing import HandoffReceiver, Siblings
 
 log = logging.getLogger("rt.app")
 
@@ -132,11 +135,15 @@ def proxy_trusted(allowed: tuple[str, ...], peer: str) -> bool:
 
 class Appliance:
     def __init__(self, settings: Any, backend: Backend | None = None,
-                 announce: Callable[[str], None] | None = None):
+                 announce: Callable[[str], None] | None = None,
+                 role: WorkerRole | None = None):
+        """`role`: this process is one of the workers of `[server] workers` (told so by
+        its supervisor), else None."""
         self.announce = announce or (lambda msg: log.info("%s", msg))
         self.settings = resolve_secrets(settings, self.announce)
         s = self.settings
-        self.backend = backend or build_backend(s)
+        self.role = role
+        self.backend = backend or build_backend(s, broker=role.broker if role else "")
         if not self.backend.node_id:
             self.backend.node_id = f"{socket.gethostname()}-{os.getpid()}"
         self.node_id = self.backend.node_id
@@ -246,6 +253,18 @@ class Appliance:
             observe=self.metrics.observe_request,
             check_api=self.limits.check_api,
         )
+        # ---------------------------------------------------------------- other workers
+        self.siblings: Siblings | None = None
+        self.handoff: HandoffReceiver | None = None
+        self.sibling_http: tornado.httpserver.HTTPServer | None = None
+        if role is not None:
+            self.sio.engine.sid_prefix = f"{role.index}."
+            # a passed-on long-poll waits as long as one of its own may, and then some
+            self.siblings = Siblings(role, s.server.ping_interval + s.server.ping_timeout + 10)
+            self.sio.engine.siblings = self.siblings
+            self.handoff = HandoffReceiver(self.sio.engine, role.handoff_socket(role.index))
+            self.metrics.gather = WorkerMetrics(role).gather
+            self.metrics.sources.append(self.siblings)
         self.web = self.web_app()
         self.http: tornado.httpserver.HTTPServer | None = None
         self.metrics_http: tornado.httpserver.HTTPServer | None = None
@@ -369,17 +388,26 @@ class Appliance:
         await self.backend.start()
         if self.recovery is not None:  # one node: what its previous run kept
             self.recovery.load_from(self._recovery_file())
-        self.http = ProxyAwareHTTPServer(
-            self.web,
-            # the API's own limit (reloadable) is checked per request; this one bounds reads
-            max_body_size=max(s.server.max_message_bytes, s.limits.api_max_body_bytes) + 65536,
-            idle_connection_timeout=max(60.0, s.server.ping_interval + s.server.ping_timeout),
-        )
+        # the API's own limit (reloadable) is checked per request; this one bounds reads
+        max_body = max(s.server.max_message_bytes, s.limits.api_max_body_bytes) + 65536
+        idle = max(60.0, s.server.ping_interval + s.server.ping_timeout)
+        self.http = ProxyAwareHTTPServer(self.web, max_body_size=max_body,
+                                         idle_connection_timeout=idle)
         self.http.trusted = self._trusted_proxies
-        sockets = tornado.netutil.bind_sockets(s.server.port, s.server.host,
-                                               family=socket.AF_UNSPEC)
+        role = self.role
+        sockets = (role.listening_sockets() if role is not None else  # bound by the supervisor
+                   tornado.netutil.bind_sockets(s.server.port, s.server.host,
+                                                family=socket.AF_UNSPEC))
         self.http.add_sockets(sockets)
         self.port = sockets[0].getsockname()[1]
+        if role is not None and self.handoff is not None:
+            # requests and websockets of this worker's sessions that reached another one
+            self.sibling_http = ProxyAwareHTTPServer(self.web, max_body_size=max_body,
+                                                     idle_connection_timeout=idle)
+            self.sibling_http.trusted = lambda: ("*",)  # only the other workers reach it
+            self.sibling_http.add_socket(tornado.netutil.bind_unix_socket(
+                role.sibling_socket(role.index), mode=0o600))
+            self.handoff.start()
         if s.server.metrics_listen:
             host, _, port = s.server.metrics_listen.rpartition(":")
             self.metrics_http = tornado.httpserver.HTTPServer(tornado.web.Application(
@@ -413,9 +441,12 @@ class Appliance:
             self.tasks.start("dead sessions", every(
                 "dead sessions", self.backend.dead_session_interval, self.announce_dead_sessions))
         self.started_at = time.time()
-        self.announce(
-            f"rt-appliance listening on http://{s.server.host}:{self.port}"
-            f"{s.server.socketio_path} ({self.backend.description})")
+        if role is not None:  # its supervisor says "listening" once every worker is ready
+            self.announce(f"ready (pid {os.getpid()}, {self.backend.description})")
+        else:
+            self.announce(
+                f"rt-appliance listening on http://{s.server.host}:{self.port}"
+                f"{s.server.socketio_path} ({self.backend.description})")
         sdnotify.ready(f"listening on {s.server.host}:{self.port}")
         watchdog = sdnotify.watchdog_interval()
         if watchdog:
@@ -459,6 +490,11 @@ class Appliance:
             await self.sio.engine.tasks.stop()  # python-socketio's own background tasks
             if self.metrics_http is not None:
                 self.metrics_http.stop()
+            if self.handoff is not None:
+                self.handoff.close()
+            if self.sibling_http is not None:
+                self.sibling_http.stop()
+                await self.sibling_http.close_all_connections()
             logging.getLogger("rt").removeHandler(self.recent_errors)
         log.info("stopped")
 

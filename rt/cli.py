@@ -94,11 +94,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(settings, reload_settings) -> int:
-    from .app import Appliance
+    from .app import Appliance, resolve_secrets
     from .backends.factory import BackendError
     from .core.errors import StoreError
+    from .workers.role import WorkerRole, die_with_parent
 
-    logs.setup(settings.log.level)
+    role = WorkerRole.from_env(os.environ)
+    count = config.worker_count(settings.server.workers)
+    logs.setup(settings.log.level, process=role.name if role is not None else "")
+    if role is None and count > 1:
+        from .workers import supervisor
+
+        # generated once, here: the workers then all read the same files
+        settings = resolve_secrets(settings, lambda m: print(m, flush=True))
+        return supervisor.serve(settings, count)
+    if role is not None:
+        die_with_parent()  # the one-file binary's Python child too, not only its bootloader
+    announce = (lambda m: print(f"{role.name}: {m}", flush=True)) if role is not None else (
+        lambda m: print(m, flush=True))
     runner: Callable[[Coroutine[Any, Any, int]], int]
     try:
         import uvloop  # noqa: PLC0415 - optional speed-up, chosen at start not import
@@ -108,7 +121,7 @@ def _serve(settings, reload_settings) -> int:
 
     async def run() -> int:
         try:
-            appliance = Appliance(settings, announce=lambda m: print(m, flush=True))
+            appliance = Appliance(settings, announce=announce, role=role)
             await appliance.start()
         except (BackendError, StoreError, OSError) as exc:
             print(f"cannot start: {exc}", file=sys.stderr)
@@ -141,7 +154,7 @@ def _serve(settings, reload_settings) -> int:
 
         loop.add_signal_handler(signal.SIGHUP, reload)
         await stop.wait()
-        print("stopping", flush=True)
+        announce("stopping")
         await appliance.stop()
         return 0
 

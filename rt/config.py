@@ -103,6 +103,33 @@ def number(*, above: float | None = None, at_least: float | None = None) -> Type
     return Type(f"number {bound}, fractions allowed", parse, _number_text)
 
 
+WORKERS_CAP = 16  # `auto` stops here: beyond, the shared broker and SQLite file are the limit
+
+
+def _workers(text: str) -> int:
+    """`auto` is 0 (one per core the process may run on, at most WORKERS_CAP)."""
+    if text.strip().lower() == "auto":
+        return 0
+    try:
+        n = int(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is neither 'auto' nor a number of workers") from None
+    if not 1 <= n <= 64:
+        raise ValueError(f"{text!r} is out of range 1..64")
+    return n
+
+
+def worker_count(configured: int) -> int:
+    """The number of workers `[server] workers` asks for, `auto` resolved on this box."""
+    if configured:
+        return configured
+    try:
+        cores = len(os.sched_getaffinity(0))  # the cores this process may use (taskset, cgroups)
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, WORKERS_CAP))
+
+
 def choice(*values: str) -> Type:
     listed = ", ".join(repr(v) for v in values)
 
@@ -328,6 +355,17 @@ class ServerSettings:
     drain_rate: float = opt(
         "500", NON_NEGATIVE, "Sessions disconnected per second when draining on SIGTERM, so "
         "clients reconnect elsewhere without a thundering herd; 0 = all at once.", reload=True)
+    workers: int = opt(
+        "auto", Type(f"auto (one per core, at most {WORKERS_CAP}) or integer 1..64", _workers,
+                     lambda n: str(n) if n else "auto"),
+        "Worker processes serving the one port, each on a core of its own. Above one, the "
+        "workers share a private broker the appliance starts (on embedded state) or the "
+        "configured Redis, and a polling client is served by the worker that holds its "
+        "session whichever worker its request reaches.")
+    worker_broker: str = opt(
+        "", path(required=False), "The broker program the workers share on embedded state; "
+        "empty = the valkey-server the appliance ships, else valkey-server or redis-server "
+        "(>= 7) on PATH.")
     metrics_listen: str = opt(
         "", Type("empty or host:port", _listen), "Serve /metrics on this separate host:port "
         "only (e.g. 127.0.0.1:9100); empty = on the main listener.")

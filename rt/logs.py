@@ -19,14 +19,16 @@ class JournalFormatter(logging.Formatter):
         return "\n".join(f"<{prio}>{line}" for line in super().format(record).splitlines())
 
 
-def setup(level: str, stream=None) -> None:
+def setup(level: str, stream=None, process: str = "") -> None:
+    """`process` names the process in every line ("worker 2"), when there are several."""
     stream = stream or sys.stderr
     handler = logging.StreamHandler(stream)
+    who = f"[{process}] " if process else ""
     if os.environ.get("JOURNAL_STREAM"):
-        handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
+        handler.setFormatter(JournalFormatter(f"{who}%(name)s: %(message)s"))
     else:
         handler.setFormatter(logging.Formatter(
-            "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     set_level(level)

@@ -75,6 +75,9 @@ class Metrics:
             "rt_event_loop_lag_seconds", "How late the event loop ran a timer, last sample",
             registry=self.registry)
         self.snapshot = ClusterFigures(store_up=False)
+        # with workers: this worker's exposition in, every worker's figures out
+        # (rt.workers.gather); None for one process
+        self.gather: Callable[[bytes], Awaitable[bytes]] | None = None
         self.registry.register(_Live(self))
         ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, cpu, fds
 

@@ -115,6 +115,9 @@ class Backend:
     # the Redis client of the deployment (None on embedded state), shared with services
     # that keep keys another program reads (open-webui's pools and revocation markers)
     redis: AnyRedis | None = None
+    # the Redis the appliance's own nodes share (the deployment's, or the private broker
+    # of the workers of one box; None for one process): connection-state recovery
+    nodes_redis: AnyRedis | None = None
     # one line for the start-up message: the name and where the state is, without
     # credentials ("sqlite: ./data/rt-appliance.sqlite3", "redis: redis://host:6379/0")
     description: str = ""
@@ -191,12 +194,17 @@ class RedisBackend(Backend):
         return await self._parts()[0].nodes()
 
 
-def build_backend(settings: BackendSettings) -> Backend:
+def build_backend(settings: BackendSettings, broker: str = "") -> Backend:
+    """`broker`: the Unix socket of the broker the workers of one box share ([server]
+    workers on embedded state), empty for one process."""
     manager = settings.state.manager
     if manager in EMBEDDED:
         from .sqlite_store import SqliteStore
 
         path = os.path.join(settings.state.data_dir, SQLITE_FILE)
+        if broker:
+            return build_workers_backend(settings, SqliteStore(path), broker,
+                                         f"sqlite: {path}, workers sharing a broker")
         return Backend(
             name="sqlite",
             store=SqliteStore(path),
@@ -210,8 +218,25 @@ def build_backend(settings: BackendSettings) -> Backend:
     raise BackendError(f"unknown state manager {manager!r}")
 
 
-def build_redis_backend(settings: BackendSettings,
-                        target: RedisTarget | None = None) -> RedisBackend:
+def build_workers_backend(settings: BackendSettings, store: Store, broker: str,
+                          description: str) -> RedisBackend:
+    """The workers of one box on embedded state: each a node of the Redis backend on the
+    private broker (rt.workers.broker), for everything nodes share, and the SQLite file
+    for what is stored. Nothing in the broker is open-webui's: no pub/sub bridge, and no
+    client for the services that keep keys open-webui reads (`redis` stays None)."""
+    from .redis_conn import RedisTarget
+
+    state = settings.state
+    target = RedisTarget(url=f"unix://{broker}", key_prefix=state.key_prefix,
+                         command_timeout=state.redis_timeout)
+    backend = build_redis_backend(settings, target, bridge=False)
+    backend.name, backend.store, backend.description = "sqlite", store, description
+    backend.redis = None
+    return backend
+
+
+def build_redis_backend(settings: BackendSettings, target: RedisTarget | None = None,
+                        bridge: bool = True) -> RedisBackend:
     from .encryption_state import RedisRelayState
     from .redis_conn import RedisConfigError, RedisTarget
     from .redis_editors import RedisEditors
@@ -229,22 +254,22 @@ def build_redis_backend(settings: BackendSettings,
     keys, where = target.keys(), target.describe()
     presence = RedisPresence(client, keys, node_ttl=settings.state.node_ttl, where=where)
     manager = RedisClientManager(target)
-    openwebui, bridge = settings.openwebui, None
-    if openwebui.pubsub:
+    openwebui, pubsub = settings.openwebui, None
+    if bridge and openwebui.pubsub:
         try:
-            bridge = SocketioBridge(manager, target, channel=openwebui.pubsub_channel,
+            pubsub = SocketioBridge(manager, target, channel=openwebui.pubsub_channel,
                                     room_channels=openwebui.room_channels)
         except ValueError as exc:
             raise BackendError(f"[openwebui] pubsub_channel: {exc}") from None
         if openwebui.mirror_emits:
-            manager.mirror = bridge.mirror
+            manager.mirror = pubsub.mirror
     return RedisBackend(
         name="redis",
         store=RedisStore(client, keys, where=where),
         presence=presence,
         usage=RedisUsage(client, keys, where=where),
         client_manager=manager,
-        bridge=bridge,
+        bridge=pubsub,
         encryption=RedisRelayState(client, target.key_prefix, where=where),
         editors=RedisEditors(client, keys, presence, where=where),
         node_id=presence.node_id,
@@ -253,6 +278,7 @@ def build_redis_backend(settings: BackendSettings,
         loops=[Loop("presence heartbeat", presence.heartbeat_interval, presence.heartbeat)],
         dead_session_interval=min(DEAD_SESSION_INTERVAL, presence.heartbeat_interval),
         redis=client,
+        nodes_redis=client,
         description=f"redis: {target.summary()}",
         leases=presence,
         cluster=manager,

@@ -278,6 +278,8 @@ class RedisTarget:
                                                         redis_class=SentinelRedis)
             client.owned_sentinel = sentinel
             return client
+        if urlsplit(self.url).scheme == "unix":
+            kw.pop("socket_keepalive", None)  # a TCP option: refused on a Unix socket
         return Redis.from_url(self.url, **kw)
 
 

@@ -3,6 +3,7 @@ every commit, the schema migrated), transactions, and the checks readiness relie
 Everything here runs on the store's one worker thread."""
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -197,6 +198,18 @@ def connect_reader(path: str) -> sqlite3.Connection:
 
 
 def _migrate(db: sqlite3.Connection, path: str) -> None:
+    # Several processes open the file at once (the workers of one box): one migrates while
+    # the others wait on this lock, then find the schema current. (Each migration's own
+    # BEGIN IMMEDIATE comes after the version was read, so it cannot be the guard.)
+    with open(path + ".migrate-lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            _migrate_locked(db, path)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _migrate_locked(db: sqlite3.Connection, path: str) -> None:
     (version,) = db.execute("PRAGMA user_version").fetchone()
     if version > SCHEMA_VERSION:
         raise StoreError(

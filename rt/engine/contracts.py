@@ -31,6 +31,25 @@ class EngineStats:
     inbound_backlogged: int = 0
 
 
+class Siblings(Protocol):
+    """The other workers of the box ([server] workers), as the engine's handler reaches
+    them: a session lives in the worker that opened it, and a request for it that reaches
+    another worker is passed on (rt.workers.routing implements this)."""
+
+    def elsewhere(self, sid: str) -> bool:
+        """The session `sid` belongs to another worker."""
+
+    async def forward(self, request: Any, closed: Awaitable[None]
+                      ) -> tuple[int, list[tuple[str, str]], bytes]:
+        """Send a polling request to the session's worker; its answer (status, headers,
+        body). `closed` resolves when the client goes away: the request is withdrawn, so
+        its worker knows the long-poll is gone."""
+
+    def hand_off(self, sid: str, sock: Any, key: str, environ: dict[str, Any]) -> None:
+        """Give the socket of a websocket upgrading `sid` (handshake not yet answered) to
+        the session's worker; this worker keeps nothing of it."""
+
+
 class SessionRef(Protocol):
     """A session as its server files it."""
 

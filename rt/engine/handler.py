@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from typing import Any
 
 import orjson
@@ -61,6 +62,7 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
         self._pending_bytes = 0
         self._closing = False
         self._reading: asyncio.Future[None] | None = None  # set while reading is held
+        self._gone: asyncio.Future[None] | None = None  # a forwarded request's client left
 
     # ------------------------------------------------------------ common checks
     def _query(self) -> tuple[str | None, str | None]:
@@ -101,6 +103,8 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
             return await self._websocket_get(sid)
         if not self._origin_ok():
             return self._refuse(HandshakeError(HandshakeError.BAD_REQUEST))
+        if sid is not None and self._elsewhere(sid):
+            return await self._forward()
         try:
             if sid is None:
                 self._polling = await self.engine.create_session(
@@ -120,6 +124,29 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
         self.set_header("Content-Type", _POLL_CONTENT_TYPE)
         self.finish(payload)
 
+    # ------------------------------------------------------------ other workers' sessions
+    def _elsewhere(self, sid: str) -> bool:
+        siblings = self.engine.siblings
+        return siblings is not None and siblings.elsewhere(sid)
+
+    async def _forward(self) -> None:
+        """Answer with what the session's own worker answers to this very request."""
+        siblings = self.engine.siblings
+        assert siblings is not None
+        self._gone = asyncio.get_running_loop().create_future()
+        try:
+            status, headers, body = await siblings.forward(self.request, self._gone)
+        except HandshakeError as exc:
+            return self._refuse(exc)
+        finally:
+            self._gone = None
+        if self.request.connection is None or self._finished:
+            return
+        self.set_status(status)
+        for name, value in headers:
+            self.add_header(name, value)
+        self.finish(body)
+
     def _invalid_upgrade(self) -> None:
         self.set_status(400)
         self.set_header("Content-Type", "application/json")
@@ -131,7 +158,7 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
             return self._invalid_upgrade()
         if not self._origin_ok():
             return self._refuse(HandshakeError(HandshakeError.FORBIDDEN, status=403))
-        if sid is not None:
+        if sid is not None and not self._elsewhere(sid):  # else looked up by its worker
             try:
                 session = self.engine.lookup(sid)
             except HandshakeError as exc:
@@ -145,6 +172,9 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
         if not valid_key(self.request.headers.get("Sec-WebSocket-Key", "")):
             # RFC 6455 §4.2.1: a key that is not base64 of 16 bytes is a bad request
             return self._invalid_upgrade()
+        if sid is not None and self._elsewhere(sid) and self.engine.options.compression:
+            # Tornado's websocket cannot change process; the client keeps polling
+            return self._refuse(HandshakeError(HandshakeError.BAD_REQUEST))
         if self.engine.options.compression:
             await super().get()  # permessage-deflate: Tornado's websocket implementation
         else:
@@ -168,18 +198,11 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
             sock = stream.socket.dup()  # the connection outlives Tornado's stream
         finally:
             stream.close()
-        options = self.engine.options
-        ws = WebSocket(options.max_payload, options.max_outbound_bytes, self.engine.counters)
-        try:
-            transport, _ = await asyncio.get_running_loop().connect_accepted_socket(
-                lambda: ws, sock=sock)
-        except OSError:
-            sock.close()
+        sid, siblings = self._upgrade_sid, self.engine.siblings
+        if sid is not None and siblings is not None and siblings.elsewhere(sid):
+            siblings.hand_off(sid, sock, key, environ)
             return
-        transport.write(handshake_response(key))
-        session = await self.engine.open_websocket(ws, environ, self._upgrade_sid)
-        if session is not None:
-            ws.start(session)
+        await adopt_websocket(self.engine, sock, key, environ, sid)
 
     async def post(self, *args: Any, **kwargs: Any) -> None:
         try:
@@ -188,6 +211,8 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
                 raise HandshakeError(HandshakeError.BAD_HANDSHAKE_METHOD)
             if not self._origin_ok():
                 raise HandshakeError(HandshakeError.BAD_REQUEST)
+            if self._elsewhere(sid):
+                return await self._forward()
             session = self.engine.lookup(sid)
             body = self.request.body
             if len(body) > self.engine.options.max_payload:
@@ -235,6 +260,8 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
         # a long-poll whose client went away
         if self._polling is not None:
             self._polling.poll_cancelled()
+        if self._gone is not None and not self._gone.done():
+            self._gone.set_result(None)  # withdrawn from the session's worker too
         super().on_connection_close()
 
     # ------------------------------------------------------------ websocket side
@@ -331,3 +358,44 @@ def route(path: str, engine: EngineServer) -> tuple[str, type[EngineIOHandler], 
     """The Tornado route for the Socket.IO path, with and without the trailing slash."""
     return (path.rstrip("/") + "/?", EngineIOHandler, {"engine": engine})
 
+
+async def adopt_websocket(engine: EngineServer, sock: socket.socket, key: str,
+                          environ: dict[str, Any], upgrade_sid: str | None) -> None:
+    """Answer the handshake of a websocket whose request was read (here, or by another
+    worker that handed its socket over) and give it to its session: the socket leaves
+    Tornado for our transport."""
+    if upgrade_sid is not None:
+        try:
+            if engine.lookup(upgrade_sid).closed:
+                raise HandshakeError(HandshakeError.UNKNOWN_SID)
+        except HandshakeError as exc:
+            # handed over by another worker, whose checks could not include this one
+            _refuse_raw(sock, exc)
+            return
+    options = engine.options
+    ws = WebSocket(options.max_payload, options.max_outbound_bytes, engine.counters)
+    try:
+        transport, _ = await asyncio.get_running_loop().connect_accepted_socket(
+            lambda: ws, sock=sock)
+    except OSError:
+        sock.close()
+        return
+    transport.write(handshake_response(key))
+    session = await engine.open_websocket(ws, environ, upgrade_sid)
+    if session is not None:
+        ws.start(session)
+
+
+def _refuse_raw(sock: socket.socket, exc: HandshakeError) -> None:
+    body = orjson.dumps(exc.body())
+    head = (f"HTTP/1.1 {exc.status} {tornado.httputil.responses.get(exc.status, 'Error')}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n").encode("latin-1")
+    try:
+        sock.setblocking(True)
+        sock.settimeout(1.0)
+        sock.sendall(head + body)
+    except OSError:
+        pass
+    finally:
+        sock.close()

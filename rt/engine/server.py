@@ -22,7 +22,7 @@ from engineio.base_server import BaseServer as _EioBase
 
 from rt.core.tasks import TaskGroup
 
-from .contracts import EngineStats, MessageHandler, SessionRef, WsTransport
+from .contracts import EngineStats, MessageHandler, SessionRef, Siblings, WsTransport
 from .inbox import Consumer, consuming
 from .options import EngineOptions
 from .protocol import MESSAGE, HandshakeError, Packet
@@ -52,6 +52,10 @@ class EngineServer:
         # python-socketio's background tasks (its client manager's listener): kept
         # referenced, failures logged, by the project's one task helper
         self.tasks = TaskGroup()
+        # with workers: "<index>." before every sid, so that any worker can tell whose a
+        # session is ('.' is not in the base64url alphabet), and the other workers
+        self.sid_prefix = ""
+        self.siblings: Siblings | None = None
 
     @property
     def slow_consumers(self) -> int:
@@ -88,9 +92,8 @@ class EngineServer:
             log.exception("session %s: disconnect handler failed", sid)
 
     # ---------------------------------------------------------------- sessions
-    @staticmethod
-    def generate_id() -> str:
-        return base64.urlsafe_b64encode(os.urandom(15)).decode("ascii")
+    def generate_id(self) -> str:
+        return self.sid_prefix + base64.urlsafe_b64encode(os.urandom(15)).decode("ascii")
 
     async def create_session(self, environ: dict[str, Any], transport: str,
                              ws: WsTransport | None = None) -> EngineSession:

@@ -761,10 +761,10 @@ def build_state(settings: Any, backend: Any) -> RecoveryState:
     bounds = Bounds(max_packets=r.max_packets, max_bytes=r.max_bytes,
                     max_packet_bytes=r.max_packet_bytes, log_entries=r.log_entries,
                     log_bytes=r.log_bytes, window=r.max_disconnection)
-    if backend.redis is None:
+    if backend.nodes_redis is None:
         return MemoryRecoveryState(bounds)
     manager = backend.client_manager
-    return RedisRecoveryState(backend.redis, KeySpace(settings.state.key_prefix),
+    return RedisRecoveryState(backend.nodes_redis, KeySpace(settings.state.key_prefix),
                               channel=manager.channel, sharded=manager.sharded,
                               host_id=RECOVERY_HOST_ID, bounds=bounds,
                               where=getattr(manager.target, "describe", lambda: "Redis")())

@@ -19,16 +19,16 @@ restart as they do with one worker (recovery-state.json).
 """
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 
 import redis
+
+from .role import die_with_parent
 
 RDB_FILE = "workers-broker.rdb"
 SOCKET = "broker.sock"
@@ -68,14 +68,6 @@ def find_program(configured: str = "") -> str:
                       "valkey-server or redis-server (>= 7), or set [server] workers = 1")
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
-    # a supervisor killed outright (SIGKILL) must not leave the broker behind
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 class Broker:
     """One broker process: `start()` returns once it answers, `stop()` saves and ends it."""
 
@@ -96,7 +88,7 @@ class Broker:
             "--maxmemory-policy", "noeviction",
         ]
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     preexec_fn=_die_with_parent)
+                                     preexec_fn=die_with_parent)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

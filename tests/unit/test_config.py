@@ -64,6 +64,8 @@ EXPECTED_DEFAULTS = {
     ("server", "broadcast_usage"): True,
     ("server", "shutdown_timeout"): 10.0,
     ("server", "drain_rate"): 500.0,
+    ("server", "workers"): 0,  # auto
+    ("server", "worker_broker"): "",
     ("server", "metrics_listen"): "",
     ("auth", "secret_key"): "",
     ("auth", "api_key"): "",
