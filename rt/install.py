@@ -74,13 +74,18 @@ Restart=on-failure
 RestartSec=2s
 RestartPreventExitStatus=78
 
-# SIGTERM goes to every process of the unit: the bootloader (which forwards it) and its
-# Python child, which drains within [server] shutdown_timeout (default 10 s). After
-# TimeoutStopSec everything left, a child orphaned by a killed bootloader included, gets
-# SIGKILL. The drain deadline must stay below TimeoutStopSec. The Python child thus gets
-# SIGTERM twice (from systemd and forwarded): a repeated SIGTERM must not cut the drain short.
-KillMode=control-group
+# SIGTERM goes to the main process only: the bootloader forwards it to its Python child,
+# which drains within [server] shutdown_timeout (default 10 s). With [server] workers
+# above one that child is the supervisor: it tells each worker to drain, and stops the
+# broker the workers share only once they are done (a broker stopped by systemd at the
+# same time would lose what the draining workers keep for their clients' recovery). After
+# TimeoutStopSec everything left in the unit, a child orphaned by a killed bootloader
+# included, gets SIGKILL. The drain deadline must stay below TimeoutStopSec.
+KillMode=mixed
 TimeoutStopSec=30s
+# The sockets of the workers and of their broker, reachable by this service's user only.
+RuntimeDirectory=rt-appliance
+RuntimeDirectoryMode=0700
 
 StateDirectory=rt-appliance
 StateDirectoryMode=0750

@@ -54,8 +54,11 @@ def merge(expositions: Iterable[bytes]) -> bytes:
     out = [f"# HELP rt_workers Worker processes whose figures this is\n"
            f"# TYPE rt_workers gauge\nrt_workers {count}.0"]
     for name, (kind, help_text) in families.items():
-        out.append(f"# HELP {name} {_escape_help(help_text)}")
-        out.append(f"# TYPE {name} {kind}")
+        # the text format names a counter by its sample (prometheus_client parses
+        # "rt_x_total" into the family "rt_x")
+        shown = f"{name}_total" if kind == "counter" else name
+        out.append(f"# HELP {shown} {_escape_help(help_text)}")
+        out.append(f"# TYPE {shown} {kind}")
         for (sample_name, labels), values in samples[name].items():
             value = _combine(name, help_text, values)
             label_text = ",".join(f'{k}="{_escape_label(v)}"' for k, v in labels)

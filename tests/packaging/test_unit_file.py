@@ -117,7 +117,10 @@ def test_required_settings():
         "ConfigurationDirectory": "rt-appliance",
         "Environment": "RT_DATA_DIR=/var/lib/rt-appliance",
         "LimitNOFILE": "65536",
-        "KillMode": "control-group",
+        # SIGTERM to the main process alone: the supervisor orders the stop of its
+        # workers and of their broker
+        "KillMode": "mixed",
+        "RuntimeDirectory": "rt-appliance",
         "ProtectSystem": "strict",
         "ProtectHome": "true",
         "PrivateTmp": "true",
