@@ -40,9 +40,8 @@ import run as bench  # noqa: E402 - the benchmark's children and helpers
 
 from rt.auth import TokenVerifier  # noqa: E402
 
-INI = bench.APPLIANCE_INI + """
-[server]
-max_message_bytes = 134217728
+INI = bench.APPLIANCE_INI.replace("[server]\n", "[server]\nmax_message_bytes = 134217728\n",
+                                  1) + """
 
 [documents]
 max_document_bytes = 134217728

@@ -34,6 +34,9 @@ api_burst = 1000000
 
 [log]
 level = warning
+
+[server]
+workers = 1
 """
 
 PHASES = ("quiet", "typing", "yjs", "garbage")

@@ -85,6 +85,10 @@ api_burst = 1000000
 
 [log]
 level = warning
+
+[server]
+# one process, like each peer but node-cluster; the workers-scaling block sets N
+workers = 1
 """
 
 PROFILES = {
@@ -703,10 +707,7 @@ def appliance_ini(workers: int | None = None) -> str:
     processes behind one port)."""
     if workers is None:
         return APPLIANCE_INI
-    line = f"workers = {workers}\n"
-    if "[server]\n" in APPLIANCE_INI:
-        return APPLIANCE_INI.replace("[server]\n", "[server]\n" + line, 1)
-    return APPLIANCE_INI + "\n[server]\n" + line
+    return APPLIANCE_INI.replace("workers = 1\n", f"workers = {workers}\n", 1)
 
 
 def core_counts() -> list[int]:

@@ -9,10 +9,12 @@ socket of this script; a python-socketio client (websocket, and one over long-po
 connects with the token, receives an emit sent through `POST /api/v1/emit` with the API
 key read from the data dir; the websocket client joins a note's Yjs document, sends a Yjs
 update, gets it acknowledged, and `GET /api/v1/documents/...` returns the stored state
-with the text in it; SIGTERM to the one-file bootloader must end everything with
-exit 0 (its Python child included) and leave no extracted _MEI directory behind. SIGTERM
-goes to the whole process group, as systemd's KillMode=control-group sends it to every
-process of the unit: the Python child gets it directly and forwarded by the bootloader.
+with the text in it. It runs with `[server] workers = 2`: the Python child is the
+supervisor, with two workers (each again a bootloader and its Python child) and the broker
+the binary carries (valkey-server); the clients' sessions must reach both workers, and the
+emit and the document must reach them all. SIGTERM to the one-file bootloader alone (as
+systemd's KillMode=mixed sends it) must end everything with exit 0 (every process the
+appliance started included) and leave no extracted _MEI directory behind.
 
 --root ROOTFS runs the binary inside another root file system (packaging/in-root.sh: a
 chroot with its own /proc, same process and network namespaces), e.g. the old-glibc build
@@ -52,6 +54,7 @@ IN_ROOT = Path(__file__).resolve().parent / "in-root.sh"
 # "smoke test note" inserted. Fixed bytes, so the smoke client needs no Yjs library.
 YJS_UPDATE = bytes.fromhex("0101959aef3a00040101740f736d6f6b652074657374206e6f746500")
 YJS_TEXT = b"smoke test note"
+WORKERS = 2
 
 
 class Target:
@@ -129,6 +132,27 @@ def children_of(pid: int) -> list[int]:
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
                 found.append(int(entry))
     return found
+
+
+def descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        for child in children_of(todo.pop()):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+            errors="replace")
+    except OSError:
+        return ""
+
+
+def sid_worker(sio: socketio.Client) -> int:
+    return int(sio.eio.sid.split(".", 1)[0])
 
 
 def alive(pid: int) -> bool:
@@ -235,8 +259,8 @@ def smoke(target: Target, require_notify: bool) -> dict:
         (tmp / "tmp").mkdir()
         data = tmp / "data"
         ini = tmp / "rt-appliance.ini"
-        ini.write_text(f"[server]\nhost = 127.0.0.1\nport = 0\nshutdown_timeout = 10\n\n"
-                       f"[state]\ndata_dir = {target.inner(data)}\n")
+        ini.write_text(f"[server]\nhost = 127.0.0.1\nport = 0\nshutdown_timeout = 10\n"
+                       f"workers = {WORKERS}\n\n[state]\ndata_dir = {target.inner(data)}\n")
         env = child_env(target.inner(tmp / "tmp"))
 
         def cmd(*args: str) -> list[str]:
@@ -277,6 +301,12 @@ def smoke(target: Target, require_notify: bool) -> dict:
             python_child = children_of(server.proc.pid)
             check(len(python_child) == 1, f"one-file bootloader {server.proc.pid} runs its "
                                           f"Python child {python_child}")
+            check(f"({WORKERS} workers)" in match.group(0) or f"; {WORKERS} workers)" in
+                  "".join(server.output), f"{WORKERS} workers ready")
+            started = descendants(server.proc.pid)
+            brokers = [pid for pid in started if "valkey-server" in cmdline(pid)]
+            check(len(brokers) == 1 and "_MEI" in cmdline(brokers[0]),
+                  f"the broker the binary carries runs: {[cmdline(p) for p in brokers]}")
 
             status, _ = http("GET", url + "/healthz")
             check(status == 200, f"GET /healthz: {status}")
@@ -284,6 +314,13 @@ def smoke(target: Target, require_notify: bool) -> dict:
             for transport in ("websocket", "polling"):
                 clients.append(client(url, path, token, transport))
             check(True, "python-socketio clients connected (websocket, polling)")
+            # more websocket clients until both workers hold one (a sid names its worker)
+            owners = {sid_worker(c[0]) for c in clients}
+            while owners != set(range(WORKERS)) and len(clients) < 40:
+                clients.append(client(url, path, token, "websocket"))
+                owners.add(sid_worker(clients[-1][0]))
+            check(owners == set(range(WORKERS)),
+                  f"sessions on every worker after {len(clients)} clients: {sorted(owners)}")
 
             status, body = http("POST", url + "/api/v1/emit", {"event": "events"}, key="wrong")
             check(status == 401, f"POST /api/v1/emit with a wrong key: {status}")
@@ -292,12 +329,14 @@ def smoke(target: Target, require_notify: bool) -> dict:
                                 {"event": "events", "to": {"users": ["smoke"]}, "data": payload},
                                 key=api_key)
             check(status == 202, f"POST /api/v1/emit: {status} {body[:200]!r}")
-            for (_, got, _), transport in zip(clients, ("websocket", "polling")):
+            for n, (sio_, got, _) in enumerate(clients):
+                transport = "polling" if n == 1 else "websocket"
                 try:
                     received = got.get(timeout=WAIT)
                 except queue.Empty:
                     raise SmokeError(f"{transport} client received no 'events'") from None
-                check(received == payload, f"{transport} client received the emit")
+                check(received == payload, f"{transport} client on worker "
+                                           f"{sid_worker(sio_)} received the emit")
 
             # a Yjs update to a note's document, acknowledged only once stored
             for path_, body_ in (("/api/v1/users/smoke", {"name": "Smoke"}),
@@ -318,7 +357,8 @@ def smoke(target: Target, require_notify: bool) -> dict:
                                      f"the update is in the stored state ({len(state)} bytes)")
 
             stop_started = time.monotonic()
-            os.killpg(server.proc.pid, signal.SIGTERM)  # like KillMode=control-group
+            started = descendants(server.proc.pid)
+            os.kill(server.proc.pid, signal.SIGTERM)  # like KillMode=mixed
             try:
                 code = server.proc.wait(30 * target.slow)
             except subprocess.TimeoutExpired:
@@ -327,7 +367,8 @@ def smoke(target: Target, require_notify: bool) -> dict:
             check(code == 0, f"SIGTERM: exit {code} after {timings['stop_s']:.2f} s")
             for _, _, gone in clients:
                 check(gone.wait(WAIT), "client was disconnected by the shutdown")
-            check(not any(alive(pid) for pid in python_child), "the Python child is gone too")
+            left = [cmdline(pid) for pid in started if alive(pid)]
+            check(not left, f"every process it started ({len(started)}) is gone too: {left}")
             leftovers = [p.name for p in (tmp / "tmp").iterdir()]
             check(not leftovers, f"nothing left in TMPDIR ({leftovers})")
         except BaseException:
