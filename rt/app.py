@@ -30,7 +30,7 @@ from .config import reload_diff
 from .core.errors import StoreError
 from .core.tasks import TaskGroup, every
 from .direct.service import DirectStream
-from .directory import Directory
+from .directory import Directory, note_document_id
 from .documents.events import DocumentEvents
 from .documents.host_client import DocumentHost
 from .documents.http import routes as document_routes
@@ -197,6 +197,19 @@ class Appliance:
                         if self.openwebui is not None else None),
             shared=self.backend.client_manager.multi_node)
         self.directory.note_hooks.append(self.documents.note_changed)
+        if self.sio.manager.multi_node:
+            # the editors of a note may be on any node (or worker): each re-decides its own
+            manager, documents = self.sio.manager, self.documents
+
+            async def tell_the_others(note_id: str, note: Any) -> None:
+                await manager.publish_control("documents:note-changed", {"note_id": note_id})
+
+            async def on_note_changed(payload: dict[str, Any]) -> None:
+                if isinstance(payload.get("note_id"), str):
+                    await documents.recheck_access(note_document_id(payload["note_id"]))
+
+            self.directory.note_hooks.append(tell_the_others)
+            manager.on_control("documents:note-changed", on_note_changed)
         bridge = self.backend.bridge  # python-socketio's pub/sub with open-webui (Redis)
         # encrypted channels (open-webui 0.12 DMs and private groups): who may take part
         # is open-webui's to say; the directory knows no such channels

@@ -87,8 +87,11 @@ class Broker:
             # the broker is a bus, not a cache: it never evicts what the workers keep
             "--maxmemory-policy", "noeviction",
         ]
+        # a session of its own: a Ctrl-C in the terminal (SIGINT to the whole foreground
+        # group) must not end the broker while the workers drain into it; it stops when the
+        # supervisor says, after them, or dies with the supervisor
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     preexec_fn=die_with_parent)
+                                     preexec_fn=die_with_parent, start_new_session=True)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -213,6 +213,35 @@ async def test_documents_converge_across_workers(workers):
         assert proc.stop() == 0
 
 
+async def test_a_note_revoked_through_either_worker_is_left_on_both(workers):
+    """The API call that edits a note's rights reaches one worker; the editors on the other
+    must lose the document too (and the revoked writer's edits are refused there)."""
+    proc, h = workers()
+    try:
+        await setup_note(h, owner="a", write=["c"])
+        owners = await on_both_workers(h, ["a"])
+        writers = []
+        for _ in range(ENOUGH):  # writers "c" until both workers hold one
+            c = Editor(await h.connect(await h.user("c")), PyReplica())
+            await c.join()
+            writers.append(c)
+            if {worker_of(w.client) for w in writers} == {0, 1}:
+                break
+        assert {worker_of(w.client) for w in writers} == {0, 1}
+        owner = Editor(owners[0], PyReplica())
+        await owner.join()
+        # rights taken away in one request, which reaches one worker: writers on both lose
+        await setup_note(h, owner="a", read=["c"])
+        for w in writers:
+            ack = await w.send(PyReplica().insert(0, "x"))
+            assert ack["error"] == "forbidden", (worker_of(w.client), ack)
+        await owner.type(0, "still mine")
+        assert await api_text(h) == "still mine"
+    finally:
+        await h.close()
+        assert proc.stop() == 0
+
+
 async def test_sighup_reloads_every_worker(workers):
     proc, h = workers()
     try:
