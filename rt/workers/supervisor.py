@@ -313,6 +313,20 @@ class Supervisor:
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
+def workers_to_run(settings: Any, count: int) -> int:
+    """`count` workers, unless `auto` asked for them on embedded state and there is no
+    broker program here (a platform the shipped one is not built for): then one process,
+    saying why. Asked for by number, a missing broker fails the start instead."""
+    if count <= 1 or settings.server.workers or settings.state.manager not in EMBEDDED:
+        return count
+    try:
+        find_program(settings.server.worker_broker)
+    except BrokerError as exc:
+        log.warning("workers = auto: running one process, not %d: %s", count, exc)
+        return 1
+    return count
+
+
 def serve(settings: Any, count: int) -> int:
     """Run `count` workers until SIGTERM; the process's exit code."""
     supervisor = Supervisor(settings, count)

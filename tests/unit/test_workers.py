@@ -9,9 +9,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rt import config
 from rt.engine.server import EngineServer
+from rt.workers.broker import BrokerError, find_program
 from rt.workers.gather import merge
 from rt.workers.role import WorkerRole
 from rt.workers.routing import Siblings, owner_of
+from rt.workers.supervisor import workers_to_run
 
 
 def test_a_sid_names_its_worker():
@@ -126,3 +128,21 @@ rt_limited_total{limit="a \\"quoted\\" \\\\ value"} 2.0
     assert family.type == "counter"
     (sample,) = family.samples
     assert sample.labels == {"limit": 'a "quoted" \\ value'} and sample.value == 4
+
+
+def test_auto_without_a_broker_program_runs_one_process(tmp_path):
+    missing = tmp_path / "no-such-valkey-server"
+
+    def settings(workers: str, manager: str = "") -> config.Settings:
+        ini = tmp_path / "rt.ini"
+        ini.write_text(f"[server]\nworkers = {workers}\nworker_broker = {missing}\n"
+                       f"[state]\nmanager = {manager}\n")
+        return config.load_settings(str(ini), {}, {})
+
+    auto = settings("auto")
+    assert workers_to_run(auto, 4) == 1  # said in the log; the appliance still starts
+    assert workers_to_run(settings("3"), 3) == 3  # asked for by number: the start fails
+    assert workers_to_run(settings("auto", "redis"), 4) == 4  # Redis needs no broker
+    with pytest.raises(BrokerError, match="not an executable file"):
+        find_program(str(missing))
+    assert os.access(find_program(), os.X_OK)  # the pinned wheel's, in this environment
