@@ -8,7 +8,6 @@ and listens; `stop()` drains under one deadline. Two appliances can live in one 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
 import socket
@@ -42,6 +41,7 @@ from .encryption.service import SWEEP_INTERVAL, EncryptionRelay
 from .engine.handler import route as engine_route
 from .engine.server import EngineOptions
 from .gateway import Gateway
+from .http_server import ProxyAwareHTTPServer
 from .identities import DirectoryIdentities, IdentitySource
 from .keyfiles import ensure_secret
 from .ledger import DirectoryLedger, Ledger
@@ -60,9 +60,8 @@ from .sio import SocketServer
 from .typing_gate import TypingGate
 from .usage.events import UsageEvents
 from .usage.service import UsageService
-from .workers.gather import WorkerMetrics
 from .workers.role import WorkerRole
-from .workers.routing import HandoffReceiver, Siblings
+from .workers.worker import WorkerSide
 
 log = logging.getLogger("rt.app")
 
@@ -99,38 +98,6 @@ def resolve_secrets(settings: Any, announce: Callable[[str], None] | None = None
         if announce is not None:
             announce(f"{'generated' if created else 'using'} {name} in {path} (mode 0600)")
     return settings
-
-
-class ProxyAwareHTTPServer(tornado.httpserver.HTTPServer):
-    """Every accepted connection gets TCP_NODELAY: without it small frames wait ~40 ms
-    for the peer's delayed ACK (Nagle). X-Forwarded-For / X-Real-IP are believed only
-    from the proxies of `[server] forwarded_allow_ips` (nginx on the same box by default),
-    so that behind nginx every browser counts under its own address while a client that
-    connects directly cannot claim one."""
-
-    # (Tornado builds its servers through `initialize`; the owner sets this afterwards)
-    trusted: Callable[[], tuple[str, ...]] = staticmethod(lambda: ())
-
-    def handle_stream(self, stream: Any, address: Any) -> None:
-        stream.set_nodelay(True)
-        super().handle_stream(stream, address)
-
-    def start_request(self, server_conn: Any, request_conn: Any) -> Any:
-        # Tornado reads the headers of a request when `xheaders` is set as the request
-        # starts; it is set here per request, from the address of the peer (one thread)
-        self.xheaders = proxy_trusted(self.trusted(), getattr(request_conn.context,
-                                                              "remote_ip", ""))
-        return super().start_request(server_conn, request_conn)
-
-
-def proxy_trusted(allowed: tuple[str, ...], peer: str) -> bool:
-    if "*" in allowed:
-        return True
-    try:
-        address = ipaddress.ip_address(peer)
-    except ValueError:  # a unix socket: only a local proxy can be on the other end
-        return bool(allowed)
-    return any(address in ipaddress.ip_network(net, strict=False) for net in allowed)
 
 
 class Appliance:
@@ -266,18 +233,10 @@ class Appliance:
             observe=self.metrics.observe_request,
             check_api=self.limits.check_api,
         )
-        # ---------------------------------------------------------------- other workers
-        self.siblings: Siblings | None = None
-        self.handoff: HandoffReceiver | None = None
-        self.sibling_http: tornado.httpserver.HTTPServer | None = None
-        if role is not None:
-            self.sio.engine.sid_prefix = f"{role.index}."
-            # a passed-on long-poll waits as long as one of its own may, and then some
-            self.siblings = Siblings(role, s.server.ping_interval + s.server.ping_timeout + 10)
-            self.sio.engine.siblings = self.siblings
-            self.handoff = HandoffReceiver(self.sio.engine, role.handoff_socket(role.index))
-            self.metrics.gather = WorkerMetrics(role).gather
-            self.metrics.sources.append(self.siblings)
+        # one of the workers of `[server] workers`: its sessions, the others' requests
+        self.worker = (WorkerSide(role, self.sio.engine, self.metrics,
+                                  s.server.ping_interval + s.server.ping_timeout)
+                       if role is not None else None)
         self.web = self.web_app()
         self.http: tornado.httpserver.HTTPServer | None = None
         self.metrics_http: tornado.httpserver.HTTPServer | None = None
@@ -413,14 +372,9 @@ class Appliance:
                                                 family=socket.AF_UNSPEC))
         self.http.add_sockets(sockets)
         self.port = sockets[0].getsockname()[1]
-        if role is not None and self.handoff is not None:
-            # requests and websockets of this worker's sessions that reached another one
-            self.sibling_http = ProxyAwareHTTPServer(self.web, max_body_size=max_body,
-                                                     idle_connection_timeout=idle)
-            self.sibling_http.trusted = lambda: ("*",)  # only the other workers reach it
-            self.sibling_http.add_socket(tornado.netutil.bind_unix_socket(
-                role.sibling_socket(role.index), mode=0o600))
-            self.handoff.start()
+        if self.worker is not None:
+            self.worker.listen(ProxyAwareHTTPServer(self.web, max_body_size=max_body,
+                                                    idle_connection_timeout=idle))
         if s.server.metrics_listen:
             host, _, port = s.server.metrics_listen.rpartition(":")
             self.metrics_http = tornado.httpserver.HTTPServer(tornado.web.Application(
@@ -503,11 +457,8 @@ class Appliance:
             await self.sio.engine.tasks.stop()  # python-socketio's own background tasks
             if self.metrics_http is not None:
                 self.metrics_http.stop()
-            if self.handoff is not None:
-                self.handoff.close()
-            if self.sibling_http is not None:
-                self.sibling_http.stop()
-                await self.sibling_http.close_all_connections()
+            if self.worker is not None:
+                await self.worker.close()
             logging.getLogger("rt").removeHandler(self.recent_errors)
         log.info("stopped")
 
