@@ -120,6 +120,12 @@ async def test_two_workers_share_fanout_presence_and_one_metrics_view(workers):
         others = [c for c in clients if worker_of(c) == 1]
         for c in others:
             await c.rec.wait_for("events:channel", lambda d: d.get("channel_id") == "ch")
+        # the models in use are the box's: one worker's client uses one, the other's hear it
+        await sender.emit("usage", {"model": "llama3", "chat_id": "c1"})
+        for c in others:
+            await c.rec.wait_for("usage", lambda d: d.get("models") == ["llama3"])
+        for _ in range(4):  # asked of either worker
+            assert (await h.api("GET", "/api/v1/usage"))[1] == {"models": ["llama3"]}
         # presence is the box's, not a worker's: every user is online from either worker
         for user in users:
             status, body = await h.api("GET", f"/api/v1/users/{user}/presence")
