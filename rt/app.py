@@ -243,8 +243,10 @@ class Appliance:
         self.port: int | None = None
 
     # ------------------------------------------------------------------ wiring
-    def web_app(self) -> tornado.web.Application:
-        """Every HTTP route of the appliance, in one list."""
+    def web_app(self, for_workers: bool = False) -> tornado.web.Application:
+        """Every HTTP route of the appliance, in one list. `for_workers`: the app of the
+        worker's own socket, where the others also ask for its figures (/metrics, even
+        when `metrics_listen` moved them off the main listener)."""
         s = self.settings
         ctx = self.api_ctx
         handlers: list[Any] = [engine_route(s.server.socketio_path, self.sio.engine)]
@@ -252,7 +254,7 @@ class Appliance:
         handlers += document_routes(ctx, self.documents)
         handlers += relay_routes(self._relay_context())
         handlers += admin.routes(self.metrics, lambda: self.settings.auth.api_key, self.status,
-                                 with_metrics=not s.server.metrics_listen)
+                                 with_metrics=for_workers or not s.server.metrics_listen)
         return tornado.web.Application(
             handlers, default_handler_class=api.NotFoundHandler,
             default_handler_args={"ctx": ctx}, compress_response=False,
@@ -373,13 +375,16 @@ class Appliance:
         self.http.add_sockets(sockets)
         self.port = sockets[0].getsockname()[1]
         if self.worker is not None:
-            self.worker.listen(ProxyAwareHTTPServer(self.web, max_body_size=max_body,
+            self.worker.listen(ProxyAwareHTTPServer(self.web_app(for_workers=True),
+                                                    max_body_size=max_body,
                                                     idle_connection_timeout=idle))
         if s.server.metrics_listen:
             host, _, port = s.server.metrics_listen.rpartition(":")
             self.metrics_http = tornado.httpserver.HTTPServer(tornado.web.Application(
                 admin.routes(self.metrics, lambda: self.settings.auth.api_key, self.status)[-1:]))
-            self.metrics_http.listen(int(port), host.strip("[]"))
+            # every worker listens on it too, and whichever answers gathers them all
+            self.metrics_http.listen(int(port), host.strip("[]"),
+                                     reuse_port=self.worker is not None)
         logging.getLogger("rt").addHandler(self.recent_errors)
         # started now so that the first join does not wait for it (else at first use)
         self.tasks.spawn("document host start", self.document_host.start())

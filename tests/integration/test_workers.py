@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.test_documents import Editor, PyReplica, api_text, setup_note
 from tests.support.appliance import WAIT, ApplianceProcess, Client, Harness
-from tests.support.redis_servers import redis_server  # noqa: F401 (fixture)
+from tests.support.redis_servers import free_port, redis_server  # noqa: F401 (fixture)
 from tests.support.waits import until
 
 pytestmark = pytest.mark.asyncio
@@ -144,6 +144,23 @@ async def test_two_workers_share_fanout_presence_and_one_metrics_view(workers):
     finally:
         await h.close()
         assert proc.stop() == 0
+
+
+async def test_a_separate_metrics_address_serves_every_worker(workers):
+    port = free_port()
+    proc, h = workers(WORKERS.replace("[server]\n", f"[server]\nmetrics_listen = 127.0.0.1:{port}\n"))
+    try:
+        metrics_only = Harness(None, f"http://127.0.0.1:{port}")
+        await until(lambda: _workers_seen(metrics_only), what="both workers on metrics_listen")
+        await metrics_only.close()
+        assert (await h.api("GET", "/metrics"))[0] == 404  # moved off the main listener
+    finally:
+        await h.close()
+        assert proc.stop() == 0
+
+
+async def _workers_seen(h: Harness) -> bool:
+    return (await metrics(h)).get("rt_workers") == 2
 
 
 async def test_polling_requests_reach_the_worker_holding_the_session(workers):
