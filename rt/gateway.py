@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, Protocol
 
@@ -75,8 +74,10 @@ class Gateway:
         # (never logged, gone with the session)
         self.tokens: dict[str, str] = {}
         # the newest token of each user, kept after their sessions end (bounded): a note's
-        # content debounced after its editor left is still written with it
-        self.user_tokens: OrderedDict[str, str] = OrderedDict()
+        # content debounced after its editor left is still written with it. Oldest first:
+        # a plain dict keeps that order without OrderedDict's links (a user's entry is
+        # there for each connected user)
+        self.user_tokens: dict[str, str] = {}
         # sockets accepted without a user yet (open-webui's sign-in page): sid → address
         self.unbound: dict[str, str] = {}
         # events no feature names (direct connections' `{user}:{session}:{request}`)
@@ -233,10 +234,10 @@ class Gateway:
 
     def _remember_token(self, sid: str, user_id: str, token: str) -> None:
         self.tokens[sid] = token
+        self.user_tokens.pop(user_id, None)  # to the end: the newest
         self.user_tokens[user_id] = token
-        self.user_tokens.move_to_end(user_id)
         while len(self.user_tokens) > MAX_USER_TOKENS:
-            self.user_tokens.popitem(last=False)
+            del self.user_tokens[next(iter(self.user_tokens))]
 
     def token_for(self, user_id: str) -> str | None:
         """The newest token a session of this user proved itself with."""
@@ -245,7 +246,6 @@ class Gateway:
     async def _bind(self, sid: str, identity: Identity, token: str) -> None:
         self.identities[sid] = identity
         self._remember_token(sid, identity.id, token)
-        await self.sio.save_session(sid, {"identity": identity})
         await self.sio.enter_room(sid, rooms.user(identity.id))
         await self.presence.connected(sid, identity)
         await self.ledger.bound(sid, identity, token)

@@ -35,6 +35,8 @@ class Consumer(Protocol):
 
     def cork(self) -> Corked | None: ...
 
+    def message_handled(self) -> None: ...
+
 
 class Corked(Protocol):
     def uncork(self) -> None: ...
@@ -93,14 +95,16 @@ _CLOSED = _Closed()
 class Inbox:
     __slots__ = ("_owner", "_items", "bytes", "consumer", "_on_handled", "_loop")
 
-    def __init__(self, owner: Consumer, on_handled: Callable[[], None]):
+    def __init__(self, owner: Consumer, on_handled: Callable[[], None] | None = None):
         self._owner = owner
         # made on the first message: most sessions are idle, and an empty deque still
         # holds a block of 64 slots
         self._items: deque[str | bytes | _Closed] | None = None
         self.bytes = 0  # about how much the queued messages hold
         self.consumer: asyncio.Task[None] | None = None
-        self._on_handled = on_handled  # after each message: the session may read again
+        # after each message (the session may read again); None: the owner's
+        # message_handled, called without a bound method kept for every session
+        self._on_handled = on_handled
         # the session's loop, from its first message on (asking for the running loop costs
         # a getpid() system call on Python 3.11: twice per message, with ensure_future)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -133,6 +137,7 @@ class Inbox:
 
     async def _consume(self, loop: asyncio.AbstractEventLoop) -> None:
         owner = self._owner
+        on_handled = self._on_handled or owner.message_handled
         consuming.set(owner)
         handled, turn_start = 0, loop.time()
         try:
@@ -149,7 +154,7 @@ class Inbox:
                     raise
                 except Exception:  # one bad message must not kill the session's reader
                     log.exception("session %s: message handler failed", owner.sid)
-                self._on_handled()
+                on_handled()
                 handled += 1
                 if handled >= TURN_MESSAGES or loop.time() - turn_start >= TURN_SECONDS:
                     # the rest waits one turn of the loop: other sessions' reads, timers

@@ -11,7 +11,6 @@ its budget (never quiet long enough for its burst allowance to come back) for
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Protocol
 
 from .contracts import SessionHost
@@ -35,6 +34,16 @@ INBOX_MIN_BYTES = 1024 * 1024  # the byte bound is max(this, max_payload)
 
 def inbox_byte_limit(options: EngineOptions) -> int:
     return max(INBOX_MIN_BYTES, options.max_payload)
+
+
+class Reader(Protocol):
+    """The session a gate decides for."""
+
+    def hold_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def flooded(self) -> None: ...
 
 
 class Backlog(Protocol):
@@ -109,16 +118,14 @@ def _byte_capacity(options: EngineOptions) -> int:
 
 class InboundGate:
     """Whether one session reads now. `account` after every packet read: over the budget,
-    reading stops for as long as the buckets need to refill (on_hold, then on_resume from
-    a timer); with the inbox at its bound, until the handlers have worked it down to half
-    (`handled`, after every message); held at the budget too long, on_flood. The session
-    does the stopping and resuming; this decides."""
+    reading stops for as long as the buckets need to refill (hold_reading, then
+    resume_reading from a timer); with the inbox at its bound, until the handlers have
+    worked it down to half (`handled`, after every message); held at the budget too long,
+    flooded. The session (`reader`) does the stopping and resuming; this decides."""
 
-    __slots__ = ("_host", "_inbox", "_budget", "held", "_timer", "_on_hold", "_on_resume",
-                 "_on_flood", "_loop")
+    __slots__ = ("_host", "_inbox", "_budget", "held", "_timer", "_reader", "_loop")
 
-    def __init__(self, host: SessionHost, inbox: Backlog, on_hold: Callable[[], None],
-                 on_resume: Callable[[], None], on_flood: Callable[[], None]):
+    def __init__(self, host: SessionHost, inbox: Backlog, reader: Reader):
         self._host = host
         self._inbox = inbox
         self._budget: InboundBudget | None = None  # made on the first packet: most are idle
@@ -126,7 +133,8 @@ class InboundGate:
         # until the budget has refilled: a task, not a timer, so that whoever waits for a
         # session's work to settle (a test harness) sees that more is coming
         self._timer: asyncio.Task[None] | None = None
-        self._on_hold, self._on_resume, self._on_flood = on_hold, on_resume, on_flood
+        # the session itself, not three bound methods kept for every session
+        self._reader = reader
         # the session's loop, from its first packet on (asking for the running loop costs
         # a getpid() system call on Python 3.11, and this runs for every packet)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -143,7 +151,7 @@ class InboundGate:
         if wait > 0.0:
             if self._budget.flooding(opts, now):
                 self.cancel()
-                self._on_flood()
+                self._reader.flooded()
                 return
             if self._timer is not None:
                 self._timer.cancel()
@@ -174,7 +182,7 @@ class InboundGate:
 
     def _hold(self) -> None:
         self.held = True
-        self._on_hold()
+        self._reader.hold_reading()
 
     async def _refill(self, wait: float) -> None:
         await asyncio.sleep(wait)
@@ -184,4 +192,4 @@ class InboundGate:
 
     def _resume(self) -> None:
         self.held = False
-        self._on_resume()
+        self._reader.resume_reading()

@@ -7,12 +7,17 @@ Inbound packets are counted against the session's budget (inflow.py) as they are
 messages go to its inbox (inbox.py). When the budget runs dry or the inbox backs up, the
 session stops reading: the websocket's socket is paused, a polling POST's remaining
 packets wait (and so does its answer, which is what paces a polling client).
+
+Longer than most modules: besides the session's whole life on both transports, it holds
+the sessions' ping timers (Heartbeats), which only sessions schedule.
 """
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import heapq
 import logging
-import time
+import weakref
 from typing import Any
 
 from engineio.base_server import BaseServer as _EioBase
@@ -75,9 +80,89 @@ MAX_PACKETS_PER_POLL = 16
 CLOSE_LINGER_S = 5.0
 
 
+# uvloop's timers count whole milliseconds: a beat due within one is due
+_BEAT_GRANULARITY = 0.001
+
+
+class _Beat:
+    """A session's next ping in its loop's Heartbeats."""
+
+    __slots__ = ("when", "session")
+
+    def __init__(self, when: float, session: EngineSession):
+        self.when = when
+        self.session: EngineSession | None = session
+
+    def __lt__(self, other: _Beat) -> bool:
+        return self.when < other.when
+
+    def cancel(self) -> None:
+        self.session = None  # left in the heap, skipped when due
+
+
+class Heartbeats:
+    """The ping timers of a loop's sessions, on one timer of the loop. A timer of the loop
+    per session (uvloop's TimerHandle with its libuv timer and context) costs every idle
+    connection about 600 bytes; an entry in this heap about 80."""
+
+    __slots__ = ("loop", "_heap", "_timer", "_timer_at", "__weakref__")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self._heap: list[_Beat] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+
+    def call_later(self, delay: float, session: EngineSession) -> _Beat:
+        """`session._send_ping()` in `delay` seconds, unless the beat is cancelled."""
+        beat = _Beat(self.loop.time() + delay, session)
+        heapq.heappush(self._heap, beat)
+        if self._timer is None or beat.when < self._timer_at:
+            self._arm(beat.when)
+        return beat
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        # a context of its own, not a copy of whoever's beat came first
+        self._timer = self.loop.call_at(when, self._fire, context=contextvars.Context())
+
+    def _fire(self) -> None:
+        self._timer = None
+        heap = self._heap
+        due = self.loop.time() + _BEAT_GRANULARITY
+        while heap and heap[0].when <= due:
+            beat = heapq.heappop(heap)
+            session, beat.session = beat.session, None
+            if session is None:
+                continue
+            try:
+                session._send_ping()
+            except Exception as exc:  # as the loop treats a failing timer: reported, the rest run
+                self.loop.call_exception_handler({
+                    "message": "Exception in a session's heartbeat", "exception": exc})
+        while heap and heap[0].session is None:  # cancelled: not worth a wake-up
+            heapq.heappop(heap)
+        if heap:
+            self._arm(heap[0].when)
+
+
+# Each loop's Heartbeats, held only by the timer it has armed in its loop (armed whenever a
+# beat is due), so that nothing here keeps a loop that ended, or its sessions, alive.
+_heartbeats: weakref.WeakValueDictionary[int, Heartbeats] = weakref.WeakValueDictionary()
+
+
+def heartbeats(loop: asyncio.AbstractEventLoop) -> Heartbeats:
+    beats = _heartbeats.get(id(loop))
+    if beats is None or beats.loop is not loop:
+        beats = _heartbeats[id(loop)] = Heartbeats(loop)
+    return beats
+
+
 class EngineSession:
     __slots__ = (
-        "server", "sid", "environ", "transport", "session", "created_at", "closed",
+        "server", "sid", "environ", "transport", "_session", "closed",
         "queue", "queued_bytes", "queue_allowance", "ws", "_probe_ws", "_poll", "_posting",
         "_post_rest",
         "_post_at",
@@ -91,10 +176,12 @@ class EngineSession:
         self.sid = sid
         self.environ = environ
         self.transport = transport
-        self.session: dict[str, Any] = {}  # python-socketio keeps its per-client data here
-        self.created_at = time.monotonic()
+        # python-socketio's per-client data (`session`), made when it is first asked for
+        self._session: dict[str, Any] | None = None
         self.closed = False
-        self.queue: list[Packet] = []  # waiting for the next poll (polling, or mid-upgrade)
+        # waiting for the next poll (polling, or mid-upgrade); made for the first packet:
+        # a session opened on a websocket never queues
+        self.queue: list[Packet] | None = None
         self.queued_bytes = 0  # about how much the queue holds (max_outbound_bytes bounds it)
         # one packet larger than the limit (a large document's state) may wait on top of it
         self.queue_allowance = 0
@@ -106,9 +193,10 @@ class EngineSession:
         self._post_at = 0
         self._post_done: asyncio.Future[None] | None = None  # its answer waits for this
         self._post_failed = False  # one of its packets was invalid (the answer is 400)
-        self.inbox = Inbox(self, self._on_handled)
-        self.gate = InboundGate(server, self.inbox, self._hold, self._resume, self._flooded)
-        self._ping_handle: asyncio.TimerHandle | None = None
+        # both call back this session's methods (no bound method kept for each callback)
+        self.inbox = Inbox(self)
+        self.gate = InboundGate(server, self.inbox, self)
+        self._ping_handle: _Beat | None = None
         self._pong_handle: asyncio.TimerHandle | None = None
         self._pong_extended = False  # the pong deadline of this ping was extended once
         self._linger_handle: asyncio.TimerHandle | None = None
@@ -117,6 +205,17 @@ class EngineSession:
         self.ping_interval = server.options.ping_interval
         self.ping_timeout = server.options.ping_timeout
         self.close_reason: str | None = None
+
+    @property
+    def session(self) -> dict[str, Any]:
+        """python-socketio's per-client data."""
+        if self._session is None:
+            self._session = {}
+        return self._session
+
+    @session.setter
+    def session(self, value: dict[str, Any]) -> None:
+        self._session = value
 
     @property
     def _consumer(self) -> asyncio.Task[None] | None:
@@ -141,8 +240,8 @@ class EngineSession:
 
     # ---------------------------------------------------------------- heartbeat
     def _schedule_ping(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._ping_handle = loop.call_later(self.ping_interval, self._send_ping)
+        self._ping_handle = heartbeats(asyncio.get_running_loop()).call_later(
+            self.ping_interval, self)
 
     def _send_ping(self) -> None:
         self._ping_handle = None
@@ -188,6 +287,8 @@ class EngineSession:
         if self.queued_bytes <= limit:
             self.queue_allowance = 0
         size = _size(pkt)
+        if self.queue is None:
+            self.queue = []
         self.queue.append(pkt)
         self.queued_bytes += size
         if size > limit:
@@ -197,7 +298,7 @@ class EngineSession:
             log.warning("session %s: slow consumer (%d bytes waiting for a poll), closing",
                         self.sid, self.queued_bytes)
             self.server.counters.slow_consumers += 1
-            self.queue.clear()
+            self.queue = None
             self.queued_bytes = 0
             self.close(Reason.TRANSPORT_ERROR, notify_client=False)
             return
@@ -249,10 +350,13 @@ class EngineSession:
                 # the reference server does; what was queued is not for it any more
                 self.server.forget(self)
                 return encode_payload([Packet(NOOP)])
-        packets = self.queue[:MAX_PACKETS_PER_POLL]
-        del self.queue[:MAX_PACKETS_PER_POLL]
+        queue = self.queue or []
+        packets = queue[:MAX_PACKETS_PER_POLL]
+        del queue[:MAX_PACKETS_PER_POLL]
         self.queued_bytes -= sum(map(_size, packets))
-        if self.closed and not self.queue:
+        if not queue:
+            self.queue = None
+        if self.closed and not queue:
             packets.append(Packet(CLOSE))
             self.server.forget(self)
         elif not packets:
@@ -311,7 +415,7 @@ class EngineSession:
                 break
             self.gate.account(len(raw), more=self._post_at <= len(text))
         if self.gate.held and not self.closed:
-            return  # the rest when the session may read again (_resume)
+            return  # the rest when the session may read again (resume_reading)
         self._post_rest = None
         self._posting = False
         done, self._post_done = self._post_done, None
@@ -404,7 +508,7 @@ class EngineSession:
         self._probe_ws = None
         self.transport = "websocket"
         self.ws = ws
-        queued, self.queue = self.queue, []
+        queued, self.queue = self.queue or (), None
         self.queued_bytes = 0
         for pkt in queued:
             ws.send_wire_frame(ws_frame_of(pkt), pkt)
@@ -450,15 +554,16 @@ class EngineSession:
         self.server.counters.protocol_errors += 1
         self.close(Reason.TRANSPORT_ERROR, notify_client=False, ws_close=WS_INVALID_PACKET)
 
-    def _on_handled(self) -> None:
+    def message_handled(self) -> None:
+        """A message left the inbox (the inbox's callback)."""
         self.gate.handled()
 
-    def _hold(self) -> None:
+    def hold_reading(self) -> None:
         """The gate stops reading: the websocket's socket, or the POST being read."""
         if self.ws is not None:
             self.ws.pause_reading()
 
-    def _resume(self) -> None:
+    def resume_reading(self) -> None:
         if self.closed:
             return
         if self.ws is not None:
@@ -466,7 +571,7 @@ class EngineSession:
         if self._post_rest is not None:
             self._read_post()
 
-    def _flooded(self) -> None:
+    def flooded(self) -> None:
         opts = self.server.options
         log.warning("session %s: held at its inbound budget (%g packets/s, %g bytes/s) for "
                     "%g s, closing as a flood", self.sid, opts.inbound_rate,

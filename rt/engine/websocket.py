@@ -74,6 +74,13 @@ def _close_payload(code: int | None, reason: str | None) -> bytes:
     return struct.pack("!H", code) + (reason or "").encode("utf-8")[:123]
 
 
+def _sets_nodelay(transport: asyncio.BaseTransport) -> bool:
+    """uvloop's TCP transport sets TCP_NODELAY when it is made (and asking it for its socket
+    would keep a socket object for the life of the connection)."""
+    kind = type(transport)
+    return kind.__name__ == "TCPTransport" and kind.__module__ == "uvloop.loop"
+
+
 def _valid_close_code(code: int) -> bool:
     return code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011) or 3000 <= code <= 4999
 
@@ -99,7 +106,9 @@ class WebSocket(asyncio.Protocol):
         self.session: WsListener | None = None
         self.probed = False  # upgrade probe seen (this websocket is upgrading a session)
         self.transport: asyncio.Transport | None = None
-        self._buf = bytearray()
+        # what was read and not parsed yet; None when nothing is (most of an idle
+        # connection's life: an empty bytearray would still take 64 bytes)
+        self._buf: bytearray | None = None
         self._fragments: list[bytes] | None = None
         self._fragment_op = 0
         self._fragment_size = 0
@@ -119,6 +128,8 @@ class WebSocket(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # a stream transport (uvloop's is not a subclass of asyncio.Transport: no isinstance)
         self.transport = cast(asyncio.Transport, transport)
+        if _sets_nodelay(transport):
+            return
         sock = transport.get_extra_info("socket")
         if sock is not None:
             # small frames must not wait for the peer's delayed ACK (Nagle)
@@ -127,7 +138,11 @@ class WebSocket(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._dropped:
             return
-        self._buf += data
+        buf = self._buf
+        if buf is None:
+            self._buf = bytearray(data)
+        else:
+            buf += data
         if self.session is not None and not self._held and not self._turn_held:
             self._parse()
 
@@ -140,7 +155,7 @@ class WebSocket(asyncio.Protocol):
         if self._close_timer is not None:
             self._close_timer.cancel()
             self._close_timer = None
-        self._buf = bytearray()
+        self._buf = None
         self._fragments = None
         self._corked, self._corked_size = None, 0
         session, self.session = self.session, None
@@ -305,7 +320,7 @@ class WebSocket(asyncio.Protocol):
         """Read on, but only to drop what arrives, and shut our side after the close frame:
         the client sees the close, then the end of the stream."""
         self._dropped = True
-        self._buf = bytearray()
+        self._buf = None
         self._fragments = None
         self._turn_held = self._held = False
         self._update_reading()
@@ -326,7 +341,7 @@ class WebSocket(asyncio.Protocol):
         log.info("websocket %s: %s, closing with %d",
                  self.session.sid if self.session is not None else "?", why, code)
         self.stats.protocol_errors += 1
-        self._buf = bytearray()
+        self._buf = None
         self._fragments = None
         if not self._closing:
             self.close_transport(code, why)
@@ -350,6 +365,8 @@ class WebSocket(asyncio.Protocol):
     # ---------------------------------------------------------------- inbound frames
     def _parse(self) -> None:
         buf = self._buf
+        if buf is None:
+            return
         frames = 0
         while not self._lost and not self._held and not self._dropped:
             if frames == FRAMES_PER_TURN:
@@ -390,6 +407,8 @@ class WebSocket(asyncio.Protocol):
                 return
             payload = _websocket_mask(bytes(buf[pos:pos + 4]), bytes(buf[pos + 4:end]))
             del buf[:end]
+            if not buf and self._buf is buf:
+                self._buf = None
             self._frame(b0 & 0x80, opcode, payload)
 
     def _frame(self, fin: int, opcode: int, payload: bytes) -> None:
