@@ -23,6 +23,8 @@ import socketio
 from engineio import packet as eio_packet
 from socketio import packet
 
+# rooms of a session kept as a tuple up to this many (membership is checked by scanning)
+_FEW = 8
 # a node-to-node control message's handler: gets the payload
 ControlHandler = Callable[[dict[str, Any]], Coroutine[Any, Any, None]]
 
@@ -34,7 +36,9 @@ class FanoutMixin(socketio.AsyncManager):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._rooms_of: dict[str, set[Any]] = {}  # sid → its named rooms, its sid room included
+        # sid → its named rooms, its sid room included: a tuple while there are few (a set
+        # of three costs 216 bytes per connection, a tuple 64), a set beyond
+        self._rooms_of: dict[str, tuple[Any, ...] | set[Any]] = {}
 
     # ---------------------------------------------------------------- rooms
     def basic_enter_room(self, sid: str, namespace: str, room: Any,
@@ -44,16 +48,28 @@ class FanoutMixin(socketio.AsyncManager):
         elif sid not in self.rooms.get(namespace, {}).get(None, ()):
             raise ValueError("sid is not connected to requested namespace")
         if room is not None:
-            self._rooms_of.setdefault(sid, set()).add(room)
+            mine = self._rooms_of.get(sid)
+            if mine is None:
+                self._rooms_of[sid] = (room,)
+            elif isinstance(mine, set):
+                mine.add(room)
+            elif room not in mine:
+                self._rooms_of[sid] = (*mine, room) if len(mine) < _FEW else {*mine, room}
 
     def basic_leave_room(self, sid: str, namespace: str, room: Any) -> None:
         if room is None or room != sid:
             super().basic_leave_room(sid, namespace, room)
         if room is not None:
             mine = self._rooms_of.get(sid)
-            if mine is not None:
+            if isinstance(mine, set):
                 mine.discard(room)
                 if not mine:
+                    del self._rooms_of[sid]
+            elif mine is not None and room in mine:
+                rest = tuple(r for r in mine if r != room)
+                if rest:
+                    self._rooms_of[sid] = rest
+                else:
                     del self._rooms_of[sid]
 
     def basic_disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:

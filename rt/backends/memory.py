@@ -15,30 +15,42 @@ from ..core.errors import UsageFull
 class MemoryPresence:
     def __init__(self) -> None:
         self._user_of: dict[str, str] = {}
-        self._sessions: dict[str, set[str]] = {}
+        # user → their one sid, or a set of them: most users have one tab, and a set of one
+        # costs 216 bytes per connection where the sid itself is already held
+        self._sessions: dict[str, str | set[str]] = {}
 
     async def add(self, sid: str, user_id: str) -> None:
         self._user_of[sid] = user_id
-        self._sessions.setdefault(user_id, set()).add(sid)
+        held = self._sessions.get(user_id)
+        if held is None:
+            self._sessions[user_id] = sid
+        elif isinstance(held, set):
+            held.add(sid)
+        elif held != sid:
+            self._sessions[user_id] = {held, sid}
 
     async def remove(self, sid: str) -> str | None:
         user_id = self._user_of.pop(sid, None)
         if user_id is not None:
-            sids = self._sessions.get(user_id)
-            if sids is not None:
-                sids.discard(sid)
-                if not sids:
-                    del self._sessions[user_id]
+            held = self._sessions.get(user_id)
+            if isinstance(held, set):
+                held.discard(sid)
+                if len(held) == 1:
+                    self._sessions[user_id] = next(iter(held))
+            elif held == sid:
+                del self._sessions[user_id]
         return user_id
 
     async def sessions_of(self, user_id: str) -> list[str]:
-        return list(self._sessions.get(user_id, ()))
+        held = self._sessions.get(user_id)
+        return [] if held is None else [held] if isinstance(held, str) else list(held)
 
     async def user_of(self, sid: str) -> str | None:
         return self._user_of.get(sid)
 
     async def users(self) -> dict[str, int]:
-        return {uid: len(sids) for uid, sids in self._sessions.items()}
+        return {uid: 1 if isinstance(held, str) else len(held)
+                for uid, held in self._sessions.items()}
 
 
 class MemoryUsage:
