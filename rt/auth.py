@@ -54,7 +54,7 @@ class AuthError(Exception):
         self.code = code
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Identity:
     """The verified user of a connection; never changes for the life of a sid."""
 

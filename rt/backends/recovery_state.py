@@ -73,7 +73,7 @@ def format_offset(offset: Offset) -> str:
     return f"{offset[0]}-{offset[1]}"
 
 
-@dataclass
+@dataclass(slots=True)
 class SessionRecord:
     sid: str
     secret: str  # sha256 of the secret half of the pid
