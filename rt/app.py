@@ -153,7 +153,8 @@ class Appliance:
         # ---------------------------------------------------------------- socket features
         self.gateway = Gateway(self.sio, self.verifier, source, rights, ledger, self.presence,
                                self.usage, self.limits, self.typing, self.tasks,
-                               (s.openwebui.unbound_per_ip, s.openwebui.unbound_max))
+                               (s.openwebui.unbound_per_ip, s.openwebui.unbound_max),
+                               keep_tokens=self.openwebui is not None)
         self.channels = ChannelEvents(self.gateway, ChannelService(self.emitter, self.typing))
         self.document_host = DocumentHost()  # pycrdt's copies, in a process of its own
         self.documents = CollabService(

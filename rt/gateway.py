@@ -58,8 +58,12 @@ class Gateway:
     def __init__(self, sio: SocketServer, verifier: TokenVerifier, source: IdentitySource,
                  rights: Rights, ledger: Ledger, presence: PresenceService,
                  usage: UsageService, limits: Limits, typing: TypingGate, tasks: TaskGroup,
-                 unbound_limits: tuple[int, int] = (20, 2000)):
+                 unbound_limits: tuple[int, int] = (20, 2000), keep_tokens: bool = True):
+        """`keep_tokens`: keep each session's token for the owner of users to be asked
+        with (open-webui); the appliance's own directory decides without it, and a token
+        kept per idle connection is a few hundred bytes for nobody."""
         self.sio = sio
+        self.keep_tokens = keep_tokens
         self.verifier = verifier
         self.source = source
         self.rights = rights
@@ -233,6 +237,8 @@ class Gateway:
         log.debug("connect %s user %s via %s", sid, identity.id, environ.get("rt.transport"))
 
     def _remember_token(self, sid: str, user_id: str, token: str) -> None:
+        if not self.keep_tokens:
+            return
         self.tokens[sid] = token
         self.user_tokens.pop(user_id, None)  # to the end: the newest
         self.user_tokens[user_id] = token
