@@ -43,7 +43,7 @@ from .engine.server import EngineOptions
 from .gateway import Gateway
 from .http_server import ProxyAwareHTTPServer
 from .identities import DirectoryIdentities, IdentitySource
-from .keyfiles import ensure_secret
+from .keyfiles import resolve_secrets
 from .ledger import DirectoryLedger, Ledger
 from .limits import Limits
 from .metrics import ClusterFigures, Figure, Figures, Metrics
@@ -86,18 +86,6 @@ def engine_options(settings: Any) -> EngineOptions:
         inbound_bytes_burst=settings.limits.inbound_bytes_burst,
         flood_close_after=settings.limits.flood_close_after,
     )
-
-
-def resolve_secrets(settings: Any, announce: Callable[[str], None] | None = None) -> Any:
-    """Fill empty secret_key / api_key from files in the data dir, generated once."""
-    for name, file in (("secret_key", "secret_key"), ("api_key", "api_key")):
-        if getattr(settings.auth, name):
-            continue
-        value, path, created = ensure_secret(settings.state.data_dir, file)
-        settings = settings.replace("auth", name, value, source=f"generated {path}")
-        if announce is not None:
-            announce(f"{'generated' if created else 'using'} {name} in {path} (mode 0600)")
-    return settings
 
 
 class Appliance:

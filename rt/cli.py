@@ -94,9 +94,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(settings, reload_settings) -> int:
-    from .app import Appliance, resolve_secrets
-    from .backends.factory import BackendError
-    from .core.errors import StoreError
+    # the supervisor of workers imports none of the serving side: it only supervises
+    from .keyfiles import resolve_secrets
     from .workers import supervisor
     from .workers.role import WorkerRole, die_with_parent
 
@@ -109,6 +108,10 @@ def _serve(settings, reload_settings) -> int:
         return supervisor.serve(settings, count)
     if role is not None:
         die_with_parent()  # the one-file binary's Python child too, not only its bootloader
+    from .app import Appliance
+    from .backends.factory import BackendError
+    from .core.errors import StoreError
+
     announce = (lambda m: print(f"{role.name}: {m}", flush=True)) if role is not None else (
         lambda m: print(m, flush=True))
     runner: Callable[[Coroutine[Any, Any, int]], int]
@@ -161,11 +164,11 @@ def _serve(settings, reload_settings) -> int:
 
 
 def _token(settings, args) -> int:
-    from .app import resolve_secrets
     from .auth import TokenVerifier
     from .backends import User
     from .backends.factory import BackendError, build_backend
     from .core.errors import StoreError
+    from .keyfiles import resolve_secrets
 
     try:
         expires = parse_duration(args.expires)
