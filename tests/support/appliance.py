@@ -175,9 +175,10 @@ class ApplianceProcess:
             self.config.write_text(ini)
         self.env = {**os.environ, "WEBUI_SECRET_KEY": SECRET, "RT_API_KEY": API_KEY,
                     "PYTHONUNBUFFERED": "1", **(env or {})}
-        if "workers" not in ini and "RT_SERVER_WORKERS" not in (env or {}):
+        if "workers" not in ini and "RT_SERVER_WORKERS" not in self.env:
             # one process, the node these tests reason about (one appliance, one node of a
-            # cluster, its pid); tests/integration/test_workers.py asks for workers itself
+            # cluster, its pid); tests/integration/test_workers.py asks for workers itself,
+            # and RT_SERVER_WORKERS in the environment runs every such test with workers
             self.env["RT_SERVER_WORKERS"] = "1"
         self.port = port
         self.proc: subprocess.Popen | None = None
