@@ -85,6 +85,47 @@ def _valid_close_code(code: int) -> bool:
     return code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011) or 3000 <= code <= 4999
 
 
+class _Turn:
+    """The websockets written to in this turn of the event loop, each corked at its first
+    frame and written once at the end of the turn: a client that several broadcasts reach
+    in one turn (the emits and typing events that arrived together) gets them in one system
+    call, where a call per frame was most of a fan-out's CPU (profiled: 77 % of a saturated
+    HTTP-emit fan-out in `transport.write`). A loop that stops mid-turn leaves its turn
+    behind: the next loop starts one of its own."""
+
+    __slots__ = ("loop", "sockets")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.sockets: list[WebSocket] = []
+
+    def end(self) -> None:
+        global _turn
+        if _turn is self:
+            _turn = None
+        for ws in self.sockets:
+            ws.uncork()
+
+
+_turn: _Turn | None = None
+
+
+def _corked_until_end_of_turn(ws: WebSocket) -> bool:
+    """Cork `ws` until the end of this turn of the loop; False outside a running loop."""
+    global _turn
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    turn = _turn
+    if turn is None or turn.loop is not loop:  # (a turn of a loop that has stopped)
+        turn = _turn = _Turn(loop)
+        loop.call_soon(turn.end)
+    turn.sockets.append(ws)
+    ws._corked = []
+    return True
+
+
 class WebSocket(asyncio.Protocol):
     """One accepted websocket. The session it serves talks to it like to any transport:
     `send_wire_frame`, `send_frame`, `close_transport`, `probed`; it reports messages with
@@ -200,6 +241,8 @@ class WebSocket(asyncio.Protocol):
         if transport.get_write_buffer_size() + self._corked_size <= self.max_outbound:
             self._allowance = 0  # whatever large message there was has gone out
         size = frame_size(frame)
+        if corked is None and _corked_until_end_of_turn(self):
+            corked = self._corked
         if corked is not None:
             corked.append(frame)
             self._corked_size += size

@@ -148,3 +148,51 @@ def test_an_inbox_turn_is_written_once_and_flushed_before_waiting():
     # 0..2 in the first step, flushed before "3" waits; after its wait the turn's time is
     # up (the task yields: "3" goes out), then the rest: never an ack held while it waits
     assert writes == [b"".join(acks[:3]), acks[3], b"".join(acks[4:])]
+
+
+def test_frames_written_in_one_turn_of_the_loop_leave_together_at_its_end():
+    """Several broadcasts that reach a client in one turn (emits and typing events that
+    arrived together) cost it one write, in order, at the end of the turn; the next turn
+    starts afresh, and a control frame still follows what was written before it."""
+    async def main():
+        a, b = websocket(), websocket()
+        for i in range(3):
+            a.send_message_text(b"4%d[]" % i)
+        b.send_message_text(b"40[]")
+        assert a.transport.writes == [] and b.transport.writes == []
+        assert a.unsent() == sum(len(message_frame(b"4%d[]" % i)) for i in range(3))
+        await asyncio.sleep(0)  # the end of the turn
+        assert a.transport.writes == [b"".join(message_frame(b"4%d[]" % i) for i in range(3))]
+        assert b.transport.writes == [message_frame(b"40[]")]
+        assert a.unsent() == 0
+        a.send_message_text(b"43[]")
+        a.close_transport(1000, "bye")  # what was written first goes first
+        a._close_timer.cancel()
+        assert a.transport.writes[1] == message_frame(b"43[]") and a.transport.writes[2][0] == 0x88
+        await asyncio.sleep(0)
+        assert len(a.transport.writes) == 3  # nothing written twice at the end of the turn
+
+    asyncio.run(main())
+
+
+def test_a_turn_of_a_stopped_loop_holds_nothing_back_in_the_next():
+    """A loop that stops before the end of its turn (process shutdown) leaves that turn
+    behind; the sockets of the next loop get turns of their own, ended there."""
+    old, new = websocket(), websocket()
+    loop = asyncio.new_event_loop()
+
+    def send_and_stop():
+        old.send_message_text(b"40[]")
+        loop.stop()  # the end of this turn would run in the next iteration: never
+
+    loop.call_soon(send_and_stop)
+    loop.run_forever()
+    loop.close()
+    assert old.transport.writes == []
+
+    async def send():
+        new.send_message_text(b"41[]")
+        await asyncio.sleep(0)
+
+    asyncio.run(send())
+    assert new.transport.writes == [message_frame(b"41[]")]
