@@ -361,17 +361,8 @@ def route(path: str, engine: EngineServer) -> tuple[str, type[EngineIOHandler], 
 
 async def adopt_websocket(engine: EngineServer, sock: socket.socket, key: str,
                           environ: dict[str, Any], upgrade_sid: str | None) -> None:
-    """Answer the handshake of a websocket whose request was read (here, or by another
-    worker that handed its socket over) and give it to its session: the socket leaves
-    Tornado for our transport."""
-    if upgrade_sid is not None:
-        try:
-            if engine.lookup(upgrade_sid).closed:
-                raise HandshakeError(HandshakeError.UNKNOWN_SID)
-        except HandshakeError as exc:
-            # handed over by another worker, whose checks could not include this one
-            _refuse_raw(sock, exc)
-            return
+    """Answer the handshake of a websocket whose request was read and checked, and give it
+    to its session: the socket leaves Tornado for our transport."""
     options = engine.options
     ws = WebSocket(options.max_payload, options.max_outbound_bytes, engine.counters)
     try:
@@ -384,6 +375,19 @@ async def adopt_websocket(engine: EngineServer, sock: socket.socket, key: str,
     session = await engine.open_websocket(ws, environ, upgrade_sid)
     if session is not None:
         ws.start(session)
+
+
+async def adopt_handed_over(engine: EngineServer, sock: socket.socket, key: str,
+                            environ: dict[str, Any], upgrade_sid: str) -> None:
+    """`adopt_websocket` for a socket another worker handed over: that worker checked the
+    request, but only this one knows whether the session can still take a websocket."""
+    try:
+        if engine.lookup(upgrade_sid).closed:
+            raise HandshakeError(HandshakeError.UNKNOWN_SID)
+    except HandshakeError as exc:
+        _refuse_raw(sock, exc)
+        return
+    await adopt_websocket(engine, sock, key, environ, upgrade_sid)
 
 
 def _refuse_raw(sock: socket.socket, exc: HandshakeError) -> None:

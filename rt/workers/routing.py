@@ -30,7 +30,7 @@ import orjson
 import tornado.httputil
 import tornado.iostream
 
-from ..engine.handler import adopt_websocket
+from ..engine.handler import adopt_handed_over
 from ..engine.protocol import HandshakeError
 from ..engine.server import EngineServer
 from ..metrics import Figure
@@ -192,7 +192,7 @@ class HandoffReceiver:
             if not conns:
                 continue
             task = asyncio.ensure_future(
-                adopt_websocket(self.engine, conns[0], key, environ, sid))
+                adopt_handed_over(self.engine, conns[0], key, environ, sid))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             self.adopted += 1

@@ -255,8 +255,8 @@ class Supervisor:
 
     def _announce_ready(self) -> None:
         s = self.settings
-        state = (f"sqlite: {os.path.join(s.state.data_dir, 'rt-appliance.sqlite3')}"
-                 if self.broker is not None else "redis")
+        # (the workers' own lines name the SQLite file, as a single process does)
+        state = f"sqlite in {s.state.data_dir}" if self.broker is not None else "redis"
         self.announce(f"rt-appliance listening on http://{s.server.host}:{self.port}"
                       f"{s.server.socketio_path} ({state}; {self.count} workers)")
         sdnotify.ready(self._status())
