@@ -38,6 +38,7 @@ from .emitter import Emitter
 from .encryption.delivery import SidDelivery
 from .encryption.events import EncryptionEvents
 from .encryption.service import SWEEP_INTERVAL, EncryptionRelay
+from .engine.front_door import FrontDoor
 from .engine.handler import route as engine_route
 from .engine.server import EngineOptions
 from .gateway import Gateway
@@ -357,6 +358,8 @@ class Appliance:
         self.http = ProxyAwareHTTPServer(self.web, max_body_size=max_body,
                                          idle_connection_timeout=idle)
         self.http.trusted = self._trusted_proxies
+        self.http.front = FrontDoor(self.sio.engine, s.server.socketio_path,
+                                    self.http.believed, header_timeout=idle)
         role = self.role
         sockets = (role.listening_sockets() if role is not None else  # bound by the supervisor
                    tornado.netutil.bind_sockets(s.server.port, s.server.host,

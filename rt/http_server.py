@@ -1,11 +1,19 @@
-"""The appliance's HTTP server: Tornado's, with TCP_NODELAY and believed proxy headers."""
+"""The appliance's HTTP server: Tornado's, with TCP_NODELAY, believed proxy headers and a
+front door for websocket handshakes."""
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Callable
 from typing import Any
 
 import tornado.httpserver
+
+from .engine.front_door import FrontDoor
+
+# peers remembered with their verdict, per list of trusted proxies (a few proxies and the
+# addresses of the clients that connect directly: bounded, cleared when full)
+_VERDICTS_KEPT = 4096
 
 
 class ProxyAwareHTTPServer(tornado.httpserver.HTTPServer):
@@ -13,10 +21,24 @@ class ProxyAwareHTTPServer(tornado.httpserver.HTTPServer):
     for the peer's delayed ACK (Nagle). X-Forwarded-For / X-Real-IP are believed only
     from the proxies of `[server] forwarded_allow_ips` (nginx on the same box by default),
     so that behind nginx every browser counts under its own address while a client that
-    connects directly cannot claim one."""
+    connects directly cannot claim one. With a `front` door, each new TCP connection is
+    offered to it first (engine/front_door.py), and reaches Tornado only if it declines."""
 
-    # (Tornado builds its servers through `initialize`; the owner sets this afterwards)
+    # (Tornado builds its servers through `initialize`; the owner sets these afterwards)
     trusted: Callable[[], tuple[str, ...]] = staticmethod(lambda: ())
+    front: FrontDoor | None = None
+    _verdicts: tuple[tuple[str, ...], dict[str, bool]] = ((), {})
+
+    def _handle_connection(self, connection: socket.socket, address: Any) -> None:
+        # Tornado's accept loop hands every accepted socket to this method
+        front = self.front
+        if front is None or not isinstance(address, tuple):
+            super()._handle_connection(connection, address)
+            return
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        front.take(connection, address,
+                   lambda: super(ProxyAwareHTTPServer, self)._handle_connection(
+                       connection, address))
 
     def handle_stream(self, stream: Any, address: Any) -> None:
         stream.set_nodelay(True)
@@ -25,9 +47,21 @@ class ProxyAwareHTTPServer(tornado.httpserver.HTTPServer):
     def start_request(self, server_conn: Any, request_conn: Any) -> Any:
         # Tornado reads the headers of a request when `xheaders` is set as the request
         # starts; it is set here per request, from the address of the peer (one thread)
-        self.xheaders = proxy_trusted(self.trusted(), getattr(request_conn.context,
-                                                              "remote_ip", ""))
+        self.xheaders = self.believed(getattr(request_conn.context, "remote_ip", ""))
         return super().start_request(server_conn, request_conn)
+
+    def believed(self, peer: str) -> bool:
+        """Whether `peer` is one of the trusted proxies (the verdict is kept: parsing
+        addresses and networks on every request cost more than the rest of the check)."""
+        allowed = self.trusted()
+        kept, verdicts = self._verdicts
+        if kept != allowed or len(verdicts) >= _VERDICTS_KEPT:  # reloaded, or full
+            verdicts = {}
+            self._verdicts = (allowed, verdicts)
+        verdict = verdicts.get(peer)
+        if verdict is None:
+            verdict = verdicts[peer] = proxy_trusted(allowed, peer)
+        return verdict
 
 
 def proxy_trusted(allowed: tuple[str, ...], peer: str) -> bool:

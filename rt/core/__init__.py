@@ -1,1 +1,2 @@
-"""The bottom layer: errors and the one task helper. Imports nothing else of rt."""
+"""The bottom layer: errors, the one task helper and random tokens. Imports nothing else of
+rt."""

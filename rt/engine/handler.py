@@ -28,7 +28,7 @@ _POLL_CONTENT_TYPE = "text/plain; charset=UTF-8"
 # The request headers a session keeps: its connect handler may want to know where the
 # client came from and what it is. The rest (cookies with tokens in them, above all) would
 # be kilobytes held for the whole life of every connection, for nobody.
-_KEPT_HEADERS = ("Origin", "User-Agent")
+KEPT_HEADERS = ("Origin", "User-Agent")
 
 
 def build_environ(request: tornado.httputil.HTTPServerRequest, transport: str
@@ -43,7 +43,7 @@ def build_environ(request: tornado.httputil.HTTPServerRequest, transport: str
         "REMOTE_ADDR": request.remote_ip,
         "rt.transport": transport,
     }
-    for name in _KEPT_HEADERS:
+    for name in KEPT_HEADERS:
         value = request.headers.get(name)
         if value is not None:
             environ["HTTP_" + name.upper().replace("-", "_")] = value

@@ -10,9 +10,7 @@ specification words them.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import asdict
@@ -21,6 +19,7 @@ from typing import Any, TypeVar
 from engineio.base_server import BaseServer as _EioBase
 
 from rt.core.tasks import TaskGroup
+from rt.core.tokens import token_urlsafe
 
 from .contracts import EngineStats, MessageHandler, SessionRef, Siblings, WsTransport
 from .inbox import Consumer, consuming
@@ -93,7 +92,7 @@ class EngineServer:
 
     # ---------------------------------------------------------------- sessions
     def generate_id(self) -> str:
-        return self.sid_prefix + base64.urlsafe_b64encode(os.urandom(15)).decode("ascii")
+        return self.sid_prefix + token_urlsafe(15)
 
     async def create_session(self, environ: dict[str, Any], transport: str,
                              ws: WsTransport | None = None) -> EngineSession:

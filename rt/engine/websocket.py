@@ -1,7 +1,8 @@
 """The websocket transport of a session: RFC 6455 framing on an asyncio transport.
 
 Tornado performs the HTTP upgrade (routing, origin checks, the handshake errors of the
-Engine.IO specification); the accepted socket then leaves Tornado for an asyncio protocol.
+Engine.IO specification), or front_door.py does for a new connection's plain handshake; the
+accepted socket then leaves Tornado for an asyncio protocol.
 Tornado's websocket keeps a chain of coroutines, a handler, the request and an IOStream
 alive per connection and pays a Future and a callback per frame written; here a connection
 is this object and its transport (uvloop's, in C, when the appliance runs on uvloop), a read

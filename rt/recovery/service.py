@@ -40,7 +40,6 @@ import hashlib
 import hmac
 import logging
 import os
-import secrets
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -63,6 +62,7 @@ from ..backends.recovery_state import (
 from ..backends.redis_conn import KeySpace
 from ..core.errors import StoreError
 from ..core.tasks import TaskGroup
+from ..core.tokens import token_urlsafe
 from ..metrics import Figure
 from .calls import PendingCalls
 
@@ -369,7 +369,7 @@ class RecoveryService:
         """A session bound at its CONNECT: recoverable when its client can be."""
         if not self.capable(environ):
             return
-        secret = secrets.token_urlsafe(18)
+        secret = token_urlsafe(18)
         record = SessionRecord(
             sid=sid, secret=_hash(secret), user=identity.id, name=identity.name,
             role=identity.role, rooms=sorted(self.sio.manager.get_rooms(sid, "/")),
@@ -648,7 +648,7 @@ class RecoveryService:
         # from here to the end: no await, nothing delivered in between
         held = self.holding.pop(sid, [])
         if reason:
-            secret = secrets.token_urlsafe(18)
+            secret = token_urlsafe(18)
             self.secrets[sid] = secret
             record.secret = _hash(secret)
             self.results[f"failed_{reason}"] += 1
