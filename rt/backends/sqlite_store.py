@@ -44,6 +44,9 @@ from .sqlite_file import transaction as _transaction
 
 T = TypeVar("T")
 
+# ids in one `IN (...)` of a batched user lookup (SQLite allows 32766 parameters)
+_IDS_PER_QUERY = 500
+
 class SqliteStore:
     """`Store` on a SQLite file. Construct cheaply; `open()` does the I/O."""
 
@@ -56,6 +59,8 @@ class SqliteStore:
         # Why the last write that failed for a reason outside its statement failed (see
         # sqlite_file.WRITE_PATH_ERRORS), until a write succeeds again; `ping` reports it.
         self._write_failure: str | None = None
+        # user id -> the callers waiting for it, until the end of this turn (get_user)
+        self._user_reads: dict[str, list[asyncio.Future[User | None]]] = {}
 
     # plumbing ------------------------------------------------------------------------
     async def _submit(self, executor: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
@@ -163,17 +168,44 @@ class SqliteStore:
         await self._run(run)
 
     async def get_user(self, user_id: str) -> User | None:
-        def run(db: sqlite3.Connection) -> User | None:
-            row = db.execute(
-                "SELECT name, role, disabled, last_active_at FROM users WHERE id = ?",
-                (user_id,),
-            ).fetchone()
-            if row is None:
-                return None
-            name, role, disabled, last_active_at = row
-            return User(user_id, name, role, bool(disabled), last_active_at)
+        """Every connect asks for its user. The lookups asked in one turn of the event loop
+        go to the reading thread together: one hand-over for all of them, which cost more
+        than the lookups themselves when many clients connect at once."""
+        loop = asyncio.get_running_loop()
+        if not self._user_reads:
+            loop.call_soon(self._read_users)
+        waiter: asyncio.Future[User | None] = loop.create_future()
+        self._user_reads.setdefault(user_id, []).append(waiter)
+        return await waiter
 
-        return await self._read(run)
+    def _read_users(self) -> None:
+        asked, self._user_reads = self._user_reads, {}
+        ids = list(asked)
+
+        def run(db: sqlite3.Connection) -> dict[str, User]:
+            found: dict[str, User] = {}
+            for start in range(0, len(ids), _IDS_PER_QUERY):
+                chunk = ids[start:start + _IDS_PER_QUERY]
+                for user_id, name, role, disabled, last_active_at in db.execute(
+                        "SELECT id, name, role, disabled, last_active_at FROM users"
+                        f" WHERE id IN ({', '.join('?' * len(chunk))})", chunk):
+                    found[user_id] = User(user_id, name, role, bool(disabled), last_active_at)
+            return found
+
+        def answer(done: asyncio.Future[dict[str, User]]) -> None:
+            error = (StoreError(f"SQLite store {self.path}: the read was cancelled")
+                     if done.cancelled() else done.exception())
+            users = done.result() if error is None else {}
+            for user_id, waiters in asked.items():
+                for waiter in waiters:
+                    if waiter.done():  # its caller went away
+                        continue
+                    if error is not None:
+                        waiter.set_exception(error)
+                    else:
+                        waiter.set_result(users.get(user_id))
+
+        asyncio.ensure_future(self._read(run)).add_done_callback(answer)
 
     async def delete_user(self, user_id: str) -> bool:
         def run(db: sqlite3.Connection) -> bool:

@@ -55,6 +55,21 @@ async def test_user_put_get_update_delete(store: Store) -> None:
     assert await store.delete_user("u1") is False
 
 
+async def test_many_user_lookups_at_once(store: Store) -> None:
+    # a reconnect storm: many connects ask in the same turn, some for the same user, some
+    # for users that do not exist (the SQLite store answers them all with one read)
+    for i in range(0, 1200, 2):
+        await store.put_user(User(f"u{i}", f"User {i}", disabled=i % 4 == 0))
+    asked = [f"u{i % 1200}" for i in range(1500)]
+    got = await asyncio.wait_for(asyncio.gather(*(store.get_user(u) for u in asked)), 30)
+    for user_id, user in zip(asked, got):
+        i = int(user_id[1:])
+        if i % 2:
+            assert user is None
+        else:
+            assert user == User(user_id, f"User {i}", "user", i % 4 == 0, None)
+
+
 async def test_put_user_keeps_last_active(store: Store) -> None:
     await store.put_user(User("u1", "Ann", last_active_at=100.0))
     # A PUT from the API carries no time: the stored one stays.
@@ -509,6 +524,44 @@ async def test_sqlite_reads_do_not_queue_behind_writes(db_path: Path) -> None:
             await asyncio.wait_for(busy, WAIT)
     finally:
         await store.close()
+
+
+async def test_sqlite_user_lookups_of_one_turn_share_a_read(db_path: Path) -> None:
+    """The lookups asked together: a caller that gives up does not hurt the others, and
+    a failed read fails each of them with a StoreError, changing nothing."""
+    store = SqliteStore(str(db_path))
+    await store.open()
+    try:
+        await store.put_user(User("u1", "Ann"))
+        reads: list[int] = []
+        real_read = store._read
+
+        async def counted(fn):  # the reading thread's calls, counted
+            reads.append(1)
+            return await real_read(fn)
+
+        store._read = counted  # type: ignore[method-assign]
+        first, gone, third = (asyncio.ensure_future(store.get_user(u))
+                              for u in ("u1", "u1", "nobody"))
+        await asyncio.sleep(0)  # all three asked: the read is on its way
+        gone.cancel()
+        assert await asyncio.wait_for(first, WAIT) == User("u1", "Ann", "user", False, None)
+        assert await asyncio.wait_for(third, WAIT) is None
+        assert reads == [1]
+
+        async def failing(fn):
+            raise StoreError("SQLite store: disk gone")
+
+        store._read = failing  # type: ignore[method-assign]
+        both = await asyncio.wait_for(asyncio.gather(
+            store.get_user("u1"), store.get_user("u2"), return_exceptions=True), WAIT)
+        assert [type(e) for e in both] == [StoreError, StoreError]
+        store._read = real_read  # type: ignore[method-assign]
+        assert await store.get_user("u1") == User("u1", "Ann", "user", False, None)
+    finally:
+        await store.close()
+    with pytest.raises(StoreError):  # closed: refused, as every read is
+        await asyncio.wait_for(store.get_user("u1"), WAIT)
 
 
 async def test_sqlite_data_survives_close_and_reopen(db_path: Path) -> None:
