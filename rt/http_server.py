@@ -29,6 +29,17 @@ class ProxyAwareHTTPServer(tornado.httpserver.HTTPServer):
     front: FrontDoor | None = None
     _verdicts: tuple[tuple[str, ...], dict[str, bool]] = ((), {})
 
+    def add_sockets(self, sockets: Any) -> None:
+        sockets = list(sockets)
+        if self.front is not None:
+            # a connection is accepted once its first bytes are in (or after a second
+            # without any), so the front door mostly reads the request at once instead of
+            # waiting for it with a reader and a timer of its own; nginx's `deferred`
+            for sock in sockets:
+                if sock.family in (socket.AF_INET, socket.AF_INET6):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 1)
+        super().add_sockets(sockets)
+
     def _handle_connection(self, connection: socket.socket, address: Any) -> None:
         # Tornado's accept loop hands every accepted socket to this method
         front = self.front

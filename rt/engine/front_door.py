@@ -53,11 +53,20 @@ class FrontDoor:
 
     def take(self, sock: socket.socket, address: Any,
              pass_on: Callable[[], None]) -> None:
-        """A new connection: wait for its first bytes, then adopt it or `pass_on` to Tornado."""
+        """A new connection: adopt it or `pass_on` to Tornado, once its first bytes are in
+        (mostly they are by the time it is accepted, as the listening sockets defer
+        accepting until they are: then no waiting is set up at all)."""
         loop = asyncio.get_running_loop()
-        fd = sock.fileno()
-        timer = loop.call_later(self.header_timeout, self._silent, loop, fd, sock)
-        loop.add_reader(fd, self._readable, loop, fd, sock, address, pass_on, timer)
+        try:
+            data = sock.recv(PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            fd = sock.fileno()
+            timer = loop.call_later(self.header_timeout, self._silent, loop, fd, sock)
+            loop.add_reader(fd, self._readable, loop, fd, sock, address, pass_on, timer)
+            return
+        except OSError:  # reset already: Tornado sees to it
+            return self._pass(pass_on)
+        self._decide(loop, sock, data, address, pass_on)
 
     def _silent(self, loop: asyncio.AbstractEventLoop, fd: int, sock: socket.socket) -> None:
         loop.remove_reader(fd)
@@ -77,7 +86,11 @@ class FrontDoor:
             data = sock.recv(PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except OSError:  # reset already, or nothing after all: Tornado sees to it
             return self._pass(pass_on)
-        plan = self.plan(data, address[0] if isinstance(address, tuple) else "")
+        self._decide(loop, sock, data, address, pass_on)
+
+    def _decide(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, data: bytes,
+                address: Any, pass_on: Callable[[], None]) -> None:
+        plan = self.plan(data, address[0])
         if plan is None:
             return self._pass(pass_on)
         size, key, environ = plan

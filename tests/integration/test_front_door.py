@@ -144,6 +144,7 @@ async def test_a_silent_connection_is_closed_after_the_header_timeout(tmp_path):
         front = h.app.http.front
         front.header_timeout = 0.3
         reader, writer = await asyncio.open_connection("127.0.0.1", h.app.port)
+        # (accepted after the kernel's deferral of about a second, then 0.3 s of patience)
         assert await asyncio.wait_for(reader.read(), WAIT) == b""  # closed by the server
         writer.close()
         assert front.counts == {"adopted": 0, "passed": 0, "silent": 1}
