@@ -58,6 +58,7 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
         self.session: EngineSession | None = None  # the session of this websocket
         self._polling: EngineSession | None = None  # the session whose long-poll this is
         self._upgrade_sid: str | None = None
+        self._upgrade_elsewhere = False  # that session lives in another worker
         self.probed = False  # websocket probe seen (upgrade in progress)
         self._pending_bytes = 0
         self._closing = False
@@ -158,7 +159,8 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
             return self._invalid_upgrade()
         if not self._origin_ok():
             return self._refuse(HandshakeError(HandshakeError.FORBIDDEN, status=403))
-        if sid is not None and not self._elsewhere(sid):  # else looked up by its worker
+        elsewhere = sid is not None and self._elsewhere(sid)  # looked up by its worker
+        if sid is not None and not elsewhere:
             try:
                 session = self.engine.lookup(sid)
             except HandshakeError as exc:
@@ -168,11 +170,11 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
             # A session that cannot take this websocket (upgraded already, or probing
             # with another) gets it accepted and closed at once (open_websocket), as the
             # reference server does: its clients expect a close, not a failed handshake.
-        self._upgrade_sid = sid
+        self._upgrade_sid, self._upgrade_elsewhere = sid, elsewhere
         if not valid_key(self.request.headers.get("Sec-WebSocket-Key", "")):
             # RFC 6455 §4.2.1: a key that is not base64 of 16 bytes is a bad request
             return self._invalid_upgrade()
-        if sid is not None and self._elsewhere(sid) and self.engine.options.compression:
+        if elsewhere and self.engine.options.compression:
             # Tornado's websocket cannot change process; the client keeps polling
             return self._refuse(HandshakeError(HandshakeError.BAD_REQUEST))
         if self.engine.options.compression:
@@ -199,7 +201,7 @@ class EngineIOHandler(tornado.websocket.WebSocketHandler):
         finally:
             stream.close()
         sid, siblings = self._upgrade_sid, self.engine.siblings
-        if sid is not None and siblings is not None and siblings.elsewhere(sid):
+        if sid is not None and self._upgrade_elsewhere and siblings is not None:
             siblings.hand_off(sid, sock, key, environ)
             return
         await adopt_websocket(self.engine, sock, key, environ, sid)
