@@ -42,7 +42,7 @@ from .engine.front_door import FrontDoor
 from .engine.handler import route as engine_route
 from .engine.server import EngineOptions
 from .gateway import Gateway
-from .http_server import ProxyAwareHTTPServer
+from .http_server import ProxyAwareHTTPServer, ProxyTrust
 from .identities import DirectoryIdentities, IdentitySource
 from .keyfiles import resolve_secrets
 from .ledger import DirectoryLedger, Ledger
@@ -114,6 +114,10 @@ class Appliance:
         self.sio = SocketServer(engine_options(s), client_manager=self.backend.client_manager,
                                 logger=protocol_log, engineio_logger=protocol_log)
         self.limits = Limits(s.limits)
+        # a new connection's plain websocket handshake, answered before Tornado; the
+        # client's address from the proxies believed
+        self.proxy_trust = ProxyTrust(self._trusted_proxies)
+        self.front_door = FrontDoor(self.sio.engine, s.server.socketio_path, self.proxy_trust)
         self.emitter = Emitter(self.sio, self.backend.presence)
         self.presence = PresenceService(self.backend.presence, self.backend.store)
         self.usage = UsageService(self.backend.usage, self.emitter, s.limits.usage_ttl,
@@ -291,6 +295,14 @@ class Appliance:
             sources.append(Figures(pubsub))
         if self.openwebui is not None:
             sources.append(self.openwebui)
+        front = self.front_door
+
+        def front_door() -> Iterator[Figure]:
+            yield Figure("rt_front_door_connections", "New connections by what the front door "
+                         "did: answered their websocket handshake itself (adopted), passed "
+                         "them on to Tornado, or closed them for saying nothing (silent)",
+                         dict(front.counts), label="outcome", counter=True)
+        sources.append(Figures(front_door))
         return sources
 
     async def _cluster_figures(self) -> ClusterFigures:
@@ -357,9 +369,9 @@ class Appliance:
         idle = max(60.0, s.server.ping_interval + s.server.ping_timeout)
         self.http = ProxyAwareHTTPServer(self.web, max_body_size=max_body,
                                          idle_connection_timeout=idle)
-        self.http.trusted = self._trusted_proxies
-        self.http.front = FrontDoor(self.sio.engine, s.server.socketio_path,
-                                    self.http.believed, header_timeout=idle)
+        self.http.trust = self.proxy_trust
+        self.front_door.header_timeout = idle
+        self.http.front = self.front_door
         role = self.role
         sockets = (role.listening_sockets() if role is not None else  # bound by the supervisor
                    tornado.netutil.bind_sockets(s.server.port, s.server.host,

@@ -25,9 +25,8 @@ class ProxyAwareHTTPServer(tornado.httpserver.HTTPServer):
     offered to it first (engine/front_door.py), and reaches Tornado only if it declines."""
 
     # (Tornado builds its servers through `initialize`; the owner sets these afterwards)
-    trusted: Callable[[], tuple[str, ...]] = staticmethod(lambda: ())
+    trust: Callable[[str], bool] = staticmethod(lambda peer: False)
     front: FrontDoor | None = None
-    _verdicts: tuple[tuple[str, ...], dict[str, bool]] = ((), {})
 
     def add_sockets(self, sockets: Any) -> None:
         sockets = list(sockets)
@@ -58,12 +57,20 @@ class ProxyAwareHTTPServer(tornado.httpserver.HTTPServer):
     def start_request(self, server_conn: Any, request_conn: Any) -> Any:
         # Tornado reads the headers of a request when `xheaders` is set as the request
         # starts; it is set here per request, from the address of the peer (one thread)
-        self.xheaders = self.believed(getattr(request_conn.context, "remote_ip", ""))
+        self.xheaders = self.trust(getattr(request_conn.context, "remote_ip", ""))
         return super().start_request(server_conn, request_conn)
 
-    def believed(self, peer: str) -> bool:
-        """Whether `peer` is one of the trusted proxies (the verdict is kept: parsing
-        addresses and networks on every request cost more than the rest of the check)."""
+
+class ProxyTrust:
+    """Whether a peer is one of the trusted proxies of `trusted()` (reloadable). The verdict
+    is kept per peer: parsing the address and the networks on every request cost more
+    than the rest of the request's proxy handling."""
+
+    def __init__(self, trusted: Callable[[], tuple[str, ...]]) -> None:
+        self.trusted = trusted
+        self._verdicts: tuple[tuple[str, ...], dict[str, bool]] = ((), {})
+
+    def __call__(self, peer: str) -> bool:
         allowed = self.trusted()
         kept, verdicts = self._verdicts
         if kept != allowed or len(verdicts) >= _VERDICTS_KEPT:  # reloaded, or full

@@ -41,12 +41,13 @@ class FrontDoor:
     """Takes each new connection of the HTTP server before Tornado does (http_server.py)."""
 
     def __init__(self, engine: EngineServer, path: str,
-                 proxy_believed: Callable[[str], bool], header_timeout: float) -> None:
+                 proxy_believed: Callable[[str], bool], header_timeout: float = 60.0) -> None:
         self.engine = engine
         base = path.rstrip("/")
         self.paths = (base, base + "/")  # the route's `/?`
         self.proxy_believed = proxy_believed  # is this peer a proxy whose headers count
-        # a connection that says nothing for this long is closed (Tornado's header timeout)
+        # a connection that says nothing for this long is closed (Tornado's header timeout;
+        # the HTTP server's owner sets it with the server's)
         self.header_timeout = header_timeout
         self.adopting: set[asyncio.Task[None]] = set()
         self.counts = {"adopted": 0, "passed": 0, "silent": 0}

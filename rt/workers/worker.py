@@ -32,7 +32,7 @@ class WorkerSide:
         """Serve what the other workers pass on, on this worker's Unix sockets; `server`
         serves the appliance's own routes (its proxy headers are believed: only the other
         workers can reach it)."""
-        server.trusted = lambda: ("*",)
+        server.trust = lambda peer: True
         server.add_socket(tornado.netutil.bind_unix_socket(
             self.role.sibling_socket(self.role.index), mode=0o600))
         self.handoff.start()

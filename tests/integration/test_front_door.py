@@ -9,6 +9,7 @@ import os
 
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.appliance import WAIT, running
 from tests.support.raw_ws import RawWebSocket
@@ -60,6 +61,15 @@ async def test_a_plain_connect_is_adopted_and_works(tmp_path):
         bare = RawWebSocket(reader, writer)
         assert (await bare.recv())[:1] == "0"
         assert front.counts == {"adopted": 2, "passed": 0, "silent": 0}
+        # the operator sees the same in /metrics (its own request went to Tornado)
+        status, body = await h.api("GET", "/metrics")
+        assert status == 200
+        samples = {(s.name, s.labels.get("outcome")): s.value
+                   for family in text_string_to_metric_families(body.decode())
+                   for s in family.samples if s.name == "rt_front_door_connections_total"}
+        assert samples == {("rt_front_door_connections_total", "adopted"): 2,
+                           ("rt_front_door_connections_total", "passed"): 1,
+                           ("rt_front_door_connections_total", "silent"): 0}
         ws.close()
         bare.close()
 
