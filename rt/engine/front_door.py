@@ -49,7 +49,6 @@ class FrontDoor:
         # a connection that says nothing for this long is closed (Tornado's header timeout;
         # the HTTP server's owner sets it with the server's)
         self.header_timeout = header_timeout
-        self.adopting: set[asyncio.Task[None]] = set()
         self.counts = {"adopted": 0, "passed": 0, "silent": 0}
 
     def take(self, sock: socket.socket, address: Any,
@@ -57,17 +56,17 @@ class FrontDoor:
         """A new connection: adopt it or `pass_on` to Tornado, once its first bytes are in
         (mostly they are by the time it is accepted, as the listening sockets defer
         accepting until they are: then no waiting is set up at all)."""
-        loop = asyncio.get_running_loop()
         try:
             data = sock.recv(PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except BlockingIOError:
+            loop = asyncio.get_running_loop()
             fd = sock.fileno()
             timer = loop.call_later(self.header_timeout, self._silent, loop, fd, sock)
             loop.add_reader(fd, self._readable, loop, fd, sock, address, pass_on, timer)
             return
         except OSError:  # reset already: Tornado sees to it
             return self._pass(pass_on)
-        self._decide(loop, sock, data, address, pass_on)
+        self._decide(sock, data, address, pass_on)
 
     def _silent(self, loop: asyncio.AbstractEventLoop, fd: int, sock: socket.socket) -> None:
         loop.remove_reader(fd)
@@ -87,10 +86,10 @@ class FrontDoor:
             data = sock.recv(PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except OSError:  # reset already, or nothing after all: Tornado sees to it
             return self._pass(pass_on)
-        self._decide(loop, sock, data, address, pass_on)
+        self._decide(sock, data, address, pass_on)
 
-    def _decide(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, data: bytes,
-                address: Any, pass_on: Callable[[], None]) -> None:
+    def _decide(self, sock: socket.socket, data: bytes, address: Any,
+                pass_on: Callable[[], None]) -> None:
         plan = self.plan(data, address[0])
         if plan is None:
             return self._pass(pass_on)
@@ -101,9 +100,8 @@ class FrontDoor:
             sock.close()
             return
         self.counts["adopted"] += 1
-        task = loop.create_task(adopt_websocket(self.engine, sock, key, environ, None))
-        self.adopting.add(task)  # held until done: the loop keeps only a weak reference
-        task.add_done_callback(self.adopting.discard)
+        self.engine.tasks.spawn("websocket handshake",
+                                adopt_websocket(self.engine, sock, key, environ, None))
 
     def plan(self, data: bytes, peer: str) -> tuple[int, str, dict[str, Any]] | None:
         """(bytes of the head, Sec-WebSocket-Key, environ) for a request adopted here, None
