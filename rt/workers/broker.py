@@ -27,6 +27,8 @@ import sys
 import time
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .role import die_with_parent
 
@@ -106,7 +108,11 @@ class Broker:
         raise BrokerError(f"broker {self.program} did not answer within {START_TIMEOUT:.0f} s")
 
     def _client(self) -> redis.Redis:
-        return redis.Redis(unix_socket_path=self.socket, socket_timeout=STOP_TIMEOUT)
+        # No retries: the start polls on its own, and SHUTDOWN ends the connection without
+        # an answer, which redis-py's default retries (with backoff) took for a failure to
+        # try again for seconds, on every stop of the appliance.
+        return redis.Redis(unix_socket_path=self.socket, socket_timeout=STOP_TIMEOUT,
+                           retry=Retry(NoBackoff(), 0))
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
