@@ -158,7 +158,6 @@ class HandoffReceiver:
         self.path = path
         self.sock: socket.socket | None = None
         self.adopted = 0
-        self._tasks: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -191,10 +190,8 @@ class HandoffReceiver:
                 extra.close()
             if not conns:
                 continue
-            task = asyncio.ensure_future(
-                adopt_handed_over(self.engine, conns[0], key, environ, sid))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self.engine.tasks.spawn("handed-over websocket",
+                                    adopt_handed_over(self.engine, conns[0], key, environ, sid))
             self.adopted += 1
 
     def close(self) -> None:
