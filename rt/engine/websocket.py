@@ -112,12 +112,14 @@ _turn: _Turn | None = None
 
 
 def _corked_until_end_of_turn(ws: WebSocket) -> bool:
-    """Cork `ws` until the end of this turn of the loop; False outside a running loop."""
+    """Cork `ws` until the end of this turn of its loop; False outside a running loop."""
     global _turn
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return False
+    loop = ws._loop  # (asking for the running loop is a getpid() per call on Python 3.11)
+    if loop is None:
+        try:
+            loop = ws._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
     turn = _turn
     if turn is None or turn.loop is not loop:  # (a turn of a loop that has stopped)
         turn = _turn = _Turn(loop)
@@ -135,7 +137,7 @@ class WebSocket(asyncio.Protocol):
     __slots__ = ("max_message", "max_outbound", "stats", "session", "probed",
                  "transport", "_buf", "_fragments", "_fragment_op", "_fragment_size",
                  "_closing", "_close_timer", "_lost", "_held", "_turn_held", "_reading",
-                 "_dropped", "_discarded", "_allowance", "_corked", "_corked_size")
+                 "_dropped", "_discarded", "_allowance", "_corked", "_corked_size", "_loop")
 
     def __init__(self, max_message: int, max_outbound: int, stats: EngineStats):
         self.max_message = max_message
@@ -165,6 +167,7 @@ class WebSocket(asyncio.Protocol):
         # frames held while corked (None: not corked), and their size
         self._corked: list[Frame] | None = None
         self._corked_size = 0
+        self._loop: asyncio.AbstractEventLoop | None = None  # its loop, from its first write
 
     # ---------------------------------------------------------------- asyncio
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
