@@ -89,6 +89,11 @@ def engine_options(settings: Any) -> EngineOptions:
     )
 
 
+def idle_timeout(settings: Any) -> float:
+    """How long an HTTP connection may say nothing (at least a heartbeat's round)."""
+    return max(60.0, settings.server.ping_interval + settings.server.ping_timeout)
+
+
 class Appliance:
     def __init__(self, settings: Any, backend: Backend | None = None,
                  announce: Callable[[str], None] | None = None,
@@ -114,10 +119,10 @@ class Appliance:
         self.sio = SocketServer(engine_options(s), client_manager=self.backend.client_manager,
                                 logger=protocol_log, engineio_logger=protocol_log)
         self.limits = Limits(s.limits)
-        # a new connection's plain websocket handshake, answered before Tornado; the
-        # client's address from the proxies believed
+        # a new connection's plain websocket handshake, answered before Tornado
         self.proxy_trust = ProxyTrust(self._trusted_proxies)
-        self.front_door = FrontDoor(self.sio.engine, s.server.socketio_path, self.proxy_trust)
+        self.front_door = FrontDoor(self.sio.engine, s.server.socketio_path, self.proxy_trust,
+                                    header_timeout=idle_timeout(s))
         self.emitter = Emitter(self.sio, self.backend.presence)
         self.presence = PresenceService(self.backend.presence, self.backend.store)
         self.usage = UsageService(self.backend.usage, self.emitter, s.limits.usage_ttl,
@@ -295,14 +300,10 @@ class Appliance:
             sources.append(Figures(pubsub))
         if self.openwebui is not None:
             sources.append(self.openwebui)
-        front = self.front_door
-
-        def front_door() -> Iterator[Figure]:
-            yield Figure("rt_front_door_connections", "New connections by what the front door "
-                         "did: answered their websocket handshake itself (adopted), passed "
-                         "them on to Tornado, or closed them for saying nothing (silent)",
-                         dict(front.counts), label="outcome", counter=True)
-        sources.append(Figures(front_door))
+        sources.append(Figures(lambda: [Figure(
+            "rt_front_door_connections", "New connections by what the front door did: "
+            "adopted, passed on to Tornado, closed as silent", dict(self.front_door.counts),
+            label="outcome", counter=True)]))
         return sources
 
     async def _cluster_figures(self) -> ClusterFigures:
@@ -366,11 +367,10 @@ class Appliance:
             self.recovery.load_from(self._recovery_file())
         # the API's own limit (reloadable) is checked per request; this one bounds reads
         max_body = max(s.server.max_message_bytes, s.limits.api_max_body_bytes) + 65536
-        idle = max(60.0, s.server.ping_interval + s.server.ping_timeout)
+        idle = idle_timeout(s)
         self.http = ProxyAwareHTTPServer(self.web, max_body_size=max_body,
                                          idle_connection_timeout=idle)
         self.http.trust = self.proxy_trust
-        self.front_door.header_timeout = idle
         self.http.front = self.front_door
         role = self.role
         sockets = (role.listening_sockets() if role is not None else  # bound by the supervisor

@@ -23,7 +23,7 @@ from typing import Any
 
 import tornado.netutil
 
-from .handler import KEPT_HEADERS, adopt_websocket
+from .handler import adopt_websocket, keep_headers
 from .server import EngineServer
 from .websocket import valid_key
 
@@ -41,13 +41,12 @@ class FrontDoor:
     """Takes each new connection of the HTTP server before Tornado does (http_server.py)."""
 
     def __init__(self, engine: EngineServer, path: str,
-                 proxy_believed: Callable[[str], bool], header_timeout: float = 60.0) -> None:
+                 proxy_believed: Callable[[str], bool], header_timeout: float) -> None:
         self.engine = engine
         base = path.rstrip("/")
         self.paths = (base, base + "/")  # the route's `/?`
         self.proxy_believed = proxy_believed  # is this peer a proxy whose headers count
-        # a connection that says nothing for this long is closed (Tornado's header timeout;
-        # the HTTP server's owner sets it with the server's)
+        # a connection that says nothing for this long is closed (Tornado's header timeout)
         self.header_timeout = header_timeout
         self.counts = {"adopted": 0, "passed": 0, "silent": 0}
 
@@ -140,10 +139,7 @@ class FrontDoor:
             "REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": query,
             "REMOTE_ADDR": self._remote_ip(peer, headers), "rt.transport": "websocket",
         }
-        for kept in KEPT_HEADERS:
-            found = headers.get(kept.lower())
-            if found is not None:
-                environ["HTTP_" + kept.upper().replace("-", "_")] = found
+        keep_headers(environ, lambda name: headers.get(name.lower()))
         return end + 4, key, environ
 
     def _remote_ip(self, peer: str, headers: dict[str, str]) -> str:

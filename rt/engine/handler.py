@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -28,7 +29,15 @@ _POLL_CONTENT_TYPE = "text/plain; charset=UTF-8"
 # The request headers a session keeps: its connect handler may want to know where the
 # client came from and what it is. The rest (cookies with tokens in them, above all) would
 # be kilobytes held for the whole life of every connection, for nobody.
-KEPT_HEADERS = ("Origin", "User-Agent")
+_KEPT_HEADERS = ("Origin", "User-Agent")
+
+
+def keep_headers(environ: dict[str, Any], header: Callable[[str], str | None]) -> None:
+    """The _KEPT_HEADERS `header(name)` finds, into `environ` as WSGI names them."""
+    for name in _KEPT_HEADERS:
+        value = header(name)
+        if value is not None:
+            environ["HTTP_" + name.upper().replace("-", "_")] = value
 
 
 def build_environ(request: tornado.httputil.HTTPServerRequest, transport: str
@@ -43,10 +52,7 @@ def build_environ(request: tornado.httputil.HTTPServerRequest, transport: str
         "REMOTE_ADDR": request.remote_ip,
         "rt.transport": transport,
     }
-    for name in KEPT_HEADERS:
-        value = request.headers.get(name)
-        if value is not None:
-            environ["HTTP_" + name.upper().replace("-", "_")] = value
+    keep_headers(environ, request.headers.get)
     return environ
 
 
