@@ -19,6 +19,7 @@ import pytest
 import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
+from rt.documents.yjs import EMPTY_UPDATE
 from tests.integration.test_documents import Editor, PyReplica, api_text, setup_note
 from tests.support.appliance import WAIT, ApplianceProcess, Client, Harness
 from tests.support.redis_servers import free_port, redis_server  # noqa: F401 (fixture)
@@ -244,8 +245,14 @@ async def test_a_note_revoked_through_either_worker_is_left_on_both(workers):
     assert {worker_of(w.client) for w in writers} == {0, 1}
     owner = Editor(owners[0], PyReplica())
     await owner.join()
-    # rights taken away in one request, which reaches one worker: writers on both lose
+    # rights taken away in one request, which reaches one worker: writers on both lose.
+    # The other worker learns it from a control message through the broker, a moment
+    # later: asked with an update that changes nothing (refused to readers only).
     await setup_note(h, owner="a", read=["c"])
+    for w in writers:
+        async def read_only(w=w) -> bool:
+            return (await w.send(EMPTY_UPDATE)).get("error") == "forbidden"
+        await until(read_only, what=f"worker {worker_of(w.client)} to know the revocation")
     for w in writers:
         ack = await w.send(PyReplica().insert(0, "x"))
         assert ack["error"] == "forbidden", (worker_of(w.client), ack)
