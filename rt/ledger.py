@@ -24,6 +24,10 @@ def people(pairs: list[tuple[str, str]]) -> list[dict]:
 
 
 class Ledger(Protocol):
+    # whether `heartbeat` records anything: when not, the heartbeat event does not call it
+    # (an event that clients send every few seconds, each call a coroutine)
+    records_heartbeats: bool
+
     async def bound(self, sid: str, identity: Identity, token: str | None) -> None: ...
 
     async def heartbeat(self, sid: str, identity: Identity, token: str | None) -> None: ...
@@ -44,6 +48,8 @@ class Ledger(Protocol):
 
 
 class DirectoryLedger:
+    records_heartbeats = False  # last-active times: PresenceService coalesces them
+
     def __init__(self, store: Store, chat_reads_per_user: Callable[[], int],
                  clock: Callable[[], float] = time.time):
         self.store = store
@@ -54,7 +60,7 @@ class DirectoryLedger:
         pass
 
     async def heartbeat(self, sid: str, identity: Identity, token: str | None) -> None:
-        pass  # last-active times: PresenceService coalesces them into the store
+        pass
 
     async def model_used(self, sid: str, model: str) -> None:
         pass

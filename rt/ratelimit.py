@@ -21,7 +21,9 @@ class Buckets:
             tokens, at = float(self.burst), now
         else:
             tokens, at = state.real, state.imag
-        tokens = min(float(self.burst), tokens + (now - at) * self.rate)
+        tokens += (now - at) * self.rate
+        if tokens > self.burst:  # (once per event: a comparison rather than min())
+            tokens = float(self.burst)
         if tokens < cost:
             self._state[key] = complex(tokens, now)
             return False

@@ -21,7 +21,7 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Generator, Iterator
 from typing import Any, Protocol
 
 import orjson
@@ -88,6 +88,19 @@ def dumps_plain(data: Any) -> bytes | None:
         return None
 
 
+class _Done:
+    """An awaitable that is over at once: a message with nothing (more) to handle."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield  # a generator function: the `return` above ends it at once
+
+
+_DONE = _Done()
+
+
 class MalformedPacket(ValueError):
     """An inbound Socket.IO packet the reference server would refuse; the connection is
     closed."""
@@ -107,12 +120,8 @@ class Decoded:
         self.attachments = attachments
 
 
-def _digits(text: str, start: int) -> int:
-    """The end of the run of ASCII digits starting at `start`."""
-    end = start
-    while end < len(text) and "0" <= text[end] <= "9":
-        end += 1
-    return end
+# a run of ASCII digits (possibly empty: `match` always succeeds)
+_DIGITS = re.compile("[0-9]*")
 
 
 def decode_packet(text: str, loads) -> Decoded:
@@ -121,10 +130,9 @@ def decode_packet(text: str, loads) -> Decoded:
     if not text or not "0" <= text[0] <= "6":
         raise MalformedPacket("unknown packet type")
     ptype, i = ord(text[0]) - 48, 1
-    binary = ptype in (sio_packet.BINARY_EVENT, sio_packet.BINARY_ACK)
     attachments = 0
-    if binary:
-        end = _digits(text, i)
+    if ptype == sio_packet.BINARY_EVENT or ptype == sio_packet.BINARY_ACK:
+        end = _DIGITS.match(text, i).end()  # type: ignore[union-attr]
         if end == i or end >= len(text) or text[end] != "-":
             raise MalformedPacket("illegal attachments")
         digits = text[i:end]
@@ -138,7 +146,7 @@ def decode_packet(text: str, loads) -> Decoded:
         comma = text.find(",", i)
         end = len(text) if comma == -1 else comma
         namespace, i = text[i:end], (end if comma == -1 else comma + 1)
-    end = _digits(text, i)
+    end = _DIGITS.match(text, i).end()  # type: ignore[union-attr]
     if end - i > MAX_ACK_ID_DIGITS:
         raise MalformedPacket("ack id too long")
     ack_id = int(text[i:end]) if end > i else None
@@ -226,6 +234,9 @@ class SocketServer(socketio.AsyncServer):
         self.gone_rooms: dict[str, list[str]] = {}
         # handler → whether it is a coroutine function (inspect's answer, asked once)
         self._coroutine_handlers: dict[Any, bool] = {}
+        # python-socketio's line for every event received, asked of its logger once (its
+        # level is set when the server is built: [server] protocol_logging)
+        self._log_events = self.logger.isEnabledFor(logging.INFO)
 
     def _engineio_server_class(self):
         return EngineServer
@@ -315,13 +326,15 @@ class SocketServer(socketio.AsyncServer):
 
     async def _event(self, eio_sid: str, sid: str, namespace: str, id: int | None,
                      data: list[Any]) -> None:
-        self.logger.info('received event "%s" from %s [%s]', data[0], sid, namespace)
+        if self._log_events:
+            self.logger.info('received event "%s" from %s [%s]', data[0], sid, namespace)
         token = ack_requested.set(id is not None)
         try:
             event = data[0]
             handlers = self.handlers.get(namespace)
             handler = handlers.get(event) if handlers is not None else None
-            if handler is not None and self._is_coroutine(handler):
+            if handler is not None and (self._coroutine_handlers.get(handler)
+                                        or self._is_coroutine(handler)):
                 # _trigger_event's first case, without a coroutine of its own
                 try:
                     r = await handler(sid, *data[1:])
@@ -331,15 +344,20 @@ class SocketServer(socketio.AsyncServer):
                 r = await self._trigger_event(event, namespace, sid, *data[1:])
             if r is self.not_handled or id is None:
                 return
-            # tuples are expanded as several arguments (python-socketio's rule)
-            args = [] if r is None else list(r) if isinstance(r, tuple) else [r]
-            body = dumps_plain(args)
+            if r is None:  # an ack without arguments (a heartbeat's): no encoder needed
+                args: list[Any] = []
+                body: bytes | None = b"[]"
+            else:
+                # tuples are expanded as several arguments (python-socketio's rule)
+                args = list(r) if isinstance(r, tuple) else [r]
+                body = dumps_plain(args)
             if body is None:  # binary attachments, or values only the stock encoder takes
                 await self._send_packet(eio_sid, self.packet_class(
                     sio_packet.ACK, namespace=namespace, id=id, data=args))
+            elif namespace == "/":
+                self.eio.send_text(eio_sid, b"3%d%b" % (id, body))
             else:
-                head = f"3{id}" if namespace == "/" else f"3{namespace},{id}"
-                self.eio.send_text(eio_sid, head.encode() + body)
+                self.eio.send_text(eio_sid, b"3%b,%d%b" % (namespace.encode(), id, body))
         finally:
             ack_requested.reset(token)
 
@@ -371,22 +389,29 @@ class SocketServer(socketio.AsyncServer):
         await super()._handle_eio_connect(eio_sid, environ)
 
     # ---------------------------------------------------------------- inbound packets
-    async def _handle_eio_message(self, eio_sid, data):
-        """Replaces python-socketio's lenient dispatcher (see the module docstring)."""
+    def _handle_eio_message(self, eio_sid: str, data: str | bytes) -> Awaitable[None]:
+        """Replaces python-socketio's lenient dispatcher (see the module docstring). Not a
+        coroutine of its own (this runs for every message): what it returns is the event's
+        coroutine, or the other packets' one."""
         try:
             pkt = self._decode(eio_sid, data)
         except MalformedPacket as exc:
             log.info("session %s: %s, closing", eio_sid, exc)
             self._binary_packet.pop(eio_sid, None)
             self.eio.close_session(eio_sid, self.eio.reason.TRANSPORT_ERROR)
-            return
+            return _DONE
         if pkt is None:  # a binary packet waiting for more attachments
-            return
+            return _DONE
+        if type(pkt) is Decoded and pkt.type == sio_packet.EVENT:
+            # the common case: its session is connected
+            return self._event(eio_sid, pkt.sid or "", pkt.namespace, pkt.id, pkt.data)
+        return self._handle_packet(eio_sid, pkt)
+
+    async def _handle_packet(self, eio_sid: str, pkt: Any) -> None:
+        """A packet other than a text EVENT."""
         if type(pkt) is Decoded:
             ptype, namespace = pkt.type, pkt.namespace
-            if ptype == sio_packet.EVENT:  # the common case: its session is connected
-                await self._event(eio_sid, pkt.sid or "", namespace, pkt.id, pkt.data)
-            elif ptype == sio_packet.CONNECT:
+            if ptype == sio_packet.CONNECT:
                 await self._handle_connect(eio_sid, namespace, pkt.data)
             elif ptype == sio_packet.DISCONNECT:
                 await self._handle_disconnect(eio_sid, namespace,
@@ -414,13 +439,14 @@ class SocketServer(socketio.AsyncServer):
         decoded = decode_packet(data, loads)
         # the reference server's states: CONNECT to a namespace the client is not in,
         # anything else only to a namespace it is in
-        sid = self.manager.sid_from_eio_sid(eio_sid, decoded.namespace)
         if decoded.type == sio_packet.CONNECT:
-            if sid is not None:
+            if self.manager.sid_from_eio_sid(eio_sid, decoded.namespace) is not None:
                 raise MalformedPacket(f"second CONNECT to {decoded.namespace}")
-        elif sid is None or not self.manager.is_connected(sid, decoded.namespace):
-            raise MalformedPacket(f"packet type {decoded.type} outside {decoded.namespace}")
-        decoded.sid = sid
+        else:
+            decoded.sid = self.manager.connected_sid(eio_sid, decoded.namespace)
+            if decoded.sid is None:
+                raise MalformedPacket(f"packet type {decoded.type} outside "
+                                      f"{decoded.namespace}")
         if decoded.attachments:
             pkt = self.packet_class(decoded.type, decoded.data, namespace=decoded.namespace,
                                     id=decoded.id, binary=False)

@@ -40,6 +40,17 @@ class FanoutMixin(socketio.AsyncManager):
         # of three costs 216 bytes per connection, a tuple 64), a set beyond
         self._rooms_of: dict[str, tuple[Any, ...] | set[Any]] = {}
 
+    def connected_sid(self, eio_sid: str, namespace: str) -> str | None:
+        """The sid of Engine.IO session `eio_sid` in `namespace` if it is connected there
+        (not connecting or disconnecting): `sid_from_eio_sid` and `is_connected` in one,
+        as every inbound packet asks."""
+        sessions = self.rooms.get(namespace, {}).get(None)
+        sid: str | None = sessions._invm.get(eio_sid) if sessions is not None else None
+        if sid is None or sid in self.pending_connect.get(namespace, ()) \
+                or sid in self.pending_disconnect.get(namespace, ()):
+            return None
+        return sid
+
     # ---------------------------------------------------------------- rooms
     def basic_enter_room(self, sid: str, namespace: str, room: Any,
                          eio_sid: str | None = None) -> None:

@@ -65,7 +65,10 @@ class SessionHost(Protocol):
     options: EngineOptions
     counters: EngineStats
 
-    def on_message(self, sid: str, data: str | bytes) -> Awaitable[None]: ...
+    @property
+    def message_handler(self) -> Callable[[str, str | bytes], Awaitable[None]]:
+        """What handles a session's message (a consumer asks once per run)."""
+        ...
 
     async def fire_disconnect(self, sid: str, reason: str) -> None: ...
 

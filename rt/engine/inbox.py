@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import enum
 import logging
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from .contracts import SessionHost
 from .inflow import TURN_MESSAGES, TURN_SECONDS
@@ -35,7 +36,15 @@ class Consumer(Protocol):
 
     def cork(self) -> Corked | None: ...
 
-    def message_handled(self) -> None: ...
+    @property
+    def gate(self) -> Gate: ...
+
+
+class Gate(Protocol):
+    """What decides whether the session reads (inflow.InboundGate)."""
+
+    def handled(self) -> None:
+        """A message left the inbox."""
 
 
 class Corked(Protocol):
@@ -85,11 +94,14 @@ consuming: contextvars.ContextVar[Consumer | None] = contextvars.ContextVar(
     "consuming", default=None)
 
 
-class _Closed:
-    """Inbox sentinel: the disconnect handler runs after the messages received before."""
+class _Closed(enum.Enum):
+    """Inbox sentinel: the disconnect handler runs after the messages received before. A
+    one-member enum, so that `item is _CLOSED` tells the type checker what item is."""
+
+    CLOSED = enum.auto()
 
 
-_CLOSED = _Closed()
+_CLOSED: Final = _Closed.CLOSED
 
 
 class Inbox:
@@ -102,8 +114,8 @@ class Inbox:
         self._items: deque[str | bytes | _Closed] | None = None
         self.bytes = 0  # about how much the queued messages hold
         self.consumer: asyncio.Task[None] | None = None
-        # after each message (the session may read again); None: the owner's
-        # message_handled, called without a bound method kept for every session
+        # after each message (the session may read again); None: the owner's gate's
+        # `handled`, called without a bound method kept for every session
         self._on_handled = on_handled
         # the session's loop, from its first message on (asking for the running loop costs
         # a getpid() system call on Python 3.11: twice per message, with ensure_future)
@@ -114,7 +126,13 @@ class Inbox:
 
     def put(self, item: str | bytes) -> None:
         self.bytes += len(item)
-        self._append(item)
+        # _append's work, inline: this runs for every message
+        items = self._items
+        if items is None:
+            items = self._items = deque()
+        items.append(item)
+        if self.consumer is None:
+            self._start()
 
     def put_closed(self) -> None:
         self._append(_CLOSED)
@@ -130,35 +148,41 @@ class Inbox:
             self._items = deque()
         self._items.append(item)
         if self.consumer is None:
-            loop = self._loop
-            if loop is None:
-                loop = self._loop = asyncio.get_running_loop()
-            self.consumer = loop.create_task(_CorkedSteps(self._consume(loop), self._owner))
+            self._start()
+
+    def _start(self) -> None:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        self.consumer = loop.create_task(_CorkedSteps(self._consume(loop), self._owner))
 
     async def _consume(self, loop: asyncio.AbstractEventLoop) -> None:
         owner = self._owner
-        on_handled = self._on_handled or owner.message_handled
+        server, sid = owner.server, owner.sid
+        on_message = server.message_handler
+        on_handled = self._on_handled or owner.gate.handled
         consuming.set(owner)
         handled, turn_start = 0, loop.time()
         try:
             while self._items:
                 item = self._items.popleft()
-                if isinstance(item, _Closed):
-                    await owner.server.fire_disconnect(owner.sid, owner.close_reason or "")
+                if item is _CLOSED:
+                    await server.fire_disconnect(sid, owner.close_reason or "")
                     return
                 self.bytes -= len(item)
-                owner.server.counters.messages_in += 1
+                server.counters.messages_in += 1
                 try:
-                    await owner.server.on_message(owner.sid, item)
+                    await on_message(sid, item)
                 except asyncio.CancelledError:
                     raise
                 except Exception:  # one bad message must not kill the session's reader
                     log.exception("session %s: message handler failed", owner.sid)
                 on_handled()
                 handled += 1
-                if handled >= TURN_MESSAGES or loop.time() - turn_start >= TURN_SECONDS:
+                if self._items and (handled >= TURN_MESSAGES
+                                    or loop.time() - turn_start >= TURN_SECONDS):
                     # the rest waits one turn of the loop: other sessions' reads, timers
-                    # and messages go first
+                    # and messages go first (with nothing left, the task ends instead)
                     await asyncio.sleep(0)
                     handled, turn_start = 0, loop.time()
         finally:

@@ -26,14 +26,9 @@ TURN_SECONDS = 0.001
 # reconnects to flood would otherwise get a whole fresh burst with every connection.
 NEW_SESSION_PACKETS = 50
 
-# Messages received but not handled yet: at this many (or bytes) the session stops reading;
-# it reads again once the handlers have worked the backlog down to half.
+# Messages received but not handled yet: at this many (or options.inbox_bytes) the session
+# stops reading; it reads again once the handlers have worked the backlog down to half.
 INBOX_MESSAGES = 32
-INBOX_MIN_BYTES = 1024 * 1024  # the byte bound is max(this, max_payload)
-
-
-def inbox_byte_limit(options: EngineOptions) -> int:
-    return max(INBOX_MIN_BYTES, options.max_payload)
 
 
 class Reader(Protocol):
@@ -159,9 +154,12 @@ class InboundGate:
             if not self.held:
                 self._host.counters.inbound_throttled += 1
                 self._hold()
-        elif not self.held and self._backlogged(full=True):
-            self._host.counters.inbound_backlogged += 1
-            self._hold()
+        elif not self.held:
+            # _backlogged(full=True), inline: this runs for every packet
+            inbox = self._inbox
+            if inbox.bytes >= opts.inbox_bytes or len(inbox) >= INBOX_MESSAGES:
+                self._host.counters.inbound_backlogged += 1
+                self._hold()
 
     def handled(self) -> None:
         """A message left the inbox."""
@@ -175,7 +173,7 @@ class InboundGate:
 
     def _backlogged(self, full: bool) -> bool:
         """The inbox at its bound (full) or still above half of it."""
-        count, size = INBOX_MESSAGES, inbox_byte_limit(self._host.options)
+        count, size = INBOX_MESSAGES, self._host.options.inbox_bytes
         if not full:
             count, size = count // 2, size // 2
         return len(self._inbox) >= count or self._inbox.bytes >= size

@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+# a session's inbox may always hold this much before it stops reading (inbox_bytes)
+INBOX_MIN_BYTES = 1024 * 1024
+
 
 @dataclass(frozen=True)
 class EngineOptions:
@@ -41,6 +44,12 @@ class EngineOptions:
     def inbound_bytes_capacity(self) -> int:
         """The byte bucket's size: the burst, never below one largest message."""
         return max(self.inbound_bytes_burst, self.max_payload)
+
+    @cached_property
+    def inbox_bytes(self) -> int:
+        """Bytes received but not handled yet at which a session stops reading (inflow.py):
+        never below one largest message."""
+        return max(INBOX_MIN_BYTES, self.max_payload)
 
     def origin_allowed(self, origin: str | None) -> bool:
         # requests without Origin come from non-browser clients; CORS does not apply

@@ -74,9 +74,10 @@ class EngineServer:
             return fn
         return register(handler) if handler is not None else register
 
-    def on_message(self, sid: str, data: str | bytes) -> Awaitable[None]:
-        # the handler's own coroutine, not one more around it: this runs for every message
-        return self.handlers["message"](sid, data)
+    @property
+    def message_handler(self) -> Callable[[str, str | bytes], Awaitable[None]]:
+        # the handler itself, called by the inbox for every message: no call around it
+        return self.handlers["message"]
 
     async def fire_connect(self, session: EngineSession) -> bool:
         result = await self.handlers["connect"](session.sid, session.environ)

@@ -554,10 +554,6 @@ class EngineSession:
         self.server.counters.protocol_errors += 1
         self.close(Reason.TRANSPORT_ERROR, notify_client=False, ws_close=WS_INVALID_PACKET)
 
-    def message_handled(self) -> None:
-        """A message left the inbox (the inbox's callback)."""
-        self.gate.handled()
-
     def hold_reading(self) -> None:
         """The gate stops reading: the websocket's socket, or the POST being read."""
         if self.ws is not None:

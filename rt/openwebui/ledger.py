@@ -21,6 +21,8 @@ MAX_TOUCHED = 100_000  # users remembered for the last-active throttle before pr
 
 
 class OpenWebuiLedger:
+    records_heartbeats = True  # open-webui's pools and its users' last-active times
+
     def __init__(self, identities: OpenWebuiIdentities, markers: ReadMarkers,
                  pools: OpenWebuiPools | None, touch_interval: float = 60.0,
                  clock: Callable[[], float] = time.monotonic):

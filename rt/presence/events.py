@@ -30,5 +30,7 @@ class PresenceEvents:
     async def heartbeat(self, sid: str, identity: Identity, data: Any) -> None:
         if data is not None and not isinstance(data, dict):
             raise p.BadRequest("payload must be an object")
-        self.gateway.presence.heartbeat(identity.id)
-        await self.gateway.ledger.heartbeat(sid, identity, self.gateway.tokens.get(sid))
+        gateway = self.gateway
+        gateway.presence.heartbeat(identity.id)
+        if gateway.ledger.records_heartbeats:
+            await gateway.ledger.heartbeat(sid, identity, gateway.tokens.get(sid))

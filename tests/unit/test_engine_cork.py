@@ -121,6 +121,10 @@ class Server:
         self.counters = EngineStats()
         self.pause_on = pause_on
 
+    @property
+    def message_handler(self):
+        return self.on_message
+
     async def on_message(self, sid, data):
         if data in self.pause_on:
             await asyncio.sleep(0.01)  # a handler that waits for I/O
