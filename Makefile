@@ -56,7 +56,8 @@ soak: $(STAMP)
 
 # Benchmark against python-socketio+uvicorn and Node socket.io 4.8 on ws and on uWebSockets.js
 # (bench/README.md; bench/peers/package.json holds the uWebSockets.js peer's packages);
-# BENCH_ARGS=--quick for a run of about two minutes. Then the cost of connection state
+# BENCH_ARGS=--quick for a run of about two minutes. Then CPU per acked event with the
+# batching fixed (bench/per_message.py, under two minutes), the cost of connection state
 # recovery, on and off, one node and Redis (bench/recovery.py, about two minutes), and the
 # join of 0.5-32 MB documents with the pause another client sees (bench/documents.py).
 bench: $(STAMP)
@@ -64,6 +65,7 @@ bench: $(STAMP)
 	@if command -v npm >/dev/null 2>&1; then cd bench/peers && npm ci --no-audit --no-fund --loglevel=error; fi
 	$(PY) -m pip install --quiet -c constraints.txt -r bench/requirements.txt
 	$(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) bench/per_message.py $(PER_MESSAGE_BENCH_ARGS)
 	$(PY) bench/recovery.py $(RECOVERY_BENCH_ARGS)
 	$(PY) bench/documents.py $(DOCUMENTS_BENCH_ARGS)
 

@@ -4,6 +4,8 @@
     python bench/per_message.py                        # appliance, node, node-uws
     python bench/per_message.py --base ../old-checkout # and an older appliance beside it
 
+Results: the table printed and written to bench/results/<date>-fixed-batches[-NAME].md.
+
 run.py's echo phase drives the servers with socket.io-client from Node processes that share
 the machine's cores with the server; how many messages arrive per read (and so how many
 acks leave per write, and how many system calls each message shares) moves with the
@@ -26,9 +28,11 @@ import hashlib
 import hmac
 import json
 import os
+import shutil
 import socket
 import statistics
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -150,7 +154,12 @@ def start(kind: str, root: Path, run_dir: Path, tag: str, users: list[str],
     server.start()
     run.register_users(server, users)
     clients = [Client(server.port, user, timeout) for user in users]
-    return Target(f"{kind} ({tag})" if tag != kind else kind, server, clients)
+    label = kind
+    if kind == "appliance":  # which code: the commit, "-dirty" with uncommitted changes
+        described = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=root,
+                                   capture_output=True, text=True, timeout=30)
+        label += f" {described.stdout.strip() or '(not a git checkout)'}"
+    return Target(label + (f" ({tag})" if tag != kind else ""), server, clients)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,12 +171,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=8, help="events per write of a client")
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--seconds", type=float, default=1.5, help="one slice of a round")
-    ap.add_argument("--name", help="write results/<date>-per-message-NAME.md")
+    ap.add_argument("--name", help="results/<date>-fixed-batches-NAME.md")
+    ap.add_argument("--no-write", action="store_true", help="print only")
     args = ap.parse_args(argv)
     here = run.ROOT
+    kinds = [kind for kind in args.servers.split(",") if kind]
+    unknown = set(kinds) - {"appliance", "node", "node-uws"}
+    if unknown:
+        ap.error(f"unknown servers: {', '.join(sorted(unknown))} (appliance, node, node-uws)")
+    run.preflight(install=False, servers=kinds)
     run_dir = Path(tempfile.mkdtemp(prefix="rt-per-message-"))
     users = [f"pm{i:04d}" for i in range(args.clients)]
-    plan = [(kind, here, kind) for kind in args.servers.split(",") if kind]
+    plan = [(kind, here, kind) for kind in kinds]
     if args.base is not None:
         plan.insert(0, ("appliance", args.base.resolve(), "base"))
     targets: list[Target] = []
@@ -193,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
             for client in target.clients:
                 client.sock.close()
             target.server.stop()
+        run.end_all()
+    shutil.rmtree(run_dir, ignore_errors=True)
     ref = next((t for t in targets if t.server.kind == "node"), None)
     lines = [
         f"# Server CPU per acked round trip, fixed batches — {dt.date.today().isoformat()}",
@@ -215,10 +232,11 @@ def main(argv: list[str] | None = None) -> int:
                      f"{f'{rel:.2f}' if rel is not None else '—'} |")
     text = "\n".join(lines) + "\n"
     print(text)
-    if args.name:
-        out = run.RESULTS / f"{dt.date.today().isoformat()}-per-message-{args.name}.md"
+    if not args.no_write:
+        suffix = f"-{args.name}" if args.name else ""
+        out = run.RESULTS / f"{dt.date.today().isoformat()}-fixed-batches{suffix}.md"
         out.write_text(text)
-        print(f"written to {out.relative_to(here)}")
+        run.log(f"wrote {out.relative_to(here)}")
     return 0
 
 

@@ -374,12 +374,11 @@ async def adopt_websocket(engine: EngineServer, sock: socket.socket, key: str,
     options = engine.options
     ws = WebSocket(options.max_payload, options.max_outbound_bytes, engine.counters)
     try:
-        transport, _ = await asyncio.get_running_loop().connect_accepted_socket(
-            lambda: ws, sock=sock)
+        await asyncio.get_running_loop().connect_accepted_socket(lambda: ws, sock=sock)
     except OSError:
         sock.close()
         return
-    transport.write(handshake_response(key))
+    ws.write_handshake(handshake_response(key))
     session = await engine.open_websocket(ws, environ, upgrade_sid)
     if session is not None:
         ws.start(session)
