@@ -4,7 +4,7 @@ import asyncio
 
 from rt.engine.contracts import EngineStats
 from rt.engine.inbox import Inbox
-from rt.engine.protocol import message_frame
+from rt.engine.protocol import message_frame, websocket_frame
 from rt.engine.websocket import WebSocket
 
 
@@ -200,3 +200,34 @@ def test_a_turn_of_a_stopped_loop_holds_nothing_back_in_the_next():
 
     asyncio.run(send())
     assert new.transport.writes == [message_frame(b"41[]")]
+
+
+HANDSHAKE = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n"
+
+
+def test_the_handshake_answer_leaves_with_the_open_packet():
+    """The 101 answer waits for the end of the turn like a frame: the open packet written in
+    the same turn goes in the same write, after it (one segment for the client to read)."""
+    async def main():
+        ws = websocket()
+        ws.write_handshake(HANDSHAKE)
+        ws.send_frame('0{"sid":"abc"}')
+        assert ws.transport.writes == []
+        await asyncio.sleep(0)  # the end of the turn
+        return ws.transport.writes
+
+    assert asyncio.run(main()) == [HANDSHAKE + websocket_frame('0{"sid":"abc"}')]
+
+
+def test_a_websocket_closed_at_once_still_sends_its_handshake_first():
+    """A session refused right after the handshake: the 101, then the close frame."""
+    async def main():
+        ws = websocket()
+        ws.write_handshake(HANDSHAKE)
+        ws.close_transport(1008, "refused")
+        ws._close_timer.cancel()
+        await asyncio.sleep(0)
+        return ws.transport.writes
+
+    handshake, close = asyncio.run(main())
+    assert handshake == HANDSHAKE and close[0] == 0x88
