@@ -59,3 +59,17 @@ async def test_disconnect_while_connecting_or_disconnecting_clears_the_pending_l
     mgr.pre_disconnect(a, "/")
     await mgr.disconnect(a, "/")
     assert mgr.pending_disconnect == {} and mgr.rooms == {}
+
+
+async def test_connected_sid_answers_as_sid_from_eio_sid_and_is_connected_together():
+    mgr, (a, b, c) = await manager_with("ea", "eb", "ec")
+    mgr.pending_connect.setdefault("/", []).append(b)
+    mgr.pending_disconnect.setdefault("/", []).append(c)
+    for eio_sid in ("ea", "eb", "ec", "nobody"):
+        sid = mgr.sid_from_eio_sid(eio_sid, "/")
+        expected = sid if sid is not None and mgr.is_connected(sid, "/") else None
+        assert mgr.connected_sid(eio_sid, "/") == expected
+    assert mgr.connected_sid("ea", "/") == a  # connected
+    assert mgr.connected_sid("eb", "/") is None  # still connecting
+    assert mgr.connected_sid("ec", "/") is None  # disconnecting
+    assert mgr.connected_sid("ea", "/other") is None  # not in that namespace
