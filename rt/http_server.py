@@ -45,7 +45,7 @@ class ProxyAwareHTTPServer(tornado.httpserver.HTTPServer):
         if front is None or not isinstance(address, tuple):
             super()._handle_connection(connection, address)
             return
-        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # (TCP_NODELAY: set by the websocket transport, or by handle_stream for Tornado)
         front.take(connection, address,
                    lambda: super(ProxyAwareHTTPServer, self)._handle_connection(
                        connection, address))

@@ -333,8 +333,7 @@ class SocketServer(socketio.AsyncServer):
             event = data[0]
             handlers = self.handlers.get(namespace)
             handler = handlers.get(event) if handlers is not None else None
-            if handler is not None and (self._coroutine_handlers.get(handler)
-                                        or self._is_coroutine(handler)):
+            if handler is not None and self._is_coroutine(handler):
                 # _trigger_event's first case, without a coroutine of its own
                 try:
                     r = await handler(sid, *data[1:])

@@ -126,13 +126,7 @@ class Inbox:
 
     def put(self, item: str | bytes) -> None:
         self.bytes += len(item)
-        # _append's work, inline: this runs for every message
-        items = self._items
-        if items is None:
-            items = self._items = deque()
-        items.append(item)
-        if self.consumer is None:
-            self._start()
+        self._append(item)
 
     def put_closed(self) -> None:
         self._append(_CLOSED)
@@ -148,13 +142,10 @@ class Inbox:
             self._items = deque()
         self._items.append(item)
         if self.consumer is None:
-            self._start()
-
-    def _start(self) -> None:
-        loop = self._loop
-        if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
-        self.consumer = loop.create_task(_CorkedSteps(self._consume(loop), self._owner))
+            loop = self._loop
+            if loop is None:
+                loop = self._loop = asyncio.get_running_loop()
+            self.consumer = loop.create_task(_CorkedSteps(self._consume(loop), self._owner))
 
     async def _consume(self, loop: asyncio.AbstractEventLoop) -> None:
         owner = self._owner

@@ -154,12 +154,9 @@ class InboundGate:
             if not self.held:
                 self._host.counters.inbound_throttled += 1
                 self._hold()
-        elif not self.held:
-            # _backlogged(full=True), inline: this runs for every packet
-            inbox = self._inbox
-            if inbox.bytes >= opts.inbox_bytes or len(inbox) >= INBOX_MESSAGES:
-                self._host.counters.inbound_backlogged += 1
-                self._hold()
+        elif not self.held and self._backlogged(full=True):
+            self._host.counters.inbound_backlogged += 1
+            self._hold()
 
     def handled(self) -> None:
         """A message left the inbox."""

@@ -250,7 +250,7 @@ class WebSocket(asyncio.Protocol):
         corked = self._corked
         if transport.get_write_buffer_size() + self._corked_size <= self.max_outbound:
             self._allowance = 0  # whatever large message there was has gone out
-        size = len(frame) if type(frame) is bytes else frame_size(frame)
+        size = frame_size(frame)
         if corked is None and _corked_until_end_of_turn(self):
             corked = self._corked
         if corked is not None:
