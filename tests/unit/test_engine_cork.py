@@ -154,6 +154,13 @@ def test_an_inbox_turn_is_written_once_and_flushed_before_waiting():
     assert writes == [b"".join(acks[:3]), acks[3], b"".join(acks[4:])]
 
 
+async def end_of_turn():
+    """The end of a turn that began in this one: the turn after the next read of the
+    sockets (a task's sleep(0) resumes it after the callbacks queued before it)."""
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+
+
 def test_frames_written_in_one_turn_of_the_loop_leave_together_at_its_end():
     """Several broadcasts that reach a client in one turn (emits and typing events that
     arrived together) cost it one write, in order, at the end of the turn; the next turn
@@ -165,7 +172,7 @@ def test_frames_written_in_one_turn_of_the_loop_leave_together_at_its_end():
         b.send_message_text(b"40[]")
         assert a.transport.writes == [] and b.transport.writes == []
         assert a.unsent() == sum(len(message_frame(b"4%d[]" % i)) for i in range(3))
-        await asyncio.sleep(0)  # the end of the turn
+        await end_of_turn()
         assert a.transport.writes == [b"".join(message_frame(b"4%d[]" % i) for i in range(3))]
         assert b.transport.writes == [message_frame(b"40[]")]
         assert a.unsent() == 0
@@ -173,8 +180,27 @@ def test_frames_written_in_one_turn_of_the_loop_leave_together_at_its_end():
         a.close_transport(1000, "bye")  # what was written first goes first
         a._close_timer.cancel()
         assert a.transport.writes[1] == message_frame(b"43[]") and a.transport.writes[2][0] == 0x88
-        await asyncio.sleep(0)
+        await end_of_turn()
         assert len(a.transport.writes) == 3  # nothing written twice at the end of the turn
+
+    asyncio.run(main())
+
+
+def test_what_the_next_turn_writes_joins_the_write():
+    """The turn ends one turn of the loop after it began: a broadcast handled in between
+    (an event that arrived while the last one was being written) leaves in the same write,
+    after the first; the turn after that is a new one."""
+    async def main():
+        a = websocket()
+        a.send_message_text(b"40[]")
+        await asyncio.sleep(0)  # the next turn: the first frame still waits
+        assert a.transport.writes == []
+        a.send_message_text(b"41[]")
+        await asyncio.sleep(0)  # the end of the turn
+        assert a.transport.writes == [message_frame(b"40[]") + message_frame(b"41[]")]
+        a.send_message_text(b"42[]")
+        await end_of_turn()
+        assert a.transport.writes[1:] == [message_frame(b"42[]")]
 
     asyncio.run(main())
 
@@ -187,7 +213,7 @@ def test_a_turn_of_a_stopped_loop_holds_nothing_back_in_the_next():
 
     def send_and_stop():
         old.send_message_text(b"40[]")
-        loop.stop()  # the end of this turn would run in the next iteration: never
+        loop.stop()  # the end of this turn would run two iterations later: never
 
     loop.call_soon(send_and_stop)
     loop.run_forever()
@@ -196,7 +222,7 @@ def test_a_turn_of_a_stopped_loop_holds_nothing_back_in_the_next():
 
     async def send():
         new.send_message_text(b"41[]")
-        await asyncio.sleep(0)
+        await end_of_turn()
 
     asyncio.run(send())
     assert new.transport.writes == [message_frame(b"41[]")]
@@ -213,7 +239,7 @@ def test_the_handshake_answer_leaves_with_the_open_packet():
         ws.write_handshake(HANDSHAKE)
         ws.send_frame('0{"sid":"abc"}')
         assert ws.transport.writes == []
-        await asyncio.sleep(0)  # the end of the turn
+        await end_of_turn()
         return ws.transport.writes
 
     assert asyncio.run(main()) == [HANDSHAKE + websocket_frame('0{"sid":"abc"}')]
@@ -226,7 +252,7 @@ def test_a_websocket_closed_at_once_still_sends_its_handshake_first():
         ws.write_handshake(HANDSHAKE)
         ws.close_transport(1008, "refused")
         ws._close_timer.cancel()
-        await asyncio.sleep(0)
+        await end_of_turn()
         return ws.transport.writes
 
     handshake, close = asyncio.run(main())
