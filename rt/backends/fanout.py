@@ -124,7 +124,7 @@ class FanoutMixin(socketio.AsyncManager):
                 participants.update(members._fwdm)
             elif everyone is not None and name in everyone:  # the room of a sid
                 participants[name] = everyone[name]
-        yield from participants.items()
+        return iter(participants.items())  # (no generator: a frame fewer per recipient)
 
     def on_control(self, kind: str, handler: ControlHandler) -> None:
         self.__dict__.setdefault("_control_handlers", {})[kind] = handler
