@@ -282,9 +282,7 @@ class EngineSession:
             return
         ws = self.ws
         if ws is not None:
-            # (a broadcast's packet is framed for its first recipient, read back by the rest)
-            frame = pkt.__dict__.get("_rt_ws_frame")
-            ws.send_wire_frame(frame if frame is not None else ws_frame_of(pkt), pkt)
+            ws.send_wire_frame(ws_frame_of(pkt), pkt)
             return
         limit = self.server.options.max_outbound_bytes
         if self.queued_bytes <= limit:

@@ -112,10 +112,8 @@ class _Turn:
         global _turn
         if _turn is self:
             _turn = None
-        for ws in self.sockets:  # (uncork's body: one call fewer per client of a broadcast)
-            corked, ws._corked = ws._corked, None
-            if corked:
-                ws._write_corked(corked)
+        for ws in self.sockets:
+            ws.uncork()
 
 
 _turn: _Turn | None = None
@@ -259,9 +257,8 @@ class WebSocket(asyncio.Protocol):
         transport = self.transport
         if self._closing or transport is None:
             return
-        # (every client of every broadcast passes here: one question to the transport,
-        # and the common frame, whole bytes, sized without a call)
-        size = len(frame) if type(frame) is bytes else frame_size(frame)
+        # (every client of every broadcast passes here: one question to the transport)
+        size = frame_size(frame)
         corked = self._corked
         if corked is None and _corked_until_end_of_turn(self):
             corked = self._corked
@@ -306,7 +303,7 @@ class WebSocket(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
-        if len(corked) == 1 and type(corked[0]) is bytes:
+        if len(corked) == 1 and isinstance(corked[0], bytes):
             transport.write(corked[0])
             return
         try:
