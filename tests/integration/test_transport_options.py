@@ -38,6 +38,37 @@ async def test_tcp_nodelay_on_websocket_and_polling(tmp_path):
         assert seen and all(flag == 1 for flag in seen)
 
 
+async def test_tcp_nodelay_stays_on_for_the_next_requests_of_a_connection(tmp_path):
+    # Tornado turns Nagle back on after every response; a streamed response on a reused
+    # connection (nginx's upstream keepalive: relay streams, SSE) would then wait for the
+    # peer's delayed ACK between its chunks. The second request finds it still off.
+    async with running(tmp_path) as h:
+        streams = []
+        original = h.app.http.handle_stream
+
+        def spy(stream, address):
+            streams.append(stream)
+            return original(stream, address)
+        h.app.http.handle_stream = spy
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", h.app.port), 5)
+        try:
+            flags = []
+            for _ in range(2):
+                writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+                assert head.startswith(b"HTTP/1.1 200")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                await asyncio.wait_for(reader.readexactly(length), 5)
+                await asyncio.sleep(0.05)  # the request is finished on the server's side too
+                assert len(streams) == 1  # one connection, kept alive
+                flags.append(streams[0].socket.getsockopt(socket.IPPROTO_TCP,
+                                                          socket.TCP_NODELAY))
+            assert flags == [1, 1]
+        finally:
+            writer.close()
+
+
 @pytest.mark.parametrize("enabled", [False, True])
 async def test_compression_is_configurable_and_off_by_default(tmp_path, enabled):
     ini = "[server]\nwebsocket_compression = true\n" if enabled else ""
