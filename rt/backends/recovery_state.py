@@ -88,7 +88,10 @@ class SessionRecord:
     until: float = 0.0  # disconnected: wall-clock end of its recovery window
 
     def dumps(self) -> bytes:
-        return orjson.dumps(asdict(self))
+        # orjson writes a dataclass as the dict of its fields itself: asdict() deep-copies
+        # them first (18 us a record against 1.1; a node refreshes all of its records
+        # every third of the recovery window)
+        return orjson.dumps(self)
 
     @classmethod
     def loads(cls, raw: bytes | str | None) -> SessionRecord | None:

@@ -5,6 +5,7 @@ record's take (secret compared, once) and claims (compare-and-delete by node).""
 import asyncio
 import uuid
 
+import orjson
 import pytest
 import pytest_asyncio
 
@@ -44,6 +45,12 @@ def record(sid="s1", node="n1", secret="h"):
     return SessionRecord(sid=sid, secret=secret, user="u", name="U", role="user",
                          rooms=["user:u", sid], since="0-0", node=node)
 
+
+async def test_a_record_reads_back_as_written():
+    written = record(secret="s" * 64)
+    written.until, written.live, written.ip = 12.5, False, "203.0.113.9"
+    assert SessionRecord.loads(written.dumps()) == written
+    assert orjson.loads(written.dumps())["rooms"] == ["user:u", "s1"]
 
 async def test_offsets_increase_and_replay_is_what_was_meant(make_state):
     state = make_state()
