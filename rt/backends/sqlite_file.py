@@ -171,13 +171,18 @@ def connect(path: str) -> sqlite3.Connection:
     db = sqlite3.connect(path, isolation_level=None)
     try:
         db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        (mode,) = db.execute("PRAGMA journal_mode = WAL").fetchone()
-        if mode != "wal":
-            raise StoreError(f"SQLite store {path}: cannot use WAL mode (got {mode!r})")
         # FULL: in WAL mode every commit is fsynced, so an acked Yjs update is on disk.
         db.execute("PRAGMA synchronous = FULL")
         db.execute("PRAGMA foreign_keys = ON")
-        _migrate(db, path)
+        with _one_process_at_a_time(path):
+            # The switch to WAL takes the file for itself, and when several processes ask
+            # at once (the workers of one box, starting on a new data directory) SQLite
+            # refuses some of them at once, without the busy wait (it could deadlock):
+            # 3 of 90 such opens failed with "database is locked" before this lock.
+            (mode,) = db.execute("PRAGMA journal_mode = WAL").fetchone()
+            if mode != "wal":
+                raise StoreError(f"SQLite store {path}: cannot use WAL mode (got {mode!r})")
+            _migrate(db, path)
         check_writable(db)
     except BaseException:
         db.close()
@@ -197,19 +202,22 @@ def connect_reader(path: str) -> sqlite3.Connection:
     return db
 
 
-def _migrate(db: sqlite3.Connection, path: str) -> None:
-    # Several processes open the file at once (the workers of one box): one migrates while
-    # the others wait on this lock, then find the schema current. (Each migration's own
-    # BEGIN IMMEDIATE comes after the version was read, so it cannot be the guard.)
+@contextmanager
+def _one_process_at_a_time(path: str) -> Iterator[None]:
+    """Held while a process prepares the file (`connect`): several processes open it at
+    once (the workers of one box), and one switches it to WAL and migrates while the others
+    wait here, then find it done."""
     with open(path + ".migrate-lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            _migrate_locked(db, path)
+            yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _migrate_locked(db: sqlite3.Connection, path: str) -> None:
+def _migrate(db: sqlite3.Connection, path: str) -> None:
+    # (under _one_process_at_a_time: each migration's own BEGIN IMMEDIATE comes after the
+    # version was read, so it cannot be the guard)
     (version,) = db.execute("PRAGMA user_version").fetchone()
     if version > SCHEMA_VERSION:
         raise StoreError(
