@@ -236,9 +236,10 @@ class Server:
     """One benchmarked server as a child process on a free port of 127.0.0.1."""
 
     def __init__(self, kind: str, run_dir: Path, tag: str, ini: str = APPLIANCE_INI,
-                 workers: int = 1):
+                 workers: int = 1, env: dict[str, str] | None = None):
         self.kind = kind
         self.workers = workers  # node-cluster's worker processes
+        self.env = env or {}  # added to this process's environment
         self.ini = ini  # the appliance's configuration
         self.run_dir = run_dir
         self.log_path = run_dir / f"{kind}-{tag}.log"
@@ -263,7 +264,7 @@ class Server:
         return ["node", str(PEERS / "node_server.mjs"), "--port", "0"]
 
     def start(self, timeout: float = 30.0) -> Server:
-        env = {**os.environ, "WEBUI_SECRET_KEY": SECRET, "RT_API_KEY": API_KEY,
+        env = {**os.environ, **self.env, "WEBUI_SECRET_KEY": SECRET, "RT_API_KEY": API_KEY,
                "PYTHONUNBUFFERED": "1"}
         logf = open(self.log_path, "w")
         self.proc = spawn(self.command(), cwd=ROOT, env=env, stdin=subprocess.PIPE,

