@@ -58,8 +58,9 @@ soak: $(STAMP)
 # (bench/README.md; bench/peers/package.json holds the uWebSockets.js peer's packages);
 # BENCH_ARGS=--quick for a run of about two minutes. Then CPU per acked event with the
 # batching fixed (bench/per_message.py, under two minutes), the cost of connection state
-# recovery, on and off, one node and Redis (bench/recovery.py, about two minutes), and the
-# join of 0.5-32 MB documents with the pause another client sees (bench/documents.py).
+# recovery, on and off, one node and Redis (bench/recovery.py, about two minutes), the
+# join of 0.5-32 MB documents with the pause another client sees (bench/documents.py), and
+# the CPU one event costs each process of [server] workers = 2 (bench/worker_bus.py).
 bench: $(STAMP)
 	@if command -v npm >/dev/null 2>&1 && [ -f tests/node/package-lock.json ]; then $(MAKE) --no-print-directory node-deps; fi
 	@if command -v npm >/dev/null 2>&1; then cd bench/peers && npm ci --no-audit --no-fund --loglevel=error; fi
@@ -68,6 +69,7 @@ bench: $(STAMP)
 	$(PY) bench/per_message.py $(PER_MESSAGE_BENCH_ARGS)
 	$(PY) bench/recovery.py $(RECOVERY_BENCH_ARGS)
 	$(PY) bench/documents.py $(DOCUMENTS_BENCH_ARGS)
+	$(PY) bench/worker_bus.py $(WORKER_BUS_BENCH_ARGS)
 
 # Coverage-guided fuzzing (atheris) of every harness in fuzz/, FUZZ_SECONDS each (default 20).
 fuzz: $(STAMP)

@@ -14,6 +14,13 @@ so the HTTP handling is small beside the rest), and the CPU of each process of t
 (/proc utime + stime) is divided by the number of events: the worker that took the requests,
 the others, the broker.
 
+That is the `emits` phase, where a worker reads the events one at a time as the worker that
+took them appends them, and pays the wake-up of an idle process for most of them. In the
+`burst` phase this process publishes `--burst` node-to-node emits (python-socketio's
+message, as another node sends it) to the broker's channel in pipelines of 1000, to the same
+room: each worker reads them back to back and drops them once parsed (no member there), so
+its CPU per message is the read itself.
+
 Each configuration runs as its own appliance, in turn, for several rounds (median).
 `without hiredis` starts the same appliance with a directory first on its PYTHONPATH whose
 `hiredis` cannot be imported: redis-py then reads replies with its pure-Python parser, as it
@@ -30,11 +37,15 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import redis
 import run as bench  # bench/run.py, next to this script: servers, users, meters
 
 BATCH = 100  # emits per request (the API's batch endpoint)
+PIPELINE = 1000  # publishes per round trip in the burst phase
+CHANNEL = "open-webui:socketio"  # the node-to-node channel ([state] key_prefix default)
 
 # a `hiredis` that fails to import, as when the package is not installed
 BLOCKER = "raise ImportError('hiredis left out by bench/worker_bus.py')\n"
@@ -68,28 +79,49 @@ def post_batches(port: int, batches: int) -> None:
         conn.close()
 
 
+def broker_socket(pid: int) -> str:
+    """The Unix socket the broker listens on, from its process title (valkey-server sets it
+    to `<program> unixsocket:<path>`)."""
+    title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    for word in title.split():
+        if word.startswith("unixsocket:"):
+            return word.removeprefix("unixsocket:")
+    raise bench.BenchError(f"no unixsocket in the broker's title: {title!r}")
+
+
+def publish_burst(socket_path: str, count: int) -> None:
+    """`count` emits of another node to the room, as python-socketio publishes them."""
+    message = json.dumps({"method": "emit", "event": "bench", "data": {"n": 1},
+                          "namespace": "/", "room": f"channel:{bench.CHANNEL}",
+                          "skip_sid": None, "callback": None, "host_id": "bench-other-node"})
+    client = redis.Redis(unix_socket_path=socket_path, socket_timeout=bench.DEADLINE.cap(30))
+    try:
+        for start in range(0, count, PIPELINE):
+            pipe = client.pipeline(transaction=False)
+            for _ in range(min(PIPELINE, count - start)):
+                pipe.publish(CHANNEL, message)
+            receivers = pipe.execute()
+            if min(receivers) < 1:
+                raise bench.BenchError(f"burst: a publish reached {min(receivers)} workers")
+    finally:
+        client.close()
+
+
+def parent(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
 def hiredis_loaded(pid: int) -> bool:
     """Whether hiredis's extension module is mapped into the process."""
     with open(f"/proc/{pid}/maps") as maps:
         return any("hiredis" in line for line in maps)
 
 
-def roles(pids: list[int], busiest: int) -> dict[int, str]:
-    """Each process of the appliance's tree by what it does in this run."""
-    out = {}
-    for pid in pids:
-        try:
-            comm = Path(f"/proc/{pid}/comm").read_text().strip()
-        except OSError:
-            continue
-        out[pid] = "broker" if "valkey" in comm or "redis" in comm else (
-            "worker that took the emits" if pid == busiest else "python")
-    return out
-
-
-def measure(workers: int, without_hiredis: bool, batches: int, run_dir: Path,
+def measure(workers: int, without_hiredis: bool, batches: int, burst: int, run_dir: Path,
             tag: str) -> dict[str, float]:
-    """CPU per event (µs) of the emitting worker, of each other worker, and of the broker."""
+    """CPU per event (µs): in the emits phase of the worker that took them, of each other
+    worker and of the broker; in the burst phase of each worker and of the broker."""
     server = bench.Server("appliance", run_dir, tag, ini=bench.appliance_ini(workers),
                           workers=workers, env=appliance_env(without_hiredis, run_dir))
     server.start()
@@ -98,15 +130,24 @@ def measure(workers: int, without_hiredis: bool, batches: int, run_dir: Path,
         post_batches(server.port, 5)  # warm-up: connections, caches
         time.sleep(0.5)
         pids = server.pids()
-        before = {pid: bench.cpu_seconds([pid]) for pid in pids}
-        post_batches(server.port, batches)
-        time.sleep(0.5)  # the last events read by every worker
-        used = {pid: bench.cpu_seconds([pid]) - before[pid] for pid in pids}
-        busiest = max(used, key=lambda p: used[p])
-        named = roles(pids, busiest)
-        # the workers: the Python processes that worked (the supervisor and the document
-        # host barely move)
-        workers_seen = [p for p, r in named.items() if r != "broker" and used[p] > 0.01]
+        named = {pid: Path(f"/proc/{pid}/comm").read_text().strip() for pid in pids}
+        brokers = [p for p, comm in named.items() if "valkey" in comm or "redis" in comm]
+        if len(brokers) != 1:
+            raise bench.BenchError(f"not one broker among the appliance's processes: {named}")
+
+        def cpu_over(phase: Callable[[], None]) -> dict[int, float]:
+            before = {pid: bench.cpu_seconds([pid]) for pid in pids}
+            phase()
+            time.sleep(0.5)  # the last events read by every worker
+            return {pid: bench.cpu_seconds([pid]) - before[pid] for pid in pids}
+
+        emits = cpu_over(lambda: post_batches(server.port, batches))
+        bursts = cpu_over(lambda: publish_burst(broker_socket(brokers[0]), burst))
+        # the workers: the supervisor's children but the broker (each worker's document
+        # host is a child of that worker)
+        workers_seen = [p for p in pids if p not in brokers and parent(p) == server.proc.pid]
+        if len(workers_seen) != workers:
+            raise bench.BenchError(f"{len(workers_seen)} workers found, not {workers}: {named}")
         parsers = {hiredis_loaded(pid) for pid in workers_seen}
         if parsers != {not without_hiredis}:
             raise bench.BenchError(f"hiredis loaded in the workers: {parsers}, expected "
@@ -114,12 +155,15 @@ def measure(workers: int, without_hiredis: bool, batches: int, run_dir: Path,
     finally:
         server.stop()
     events = batches * BATCH
-    others = sorted(used[p] for p in workers_seen if p != busiest)  # each reads every event
+    took = max(workers_seen, key=lambda p: emits[p])  # the worker that took the requests
+    others = [emits[p] for p in workers_seen if p != took]
     return {
-        "emitting": 1e6 * used[busiest] / events,
+        "emitting": 1e6 * emits[took] / events,
         "other": 1e6 * statistics.median(others) / events if others else 0.0,
-        "broker": 1e6 * sum(used[p] for p, r in named.items() if r == "broker") / events,
-        "total": 1e6 * sum(used.values()) / events,
+        "broker": 1e6 * emits[brokers[0]] / events,
+        "total": 1e6 * sum(emits.values()) / events,
+        "burst worker": 1e6 * statistics.median(bursts[p] for p in workers_seen) / burst,
+        "burst broker": 1e6 * bursts[brokers[0]] / burst,
     }
 
 
@@ -128,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batches", type=int, default=50, help="requests of 100 emits per round")
+    ap.add_argument("--burst", type=int, default=20000, help="messages of the burst phase")
     ap.add_argument("--no-write", action="store_true", help="print only")
     args = ap.parse_args(argv)
     bench.DEADLINE = bench.Deadline(900)
@@ -136,23 +181,24 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[dict[str, float]]] = {name: [] for name, _ in configs}
     for rnd in range(args.rounds):
         for name, without in configs:
-            r = measure(args.workers, without, args.batches, run_dir,
+            r = measure(args.workers, without, args.batches, args.burst, run_dir,
                         f"bus-{rnd}-{int(without)}")
             results[name].append(r)
             bench.log(f"round {rnd + 1} {name}: " + ", ".join(
                 f"{k} {v:.0f} µs" for k, v in r.items()))
-    keys = ("emitting", "other", "broker", "total")
-    med = {name: {k: statistics.median(r[k] for r in rs) for k in keys}
+    med = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]}
            for name, rs in results.items()}
     base = med["without hiredis"]
     lines = [
         f"# One event through the workers' broker — {dt.date.today().isoformat()}", "",
         f"`bench/worker_bus.py --workers {args.workers} --rounds {args.rounds} --batches "
-        f"{args.batches}`: `[server] workers = {args.workers}`, {args.batches} requests of "
-        f"{BATCH} HTTP emits to a room with no member connected, per round; CPU (utime + "
-        f"stime) per event of each process, median of {args.rounds} rounds, the two "
-        f"configurations alternated. Machine: {os.cpu_count()} cores, load average "
-        f"{os.getloadavg()[0]:.2f} at the end.", "",
+        f"{args.batches} --burst {args.burst}`: `[server] workers = {args.workers}`; CPU "
+        f"(utime + stime) per event of each process, median of {args.rounds} rounds, the "
+        f"two configurations alternated, a fresh appliance each. Machine: {os.cpu_count()} "
+        f"cores, load average {os.getloadavg()[0]:.2f} at the end.", "",
+        f"Emits: {args.batches} requests of {BATCH} HTTP emits to a room with no member "
+        "connected (each appended to the recovery log on the broker, published there, read "
+        "by every worker).", "",
         "| configuration | worker that took the emits | each other worker | broker | "
         "all processes | / without hiredis |",
         "|---|---:|---:|---:|---:|---:|",
@@ -161,6 +207,15 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {name} | {m['emitting']:.0f} µs | {m['other']:.0f} µs | "
                      f"{m['broker']:.0f} µs | {m['total']:.0f} µs | "
                      f"{m['total'] / base['total']:.2f} |")
+    lines += ["", f"Burst: {args.burst} node-to-node emits to the same room published "
+              f"straight to the broker's channel, {PIPELINE} per round trip (each worker reads "
+              "them back to back and drops them, no member being there).", "",
+              "| configuration | each worker | / without hiredis | broker |",
+              "|---|---:|---:|---:|"]
+    for name, m in med.items():
+        lines.append(f"| {name} | {m['burst worker']:.1f} µs | "
+                     f"{m['burst worker'] / base['burst worker']:.2f} | "
+                     f"{m['burst broker']:.1f} µs |")
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
