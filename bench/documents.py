@@ -244,12 +244,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(asyncio.run(measure(size, args.joins, Path(tmp))))
         finally:
             bench.end_all()
-    text = render(rows, time.monotonic() - started)
-    print(text)
-    if not args.no_write:
-        out = bench.RESULTS / f"{dt.date.today().isoformat()}-documents.md"
-        out.write_text(text)
-        bench.log(f"wrote {out.relative_to(bench.ROOT)}")
+    bench.report(render(rows, time.monotonic() - started), "documents",
+                 write=not args.no_write)
     return 0
 
 

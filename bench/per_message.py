@@ -230,13 +230,9 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {t.label} | {per:.2f} | {statistics.median(t.slices):.2f} | "
                      f"{min(t.slices):.2f} | {t.acks:,} | "
                      f"{f'{rel:.2f}' if rel is not None else '—'} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_write:
-        suffix = f"-{args.name}" if args.name else ""
-        out = run.RESULTS / f"{dt.date.today().isoformat()}-fixed-batches{suffix}.md"
-        out.write_text(text)
-        run.log(f"wrote {out.relative_to(here)}")
+    run.report("\n".join(lines) + "\n",
+               "fixed-batches" + (f"-{args.name}" if args.name else ""),
+               write=not args.no_write)
     return 0
 
 

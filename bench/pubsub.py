@@ -190,12 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             w.close()
         bench.end_all()
 
-    text = report(results, args)
-    print(text)
-    if not args.no_write:
-        path = bench.RESULTS / f"{dt.date.today().isoformat()}-pubsub.md"
-        path.write_text(text)
-        bench.log(f"wrote {path.relative_to(bench.ROOT)}")
+    bench.report(report(results, args), "pubsub", write=not args.no_write)
     shutil.rmtree(run_dir, ignore_errors=True)
     return 0 if all(r["received"] == r["expected"] for rs in results.values() for r in rs) else 1
 

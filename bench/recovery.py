@@ -116,12 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         for w in workers:
             w.close()
         bench.end_all()
-    text = report(results, memory, args)
-    print(text)
-    if not args.no_write:
-        path = bench.RESULTS / f"{dt.date.today().isoformat()}-recovery.md"
-        path.write_text(text)
-        bench.log(f"wrote {path.relative_to(bench.ROOT)}")
+    bench.report(report(results, memory, args), "recovery", write=not args.no_write)
     shutil.rmtree(run_dir, ignore_errors=True)
     return 0 if all(r["received"] == r["expected"] for rs in results.values() for r in rs) else 1
 

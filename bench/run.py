@@ -132,6 +132,16 @@ def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+def report(text: str, name: str, write: bool = True) -> None:
+    """Print a benchmark's Markdown table and, with `write`, keep it as
+    results/<date>-<name>.md (the helper scripts next to this one)."""
+    print(text)
+    if write:
+        path = RESULTS / f"{dt.date.today().isoformat()}-{name}.md"
+        path.write_text(text)
+        log(f"wrote {path.relative_to(ROOT)}")
+
+
 # --------------------------------------------------------------------- children ---
 
 CHILDREN: list[subprocess.Popen] = []

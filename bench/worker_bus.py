@@ -216,12 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {name} | {m['burst worker']:.1f} µs | "
                      f"{m['burst worker'] / base['burst worker']:.2f} | "
                      f"{m['burst broker']:.1f} µs |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_write:
-        out = bench.RESULTS / f"{dt.date.today().isoformat()}-worker-bus.md"
-        out.write_text(text)
-        bench.log(f"written to {out}")
+    bench.report("\n".join(lines) + "\n", "worker-bus", write=not args.no_write)
     return 0
 
 
