@@ -324,6 +324,18 @@ async def close_quietly(client: AnyRedis) -> None:
         pass
 
 
+def subscriber(client: AnyRedis, **options: Any) -> Any:
+    """A pub/sub object of `client` for a listener (`options` as redis-py's `pubsub()`)."""
+    return client.pubsub(push_handler_func=_as_is, **options)
+
+
+async def _as_is(message: Any) -> Any:
+    # redis-py's own handler of a RESP3 pub/sub message writes it to a debug log, and
+    # builds that line (the whole message as text) also when debug is off: 6 % of a
+    # worker's CPU reading a burst (py-spy), on every node, for every message
+    return message
+
+
 async def close_subscription(pubsub: Any, client: AnyRedis | None) -> None:
     """End a pub/sub listener's connection and its client after a loss (both may be
     half-open; errors closing them say nothing new)."""

@@ -60,6 +60,7 @@ from .redis_conn import (
     close_subscription,
     drop_idle,
     ensure_ready,
+    subscriber,
 )
 
 log = logging.getLogger("rt.backend")
@@ -240,7 +241,7 @@ class RedisClientManager(socketio.AsyncRedisManager, FanoutMixin):
                     # (SUBSCRIBE is only sent; a Redis that accepts connections and never
                     # answers must not count as listening)
                     async with asyncio.timeout(self.timeout):
-                        pubsub = client.pubsub()  # the confirmation is read below
+                        pubsub = subscriber(client)  # the confirmation is read below
                         if self.sharded:
                             await pubsub.ssubscribe(self.channel)
                             read = pubsub.get_sharded_message

@@ -69,6 +69,7 @@ from .redis_conn import (
     RedisTarget,
     close_quietly,
     close_subscription,
+    subscriber,
 )
 from .redis_manager import RedisClientManager
 from .socketio_away import AwaySessions, ForeignAnswer
@@ -227,7 +228,7 @@ class SocketioBridge:
                 client = self.target.client(retry=Retry(NoBackoff(), 0))
                 if self.target.cluster:
                     await client.initialize()  # the node map; see RedisClientManager._listen
-                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                pubsub = subscriber(client, ignore_subscribe_messages=True)
                 try:
                     async with asyncio.timeout(self.timeout):
                         await pubsub.subscribe(self.channel)  # the connection the reader reads
