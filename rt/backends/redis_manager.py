@@ -231,7 +231,7 @@ class RedisClientManager(socketio.AsyncRedisManager, FanoutMixin):
             client: AnyRedis | None = None
             pubsub: Any = None
             try:
-                client = self.target.client()
+                client = self.target.listener()
                 if self.sharded:
                     # the slot map (which node owns the channel); not under the deadline
                     # below, for the reason given in RedisUser._run

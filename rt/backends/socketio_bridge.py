@@ -225,7 +225,7 @@ class SocketioBridge:
                 # no silent reconnects inside redis-py: after a loss this loop builds a new
                 # connection and subscribes everything again, and the barrier's PONGs are
                 # never lost on a connection replaced underneath
-                client = self.target.client(retry=Retry(NoBackoff(), 0))
+                client = self.target.listener(retry=Retry(NoBackoff(), 0))
                 if self.target.cluster:
                     await client.initialize()  # the node map; see RedisClientManager._listen
                 pubsub = subscriber(client, ignore_subscribe_messages=True)
