@@ -257,11 +257,11 @@ class RedisClientManager(socketio.AsyncRedisManager, FanoutMixin):
                 log.info("pub/sub subscribed to %s on %s", self.channel, self.target.describe())
                 self.listening = True
                 delay = low
-                loop = asyncio.get_running_loop()
+                loop, me = asyncio.get_running_loop(), asyncio.current_task()
                 heard, pinged = loop.time(), None
                 while True:
                     message = await read(ignore_subscribe_messages=True, timeout=READ_TIMEOUT)
-                    if cancel_swallowed():
+                    if cancel_swallowed(me):
                         raise asyncio.CancelledError
                     if message is None:
                         pinged = await self._silence(pubsub, heard, pinged)

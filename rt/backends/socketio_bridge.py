@@ -275,12 +275,12 @@ class SocketioBridge:
             await tasks.stop()
 
     async def _read(self, pubsub: Any) -> None:
-        loop = asyncio.get_running_loop()
+        loop, me = asyncio.get_running_loop(), asyncio.current_task()
         heard, pinged = loop.time(), None
         while True:
             message = await pubsub.get_message(ignore_subscribe_messages=True,
                                                timeout=READ_TIMEOUT)
-            if cancel_swallowed():
+            if cancel_swallowed(me):
                 raise asyncio.CancelledError
             now = loop.time()
             if message is None:

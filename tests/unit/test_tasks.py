@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from rt.core.tasks import TaskGroup, every
+from rt.core.tasks import TaskGroup, cancel_swallowed, every
 
 pytestmark = pytest.mark.asyncio
 
@@ -64,3 +64,25 @@ async def test_a_store_outage_is_logged_in_one_line_and_a_bug_with_its_traceback
     outage, bug = [r for r in caplog.records if r.name == "rt.app"][:2]
     assert "no answer within 3 s" in outage.getMessage() and outage.exc_info is None
     assert "sweep failed" in bug.getMessage() and bug.exc_info is not None
+
+
+async def test_a_swallowed_cancel_is_seen_by_the_current_task_or_the_one_passed():
+    swallowed = asyncio.Event()
+    seen: list[tuple[bool, bool]] = []
+
+    async def reader() -> None:
+        me = asyncio.current_task()
+        seen.append((cancel_swallowed(), cancel_swallowed(me)))  # not asked to stop yet
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            pass  # swallowed, as asyncio.wait_for may do under redis-py
+        seen.append((cancel_swallowed(), cancel_swallowed(me)))
+        swallowed.set()
+
+    task = asyncio.get_running_loop().create_task(reader())
+    await asyncio.sleep(0)
+    task.cancel()
+    await asyncio.wait_for(swallowed.wait(), 5)
+    await asyncio.wait_for(task, 5)
+    assert seen == [(False, False), (True, True)]
