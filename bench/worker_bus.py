@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batches", type=int, default=50, help="requests of 100 emits per round")
     ap.add_argument("--burst", type=int, default=20000, help="messages of the burst phase")
+    ap.add_argument("--name", help="results/<date>-worker-bus-NAME.md")
     ap.add_argument("--no-write", action="store_true", help="print only")
     args = ap.parse_args(argv)
     bench.DEADLINE = bench.Deadline(900)
@@ -216,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {name} | {m['burst worker']:.1f} µs | "
                      f"{m['burst worker'] / base['burst worker']:.2f} | "
                      f"{m['burst broker']:.1f} µs |")
-    bench.report("\n".join(lines) + "\n", "worker-bus", write=not args.no_write)
+    bench.report("\n".join(lines) + "\n",
+                 "worker-bus" + (f"-{args.name}" if args.name else ""), write=not args.no_write)
     return 0
 
 
