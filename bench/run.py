@@ -256,9 +256,14 @@ class Server:
         self.proc: subprocess.Popen | None = None
         self.port = 0
 
+    @property
+    def config_path(self) -> Path:
+        """The appliance's INI file (written as it starts)."""
+        return self.run_dir / f"appliance-{self.log_path.stem}.ini"
+
     def command(self) -> list[str]:
         if self.kind == "appliance":
-            ini = self.run_dir / f"appliance-{self.log_path.stem}.ini"
+            ini = self.config_path
             ini.write_text(self.ini)
             return [str(VENV_PY), str(ROOT / "appliance.py"), "serve", "--config", str(ini),
                     "--port", "0", "--data-dir", str(self.run_dir / "appliance-data")]

@@ -41,11 +41,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import redis
-import run as bench  # bench/run.py, next to this script: servers, users, meters
+
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+import run as bench  # noqa: E402 - bench/run.py: servers, users, meters
+
+from rt.backends.redis_conn import RedisTarget  # noqa: E402
+from rt.config import load_settings  # noqa: E402
 
 BATCH = 100  # emits per request (the API's batch endpoint)
 PIPELINE = 1000  # publishes per round trip in the burst phase
-CHANNEL = "open-webui:socketio"  # the node-to-node channel ([state] key_prefix default)
 
 # a `hiredis` that fails to import, as when the package is not installed
 BLOCKER = "raise ImportError('hiredis left out by bench/worker_bus.py')\n"
@@ -89,8 +93,15 @@ def broker_socket(pid: int) -> str:
     raise bench.BenchError(f"no unixsocket in the broker's title: {title!r}")
 
 
-def publish_burst(socket_path: str, count: int) -> None:
-    """`count` emits of another node to the room, as python-socketio publishes them."""
+def node_channel(server: bench.Server, socket_path: str) -> str:
+    """The workers' node-to-node channel, named as the appliance names it from its INI."""
+    prefix = load_settings(str(server.config_path), environ={}).state.key_prefix
+    return RedisTarget(url=f"unix://{socket_path}", key_prefix=prefix).keys().channel("socketio")
+
+
+def publish_burst(socket_path: str, channel: str, count: int) -> None:
+    """`count` emits of another node to the room, as python-socketio publishes them
+    (published in pipelines: the project's publisher sends one at a time)."""
     message = json.dumps({"method": "emit", "event": "bench", "data": {"n": 1},
                           "namespace": "/", "room": f"channel:{bench.CHANNEL}",
                           "skip_sid": None, "callback": None, "host_id": "bench-other-node"})
@@ -99,7 +110,7 @@ def publish_burst(socket_path: str, count: int) -> None:
         for start in range(0, count, PIPELINE):
             pipe = client.pipeline(transaction=False)
             for _ in range(min(PIPELINE, count - start)):
-                pipe.publish(CHANNEL, message)
+                pipe.publish(channel, message)
             receivers = pipe.execute()
             if min(receivers) < 1:
                 raise bench.BenchError(f"burst: a publish reached {min(receivers)} workers")
@@ -142,7 +153,9 @@ def measure(workers: int, without_hiredis: bool, batches: int, burst: int, run_d
             return {pid: bench.cpu_seconds([pid]) - before[pid] for pid in pids}
 
         emits = cpu_over(lambda: post_batches(server.port, batches))
-        bursts = cpu_over(lambda: publish_burst(broker_socket(brokers[0]), burst))
+        socket_path = broker_socket(brokers[0])
+        channel = node_channel(server, socket_path)
+        bursts = cpu_over(lambda: publish_burst(socket_path, channel, burst))
         # the workers: the supervisor's children but the broker (each worker's document
         # host is a child of that worker)
         workers_seen = [p for p in pids if p not in brokers and parent(p) == server.proc.pid]
