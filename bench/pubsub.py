@@ -121,12 +121,32 @@ async def publish(manager, phase: str, count: int, rate: float) -> None:
                 "ph": phase}}}, room=ROOM)
 
 
+class RedisPeer(bench.Server):
+    """open-webui's own socket server on the same Redis: python-socketio's AsyncServer with
+    the stock AsyncRedisManager under uvicorn (bench/peers/pysio_uvicorn.py --redis), as
+    open-webui runs it with WEBSOCKET_REDIS_ROOM_CHANNELS=false. It hears the `socketio`
+    channel only, so it takes part in the `foreign, one channel` phase."""
+
+    def __init__(self, run_dir: Path, redis_url: str) -> None:
+        super().__init__("pysio", run_dir, "pubsub")
+        self.redis_url = redis_url
+
+    def command(self) -> list[str]:
+        return super().command() + ["--redis", self.redis_url]
+
+
+PEER_PATHS = ("foreign, one channel",)  # what the peer hears of the published paths
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clients", type=int, default=200, help="room members (default 200)")
     ap.add_argument("--messages", type=int, default=200, help="emits per phase (default 200)")
     ap.add_argument("--rate", type=float, default=100, help="emits per second (default 100)")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--no-peer", action="store_true",
+                    help="the appliance only (no python-socketio+uvicorn beside it)")
+    ap.add_argument("--name", help="results/<date>-pubsub-NAME.md")
     ap.add_argument("--no-write", action="store_true", help="print only")
     args = ap.parse_args(argv)
     if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
@@ -135,92 +155,112 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     run_dir = Path(tempfile.mkdtemp(prefix="rt-bench-pubsub-"))
-    results: dict[str, list[dict]] = {}
-    workers: list[bench.Worker] = []
+    results: dict[tuple[str, str], list[dict]] = {}
+    members: dict[str, list[bench.Worker]] = {}  # server kind -> its load processes
     loop = asyncio.new_event_loop()
     pubs: dict = {}
     try:
         redis_proc, redis_url = start_redis(run_dir)
-        server = RedisAppliance(run_dir, redis_url).start()
+        servers = [RedisAppliance(run_dir, redis_url).start()]
+        if not args.no_peer:
+            servers.append(RedisPeer(run_dir, redis_url).start())
         users = [f"bu{i:05d}" for i in range(args.clients)]
-        bench.register_users(server, users)
-        bench.put_channel(server, users)
-        workers = [bench.Worker(f"r{i}", run_dir) for i in range(2)]
-        parts = bench.split(users, len(workers))
-        bench.call_all([(w, "connect", dict(url=server.url, path="/ws/socket.io", users=part,
-                                            concurrency=50)) for w, part in zip(workers, parts)],
-                       timeout=120)
-        joined = bench.call_all([(w, "emit_all", dict(event="user-join", data={}))
-                                 for w in workers], timeout=60)
-        if sum(j["acked"] for j in joined) != len(users):
-            raise bench.BenchError(f"user-join: {joined}")
+        loads = max(1, min(2, args.clients))
+        parts = bench.split(users, loads)
+        for server in servers:
+            bench.register_users(server, users)
+            bench.put_channel(server, users)
+            workers = members[server.kind] = [bench.Worker(f"{server.kind}-r{i}", run_dir)
+                                              for i in range(loads)]
+            bench.call_all([(w, "connect", dict(url=server.url, path="/ws/socket.io",
+                                                users=part, concurrency=50))
+                            for w, part in zip(workers, parts)], timeout=120)
+            joined = bench.call_all([(w, "emit_all", dict(event="user-join", data={}))
+                                     for w in workers], timeout=60)
+            if sum(j["acked"] for j in joined) != len(users):
+                raise bench.BenchError(f"{server.kind}: user-join: {joined}")
         pubs = publishers(redis_url)
         for rnd in range(args.rounds):
             for name, manager in pubs.items():
                 phase = f"{name}-{rnd}"
-                bench.call_all([(w, "listen", dict(event="events", phase=phase))
-                                for w in workers], timeout=10)
-                meter = bench.Meter(server, workers)
+                hearing = [s for s in servers if s.kind == "appliance" or name in PEER_PATHS]
+                for server in hearing:
+                    bench.call_all([(w, "listen", dict(event="events", phase=phase))
+                                    for w in members[server.kind]], timeout=10)
+                meters = [bench.Meter(s, members[s.kind]) for s in hearing]
                 loop.run_until_complete(publish(manager, phase, args.messages, args.rate))
                 expected = [args.messages * len(p) for p in parts]
-                bench.call_all([(w, "wait_rx", dict(expected=e, timeout_ms=30000,
-                                                    quiet_ms=2000))
-                                for w, e in zip(workers, expected)], timeout=40)
-                m = meter.done()
-                got = bench.call_all([(w, "collect", {}) for w in workers], timeout=30)
-                received = sum(g["count"] for g in got)
-                hist = bench.merge_hists([g["hist"] for g in got])
-                r = {"received": received, "expected": sum(expected),
-                     "cpu_per_10k": 1e4 * m["server_cpu_s"] / received if received else None,
-                     "p50_ms": bench.percentile_ms(hist, 0.5),
-                     "p99_ms": bench.percentile_ms(hist, 0.99),
-                     "other_cores": m["other_cores"]}
-                results.setdefault(name, []).append(r)
-                bench.log(f"round {rnd + 1} {name}: {received}/{sum(expected)} delivered, "
-                          f"{bench.fmt(r['cpu_per_10k'])} s CPU per 10k, "
-                          f"p99 {bench.fmt(r['p99_ms'])} ms")
-        server.stop()
+                for server, meter in zip(hearing, meters):
+                    workers = members[server.kind]
+                    bench.call_all([(w, "wait_rx", dict(expected=e, timeout_ms=30000,
+                                                        quiet_ms=2000))
+                                    for w, e in zip(workers, expected)], timeout=40)
+                    m = meter.done()
+                    got = bench.call_all([(w, "collect", {}) for w in workers], timeout=30)
+                    received = sum(g["count"] for g in got)
+                    hist = bench.merge_hists([g["hist"] for g in got])
+                    r = {"received": received, "expected": sum(expected),
+                         "cpu_per_10k": 1e4 * m["server_cpu_s"] / received if received else None,
+                         "p50_ms": bench.percentile_ms(hist, 0.5),
+                         "p99_ms": bench.percentile_ms(hist, 0.99),
+                         "other_cores": m["other_cores"]}
+                    results.setdefault((name, server.kind), []).append(r)
+                    bench.log(f"round {rnd + 1} {name}, {bench.LABELS[server.kind]}: "
+                              f"{received}/{sum(expected)} delivered, "
+                              f"{bench.fmt(r['cpu_per_10k'])} s CPU per 10k, "
+                              f"p99 {bench.fmt(r['p99_ms'])} ms")
+        for server in servers:
+            server.stop()
     finally:
         for manager in pubs.values():
             redis = getattr(manager, "redis", None) or getattr(manager, "_pub", None)
             if redis is not None:
                 loop.run_until_complete(redis.aclose())
         loop.close()
-        for w in workers:
-            w.close()
+        for workers in members.values():
+            for w in workers:
+                w.close()
         bench.end_all()
 
-    bench.report(report(results, args), "pubsub", write=not args.no_write)
+    name = "pubsub" + (f"-{args.name}" if args.name else "")
+    bench.report(report(results, args), name, write=not args.no_write)
     shutil.rmtree(run_dir, ignore_errors=True)
     return 0 if all(r["received"] == r["expected"] for rs in results.values() for r in rs) else 1
 
 
-def report(results: dict[str, list[dict]], args) -> str:
-    def med(name: str, key: str) -> float | None:
-        values = [r[key] for r in results.get(name, []) if r[key] is not None]
+def report(results: dict[tuple[str, str], list[dict]], args) -> str:
+    def med(key: tuple[str, str], field: str) -> float | None:
+        values = [r[field] for r in results.get(key, []) if r[field] is not None]
         return statistics.median(values) if values else None
 
-    base = med("own channel", "cpu_per_10k")
+    base = med(("own channel", "appliance"), "cpu_per_10k")
     lines = [
         f"# pub/sub paths into the appliance — {dt.datetime.now().astimezone():%Y-%m-%d %H:%M}",
         "",
-        f"{args.clients} clients in `{ROOM}`, {args.messages} emits per phase at "
-        f"{args.rate:g}/s, {args.rounds} rounds alternated, medians; appliance CPU "
-        f"(utime + stime of its process tree) per 10k delivered messages; nproc "
-        f"{os.cpu_count()}, load average at the end "
-        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}.",
+        f"{args.clients} clients in `{ROOM}` on each server, {args.messages} emits per phase "
+        f"at {args.rate:g}/s, {args.rounds} rounds alternated, medians; server CPU (utime + "
+        f"stime of its process tree) per 10k delivered messages; nproc {os.cpu_count()}, "
+        f"load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}. "
+        f"`{bench.LABELS['pysio']}`: open-webui's own socket server on the same Redis "
+        "(python-socketio's AsyncServer with the stock AsyncRedisManager under uvicorn, "
+        "bench/peers/pysio_uvicorn.py --redis), which hears the `socketio` channel and so "
+        "gets the `foreign, one channel` messages at the same time as the appliance.",
         "",
-        "| path | delivered | CPU per 10k deliveries | vs own channel | p50 / p99 latency |",
-        "|---|---:|---:|---:|---:|",
+        "| path | server | delivered | CPU per 10k deliveries | vs appliance, own channel "
+        "| appliance / peer | p50 / p99 latency |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
-    for name, rounds in results.items():
+    for (name, kind), rounds in results.items():
         delivered = f"{sum(r['received'] for r in rounds):,} / " \
                     f"{sum(r['expected'] for r in rounds):,}"
-        cpu = med(name, "cpu_per_10k")
-        lines.append(f"| {name} | {delivered} | {bench.fmt(cpu)} s | "
-                     f"{bench.ratio(cpu, base)} | {bench.fmt(med(name, 'p50_ms'))} / "
-                     f"{bench.fmt(med(name, 'p99_ms'))} ms |")
-    other = med("own channel", "other_cores")
+        cpu = med((name, kind), "cpu_per_10k")
+        peer = med((name, "pysio"), "cpu_per_10k") if kind == "appliance" else None
+        lines.append(f"| {name} | {bench.LABELS[kind]} | {delivered} | {bench.fmt(cpu)} s | "
+                     f"{bench.ratio(cpu, base)} | "
+                     f"{bench.ratio(cpu, peer) if peer is not None else '–'} | "
+                     f"{bench.fmt(med((name, kind), 'p50_ms'))} / "
+                     f"{bench.fmt(med((name, kind), 'p99_ms'))} ms |")
+    other = med(("own channel", "appliance"), "other_cores")
     lines += ["", f"Rest of the machine during the phases (median): "
                   f"{bench.fmt(other)} cores."]
     return "\n".join(lines) + "\n"

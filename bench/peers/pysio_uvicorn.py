@@ -171,9 +171,16 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--no-deflate", action="store_true",
                         help="refuse permessage-deflate (uvicorn negotiates it by default)")
+    parser.add_argument("--redis", metavar="URL",
+                        help="python-socketio's AsyncRedisManager on this Redis, channel "
+                             "`socketio` (open-webui's socket server with "
+                             "WEBSOCKET_REDIS_ROOM_CHANNELS=false; bench/pubsub.py)")
     args = parser.parse_args()
     if not SECRET or not API_KEY:
         sys.exit("pysio_uvicorn: WEBUI_SECRET_KEY and RT_API_KEY are required")
+    if args.redis:  # (before the first connection, which initializes the manager)
+        sio.manager = socketio.AsyncRedisManager(args.redis)
+        sio.manager.set_server(sio)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))
