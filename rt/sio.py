@@ -29,6 +29,7 @@ import socketio
 from socketio import packet as sio_packet
 from socketio.exceptions import ConnectionRefusedError as Refused
 
+from .backends.sio_packets import dumps_plain
 from .engine.server import EngineOptions, EngineServer
 from .metrics import Figure
 
@@ -70,22 +71,6 @@ def loads(text: str) -> Any:
         except orjson.JSONDecodeError:
             pass
     return _std_decoder.decode(text)
-
-
-# Whatever orjson would encode differently from the standard library (dataclasses,
-# datetimes, subclasses of builtins, non-str keys, big integers, bytes, lone surrogates)
-# makes it raise, and the caller takes python-socketio's own path instead.
-_ORJSON_STRICT = (orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
-                  | orjson.OPT_PASSTHROUGH_SUBCLASS)
-
-
-def dumps_plain(data: Any) -> bytes | None:
-    """`data` as compact JSON (UTF-8), or None when it holds anything but plain JSON values
-    (binary attachments above all): python-socketio's Packet encodes those."""
-    try:
-        return orjson.dumps(data, option=_ORJSON_STRICT)
-    except TypeError:  # orjson.JSONEncodeError is a TypeError
-        return None
 
 
 class _Done:

@@ -21,12 +21,15 @@ from typing import Any
 
 import socketio
 from engineio import packet as eio_packet
-from socketio import packet
+
+from .sio_packets import encode_event
 
 # rooms of a session kept as a tuple up to this many (membership is checked by scanning)
 _FEW = 8
-# a node-to-node control message's handler: gets the payload
-ControlHandler = Callable[[dict[str, Any]], Coroutine[Any, Any, None]]
+# a node-to-node control message's handler: gets the payload. A coroutine function runs as
+# a task of its own; a plain function runs as the message is read, in the channel's order,
+# without a task (what delivers every recorded emit: one handler call per message per node)
+ControlHandler = Callable[[dict[str, Any]], Coroutine[Any, Any, None] | None]
 
 
 class FanoutMixin(socketio.AsyncManager):
@@ -153,8 +156,7 @@ class FanoutMixin(socketio.AsyncManager):
             data = [data]
         else:
             data = []
-        encoded = self.server.packet_class(
-            packet.EVENT, namespace=namespace, data=[event] + data).encode()
+        encoded = encode_event([event, *data], namespace)
         frames = [eio_packet.Packet(eio_packet.MESSAGE, part)
                   for part in (encoded if isinstance(encoded, list) else [encoded])]
         skip = set(skip_sid) if isinstance(skip_sid, list) else {skip_sid}

@@ -60,6 +60,7 @@ from .redis_conn import (
     close_subscription,
     drop_idle,
     ensure_ready,
+    message_reader,
     subscriber,
 )
 
@@ -219,7 +220,9 @@ class RedisClientManager(socketio.AsyncRedisManager, FanoutMixin):
         handler = self.control_handler(kind)
         payload = data.get("payload")
         if handler is not None and isinstance(payload, dict):
-            self._control_tasks.spawn(f"control message {kind}", handler(payload))
+            work = handler(payload)
+            if work is not None:
+                self._control_tasks.spawn(f"control message {kind}", work)
 
     # ------------------------------------------------------------------ listen
     async def _listen(self) -> AsyncIterator[dict[str, Any]]:
@@ -247,7 +250,7 @@ class RedisClientManager(socketio.AsyncRedisManager, FanoutMixin):
                             read = pubsub.get_sharded_message
                         else:
                             await pubsub.subscribe(self.channel)
-                            read = pubsub.get_message
+                            read = message_reader(pubsub)
                         while (message := await read(timeout=READ_TIMEOUT)) is None \
                                 or message.get("type") not in SUBSCRIBED:
                             pass

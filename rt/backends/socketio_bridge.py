@@ -69,6 +69,7 @@ from .redis_conn import (
     RedisTarget,
     close_quietly,
     close_subscription,
+    message_reader,
     subscriber,
 )
 from .redis_manager import RedisClientManager
@@ -277,9 +278,9 @@ class SocketioBridge:
     async def _read(self, pubsub: Any) -> None:
         loop, me = asyncio.get_running_loop(), asyncio.current_task()
         heard, pinged = loop.time(), None
+        read = message_reader(pubsub)
         while True:
-            message = await pubsub.get_message(ignore_subscribe_messages=True,
-                                               timeout=READ_TIMEOUT)
+            message = await read(ignore_subscribe_messages=True, timeout=READ_TIMEOUT)
             if cancel_swallowed(me):
                 raise asyncio.CancelledError
             now = loop.time()

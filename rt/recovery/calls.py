@@ -42,6 +42,7 @@ from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
 from ..backends.recovery_state import RecoveryState
+from ..backends.sio_packets import encode_event
 from ..core.errors import StoreError
 from ..core.tasks import TaskGroup
 
@@ -215,8 +216,7 @@ class PendingCalls:
                     except StoreError:
                         pass  # asked now all the same
             callbacks[wire_id] = self._router(sid, key, origin)
-            encoded = self.sio.packet_class(sio_packet.EVENT, namespace="/", data=data,
-                                            id=wire_id).encode()
+            encoded = encode_event(data, id=wire_id)
             if session is not None:
                 for part in encoded if isinstance(encoded, list) else [encoded]:
                     session.send(eio_packet.Packet(eio_packet.MESSAGE, part))

@@ -60,6 +60,7 @@ from ..backends.recovery_state import (
     parse_offset,
 )
 from ..backends.redis_conn import KeySpace
+from ..backends.sio_packets import encode_event
 from ..core.errors import StoreError
 from ..core.tasks import TaskGroup
 from ..core.tokens import token_urlsafe
@@ -161,8 +162,7 @@ class RecoveryService:
         rooms = None if room is None else ([room] if isinstance(room, str) else list(room))
         skip = [] if skip_sid is None else (
             [skip_sid] if isinstance(skip_sid, str) else list(skip_sid))
-        encoded = self.sio.packet_class(sio_packet.EVENT, namespace="/",
-                                        data=[event, *args]).encode()
+        encoded = encode_event([event, *args])
         blobs: tuple[bytes, ...] = ()
         if isinstance(encoded, list):  # binary: the packet, then its attachments
             encoded, blobs = encoded[0], tuple(encoded[1:])
@@ -264,8 +264,7 @@ class RecoveryService:
         away and held here): recorded for exactly them, and delivered from the log. False
         when it could not be kept: the caller delivers it as before, and those sessions'
         recoveries across it fail (a marker)."""
-        encoded = self.sio.packet_class(sio_packet.EVENT, namespace="/",
-                                        data=[event, *args]).encode()
+        encoded = encode_event([event, *args])
         blobs: tuple[bytes, ...] = ()
         if isinstance(encoded, list):
             encoded, blobs = encoded[0], tuple(encoded[1:])
@@ -508,8 +507,9 @@ class RecoveryService:
         self.calls.expire()
         await self.sweep()
 
-    async def on_emit(self, payload: dict[str, Any]) -> None:
-        """A recorded emit from the cluster channel (no await: kept in order)."""
+    def on_emit(self, payload: dict[str, Any]) -> None:
+        """A recorded emit from the cluster channel, delivered as it is read (a plain
+        function: no task per message, and the channel's order kept)."""
         handle = getattr(self.state, "handle", None)
         if handle is not None:
             handle(payload)
