@@ -211,6 +211,36 @@ async def test_room_changes_and_disconnects_cross_nodes(target: RedisTarget) -> 
         await close(a, b)
 
 
+async def test_control_messages_reach_the_other_nodes_in_order(target: RedisTarget) -> None:
+    a, b = await nodes(target)
+    try:
+        plain: list[tuple[int, bool]] = []  # (i, run by the listener's own task)
+        spawned: list[tuple[int, bool]] = []
+
+        def on_plain(payload: dict) -> None:
+            plain.append((payload["i"], asyncio.current_task() is b.manager.thread))
+            b.changed.set()
+
+        async def on_spawned(payload: dict) -> None:
+            spawned.append((payload["i"], asyncio.current_task() is b.manager.thread))
+            b.changed.set()
+
+        for node in (a, b):
+            node.manager.on_control("test:plain", on_plain if node is b else plain.append)
+            node.manager.on_control("test:spawned", on_spawned if node is b else spawned.append)
+        for i in range(200):
+            await a.manager.publish_control("test:plain", {"i": i})
+        await a.manager.publish_control("test:spawned", {"i": 0})
+        await b.wait(lambda: len(plain) == 200 and spawned)
+        # a plain function runs as its message is read, in the channel's order, in the
+        # listener's task; a coroutine function in a task of its own; the sender's own
+        # messages come back to it and are ignored there (a's handlers append no tuple)
+        assert plain == [(i, True) for i in range(200)]
+        assert spawned == [(0, False)]
+    finally:
+        await close(a, b)
+
+
 async def test_initialize_starts_one_listener(target: RedisTarget) -> None:
     a, b = await nodes(target)
     try:
