@@ -70,6 +70,8 @@ bench: $(STAMP)
 	$(PY) bench/recovery.py $(RECOVERY_BENCH_ARGS)
 	$(PY) bench/documents.py $(DOCUMENTS_BENCH_ARGS)
 	$(PY) bench/worker_bus.py $(WORKER_BUS_BENCH_ARGS)
+	$(PY) bench/pubsub.py $(PUBSUB_BENCH_ARGS)
+	$(PY) bench/pubsub.py --clients 1 --messages 4000 --rate 2000 --rounds 5 --name tokens
 
 # Coverage-guided fuzzing (atheris) of every harness in fuzz/, FUZZ_SECONDS each (default 20).
 fuzz: $(STAMP)

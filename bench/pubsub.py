@@ -1,22 +1,27 @@
 #!/usr/bin/env python3
-"""What a message from open-webui's backend costs the appliance: one appliance in Redis mode
-with a room of clients, and the same emits to that room published three ways on one Redis,
-in turn, for several rounds (median):
+"""What a message from open-webui's backend costs the appliance, and open-webui's own socket
+server beside it: one appliance in Redis mode with a room of clients, python-socketio's
+AsyncServer with the stock AsyncRedisManager under uvicorn on the same Redis with a room of
+its own, and the same emits to that room published three ways, in turn, for several rounds
+(median):
 
 - `own channel`: the appliance's own node-to-node channel (`<prefix>:socketio`, another
   node's emit, published as rt's RedisClientManager does);
 - `foreign, room channel`: python-socketio's pub/sub protocol as open-webui 0.12 publishes
   it by default (`socketio#/#<room>`, the bridge's per-room subscription);
-- `foreign, one channel`: the stock python-socketio AsyncRedisManager (`socketio`).
+- `foreign, one channel`: the stock python-socketio AsyncRedisManager (`socketio`), which
+  both servers hear at the same time.
 
     .venv/bin/python bench/pubsub.py            # ~1 min: 200 clients, 3 x 200 messages x 3 rounds
+    .venv/bin/python bench/pubsub.py --clients 1 --messages 4000 --rate 2000 --name tokens
 
-The figure is the appliance's CPU (its process tree, /proc) per 10,000 delivered messages,
-from the first publish to the last delivery; the ratio is against the own channel. Receivers
-are bench/load.mjs processes (socket.io-client 4.8), which check that every message
-arrived. The publishers run in this process, so it needs the project's .venv (python-socketio
-and redis); a redis-server of its own is started on a free port of 127.0.0.1 and ended with
-the run. Results: bench/results/<date>-pubsub.md.
+The figure is each server's CPU (its process tree, /proc) per 10,000 delivered messages,
+from the first publish to the last delivery; the ratios are against the appliance's own
+channel and, on the one-channel path, appliance / peer. Receivers are bench/load.mjs
+processes (socket.io-client 4.8), which check that every message arrived. The publishers
+run in this process, so it needs the project's .venv (python-socketio and redis); a
+redis-server of its own is started on a free port of 127.0.0.1 and ended with the run.
+Results: bench/results/<date>-pubsub[-NAME].md.
 """
 from __future__ import annotations
 
