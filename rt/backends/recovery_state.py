@@ -54,6 +54,8 @@ from .redis_ops import Lua, RedisUser, text
 Deliver = Callable[[str, "list[str] | None", "list[str]", str, "tuple[bytes, ...]"], None]
 # one missed event: offset, prefix, attachments
 Packet = tuple[str, str, tuple[bytes, ...]]
+# one emit to append (`emit_many`): rooms (None: everybody), skipped sids, prefix, attachments
+LogEntry = tuple["list[str] | None", "list[str]", str, "tuple[bytes, ...]"]
 
 Offset = tuple[int, int]
 ZERO: Offset = (0, 0)
@@ -139,6 +141,9 @@ class RecoveryState(Protocol):
 
     async def emit(self, rooms: list[str] | None, skip: list[str], prefix: str,
                    blobs: tuple[bytes, ...] = ()) -> str: ...
+    async def emit_many(self, entries: Sequence[LogEntry]) -> list[str]:
+        """Append several emits in their order, at once where the log is remote (one
+        script call): their offsets."""
     async def mark_gap(self, rooms: list[str] | None, skip: list[str]) -> None: ...
     async def head(self) -> str: ...
     async def save(self, record: SessionRecord, ttl: float) -> None: ...
@@ -215,6 +220,9 @@ class MemoryRecoveryState:
         if self.deliver is not None:
             self.deliver(text_offset, rooms, skip, prefix, blobs)
         return text_offset
+
+    async def emit_many(self, entries: Sequence[LogEntry]) -> list[str]:
+        return [await self.emit(*entry) for entry in entries]
 
     async def mark_gap(self, rooms: list[str] | None, skip: list[str]) -> None:
         self._append(_Entry(self._next(), None if rooms is None else frozenset(rooms),
@@ -375,27 +383,32 @@ class MemoryRecoveryState:
 
 
 # ---------------------------------------------------------------------------- Redis
-# KEYS: log, sequence; ARGV: channel, sharded, maxlen, window_ms, rooms, skip, prefix,
-# host_id, attachments (a JSON list of base64). The sequence numbers the published emits
-# one by one, so that a node that missed some (its subscription was lost) sees the gap.
+# KEYS: log, sequence; ARGV: channel, sharded, maxlen, window_ms, host_id, then per emit
+# rooms, skip, prefix, attachments (a JSON list of base64) → the emits' ids, in order. The
+# sequence numbers the published emits one by one, so that a node that missed some (its
+# subscription was lost) sees the gap.
 R_EMIT = Lua("""
-local n = redis.call('INCR', KEYS[2])
+local ids = {}
+for i = 6, #ARGV, 4 do
+  local n = redis.call('INCR', KEYS[2])
+  local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*',
+                        'r', ARGV[i], 's', ARGV[i + 1], 'p', ARGV[i + 2], 'a', ARGV[i + 3])
+  local msg = cjson.encode({method = 'rt:control', kind = 'recovery:emit', host_id = ARGV[5],
+                            payload = {id = id, n = n, r = ARGV[i], s = ARGV[i + 1],
+                                       p = ARGV[i + 2], a = ARGV[i + 3]}})
+  if ARGV[2] == '1' then
+    redis.call('SPUBLISH', ARGV[1], msg)
+  else
+    redis.call('PUBLISH', ARGV[1], msg)
+  end
+  ids[#ids + 1] = id
+end
 redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[4]) + 60000)
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*',
-                      'r', ARGV[5], 's', ARGV[6], 'p', ARGV[7], 'a', ARGV[9])
 local t = redis.call('TIME')
 local horizon = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[4])
 redis.call('XTRIM', KEYS[1], 'MINID', '~', horizon)
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]) + 60000)
-local msg = cjson.encode({method = 'rt:control', kind = 'recovery:emit', host_id = ARGV[8],
-                          payload = {id = id, n = n, r = ARGV[5], s = ARGV[6],
-                                     p = ARGV[7], a = ARGV[9]}})
-if ARGV[2] == '1' then
-  redis.call('SPUBLISH', ARGV[1], msg)
-else
-  redis.call('PUBLISH', ARGV[1], msg)
-end
-return id
+return ids
 """)
 
 # KEYS: record; ARGV: secret → the record, deleted, when the secret matches
@@ -459,6 +472,7 @@ class RedisRecoveryState(RedisUser):
         self.repaired = 0
         self.deliver: Deliver | None = None
         self.appended = 0
+        self.append_calls = 0  # script calls that appended them (several at a time)
         self.tasks = TaskGroup()  # the repair of a gap in what reached this node
 
     def _record_key(self, sid: str) -> str:
@@ -494,13 +508,19 @@ class RedisRecoveryState(RedisUser):
 
     async def emit(self, rooms: list[str] | None, skip: list[str], prefix: str,
                    blobs: tuple[bytes, ...] = ()) -> str:
+        return (await self.emit_many([(rooms, skip, prefix, blobs)]))[0]
+
+    async def emit_many(self, entries: Sequence[LogEntry]) -> list[str]:
         b = self.bounds
-        got = await self._lua(R_EMIT, [self.log_key, self.seq_key], [
-            self.channel, "1" if self.sharded else "0", b.log_entries,
-            int(b.window * 1000), orjson.dumps(rooms), orjson.dumps(skip), prefix,
-            self.host_id, orjson.dumps([base64.b64encode(blob).decode() for blob in blobs])])
-        self.appended += 1
-        return text(got)
+        args: list[Any] = [self.channel, "1" if self.sharded else "0", b.log_entries,
+                           int(b.window * 1000), self.host_id]
+        for rooms, skip, prefix, blobs in entries:
+            args += [orjson.dumps(rooms), orjson.dumps(skip), prefix,
+                     orjson.dumps([base64.b64encode(blob).decode() for blob in blobs])]
+        got = await self._lua(R_EMIT, [self.log_key, self.seq_key], args)
+        self.appended += len(entries)
+        self.append_calls += 1
+        return [text(offset) for offset in got]
 
     async def mark_gap(self, rooms: list[str] | None, skip: list[str]) -> None:
         key, r, s = self.log_key, orjson.dumps(rooms), orjson.dumps(skip)
@@ -720,7 +740,8 @@ class RedisRecoveryState(RedisUser):
         return oldest > after
 
     def figures_data(self) -> dict[str, float]:
-        return {"appended": self.appended, "repaired": self.repaired}
+        return {"appended": self.appended, "append_calls": self.append_calls,
+                "repaired": self.repaired}
 
 
 def _blobs(raw: Any) -> tuple[bytes, ...]:

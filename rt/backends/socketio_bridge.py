@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import json
 import logging
 import random
@@ -446,9 +447,12 @@ class SocketioBridge:
                 event, args)
         recorded += away
         extra = set(waiting)
-        if recorded and recorder is not None \
-                and await recorder.record_foreign(event, args, recorded):
-            # delivered from the log (with offsets); the other local sessions as before
+        if recorded and recorder is not None:
+            # delivered from the log (with offsets), appended in order without waiting
+            # here (recovery/appends.py); if it cannot be kept, as before (the fallback)
+            await recorder.record_foreign_soon(event, args, recorded, functools.partial(
+                self.manager.emit, event, payload, namespace=namespace, room=recorded,
+                ignore_queue=True))
             self.stats["recorded"] += 1
             extra |= set(recorded)
         if not local:

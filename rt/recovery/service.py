@@ -65,6 +65,7 @@ from ..core.errors import StoreError
 from ..core.tasks import TaskGroup
 from ..core.tokens import token_urlsafe
 from ..metrics import Figure
+from .appends import ForeignAppends
 from .calls import PendingCalls
 
 if TYPE_CHECKING:
@@ -131,13 +132,14 @@ class RecoveryService:
         self.replayed = 0
         self.unrecorded: Counter[str] = Counter()
         self._since_refresh = 0.0
-        self._gap_pending = False
+        self.gap_pending = False
         self.tasks = TaskGroup()  # calls waiting for their session, kept calls' removal
         # the bridge to open-webui's pub/sub, when there is one (set by the app): holds
         # the rooms of sessions away from this node, records open-webui's emits to them
         self.bridge: SocketioBridge | None = None
         self.calls = PendingCalls(sio, state, node_id, ttl=window * 2 + 300,
                                   tasks=self.tasks)
+        self.appends = ForeignAppends(self, self.tasks)  # open-webui's emits, kept
         state.deliver = self.deliver
 
     # ------------------------------------------------------------------ who may recover
@@ -173,13 +175,13 @@ class RecoveryService:
             await self.state.mark_gap(rooms, skip)
             return False
         try:
-            if self._gap_pending:  # emits went unrecorded: recoveries across them fail
+            if self.gap_pending:  # emits went unrecorded: recoveries across them fail
                 await self.state.mark_gap(None, [])
-                self._gap_pending = False
+                self.gap_pending = False
             await self.state.emit(rooms, skip, encoded[:-1], blobs)
         except StoreError as exc:
             # the ordinary path still reaches whoever it can; the log has a hole now
-            self._gap_pending = True
+            self.gap_pending = True
             self.unrecorded["unavailable"] += 1
             log.warning("emit not recorded for recovery: %s", exc)
             return False
@@ -263,28 +265,15 @@ class RecoveryService:
         """An emit of open-webui's backend to these sessions (local and recoverable, or
         away and held here): recorded for exactly them, and delivered from the log. False
         when it could not be kept: the caller delivers it as before, and those sessions'
-        recoveries across it fail (a marker)."""
-        encoded = encode_event([event, *args])
-        blobs: tuple[bytes, ...] = ()
-        if isinstance(encoded, list):
-            encoded, blobs = encoded[0], tuple(encoded[1:])
-        try:
-            if not isinstance(encoded, str) or not encoded.endswith("]") or \
-                    len(encoded) + sum(map(len, blobs)) > self.state.bounds.max_packet_bytes:
-                self.unrecorded["too_large"] += 1
-                await self.state.mark_gap(sids, [])
-                return False
-            if self._gap_pending:
-                await self.state.mark_gap(None, [])
-                self._gap_pending = False
-            await self.state.emit(sids, [], encoded[:-1], blobs)
-        except StoreError as exc:
-            self._gap_pending = True  # a marker for everybody at the next emit
-            self.unrecorded["unavailable"] += 1
-            log.warning("open-webui's emit not recorded for recovery: %s", exc)
-            return False
-        self.results["foreign_recorded"] += 1
-        return True
+        recoveries across it fail (a marker). After the ones queued before it
+        (`record_foreign_soon`)."""
+        return await self.appends.keep(event, args, sids)
+
+    async def record_foreign_soon(self, event: str, args: list[Any], sids: list[str],
+                                  fallback: Callable[[], Awaitable[None]]) -> None:
+        """`record_foreign` without waiting for the append (appends.py): what cannot be
+        kept is handed to `fallback`, in the order of the emits."""
+        await self.appends.put(event, args, sids, fallback)
 
     async def park_foreign_call(self, sid: str, event: str, args: list[Any],
                                 origin: list[Any]) -> None:
@@ -321,7 +310,7 @@ class RecoveryService:
         try:
             await self.state.mark_gap(sids, [])
         except StoreError as exc:
-            self._gap_pending = True  # a marker for everybody at the next emit
+            self.gap_pending = True  # a marker for everybody at the next emit
             log.warning("open-webui pub/sub gap not marked for recovery: %s", exc)
 
     async def sending(self, eio_sid: str, pkt: Any) -> None:
@@ -713,6 +702,9 @@ class RecoveryService:
         if "appended" in data:
             yield Figure("rt_recovery_log_appended", "Emits appended to the cluster's "
                          "recovery log by this node", data["appended"], counter=True)
+            yield Figure("rt_recovery_log_append_calls", "Script calls on Redis that "
+                         "appended them (emits that came together go in one)",
+                         data.get("append_calls", 0), counter=True)
             yield Figure("rt_recovery_log_repaired", "Emits this node missed on the cluster "
                          "channel (subscription lost) and delivered from the log",
                          data.get("repaired", 0), counter=True)
@@ -751,6 +743,7 @@ class RecoveryService:
             if not await bridge.away.none_held(HOLD_AT_STOP):
                 log.info("%d drained session(s) not recovered elsewhere yet: their "
                          "recovery will not be complete", len(bridge.away.held))
+        await self.appends.idle(HOLD_AT_STOP)  # what open-webui sent before the stop
         await self.tasks.stop()
 
 
