@@ -101,7 +101,14 @@ class ForeignAppends:
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
                 if len(self._queue) < MAX_QUEUED:
                     self._room.set()
-                kept = await self._append(batch)
+                try:
+                    kept = await self._append(batch)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # noqa: BLE001 - delivered as before rather than lost
+                    log.exception("appending open-webui's emits to the recovery log failed")
+                    self.keeper.gap_pending = True
+                    kept = [False] * len(batch)
                 for item, ok in zip(batch, kept, strict=True):
                     if ok:
                         self.keeper.results["foreign_recorded"] += 1

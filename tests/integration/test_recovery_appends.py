@@ -171,3 +171,27 @@ async def test_a_slow_store_makes_put_wait(monkeypatch) -> None:
     assert await appends.idle(WAIT)
     assert len(await appended(state, start)) == 11 and fell.order == []
     await tasks.stop()
+
+
+class BrokenState(MemoryRecoveryState):
+    """The in-process log with appends that fail unexpectedly (a bug, not an outage)."""
+
+    async def emit_many(self, entries):
+        raise RuntimeError("broken")
+
+
+async def test_an_unexpected_failure_still_delivers_in_order(caplog) -> None:
+    state = BrokenState(Bounds())
+    kept, tasks, fell = keeper(state), TaskGroup(), Delivered()
+    appends = ForeignAppends(kept, tasks)
+    for n in range(3):
+        await appends.put("tok", [n], [SID], fell.of(n))
+    assert await asyncio.wait_for(appends.keep("waited", [], [SID]), WAIT) is False
+    assert await appends.idle(WAIT)
+    assert fell.order == [0, 1, 2] and kept.gap_pending is True
+    assert "appending open-webui's emits to the recovery log failed" in caplog.text
+    # the queue goes on: the next emit is tried again
+    await appends.put("next", [], [SID], fell.of(9))
+    assert await appends.idle(WAIT)
+    assert fell.order == [0, 1, 2, 9]
+    await tasks.stop()
