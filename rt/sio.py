@@ -29,7 +29,7 @@ import socketio
 from socketio import packet as sio_packet
 from socketio.exceptions import ConnectionRefusedError as Refused
 
-from .backends.sio_packets import dumps_plain
+from .backends.sio_packets import dumps_plain, plain_packet
 from .engine.server import EngineOptions, EngineServer
 from .metrics import Figure
 
@@ -280,16 +280,9 @@ class SocketServer(socketio.AsyncServer):
         # refusals, calls); binary packets and unusual values take its own path
         ptype = pkt.packet_type
         if ptype != sio_packet.BINARY_EVENT and ptype != sio_packet.BINARY_ACK:
-            data = pkt.data
-            body = b"" if data is None else dumps_plain(data)
-            if body is not None:
-                namespace = pkt.namespace
-                head = str(ptype)
-                if namespace is not None and namespace != "/":
-                    head += namespace + ","
-                if pkt.id is not None:
-                    head += str(pkt.id)
-                self.eio.send_text(eio_sid, head.encode() + body)
+            plain = plain_packet(ptype, pkt.data, pkt.namespace, pkt.id)
+            if plain is not None:
+                self.eio.send_text(eio_sid, plain)
                 return
         await super()._send_packet(eio_sid, pkt)
 

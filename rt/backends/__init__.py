@@ -196,6 +196,12 @@ class EditorRegistry(Protocol):
     async def documents_of(self, sid: str) -> list[str]: ...
 
 
+# a node-to-node control message's handler: gets the payload. A coroutine function runs as
+# a task of its own; a plain function runs as the message is read, in the channel's order,
+# without a task (what delivers every recorded emit: one handler call per message per node)
+ControlHandler = Callable[[dict[str, Any]], Coroutine[Any, Any, None] | None]
+
+
 class ClientManager(Protocol):
     """What the appliance asks of python-socketio's client manager beyond python-socketio's
     own interface (fanout.py on one node, redis_manager.py on Redis)."""
@@ -206,8 +212,6 @@ class ClientManager(Protocol):
     def in_room(self, sid: str, room: Any) -> bool: ...
     def connected_sid(self, eio_sid: str, namespace: str) -> str | None: ...
     def has_room(self, namespace: str, room: Any) -> bool: ...
-    def on_control(self, kind: str,
-                   handler: Callable[[dict[str, Any]], Coroutine[Any, Any, None] | None]
-                   ) -> None: ...
+    def on_control(self, kind: str, handler: ControlHandler) -> None: ...
     async def publish_control(self, kind: str, payload: dict[str, Any]) -> None:
         """A control message for the other nodes' handlers of `kind`."""

@@ -8,9 +8,16 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from . import ClientManager, EditorRegistry, PresenceRegistry, Store, UsageRegistry
+from . import (
+    ClientManager,
+    ControlHandler,
+    EditorRegistry,
+    PresenceRegistry,
+    Store,
+    UsageRegistry,
+)
 from .encryption_state import MemoryRelayState, RedisRelayState, RelayState
-from .fanout import ControlHandler, FanoutManager
+from .fanout import FanoutManager
 from .memory import MemoryEditors, MemoryPresence, MemoryUsage
 from .redis_editors import RedisEditors
 from .redis_manager import RedisClientManager

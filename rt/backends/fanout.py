@@ -16,20 +16,17 @@ Redis, where the pub/sub layer calls this for the local part of every emit).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import socketio
 from engineio import packet as eio_packet
 
+from . import ControlHandler
 from .sio_packets import encode_event
 
 # rooms of a session kept as a tuple up to this many (membership is checked by scanning)
 _FEW = 8
-# a node-to-node control message's handler: gets the payload. A coroutine function runs as
-# a task of its own; a plain function runs as the message is read, in the channel's order,
-# without a task (what delivers every recorded emit: one handler call per message per node)
-ControlHandler = Callable[[dict[str, Any]], Coroutine[Any, Any, None] | None]
 
 
 class FanoutMixin(socketio.AsyncManager):

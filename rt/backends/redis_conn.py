@@ -365,8 +365,7 @@ def message_reader(pubsub: Any) -> MessageRead:
         conn = pubsub.connection
         parser = getattr(conn, "_parser", None)
         reader = getattr(parser, "_reader", None)
-        if type(parser) is not _AsyncHiredisParser or reader is None or conn is None \
-                or not conn.is_connected:
+        if type(parser) is not _AsyncHiredisParser or reader is None or not conn.is_connected:
             return await pubsub.get_message(  # type: ignore[no-any-return]
                 ignore_subscribe_messages=ignore_subscribe_messages, timeout=timeout)
         reply = reader.gets()

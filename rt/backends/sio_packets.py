@@ -32,17 +32,29 @@ def dumps_plain(data: Any) -> bytes | None:
         return None
 
 
+def plain_packet(ptype: int, data: Any, namespace: str | None = "/",
+                 id: int | None = None) -> bytes | None:
+    """A packet of type `ptype` (not a binary one) as python-socketio's `Packet.encode`
+    writes it, in UTF-8; None when `data` needs python-socketio's own encoder."""
+    body = b"" if data is None else dumps_plain(data)
+    if body is None:
+        return None
+    head = str(ptype)
+    if namespace is not None and namespace != "/":
+        head += namespace + ","
+    if id is not None:
+        head += str(id)
+    return head.encode() + body
+
+
 def encode_event(data: list[Any], namespace: str = "/", id: int | None = None
                  ) -> str | list[Any]:
     """`Packet(EVENT, data, namespace, id).encode()`: the packet's text, or for a payload
     with binary values the list of the packet and its attachments, as python-socketio
     gives it."""
-    body = dumps_plain(data)
-    if body is None:
-        encoded: str | list[Any] = sio_packet.Packet(
-            sio_packet.EVENT, namespace=namespace, data=data, id=id).encode()
-        return encoded
-    head = "2" if namespace == "/" else f"2{namespace},"
-    if id is not None:
-        head += str(id)
-    return head + body.decode()
+    plain = plain_packet(sio_packet.EVENT, data, namespace, id)
+    if plain is not None:
+        return plain.decode()
+    encoded: str | list[Any] = sio_packet.Packet(
+        sio_packet.EVENT, namespace=namespace, data=data, id=id).encode()
+    return encoded

@@ -44,6 +44,28 @@ class Keeper(Protocol):
     gap_pending: bool  # emits went unrecorded: a marker for everybody at the next append
 
 
+def kept_form(event: str, args: list[Any], max_bytes: int
+              ) -> tuple[str, tuple[bytes, ...]] | None:
+    """An emit as the log keeps it: the packet without its closing bracket and its binary
+    attachments; None when it cannot be kept (larger than `max_bytes` in all)."""
+    encoded = encode_event([event, *args])
+    blobs: tuple[bytes, ...] = ()
+    if isinstance(encoded, list):  # binary: the packet, then its attachments
+        encoded, blobs = encoded[0], tuple(encoded[1:])
+    if not isinstance(encoded, str) or not encoded.endswith("]") \
+            or len(encoded) + sum(map(len, blobs)) > max_bytes:
+        return None
+    return encoded[:-1], blobs
+
+
+async def mark_pending_gap(keeper: Keeper) -> None:
+    """The marker for everybody that emits left unrecorded owe the log (a recovery across
+    it fails), before the next append. Raises StoreError as the append would."""
+    if keeper.gap_pending:
+        await keeper.state.mark_gap(None, [])
+        keeper.gap_pending = False
+
+
 class _Queued:
     __slots__ = ("event", "args", "sids", "fallback", "outcome")
 
@@ -152,9 +174,7 @@ class ForeignAppends:
             if not run:
                 return
             try:
-                if keeper.gap_pending:
-                    await state.mark_gap(None, [])
-                    keeper.gap_pending = False
+                await mark_pending_gap(keeper)
                 await state.emit_many([entry for _, entry in run])
             except StoreError as exc:
                 keeper.gap_pending = True
@@ -166,13 +186,9 @@ class ForeignAppends:
             run.clear()
 
         for index, item in enumerate(batch):
-            encoded = encode_event([item.event, *item.args])
-            blobs: tuple[bytes, ...] = ()
-            if isinstance(encoded, list):  # binary: the packet, then its attachments
-                encoded, blobs = encoded[0], tuple(encoded[1:])
-            if isinstance(encoded, str) and encoded.endswith("]") and \
-                    len(encoded) + sum(map(len, blobs)) <= state.bounds.max_packet_bytes:
-                run.append((index, (item.sids, [], encoded[:-1], blobs)))
+            form = kept_form(item.event, item.args, state.bounds.max_packet_bytes)
+            if form is not None:
+                run.append((index, (item.sids, [], *form)))
                 continue
             await flush()
             keeper.unrecorded["too_large"] += 1

@@ -60,12 +60,11 @@ from ..backends.recovery_state import (
     parse_offset,
 )
 from ..backends.redis_conn import KeySpace
-from ..backends.sio_packets import encode_event
 from ..core.errors import StoreError
 from ..core.tasks import TaskGroup
 from ..core.tokens import token_urlsafe
 from ..metrics import Figure
-from .appends import ForeignAppends
+from .appends import ForeignAppends, kept_form, mark_pending_gap
 from .calls import PendingCalls
 
 if TYPE_CHECKING:
@@ -164,21 +163,15 @@ class RecoveryService:
         rooms = None if room is None else ([room] if isinstance(room, str) else list(room))
         skip = [] if skip_sid is None else (
             [skip_sid] if isinstance(skip_sid, str) else list(skip_sid))
-        encoded = encode_event([event, *args])
-        blobs: tuple[bytes, ...] = ()
-        if isinstance(encoded, list):  # binary: the packet, then its attachments
-            encoded, blobs = encoded[0], tuple(encoded[1:])
-        if not isinstance(encoded, str) or not encoded.endswith("]"):
-            return False
-        if len(encoded) + sum(len(blob) for blob in blobs) > self.state.bounds.max_packet_bytes:
+        form = kept_form(event, args, self.state.bounds.max_packet_bytes)
+        if form is None:
             self.unrecorded["too_large"] += 1
             await self.state.mark_gap(rooms, skip)
             return False
+        prefix, blobs = form
         try:
-            if self.gap_pending:  # emits went unrecorded: recoveries across them fail
-                await self.state.mark_gap(None, [])
-                self.gap_pending = False
-            await self.state.emit(rooms, skip, encoded[:-1], blobs)
+            await mark_pending_gap(self)
+            await self.state.emit(rooms, skip, prefix, blobs)
         except StoreError as exc:
             # the ordinary path still reaches whoever it can; the log has a hole now
             self.gap_pending = True
